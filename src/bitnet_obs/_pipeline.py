@@ -1,0 +1,504 @@
+"""``configure()`` and ``shutdown()``: the SDK pipeline. The only module that knows exporters.
+
+Policy when the application already installed a provider (e.g. ``opentelemetry-instrument``):
+we **refuse** to replace it, log one WARNING, and report through the installed provider.
+Attaching is impossible for metrics anyway: an SDK MeterProvider's readers are fixed at
+construction.
+
+``shutdown(timeout)`` is bounded: the SDK's own ``force_flush`` ignores its timeout and its
+``shutdown`` blocks ~7 s while an OTLP export is retrying, so both run on a helper thread and
+we stop waiting at the deadline (the retry loop is then interrupted and the data counted as
+dropped).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.version import __version__ as sdk_version
+
+from bitnet_obs import _config, _instruments, _tally
+from bitnet_obs._config import OTLPSettings, Settings
+from bitnet_obs._selfmon import export_result, internal_error, logger
+from bitnet_obs._server import MetricsServer, Response
+
+def _instrument_types() -> tuple[type, ...]:
+    from opentelemetry.sdk.metrics import (
+        Counter,
+        Histogram,
+        ObservableCounter,
+        ObservableGauge,
+        ObservableUpDownCounter,
+        UpDownCounter,
+    )
+    from opentelemetry.sdk.metrics import _Gauge as Gauge
+
+    return (Counter, UpDownCounter, Histogram, Gauge, ObservableCounter, ObservableGauge,
+            ObservableUpDownCounter)  # fmt: skip
+
+
+@dataclass
+class ExporterHealth:
+    """Last outcome of one exporter, for the health checks and the self-metrics."""
+
+    name: str
+    last_success: float | None = None
+    last_failure: float | None = None
+    consecutive_failures: int = 0
+    last_error: str = ""
+
+    def record(self, ok: bool, error: str = "") -> None:
+        now = time.time()
+        if ok:
+            self.last_success, self.consecutive_failures = now, 0
+        else:
+            self.last_failure, self.last_error = now, error
+            self.consecutive_failures += 1
+        export_result(self.name, ok)
+
+
+EXPORTERS: dict[str, ExporterHealth] = {}
+
+
+class _GuardedMetricExporter(MetricExporter):
+    """Never lets an exporter's exception escape; records every outcome."""
+
+    def __init__(self, name: str, inner: MetricExporter) -> None:
+        super().__init__(inner._preferred_temporality, inner._preferred_aggregation)
+        self.inner = inner
+        self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        try:
+            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception as exc:
+            internal_error(f"exporter:{self.health.name}", exc)
+            self.health.record(False, repr(exc))
+            return MetricExportResult.FAILURE
+        ok = result is MetricExportResult.SUCCESS
+        self.health.record(ok, "" if ok else "export returned FAILURE")
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        try:
+            return self.inner.force_flush(timeout_millis)
+        except Exception as exc:
+            internal_error(f"exporter:{self.health.name}", exc)
+            return False
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        try:
+            self.inner.shutdown(timeout_millis=timeout_millis)
+        except Exception as exc:
+            internal_error(f"exporter:{self.health.name}", exc)
+
+
+class _GuardedSpanExporter(SpanExporter):
+    def __init__(self, name: str, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:
+            internal_error(f"exporter:{self.health.name}", exc)
+            self.health.record(False, repr(exc))
+            return SpanExportResult.FAILURE
+        ok = result is SpanExportResult.SUCCESS
+        self.health.record(ok, "" if ok else "export returned FAILURE")
+        return result
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        try:
+            return self.inner.force_flush(timeout_millis)
+        except Exception as exc:
+            internal_error(f"exporter:{self.health.name}", exc)
+            return False
+
+    def shutdown(self) -> None:
+        try:
+            self.inner.shutdown()
+        except Exception as exc:
+            internal_error(f"exporter:{self.health.name}", exc)
+
+
+def _otlp_metric_exporter(o: OTLPSettings) -> MetricExporter:
+    if o.protocol == "grpc":
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+
+        return GrpcMetricExporter(
+            endpoint=o.endpoint,
+            insecure=o.endpoint.startswith("http://"),
+            headers=dict(o.headers),
+            timeout=o.timeout_s,
+            compression=grpc.Compression.Gzip if o.compression == "gzip" else None,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter(
+        endpoint=o.endpoint,
+        headers=dict(o.headers),
+        timeout=o.timeout_s,
+        compression=Compression.Gzip if o.compression == "gzip" else Compression.NoCompression,
+    )
+
+
+def _otlp_span_exporter(o: OTLPSettings) -> SpanExporter:
+    if o.protocol == "grpc":
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter(
+            endpoint=o.endpoint,
+            insecure=o.endpoint.startswith("http://"),
+            headers=dict(o.headers),
+            timeout=o.timeout_s,
+            compression=grpc.Compression.Gzip if o.compression == "gzip" else None,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter(
+        endpoint=o.endpoint,
+        headers=dict(o.headers),
+        timeout=o.timeout_s,
+        compression=Compression.Gzip if o.compression == "gzip" else Compression.NoCompression,
+    )
+
+
+def _sampler(settings: Settings) -> sampling.Sampler:
+    arg = settings.traces_sampler_arg
+    return {
+        "always_on": lambda: sampling.ALWAYS_ON,
+        "always_off": lambda: sampling.ALWAYS_OFF,
+        "traceidratio": lambda: sampling.TraceIdRatioBased(arg),
+        "parentbased_always_on": lambda: sampling.ParentBased(sampling.ALWAYS_ON),
+        "parentbased_always_off": lambda: sampling.ParentBased(sampling.ALWAYS_OFF),
+        "parentbased_traceidratio": lambda: sampling.ParentBased(sampling.TraceIdRatioBased(arg)),
+    }[settings.traces_sampler]()
+
+
+def build_resource(settings: Settings) -> Resource:
+    """Resource built from our parsed settings only (the SDK's detector would re-read env)."""
+    attributes: dict[str, Any] = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.version": sdk_version,
+        "service.name": "unknown_service",
+        "service.instance.id": str(uuid.uuid4()),
+    }
+    attributes.update(settings.resource_attributes)
+    if settings.service_name:
+        attributes["service.name"] = settings.service_name
+    return Resource(attributes)
+
+
+@dataclass
+class Telemetry:
+    """What ``configure()`` set up. ``metrics_url`` is None when no HTTP server runs."""
+
+    settings: Settings
+    meter_provider: MeterProvider | None = None
+    tracer_provider: TracerProvider | None = None
+    server: MetricsServer | None = None
+    readers: list[MetricReader] = field(default_factory=list)
+    span_exporters: list[SpanExporter] = field(default_factory=list)
+    shut_down: bool = False
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"{self.server.url}/metrics" if self.server else None
+
+    @property
+    def health_url(self) -> str | None:
+        return f"{self.server.url}/health" if self.server else None
+
+
+_lock = threading.RLock()
+_current: Telemetry | None = None
+_atexit_registered = False
+
+
+def _proxy_meter_provider() -> bool:
+    return type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider"
+
+
+def configure(
+    *,
+    environ: Mapping[str, str] | None = None,
+    metric_readers: Sequence[MetricReader] = (),
+    span_exporters: Sequence[SpanExporter] = (),
+    **overrides: Any,
+) -> Telemetry:
+    """Set up the OpenTelemetry SDK from ``OTEL_*``/``BITNET_OBS_*`` variables and overrides.
+
+    Idempotent and thread-safe: a second call returns the first result (a WARNING says so if
+    it asked for something different). Raises :class:`ConfigError` on a malformed value.
+    ``metric_readers``/``span_exporters`` add extra SDK parts (tests, custom backends)::
+
+        import bitnet_obs
+        bitnet_obs.configure(service_name="my-server")
+    """
+    global _current, _atexit_registered
+    with _lock:
+        if _current is not None:
+            if overrides or metric_readers or span_exporters:
+                logger.warning("bitnet_obs.configure() was already called; keeping the first setup")
+            return _current
+        settings = _config.with_overrides(_config.from_env(environ), overrides)
+        _tally.set_limit(settings.cardinality_limit)
+        telemetry = Telemetry(settings)
+        if settings.sdk_disabled:
+            logger.info("OTEL_SDK_DISABLED=true: bitnet-obs records nothing")
+            _current = telemetry
+            return telemetry
+        resource = build_resource(settings)
+        _setup_metrics(telemetry, resource, list(metric_readers))
+        _setup_traces(telemetry, resource, list(span_exporters))
+        _instruments.bind(metrics.get_meter_provider(), trace.get_tracer_provider())
+        _current = telemetry
+        if not _atexit_registered:
+            atexit.register(_at_exit)
+            _atexit_registered = True
+        return telemetry
+
+
+def _setup_metrics(telemetry: Telemetry, resource: Resource, extra: list[MetricReader]) -> None:
+    settings = telemetry.settings
+    limits = dict.fromkeys(_instrument_types(), settings.cardinality_limit)
+    readers: list[MetricReader] = []
+    registry = None
+    if "prometheus" in settings.metrics_exporters:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry(auto_describe=True)
+        readers.append(
+            PrometheusMetricReader(
+                scope_info_enabled=False, registry=registry, cardinality_limits=limits
+            )
+        )
+    periodic: list[tuple[str, MetricExporter]] = []
+    if "otlp" in settings.metrics_exporters:
+        o = settings.otlp_metrics
+        name = "otlp_grpc_metrics" if o.protocol == "grpc" else "otlp_http_metrics"
+        periodic.append((name, _otlp_metric_exporter(o)))
+    if "console" in settings.metrics_exporters:
+        periodic.append(("console_metrics", ConsoleMetricExporter()))
+    for name, exporter in periodic:
+        readers.append(
+            PeriodicExportingMetricReader(
+                _GuardedMetricExporter(name, exporter),
+                export_interval_millis=settings.metric_export_interval_ms,
+                export_timeout_millis=settings.metric_export_timeout_ms,
+                cardinality_limits=limits,
+            )
+        )
+    readers.extend(extra)
+    if settings.server_enabled:
+        telemetry.server = MetricsServer(
+            settings.prometheus_host, settings.prometheus_port, _metrics_renderer(registry)
+        )
+    if not readers:
+        return
+    if not _proxy_meter_provider():
+        logger.warning(
+            "a MeterProvider is already installed (%s); bitnet-obs reports through it and does "
+            "not add its exporters %s",
+            type(metrics.get_meter_provider()).__name__,
+            settings.metrics_exporters,
+        )
+        return
+    provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+    metrics.set_meter_provider(provider)
+    telemetry.meter_provider = provider
+    telemetry.readers = readers
+
+
+def _setup_traces(telemetry: Telemetry, resource: Resource, extra: list[SpanExporter]) -> None:
+    settings = telemetry.settings
+    exporters: list[tuple[str, SpanExporter]] = []
+    if "otlp" in settings.traces_exporters:
+        o = settings.otlp_traces
+        name = "otlp_grpc_traces" if o.protocol == "grpc" else "otlp_http_traces"
+        exporters.append((name, _otlp_span_exporter(o)))
+    if "console" in settings.traces_exporters:
+        exporters.append(("console_traces", ConsoleSpanExporter()))
+    exporters.extend((f"extra_traces_{i}", exp) for i, exp in enumerate(extra))
+    if not exporters:
+        return
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        logger.warning(
+            "a TracerProvider is already installed (%s); bitnet-obs traces through it and does "
+            "not add its exporters %s",
+            type(trace.get_tracer_provider()).__name__,
+            settings.traces_exporters,
+        )
+        return
+    provider = TracerProvider(
+        sampler=_sampler(settings), resource=resource, shutdown_on_exit=False
+    )
+    for name, exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(_GuardedSpanExporter(name, exporter)))
+        telemetry.span_exporters.append(exporter)
+    trace.set_tracer_provider(provider)
+    telemetry.tracer_provider = provider
+
+
+def _metrics_renderer(registry: Any) -> Callable[[str], Response]:
+    def render(accept: str) -> Response:
+        if registry is None:
+            msg = b"metrics are exported over OTLP or console; no Prometheus exporter is set\n"
+            return 404, "text/plain; charset=utf-8", msg
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return 200, content_type, encoder(registry)
+
+    return render
+
+
+def current() -> Telemetry | None:
+    return _current
+
+
+def is_configured() -> bool:
+    return _current is not None
+
+
+def _bounded(fn: Callable[[], object], timeout: float, name: str) -> bool:
+    """Run fn on a daemon thread; True when it finished within timeout."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:
+            internal_error(f"pipeline:{name}", exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"bitnet-obs-{name}", daemon=True).start()
+    return done.wait(max(0.0, timeout))
+
+
+def force_flush(timeout: float | None = None) -> bool:
+    """Export what is pending; returns False if the deadline passed first (data may be late)."""
+    telemetry = _current
+    if telemetry is None or telemetry.shut_down:
+        return True
+    bound = telemetry.settings.shutdown_timeout_s if timeout is None else timeout
+    millis = max(1.0, bound * 1000)
+    ok = True
+    if telemetry.meter_provider is not None:
+        mp = telemetry.meter_provider
+        ok &= _bounded(lambda: mp.force_flush(millis), bound, "flush-metrics")
+    if telemetry.tracer_provider is not None:
+        tp = telemetry.tracer_provider
+        ok &= _bounded(lambda: tp.force_flush(int(millis)), bound, "flush-traces")
+    return ok
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush and stop everything within ``timeout`` seconds (default BITNET_OBS_SHUTDOWN_TIMEOUT).
+
+    Returns True when everything was exported in time. Past the deadline pending telemetry is
+    dropped, counted in ``bitnet.obs.internal_errors{kind="shutdown_timeout"}`` and logged;
+    the call still returns on time even when the collector is dead.
+    """
+    with _lock:
+        telemetry = _current
+        if telemetry is None or telemetry.shut_down:
+            return True
+        telemetry.shut_down = True
+    bound = telemetry.settings.shutdown_timeout_s if timeout is None else timeout
+    deadline = time.monotonic() + bound
+    millis = max(1.0, bound * 1000)
+    done: list[threading.Event] = []
+    for provider in (telemetry.meter_provider, telemetry.tracer_provider):
+        if provider is not None:
+            event = threading.Event()
+            done.append(event)
+            threading.Thread(
+                target=_shutdown_one, args=(provider, millis, event), daemon=True,
+                name="bitnet-obs-shutdown",
+            ).start()  # fmt: skip
+    ok = all(event.wait(max(0.0, deadline - time.monotonic())) for event in done)
+    if not ok:
+        # Interrupt the OTLP retry back-off so the helper threads end soon, too.
+        for reader in telemetry.readers:
+            exporter = getattr(reader, "_exporter", None)
+            inner = getattr(exporter, "inner", None)
+            if inner is not None:
+                _bounded(lambda e=inner: e.shutdown(timeout_millis=1), 0.05, "abort")
+        for span_exporter in telemetry.span_exporters:
+            _bounded(span_exporter.shutdown, 0.05, "abort")
+        internal_error(
+            "shutdown_timeout",
+            detail=f"shutdown did not finish within {bound:g}s; pending telemetry dropped",
+        )
+    if telemetry.server is not None:
+        telemetry.server.stop()
+    return ok
+
+
+def _shutdown_one(provider: Any, millis: float, event: threading.Event) -> None:
+    try:
+        provider.shutdown(timeout_millis=millis) if isinstance(
+            provider, MeterProvider
+        ) else provider.shutdown()
+    except Exception as exc:
+        internal_error("pipeline:shutdown", exc)
+    finally:
+        event.set()
+
+
+def _at_exit() -> None:
+    shutdown()
+
+
+def _reset_for_tests() -> None:
+    """Forget the current setup (global OTel providers cannot be unset; tests rebind)."""
+    global _current
+    with _lock:
+        if _current is not None and not _current.shut_down:
+            shutdown(timeout=2)
+        _current = None

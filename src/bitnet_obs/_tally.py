@@ -1,0 +1,117 @@
+"""Local running totals read by observable instruments at collection time.
+
+Monotonic counts (requests, tokens, active requests, fallbacks, self-metrics) are kept here
+instead of a per-call SDK ``add``: one lock and one dict update per call, exact under threads
+and asyncio, and the SDK only sees one observation per series per collection.
+
+A tally holds at most ``limit`` distinct attribute sets; more are folded into one series with
+``otel.metric.overflow=true`` (the same convention the SDK uses), and the fold is counted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Union
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+AttrValue = Union[str, bool, int, float]
+AttrKey = tuple[tuple[str, AttrValue], ...]
+
+OVERFLOW_KEY: AttrKey = (("otel.metric.overflow", True),)
+_ALL: weakref.WeakSet[Tally] = weakref.WeakSet()
+
+
+def key_of(attributes: dict[str, AttrValue]) -> AttrKey:
+    """A hashable, order-independent key for one attribute set."""
+    return tuple(sorted(attributes.items()))
+
+
+class Tally:
+    """Totals per attribute set, safe under threads; reset in a forked child."""
+
+    __slots__ = ("__weakref__", "_lock", "_values", "limit", "name", "overflowed")
+
+    def __init__(self, name: str, limit: int = 2000) -> None:
+        self.name = name
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._values: dict[AttrKey, int] = {}
+        self.overflowed = 0
+        _ALL.add(self)
+
+    def add(self, key: AttrKey, amount: int = 1) -> None:
+        with self._lock:
+            values = self._values
+            if key in values:
+                values[key] += amount
+            elif len(values) < self.limit:
+                values[key] = amount
+            else:
+                self.overflowed += 1
+                values[OVERFLOW_KEY] = values.get(OVERFLOW_KEY, 0) + amount
+
+    def add_many(self, items: Iterable[tuple[AttrKey, int]]) -> None:
+        """Several updates under one lock acquisition (the hot path's end of call)."""
+        with self._lock:
+            values = self._values
+            for key, amount in items:
+                if not amount:
+                    continue
+                if key in values:
+                    values[key] += amount
+                elif len(values) < self.limit:
+                    values[key] = amount
+                else:
+                    self.overflowed += 1
+                    values[OVERFLOW_KEY] = values.get(OVERFLOW_KEY, 0) + amount
+
+    def snapshot(self) -> dict[AttrKey, int]:
+        with self._lock:
+            return dict(self._values)
+
+    def value(self, **attributes: AttrValue) -> int:
+        """Sum of the series whose attributes include the given ones (for tests and the demo)."""
+        wanted = attributes.items()
+        return sum(
+            amount
+            for key, amount in self.snapshot().items()
+            if all(item in key for item in wanted)
+        )
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(amount, dict(key)) for key, amount in self.snapshot().items()]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self.overflowed = 0
+
+    def _after_fork(self) -> None:
+        # The parent's lock may have been held by another thread at fork time, and its
+        # totals belong to the parent's own series: start clean.
+        self._lock = threading.Lock()
+        self._values = {}
+        self.overflowed = 0
+
+
+def set_limit(limit: int) -> None:
+    for tally in list(_ALL):
+        tally.limit = limit
+
+
+def reset_all() -> None:
+    for tally in list(_ALL):
+        tally.reset()
+
+
+def _reset_after_fork() -> None:
+    for tally in list(_ALL):
+        tally._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

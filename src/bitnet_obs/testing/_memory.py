@@ -1,0 +1,117 @@
+"""In-memory capture of bitnet-obs telemetry for your own tests.
+
+It binds bitnet-obs to private in-memory SDK providers (never the global ones, which
+OpenTelemetry lets you set only once), zeroes the running totals, and restores the previous
+binding on exit::
+
+    from bitnet_obs.testing import capture_telemetry
+
+    with capture_telemetry() as cap:
+        generate("hello")
+    assert cap.value("bitnet.inference.requests", **{"bitnet.outcome": "ok"}) == 1
+    assert cap.spans()[0].name == "text_completion my-model"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    InMemoryMetricReader,
+    Sum,
+)
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from bitnet_obs import _instruments, _tally
+
+
+@dataclass(frozen=True)
+class Point:
+    """One metric data point, flattened for asserting."""
+
+    name: str
+    attributes: dict[str, Any]
+    value: float | None = None
+    count: int | None = None
+    sum: float | None = None
+    bucket_counts: tuple[int, ...] = ()
+    explicit_bounds: tuple[float, ...] = ()
+    exemplars: tuple[Any, ...] = field(default=())
+
+
+class TelemetryCapture:
+    """Collects metric points and finished spans in memory; see :func:`capture_telemetry`."""
+
+    def __init__(self, cardinality_limit: int | None = None) -> None:
+        self.reader = InMemoryMetricReader()
+        self.span_exporter = InMemorySpanExporter()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader], shutdown_on_exit=False)
+        self.tracer_provider = TracerProvider(shutdown_on_exit=False)
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
+        self._previous: _instruments.Instruments | None = None
+        self._limit = cardinality_limit
+
+    def __enter__(self) -> TelemetryCapture:
+        self._previous = _instruments._active
+        _tally.reset_all()
+        if self._limit is not None:
+            _tally.set_limit(self._limit)
+        _instruments.bind(self.meter_provider, self.tracer_provider)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _instruments._active = self._previous
+        if self._limit is not None:
+            _tally.set_limit(2000)
+        self.meter_provider.shutdown(timeout_millis=1000)
+        self.tracer_provider.shutdown()
+
+    def points(self, name: str, **attributes: Any) -> list[Point]:
+        """Points of one metric whose attributes include the given ones (dots: use **{...})."""
+        data = self.reader.get_metrics_data()
+        found: list[Point] = []
+        if data is None:
+            return found
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name != name:
+                        continue
+                    for dp in metric.data.data_points:
+                        attrs = dict(dp.attributes or {})
+                        if all(attrs.get(k) == v for k, v in attributes.items()):
+                            found.append(_point(name, metric.data, dp, attrs))
+        return found
+
+    def value(self, name: str, **attributes: Any) -> float:
+        """Sum of matching counter/gauge values, or of histogram counts."""
+        total = 0.0
+        for point in self.points(name, **attributes):
+            total += point.value if point.value is not None else (point.count or 0)
+        return total
+
+    def spans(self, name: str | None = None) -> Sequence[ReadableSpan]:
+        spans = self.span_exporter.get_finished_spans()
+        return [s for s in spans if name is None or s.name == name]
+
+
+def _point(name: str, data: Any, dp: Any, attrs: dict[str, Any]) -> Point:
+    exemplars = tuple(getattr(dp, "exemplars", ()) or ())
+    if isinstance(data, Histogram):
+        return Point(name, attrs, None, dp.count, dp.sum, tuple(dp.bucket_counts),
+                     tuple(dp.explicit_bounds), exemplars)  # fmt: skip
+    if isinstance(data, (Sum, Gauge)):
+        return Point(name, attrs, dp.value, exemplars=exemplars)
+    return Point(name, attrs, getattr(dp, "value", None), exemplars=exemplars)
+
+
+def capture_telemetry(cardinality_limit: int | None = None) -> TelemetryCapture:
+    """Capture bitnet-obs metrics and spans in memory for the duration of a ``with`` block."""
+    return TelemetryCapture(cardinality_limit)
