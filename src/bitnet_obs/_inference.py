@@ -739,5 +739,5 @@ def with_fallback(
     try:
         return primary()
     except on as exc:
-        current_inference().fallback(from_device, to_device, reason or error_type(exc))
+        current_inference().fallback(from_device, to_device, reason or type(exc).__name__)
     return fallback()

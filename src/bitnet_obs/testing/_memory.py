@@ -33,7 +33,7 @@ from bitnet_obs import _instruments, _tally
 
 
 @dataclass(frozen=True)
-class Point:
+class CapturedPoint:
     """One metric data point, flattened for asserting."""
 
     name: str
@@ -73,10 +73,10 @@ class TelemetryCapture:
         self.meter_provider.shutdown(timeout_millis=1000)
         self.tracer_provider.shutdown()
 
-    def points(self, name: str, **attributes: Any) -> list[Point]:
+    def points(self, name: str, **attributes: Any) -> list[CapturedPoint]:
         """Points of one metric whose attributes include the given ones (dots: use **{...})."""
         data = self.reader.get_metrics_data()
-        found: list[Point] = []
+        found: list[CapturedPoint] = []
         if data is None:
             return found
         for resource_metrics in data.resource_metrics:
@@ -102,14 +102,14 @@ class TelemetryCapture:
         return [s for s in spans if name is None or s.name == name]
 
 
-def _point(name: str, data: Any, dp: Any, attrs: dict[str, Any]) -> Point:
+def _point(name: str, data: Any, dp: Any, attrs: dict[str, Any]) -> CapturedPoint:
     exemplars = tuple(getattr(dp, "exemplars", ()) or ())
     if isinstance(data, Histogram):
-        return Point(name, attrs, None, dp.count, dp.sum, tuple(dp.bucket_counts),
+        return CapturedPoint(name, attrs, None, dp.count, dp.sum, tuple(dp.bucket_counts),
                      tuple(dp.explicit_bounds), exemplars)  # fmt: skip
     if isinstance(data, (Sum, Gauge)):
-        return Point(name, attrs, dp.value, exemplars=exemplars)
-    return Point(name, attrs, getattr(dp, "value", None), exemplars=exemplars)
+        return CapturedPoint(name, attrs, dp.value, exemplars=exemplars)
+    return CapturedPoint(name, attrs, getattr(dp, "value", None), exemplars=exemplars)
 
 
 def capture_telemetry(cardinality_limit: int | None = None) -> TelemetryCapture:
