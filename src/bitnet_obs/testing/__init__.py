@@ -9,6 +9,7 @@ Assert on what really leaves the process, over the OTLP wire:
 
 from __future__ import annotations
 
+from bitnet_obs.testing._memory import CapturedPoint, TelemetryCapture, capture_telemetry
 from bitnet_obs.testing._otlp_decode import (
     MetricPoint,
     ReceivedLogRecord,
@@ -18,6 +19,9 @@ from bitnet_obs.testing._otlp_decode import (
 from bitnet_obs.testing._receiver import OTLPReceiver, ReceivedRequest
 
 __all__ = [
+    "CapturedPoint",
+    "TelemetryCapture",
+    "capture_telemetry",
     "MetricPoint",
     "OTLPReceiver",
     "ReceivedLogRecord",

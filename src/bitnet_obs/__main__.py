@@ -1,0 +1,5 @@
+import sys
+
+from bitnet_obs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""``bitnet-obs demo``: a small synthetic BitNet-style server, instrumented only through the
+public API, so every number on ``/metrics`` comes from real work.
+
+The "model" is a stack of ternary-weight layers run with int8 activations through the same
+I2_S kernel emulation that ``bitnet_obs.quant`` checks; tokens are generated greedily and
+streamed. Some requests hit a simulated GPU out-of-memory error and fall back to the CPU path.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import bitnet_obs
+from bitnet_obs import quant
+from bitnet_obs._instruments import TALLIES
+
+MODEL = "bitnet-demo-tiny"
+
+
+class SimulatedOutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError: the demo has no GPU."""
+
+
+class InvalidPromptError(ValueError):
+    pass
+
+
+@dataclass
+class TinyBitNet:
+    """A few ternary linear layers plus a float LM head, like BitNet b1.58 in miniature."""
+
+    vocab: int = 512
+    hidden: int = 256
+    layers: int = 4
+    seed: int = 0
+    embed: np.ndarray = field(init=False, repr=False)
+    weights: list[np.ndarray] = field(init=False, repr=False)
+    codes: list[np.ndarray] = field(init=False, repr=False)
+    scales: list[float] = field(init=False, repr=False)
+    head: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        self.embed = rng.standard_normal((self.vocab, self.hidden)).astype(np.float32)
+        self.weights = [
+            (rng.standard_normal((self.hidden, self.hidden)) / np.sqrt(self.hidden)).astype(
+                np.float32
+            )
+            for _ in range(self.layers)
+        ]
+        quantized = [quant.quantize_weights(w) for w in self.weights]
+        self.codes = [codes for codes, _ in quantized]
+        self.scales = [scale for _, scale in quantized]
+        self.head = rng.standard_normal((self.hidden, self.vocab)).astype(np.float32)
+
+    def hidden_state(self, token: int, fmt: str = "i2_s") -> np.ndarray:
+        x = self.embed[token][None, :]
+        for codes, scale in zip(self.codes, self.scales):
+            y = quant.matmul(x, codes, scale, format=fmt)
+            x = np.maximum(y, 0.0) + 0.1 * x  # ReLU with a residual, keeps activations alive
+            x = x / (np.sqrt(np.mean(x * x)) + 1e-6)  # RMS norm
+        return x.astype(np.float32)
+
+    def next_token(self, token: int, fmt: str = "i2_s") -> int:
+        return int(np.argmax(self.hidden_state(token, fmt) @ self.head))
+
+
+@bitnet_obs.monitored_inference(model=MODEL, operation="text_completion", device="cuda:0")
+def generate(model: TinyBitNet, prompt: list[int], max_tokens: int, oom: bool) -> Iterator[int]:
+    """Stream tokens; the first forward pass may 'run out of GPU memory' and fall back."""
+    inf = bitnet_obs.current_inference()
+    inf.add_input_tokens(len(prompt))
+    if not prompt:
+        raise InvalidPromptError("empty prompt")
+
+    def on_gpu() -> int:
+        if oom:
+            raise SimulatedOutOfMemoryError("CUDA out of memory (simulated)")
+        return model.next_token(prompt[-1])
+
+    token = bitnet_obs.with_fallback(
+        on_gpu,
+        lambda: model.next_token(prompt[-1]),
+        on=(SimulatedOutOfMemoryError,),
+        from_device="cuda:0",
+        to_device="cpu",
+        reason="out_of_memory",
+    )
+    yield token
+    for _ in range(max_tokens - 1):
+        token = model.next_token(token)
+        yield token
+
+
+@dataclass
+class _Stats:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float) -> None:
+        with self.lock:
+            self.latencies.append(seconds)
+            del self.latencies[:-500]
+
+    def p50(self) -> float:
+        with self.lock:
+            values = sorted(self.latencies)
+        return values[len(values) // 2] if values else 0.0
+
+
+def _worker(model: TinyBitNet, stop: threading.Event, stats: _Stats, seed: int) -> None:
+    rng = random.Random(seed)
+    while not stop.is_set():
+        prompt = [rng.randrange(model.vocab) for _ in range(rng.randint(0, 24) or 0)]
+        if rng.random() < 0.02:
+            prompt = []  # an invalid request: counted as an error
+        started = time.perf_counter()
+        try:
+            stream = generate(model, prompt, rng.randint(8, 48), rng.random() < 0.05)
+            for _i, _token in enumerate(stream):
+                if stop.is_set() or (rng.random() < 0.002):
+                    break  # a client that disconnects: counted as cancelled
+        except InvalidPromptError:
+            pass
+        stats.add(time.perf_counter() - started)
+        stop.wait(rng.uniform(0.0, 0.05))
+
+
+def _summary(stats: _Stats, started: float) -> str:
+    requests = TALLIES["bitnet.inference.requests"]
+    tokens = TALLIES["bitnet.inference.tokens"].value(**{"gen_ai.token.type": "output"})
+    elapsed = max(time.monotonic() - started, 1e-9)
+    return (
+        f"requests {requests.value():6d} "
+        f"(ok {requests.value(**{'bitnet.outcome': 'ok'})}, "
+        f"error {requests.value(**{'bitnet.outcome': 'error'})}, "
+        f"cancelled {requests.value(**{'bitnet.outcome': 'cancelled'})}) | "
+        f"{tokens / elapsed:7.1f} tok/s | p50 {stats.p50() * 1000:6.1f} ms | "
+        f"fallbacks {TALLIES['bitnet.device.fallbacks'].value()}"
+    )
+
+
+def run(duration: float | None, port: int | None, workers: int = 2) -> int:
+    overrides: dict[str, object] = {}
+    if port is not None:
+        overrides["prometheus_port"] = port
+    try:
+        telemetry = bitnet_obs.configure(**overrides)
+    except bitnet_obs.ConfigError as exc:
+        print(f"bitnet-obs demo: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"bitnet-obs demo: cannot start the /metrics server ({exc}); "
+            "try --port 0 or set OTEL_EXPORTER_PROMETHEUS_PORT",
+            file=sys.stderr,
+        )
+        return 2
+    model = TinyBitNet()
+    print(f"bitnet-obs demo: model {MODEL} ({model.layers} ternary layers, I2_S kernel emulation)")
+    if telemetry.metrics_url:
+        print(f"  metrics: {telemetry.metrics_url}")
+        print(f"  health:  {telemetry.health_url}")
+    print(f"  metrics exporters: {', '.join(telemetry.settings.metrics_exporters) or 'none'}; "
+          f"traces: {', '.join(telemetry.settings.traces_exporters) or 'none'}")  # fmt: skip
+    print(f"  running {'for %gs' % duration if duration else 'until Ctrl-C'}", flush=True)
+    stop = threading.Event()
+    stats = _Stats()
+    threads = [
+        threading.Thread(target=_worker, args=(model, stop, stats, i), daemon=True)
+        for i in range(workers)
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+    try:
+        while duration is None or time.monotonic() - started < duration:
+            time.sleep(0.25)
+            now = time.monotonic()
+            if tty:
+                print("\r" + _summary(stats, started), end="", flush=True)
+            elif now - last_print >= 5:
+                print(_summary(stats, started), flush=True)
+                last_print = now
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    print(("\n" if tty else "") + "final: " + _summary(stats, started), flush=True)
+    bitnet_obs.shutdown()
+    return 0
