@@ -32,15 +32,23 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install(MYPY, "types-PyYAML", ".[test]")
-    session.run("mypy", "--strict", "src")
+    session.run("mypy", "--strict")  # packages and paths come from pyproject.toml
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Overhead ratios against hand-written bare-SDK code, measured in one run."""
     session.install(".[test]")
-    session.run("pytest", "benchmarks", "--benchmark-only", "-p", "no:randomly",
-                "--benchmark-columns=min,median,mean,stddev,rounds", "-s", *session.posargs)  # fmt: skip
+    session.run(
+        "pytest",
+        "benchmarks",
+        "--benchmark-only",
+        "-p",
+        "no:randomly",
+        "--benchmark-columns=min,median,mean,stddev,rounds",
+        "-s",
+        *session.posargs,
+    )
 
 
 @nox.session

@@ -159,7 +159,9 @@ def test_malformed_values_name_variable_value_and_accepted(
 def test_server_off_with_prometheus_is_an_error() -> None:
     with pytest.raises(ConfigError, match="BITNET_OBS_SERVER"):
         from_env({"BITNET_OBS_SERVER": "off"})
-    assert not from_env({"BITNET_OBS_SERVER": "off", "OTEL_METRICS_EXPORTER": "otlp"}).server_enabled
+    assert not from_env(
+        {"BITNET_OBS_SERVER": "off", "OTEL_METRICS_EXPORTER": "otlp"}
+    ).server_enabled
 
 
 def test_every_documented_variable_is_parsed() -> None:

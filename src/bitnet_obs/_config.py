@@ -249,8 +249,12 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         )
     if "OTEL_TRACES_SAMPLER_ARG" in env:
         values["traces_sampler_arg"] = _number(
-            "OTEL_TRACES_SAMPLER_ARG", env["OTEL_TRACES_SAMPLER_ARG"], "a number in [0, 1]",
-            0.0, 1.0, False,
+            "OTEL_TRACES_SAMPLER_ARG",
+            env["OTEL_TRACES_SAMPLER_ARG"],
+            "a number in [0, 1]",
+            0.0,
+            1.0,
+            False,
         )
     if "BITNET_OBS_SERVER" in env:
         values["server"] = _choice("BITNET_OBS_SERVER", env["BITNET_OBS_SERVER"], SERVER_MODES)
@@ -265,18 +269,30 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         values["cardinality_limit"] = int(raw)
     if "BITNET_OBS_QUANT_SAMPLE_RATE" in env:
         values["quant_sample_rate"] = _number(
-            "BITNET_OBS_QUANT_SAMPLE_RATE", env["BITNET_OBS_QUANT_SAMPLE_RATE"],
-            "a number in [0, 1]", 0.0, 1.0, False,
+            "BITNET_OBS_QUANT_SAMPLE_RATE",
+            env["BITNET_OBS_QUANT_SAMPLE_RATE"],
+            "a number in [0, 1]",
+            0.0,
+            1.0,
+            False,
         )
     if "BITNET_OBS_QUANT_BUDGET" in env:
         values["quant_budget"] = _number(
-            "BITNET_OBS_QUANT_BUDGET", env["BITNET_OBS_QUANT_BUDGET"], "a number in (0, 1]",
-            0.0, 1.0, True,
+            "BITNET_OBS_QUANT_BUDGET",
+            env["BITNET_OBS_QUANT_BUDGET"],
+            "a number in (0, 1]",
+            0.0,
+            1.0,
+            True,
         )
     if "BITNET_OBS_SHUTDOWN_TIMEOUT" in env:
         values["shutdown_timeout_s"] = _number(
-            "BITNET_OBS_SHUTDOWN_TIMEOUT", env["BITNET_OBS_SHUTDOWN_TIMEOUT"],
-            "a positive number of seconds", 0.0, math.inf, True,
+            "BITNET_OBS_SHUTDOWN_TIMEOUT",
+            env["BITNET_OBS_SHUTDOWN_TIMEOUT"],
+            "a positive number of seconds",
+            0.0,
+            math.inf,
+            True,
         )
     return _checked(Settings(**values))
 

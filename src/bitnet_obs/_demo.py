@@ -62,7 +62,7 @@ class TinyBitNet:
 
     def hidden_state(self, token: int, fmt: str = "i2_s") -> np.ndarray:
         x = self.embed[token][None, :]
-        for codes, scale in zip(self.codes, self.scales):
+        for codes, scale in zip(self.codes, self.scales, strict=True):
             y = quant.matmul(x, codes, scale, format=fmt)
             x = np.maximum(y, 0.0) + 0.1 * x  # ReLU with a residual, keeps activations alive
             x = x / (np.sqrt(np.mean(x * x)) + 1e-6)  # RMS norm
@@ -148,11 +148,10 @@ def _summary(stats: _Stats, started: float) -> str:
 
 
 def run(duration: float | None, port: int | None, workers: int = 2) -> int:
-    overrides: dict[str, object] = {}
-    if port is not None:
-        overrides["prometheus_port"] = port
     try:
-        telemetry = bitnet_obs.configure(**overrides)
+        telemetry = (
+            bitnet_obs.configure() if port is None else bitnet_obs.configure(prometheus_port=port)
+        )
     except bitnet_obs.ConfigError as exc:
         print(f"bitnet-obs demo: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -168,9 +167,11 @@ def run(duration: float | None, port: int | None, workers: int = 2) -> int:
     if telemetry.metrics_url:
         print(f"  metrics: {telemetry.metrics_url}")
         print(f"  health:  {telemetry.health_url}")
-    print(f"  metrics exporters: {', '.join(telemetry.settings.metrics_exporters) or 'none'}; "
-          f"traces: {', '.join(telemetry.settings.traces_exporters) or 'none'}")  # fmt: skip
-    print(f"  running {'for %gs' % duration if duration else 'until Ctrl-C'}", flush=True)
+    print(
+        f"  metrics exporters: {', '.join(telemetry.settings.metrics_exporters) or 'none'}; "
+        f"traces: {', '.join(telemetry.settings.traces_exporters) or 'none'}"
+    )
+    print(f"  running {f'for {duration:g}s' if duration else 'until Ctrl-C'}", flush=True)
     stop = threading.Event()
     stats = _Stats()
     threads = [

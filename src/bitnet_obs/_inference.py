@@ -11,6 +11,7 @@ the caller's own exceptions propagate unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -28,13 +29,19 @@ from bitnet_obs import _instruments, _pipeline
 from bitnet_obs._config import ConfigError
 from bitnet_obs._instruments import TALLIES
 from bitnet_obs._selfmon import internal_error
-from bitnet_obs._tally import AttrKey, AttrValue, key_of
+from bitnet_obs._tally import AttrValue, key_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 TokenCounter = Callable[[Any], int]
 
-OPERATIONS = ("chat", "text_completion", "generate_content", "embeddings", "invoke_agent",
-              "execute_tool")  # fmt: skip
+OPERATIONS = (
+    "chat",
+    "text_completion",
+    "generate_content",
+    "embeddings",
+    "invoke_agent",
+    "execute_tool",
+)
 QUANT_FORMATS = ("i2_s", "tl1", "tl2", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other")
 _DEVICE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}(:[0-9]{1,3})?$")
 _CONTENT_LIMIT = 8192
@@ -115,8 +122,16 @@ def _clip(text: str) -> str:
 class _Site:
     """What one decorated function (or monitor object) resolved once."""
 
-    __slots__ = ("attrs", "capture_content", "client_token_usage", "count_input",
-                 "count_item", "count_output", "keys", "span_name")  # fmt: skip
+    __slots__ = (
+        "attrs",
+        "capture_content",
+        "client_token_usage",
+        "count_input",
+        "count_item",
+        "count_output",
+        "keys",
+        "span_name",
+    )
 
     def __init__(
         self,
@@ -135,35 +150,57 @@ class _Site:
         self.count_item = count_item
         self.capture_content = capture_content
         self.client_token_usage = client_token_usage
-        self.keys: dict[tuple[str, str, str], tuple[AttrKey, ...]] = {}
+        self.keys: dict[tuple[str, str, str], _Variant] = {}
 
-    def metric_keys(self, device: str, outcome: str, err: str) -> tuple[AttrKey, ...]:
-        """(requests, input tokens, output tokens) tally keys, cached per variant."""
-        variant = (device, outcome, err)
-        keys = self.keys.get(variant)
-        if keys is None:
-            base = dict(self.attrs)
-            base["bitnet.device"] = device
-            req = dict(base, **{"bitnet.outcome": outcome})
-            if err:
-                req["error.type"] = err
-            keys = (
-                key_of(req),
-                key_of(dict(base, **{"gen_ai.token.type": "input"})),
-                key_of(dict(base, **{"gen_ai.token.type": "output"})),
-                key_of(base),
-            )
+    def variant(self, device: str, outcome: str, err: str) -> _Variant:
+        """Tally keys and histogram attributes of one (device, outcome, error) variant."""
+        key = (device, outcome, err)
+        variant = self.keys.get(key)
+        if variant is None:
+            variant = _Variant(self.attrs, device, outcome, err)
             if len(self.keys) < 256:
-                self.keys[variant] = keys
-        return keys
+                self.keys[key] = variant
+        return variant
+
+
+class _Variant:
+    """Everything recorded for one outcome, built once and reused by every later call."""
+
+    __slots__ = ("attrs", "base_key", "in_key", "out_key", "req_key")
+
+    def __init__(self, site_attrs: dict[str, AttrValue], device: str, outcome: str, err: str):
+        base = dict(site_attrs)
+        base["bitnet.device"] = device
+        req = dict(base, **{"bitnet.outcome": outcome})
+        self.attrs = dict(base)
+        if err:
+            req["error.type"] = err
+            self.attrs["error.type"] = err
+        self.req_key = key_of(req)
+        self.in_key = key_of(dict(base, **{"gen_ai.token.type": "input"}))
+        self.out_key = key_of(dict(base, **{"gen_ai.token.type": "output"}))
+        self.base_key = key_of(base)
 
 
 class _Call:
     """One request in flight; what ``current_inference()`` returns inside a monitored call."""
 
-    __slots__ = ("_ctx_token", "_otel_token", "content_in", "content_out", "device",
-                 "explicit_input", "explicit_output", "first_token_at", "input_tokens",
-                 "output_tokens", "site", "span", "start", "active_key")  # fmt: skip
+    __slots__ = (
+        "_ctx_token",
+        "_otel_token",
+        "active_key",
+        "content_in",
+        "content_out",
+        "device",
+        "explicit_input",
+        "explicit_output",
+        "first_token_at",
+        "input_tokens",
+        "output_tokens",
+        "site",
+        "span",
+        "start",
+    )
 
     def __init__(self, site: _Site) -> None:
         self.site = site
@@ -178,7 +215,7 @@ class _Call:
         self.span: Span | None = None
         self._ctx_token: contextvars.Token[_Call | None] | None = None
         self._otel_token: object = None
-        self.active_key = site.metric_keys(self.device, "ok", "")[3]
+        self.active_key = site.variant(self.device, "ok", "").base_key
         self.start = time.perf_counter()
 
     # ----- the public context API -----
@@ -211,8 +248,13 @@ class _Call:
 
     def fallback(self, from_device: str, to_device: str, reason: str) -> None:
         """Record a device fallback (counter + span event) and switch the call's device."""
-        record_fallback(from_device, to_device, reason, model=str(self.site.attrs.get(
-            "gen_ai.request.model", "")), span=self.span)  # fmt: skip
+        record_fallback(
+            from_device,
+            to_device,
+            reason,
+            model=str(self.site.attrs.get("gen_ai.request.model", "")),
+            span=self.span,
+        )
         self.set_device(to_device)
 
     def set_attribute(self, key: str, value: AttrValue) -> None:
@@ -305,27 +347,30 @@ class _Call:
                 outcome, err = "cancelled", ""
             else:
                 outcome, err = "error", error_type(exc)
-            keys = self.site.metric_keys(self.device, outcome, err)
+            variant = self.site.variant(self.device, outcome, err)
             n_in, n_out = self.input_tokens, self.output_tokens
             if n_in or n_out:
-                _TOKENS.add_many(((keys[1], n_in), (keys[2], n_out)))
-            _REQUESTS.add(keys[0], 1)
+                _TOKENS.add_many(((variant.in_key, n_in), (variant.out_key, n_out)))
+            _REQUESTS.add(variant.req_key, 1)
             _ACTIVE.add(self.active_key, -1)
-            self._record(end, outcome, err, exc, keys[3], n_in, n_out)
+            self._record(end, outcome, err, exc, variant.attrs, n_in, n_out)
         except Exception as error:
             internal_error("finish", error)
         finally:
             self._end_span()
 
     def _record(
-        self, end: float, outcome: str, err: str, exc: BaseException | None, base: AttrKey,
-        n_in: int, n_out: int,
-    ) -> None:  # fmt: skip
+        self,
+        end: float,
+        outcome: str,
+        err: str,
+        exc: BaseException | None,
+        attrs: dict[str, AttrValue],
+        n_in: int,
+        n_out: int,
+    ) -> None:
         inst = _instruments.active()
         elapsed = end - self.start
-        attrs = dict(base)
-        if err:
-            attrs["error.type"] = err
         inst.duration.record(elapsed, attrs)
         if outcome == "ok" and n_out:
             if elapsed > 0:
@@ -342,18 +387,21 @@ class _Call:
                 inst.token_usage.record(n_out, dict(attrs, **{"gen_ai.token.type": "output"}))
         span = self.span
         if span is not None and span.is_recording():
-            extra: dict[str, AttrValue] = {
-                "gen_ai.usage.input_tokens": n_in,
-                "gen_ai.usage.output_tokens": n_out,
-                "bitnet.outcome": outcome,
-            }
+            extra: dict[str, AttrValue] = {}
+            if n_in:
+                extra["gen_ai.usage.input_tokens"] = n_in
+            if n_out:
+                extra["gen_ai.usage.output_tokens"] = n_out
+            if outcome != "ok":
+                extra["bitnet.outcome"] = outcome
             if err:
                 extra["error.type"] = err
             if self.content_in is not None:
                 extra["gen_ai.input.messages"] = _messages("user", self.content_in)
             if self.content_out:
                 extra["gen_ai.output.messages"] = _messages("assistant", "".join(self.content_out))
-            span.set_attributes(extra)
+            if extra:
+                span.set_attributes(extra)
             if exc is not None and outcome == "error":
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, err))
@@ -362,10 +410,8 @@ class _Call:
         try:
             if self._otel_token is not None:
                 token, self._otel_token = self._otel_token, None
-                try:
+                with contextlib.suppress(Exception):  # from another context: the SDK logs it
                     otel_context.detach(token)  # type: ignore[arg-type]
-                except Exception:  # detach from another context: the SDK logs it
-                    pass
             if self.span is not None:
                 self.span.end()
         except Exception as exc:
@@ -517,14 +563,24 @@ class InferenceMonitor:
                     f"attributes[{key!r}]={value!r} is not valid; accepted: str, bool, int, float"
                 )
             attrs[key] = value
-        for name, fn in (("count_input", count_input), ("count_output", count_output),
-                         ("count_stream_item", count_stream_item)):  # fmt: skip
+        for name, fn in (
+            ("count_input", count_input),
+            ("count_output", count_output),
+            ("count_stream_item", count_stream_item),
+        ):
             if fn is not None and not callable(fn):
                 raise ConfigError(f"{name}={fn!r} is not valid; accepted: a callable or None")
         if capture_content is not None and not isinstance(capture_content, bool):
             raise ConfigError(f"capture_content={capture_content!r}; accepted: True, False, None")
-        self._site = _Site(attrs, f"{operation} {model}", count_input, count_output,
-                           count_stream_item, capture_content, bool(client_token_usage))  # fmt: skip
+        self._site = _Site(
+            attrs,
+            f"{operation} {model}",
+            count_input,
+            count_output,
+            count_stream_item,
+            capture_content,
+            bool(client_token_usage),
+        )
 
     # ----- context manager -----
     def __enter__(self) -> _Call:
@@ -610,22 +666,39 @@ def _wrap_gen(fn: Callable[..., Iterator[Any]], site: _Site) -> Callable[..., It
         ctx.run(_enter_in_context, call, args, kwargs)
         exc: BaseException | None = None
         inner: Iterator[Any] | None = None
+        fast = site.count_item is None and call.content_out is None
+        n = 0  # items on the fast path, counted locally and added once at the end
         try:
             inner = ctx.run(fn, *args, **kwargs)
             step = inner.__next__
-            count = call.count_item
             run = ctx.run
-            while True:
-                try:
-                    item = run(step)
-                except StopIteration:
-                    break
-                count(item)
-                yield item
+            if fast:
+                first = True
+                while True:
+                    try:
+                        item = run(step)
+                    except StopIteration:
+                        break
+                    if first:
+                        first = False
+                        call.first_token_at = time.perf_counter()
+                    n += 1 if type(item) in _UNIT_ITEMS else _safe_item_count(item)
+                    yield item
+            else:
+                count = call.count_item
+                while True:
+                    try:
+                        item = run(step)
+                    except StopIteration:
+                        break
+                    count(item)
+                    yield item
         except BaseException as error:
             exc = error
             raise
         finally:
+            if n and not call.explicit_output:
+                call.output_tokens += n
             try:
                 if exc is not None and isinstance(inner, Generator):
                     ctx.run(inner.close)
@@ -634,6 +707,17 @@ def _wrap_gen(fn: Callable[..., Iterator[Any]], site: _Site) -> Callable[..., It
             ctx.run(call.finish, exc)
 
     return wrapper
+
+
+_UNIT_ITEMS = frozenset((str, int, bytes))
+
+
+def _safe_item_count(item: Any) -> int:
+    try:
+        return default_item_count(item)
+    except Exception as exc:
+        internal_error("token_counter", exc)
+        return 0
 
 
 def _enter_in_context(call: _Call, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
@@ -688,9 +772,7 @@ def _check_str(name: str, value: object, pattern: str, accepted: str) -> None:
 @overload
 def monitored_inference(fn: F, /) -> F: ...
 @overload
-def monitored_inference(
-    fn: None = None, /, **options: Any
-) -> InferenceMonitor: ...
+def monitored_inference(fn: None = None, /, **options: Any) -> InferenceMonitor: ...
 def monitored_inference(fn: F | None = None, /, **options: Any) -> F | InferenceMonitor:
     """Monitor an inference function: sync, async, generator or async generator.
 
@@ -709,9 +791,9 @@ def monitored_inference(fn: F | None = None, /, **options: Any) -> F | Inference
 def monitor_inference(**options: Any) -> InferenceMonitor:
     """The same monitor as a context manager::
 
-        with bitnet_obs.monitor_inference(model="m") as inf:
-            ids = generate(...)
-            inf.add_output_tokens(len(ids))
+    with bitnet_obs.monitor_inference(model="m") as inf:
+        ids = generate(...)
+        inf.add_output_tokens(len(ids))
     """
     return InferenceMonitor(**options)
 

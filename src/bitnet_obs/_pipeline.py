@@ -14,7 +14,6 @@ dropped).
 from __future__ import annotations
 
 import atexit
-import logging
 import threading
 import time
 import uuid
@@ -47,6 +46,7 @@ from bitnet_obs._config import OTLPSettings, Settings
 from bitnet_obs._selfmon import export_result, internal_error, logger
 from bitnet_obs._server import MetricsServer, Response
 
+
 def _instrument_types() -> tuple[type, ...]:
     from opentelemetry.sdk.metrics import (
         Counter,
@@ -58,8 +58,15 @@ def _instrument_types() -> tuple[type, ...]:
     )
     from opentelemetry.sdk.metrics import _Gauge as Gauge
 
-    return (Counter, UpDownCounter, Histogram, Gauge, ObservableCounter, ObservableGauge,
-            ObservableUpDownCounter)  # fmt: skip
+    return (
+        Counter,
+        UpDownCounter,
+        Histogram,
+        Gauge,
+        ObservableCounter,
+        ObservableGauge,
+        ObservableUpDownCounter,
+    )
 
 
 @dataclass
@@ -205,15 +212,15 @@ def _otlp_span_exporter(o: OTLPSettings) -> SpanExporter:
 
 
 def _sampler(settings: Settings) -> sampling.Sampler:
-    arg = settings.traces_sampler_arg
-    return {
-        "always_on": lambda: sampling.ALWAYS_ON,
-        "always_off": lambda: sampling.ALWAYS_OFF,
-        "traceidratio": lambda: sampling.TraceIdRatioBased(arg),
-        "parentbased_always_on": lambda: sampling.ParentBased(sampling.ALWAYS_ON),
-        "parentbased_always_off": lambda: sampling.ParentBased(sampling.ALWAYS_OFF),
-        "parentbased_traceidratio": lambda: sampling.ParentBased(sampling.TraceIdRatioBased(arg)),
-    }[settings.traces_sampler]()
+    name, arg = settings.traces_sampler, settings.traces_sampler_arg
+    root: sampling.Sampler
+    if name.endswith("always_on"):
+        root = sampling.ALWAYS_ON
+    elif name.endswith("always_off"):
+        root = sampling.ALWAYS_OFF
+    else:
+        root = sampling.TraceIdRatioBased(arg)
+    return sampling.ParentBased(root) if name.startswith("parentbased_") else root
 
 
 def build_resource(settings: Settings) -> Resource:
@@ -373,9 +380,7 @@ def _setup_traces(telemetry: Telemetry, resource: Resource, extra: list[SpanExpo
             settings.traces_exporters,
         )
         return
-    provider = TracerProvider(
-        sampler=_sampler(settings), resource=resource, shutdown_on_exit=False
-    )
+    provider = TracerProvider(sampler=_sampler(settings), resource=resource, shutdown_on_exit=False)
     for name, exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(_GuardedSpanExporter(name, exporter)))
         telemetry.span_exporters.append(exporter)
@@ -458,17 +463,19 @@ def shutdown(timeout: float | None = None) -> bool:
             event = threading.Event()
             done.append(event)
             threading.Thread(
-                target=_shutdown_one, args=(provider, millis, event), daemon=True,
+                target=_shutdown_one,
+                args=(provider, millis, event),
+                daemon=True,
                 name="bitnet-obs-shutdown",
-            ).start()  # fmt: skip
+            ).start()
     ok = all(event.wait(max(0.0, deadline - time.monotonic())) for event in done)
     if not ok:
         # Interrupt the OTLP retry back-off so the helper threads end soon, too.
         for reader in telemetry.readers:
-            exporter = getattr(reader, "_exporter", None)
-            inner = getattr(exporter, "inner", None)
-            if inner is not None:
-                _bounded(lambda e=inner: e.shutdown(timeout_millis=1), 0.05, "abort")
+            guarded = getattr(reader, "_exporter", None)
+            if isinstance(guarded, _GuardedMetricExporter):
+                inner = guarded.inner
+                _bounded(lambda: inner.shutdown(timeout_millis=1), 0.05, "abort")
         for span_exporter in telemetry.span_exporters:
             _bounded(span_exporter.shutdown, 0.05, "abort")
         internal_error(

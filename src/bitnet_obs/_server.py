@@ -66,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _reject(self) -> None:
         self._send(405, "text/plain; charset=utf-8", b"method not allowed\n")
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _reject  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = _reject
 
     def _send(self, status: int, ctype: str, body: bytes) -> None:
         self.send_response(status)
@@ -77,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes every second would flood the application's stderr
 
 

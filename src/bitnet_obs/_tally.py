@@ -18,7 +18,7 @@ from typing import Union
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-AttrValue = Union[str, bool, int, float]
+AttrValue = Union[str, bool, int, float]  # noqa: UP007 - a runtime alias on 3.10
 AttrKey = tuple[tuple[str, AttrValue], ...]
 
 OVERFLOW_KEY: AttrKey = (("otel.metric.overflow", True),)
@@ -77,9 +77,7 @@ class Tally:
         """Sum of the series whose attributes include the given ones (for tests and the demo)."""
         wanted = attributes.items()
         return sum(
-            amount
-            for key, amount in self.snapshot().items()
-            if all(item in key for item in wanted)
+            amount for key, amount in self.snapshot().items() if all(item in key for item in wanted)
         )
 
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:

@@ -18,9 +18,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bitnet-obs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run an instrumented synthetic BitNet server")
-    demo.add_argument("--duration", type=_positive, default=None, help="seconds (default: until Ctrl-C)")
-    demo.add_argument("--port", type=int, default=None,
-                      help="/metrics port (default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)")  # fmt: skip
+    demo.add_argument(
+        "--duration", type=_positive, default=None, help="seconds (default: until Ctrl-C)"
+    )
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="/metrics port (default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)",
+    )
     demo.add_argument("--workers", type=int, default=2, help="concurrent request loops")
     args = parser.parse_args(argv)
     if args.command == "demo":

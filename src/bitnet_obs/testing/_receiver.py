@@ -267,9 +267,11 @@ class OTLPReceiver:
             return predicate(self)
 
     def wait_for_metric(self, name: str, timeout: float = 5.0) -> bool:
+        """Block until a point of metric ``name`` has arrived; False on timeout."""
         return self.wait_for(lambda r: bool(r.metric_points(name)), timeout)
 
     def wait_for_spans(self, n: int, timeout: float = 5.0) -> bool:
+        """Block until at least ``n`` spans have arrived in total; False on timeout."""
         return self.wait_for(lambda r: len(r.spans()) >= n, timeout)
 
     # -- request path ----------------------------------------------------------------------------
