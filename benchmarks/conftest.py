@@ -6,7 +6,7 @@ into Markdown table lines (printed, and written to ``.benchmarks/report.md``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,8 @@ REPORTERS: list[Callable[[dict[str, float]], list[str]]] = []
 
 
 @pytest.fixture(scope="session")
-def results() -> Iterator[dict[str, float]]:
-    yield RESULTS
+def results() -> dict[str, float]:
+    return RESULTS
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

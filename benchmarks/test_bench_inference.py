@@ -13,15 +13,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import opentelemetry.sdk.version
-import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import bitnet_obs
-from bitnet_obs import _instruments
 from benchmarks.conftest import REPORTERS
+from bitnet_obs import _instruments
 
 ATTRS = {
     "gen_ai.operation.name": "text_completion",
