@@ -51,6 +51,22 @@ _ACTIVE = TALLIES["bitnet.inference.active_requests"]
 _TOKENS = TALLIES["bitnet.inference.tokens"]
 _FALLBACKS = TALLIES["bitnet.device.fallbacks"]
 
+# Called at the end of every request with (duration_s, ttft_s or None, output_tokens, outcome);
+# each must be O(1) and never raise (the SLA tracker is one).
+RequestObserver = Callable[[float, "float | None", int, str], None]
+_observers: list[RequestObserver] = []
+
+
+def add_request_observer(observer: RequestObserver) -> None:
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def remove_request_observer(observer: RequestObserver) -> None:
+    if observer in _observers:
+        _observers.remove(observer)
+
+
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "bitnet_obs_inference", default=None
 )
@@ -372,6 +388,10 @@ class _Call:
         inst = _instruments.active()
         elapsed = end - self.start
         inst.duration.record(elapsed, attrs)
+        if _observers:
+            ttft = None if self.first_token_at is None else self.first_token_at - self.start
+            for observer in _observers:
+                observer(elapsed, ttft, n_out, outcome)
         if outcome == "ok" and n_out:
             if elapsed > 0:
                 inst.throughput.record(n_out / elapsed, attrs)
