@@ -42,6 +42,11 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 10.0  # per connection: a trickling client is cut off, others are not blocked
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # so even a garbled request gets a status line
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # An unknown method is the client's mistake: 405, not the stdlib's 501.
+        super().send_error(405 if code == 501 else code, message, explain)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
