@@ -60,16 +60,39 @@ class TinyBitNet:
         self.scales = [scale for _, scale in quantized]
         self.head = rng.standard_normal((self.hidden, self.vocab)).astype(np.float32)
 
-    def hidden_state(self, token: int, fmt: str = "i2_s") -> np.ndarray:
+    def record_weights(self) -> None:
+        """Load-time accuracy of every ternary layer against its FP32 weights, per format."""
+        for i, w in enumerate(self.weights):
+            quant.record_weight_quantization(f"layers.{i}.proj", w)
+
+    def hidden_state(self, token: int, fmt: str = "i2_s", check: bool = False) -> np.ndarray:
         x = self.embed[token][None, :]
-        for codes, scale in zip(self.codes, self.scales, strict=True):
+        for i, (codes, scale) in enumerate(zip(self.codes, self.scales, strict=True)):
             y = quant.matmul(x, codes, scale, format=fmt)
+            if check:
+                self._check_layer(i, x, y)
             x = np.maximum(y, 0.0) + 0.1 * x  # ReLU with a residual, keeps activations alive
             x = x / (np.sqrt(np.mean(x * x)) + 1e-6)  # RMS norm
         return x.astype(np.float32)
 
-    def next_token(self, token: int, fmt: str = "i2_s") -> int:
-        return int(np.argmax(self.hidden_state(token, fmt) @ self.head))
+    def _check_layer(self, i: int, x: np.ndarray, y: np.ndarray) -> None:
+        """Kernel fidelity (vs the quantized reference) and quantization error (vs FP32).
+
+        Sampled and budgeted by bitnet-obs; the references are the demo's own work.
+        """
+        inf = bitnet_obs.current_inference()
+        q, sx = quant.quantize_activations(x)
+        ternary = self.codes[i].astype(np.float64) * self.scales[i]
+        reference = (q.astype(np.float64) / sx[:, None]) @ ternary.T
+        inf.record_quantization(f"layers.{i}.proj", reference, y)
+        tl2 = quant.matmul(x, self.codes[i], self.scales[i], format="tl2")
+        inf.record_quantization(f"layers.{i}.proj", reference, tl2, format="tl2")
+        inf.record_quantization(
+            f"layers.{i}.proj", x.astype(np.float64) @ self.weights[i].T, y, reference_kind="fp32"
+        )
+
+    def next_token(self, token: int, fmt: str = "i2_s", check: bool = False) -> int:
+        return int(np.argmax(self.hidden_state(token, fmt, check) @ self.head))
 
 
 @bitnet_obs.monitored_inference(model=MODEL, operation="text_completion", device="cuda:0")
@@ -83,11 +106,11 @@ def generate(model: TinyBitNet, prompt: list[int], max_tokens: int, oom: bool) -
     def on_gpu() -> int:
         if oom:
             raise SimulatedOutOfMemoryError("CUDA out of memory (simulated)")
-        return model.next_token(prompt[-1])
+        return model.next_token(prompt[-1], check=True)
 
     token = bitnet_obs.with_fallback(
         on_gpu,
-        lambda: model.next_token(prompt[-1]),
+        lambda: model.next_token(prompt[-1], check=True),
         on=(SimulatedOutOfMemoryError,),
         from_device="cuda:0",
         to_device="cpu",
@@ -163,6 +186,7 @@ def run(duration: float | None, port: int | None, workers: int = 2) -> int:
         )
         return 2
     model = TinyBitNet()
+    model.record_weights()
     print(f"bitnet-obs demo: model {MODEL} ({model.layers} ternary layers, I2_S kernel emulation)")
     if telemetry.metrics_url:
         print(f"  metrics: {telemetry.metrics_url}")

@@ -281,6 +281,23 @@ class _Call:
         if self.span is not None:
             self.span.set_attribute(key, value)
 
+    def record_quantization(
+        self,
+        name: str,
+        reference: Any,
+        candidate: Any,
+        *,
+        format: str | None = None,
+        reference_kind: str = "quantized",
+        kind: str = "output",
+    ) -> None:
+        """Compare a tensor with its reference as a sampled, budgeted quantization sample.
+
+        Defaults to kernel fidelity (against the quantized reference) in the call's format.
+        Never raises: bad input is a counted skip.
+        """
+        _record_quantization(self, name, reference, candidate, format, reference_kind, kind)
+
     @property
     def span_context(self) -> trace.SpanContext | None:
         return self.span.get_span_context() if self.span is not None else None
@@ -467,6 +484,42 @@ class _NullInference:
 
     def fallback(self, from_device: str, to_device: str, reason: str) -> None:
         record_fallback(from_device, to_device, reason)
+
+    def record_quantization(
+        self,
+        name: str,
+        reference: Any,
+        candidate: Any,
+        *,
+        format: str | None = None,
+        reference_kind: str = "quantized",
+        kind: str = "output",
+    ) -> None:
+        _record_quantization(None, name, reference, candidate, format, reference_kind, kind)
+
+
+def _record_quantization(
+    call: _Call | None,
+    name: str,
+    reference: Any,
+    candidate: Any,
+    fmt: str | None,
+    reference_kind: str,
+    kind: str,
+) -> None:
+    from bitnet_obs.quant import _record
+
+    try:
+        if fmt is None:
+            site_fmt = call.site.attrs["bitnet.quant.format"] if call is not None else "i2_s"
+            fmt = str(site_fmt) if site_fmt in ("i2_s", "tl1", "tl2") else "i2_s"
+        _record.compare_outputs(
+            name, reference, candidate, format=fmt, reference_kind=reference_kind, kind=kind
+        )
+    except Exception as exc:  # bad input inside inference: counted, never raised
+        _record.skip(kind if kind in _record.KINDS else "output", "bad_input")
+        if not isinstance(exc, ValueError):
+            internal_error("quant_sample", exc)
 
 
 _NULL = _NullInference()

@@ -14,6 +14,7 @@ dropped).
 from __future__ import annotations
 
 import atexit
+import functools
 import threading
 import time
 import uuid
@@ -405,6 +406,23 @@ def current() -> Telemetry | None:
     return _current
 
 
+_env_settings: Settings | None = None
+
+
+def settings() -> Settings:
+    """The settings in force: configure()'s, else the environment's (parsed once)."""
+    global _env_settings
+    if _current is not None:
+        return _current.settings
+    if _env_settings is None:
+        try:
+            _env_settings = _config.from_env()
+        except _config.ConfigError as exc:
+            internal_error("config", exc)
+            _env_settings = Settings()
+    return _env_settings
+
+
 def is_configured() -> bool:
     return _current is not None
 
@@ -474,8 +492,8 @@ def shutdown(timeout: float | None = None) -> bool:
         for reader in telemetry.readers:
             guarded = getattr(reader, "_exporter", None)
             if isinstance(guarded, _GuardedMetricExporter):
-                inner = guarded.inner
-                _bounded(lambda: inner.shutdown(timeout_millis=1), 0.05, "abort")
+                abort = functools.partial(guarded.inner.shutdown, timeout_millis=1)
+                _bounded(abort, 0.05, "abort")
         for span_exporter in telemetry.span_exporters:
             _bounded(span_exporter.shutdown, 0.05, "abort")
         internal_error(

@@ -1,0 +1,279 @@
+"""Recording quantization accuracy as metrics, under a sampling rate and a time budget.
+
+Load-time calls (:func:`record_weight_quantization`) always measure. Runtime calls
+(:func:`record_activation_quantization`, :func:`compare_outputs`, and
+``current_inference().record_quantization``) are *eligible* samples: a fraction
+``BITNET_OBS_QUANT_SAMPLE_RATE`` of them is measured, and never more than
+``BITNET_OBS_QUANT_BUDGET`` of wall time goes to the statistics (a token bucket: credit
+accrues at ``budget`` seconds per second, up to one minute's worth). Skipped samples are
+counted in ``bitnet.quant.samples_skipped`` with their reason.
+
+Bad input raises :class:`QuantInputError` when you call these directly; inside a monitored
+inference call it becomes a counted skip (reason ``bad_input``) and never reaches inference.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bitnet_obs import _instruments, _pipeline
+from bitnet_obs._instruments import TALLIES
+from bitnet_obs._selfmon import internal_error
+from bitnet_obs._tally import AttrValue, key_of
+from bitnet_obs.quant._lut import TL2_DEFAULT_BK
+from bitnet_obs.quant._stats import (
+    Accuracy,
+    LogitsAgreement,
+    WeightReport,
+    accuracy,
+    logits_agreement,
+)
+from bitnet_obs.quant._stats import weight_report as _weight_report
+from bitnet_obs.quant._validate import (
+    FORMATS,
+    QuantInputError,
+    check_format,
+    check_tiling,
+    float_input,
+)
+
+SQNR_CAP_DB = 200.0  # equal tensors have infinite SQNR; histograms get this instead
+MAX_SAMPLE_ELEMENTS = 1 << 20  # larger runtime tensors are measured on a row sample
+MAX_TENSOR_NAMES = 512  # more distinct names fold into "_other"
+REFERENCES = ("fp32", "quantized")
+KINDS = ("weight", "activation", "output", "logits")
+
+_OPERATIONS = TALLIES["bitnet.quant.operations"]
+_SKIPPED = TALLIES["bitnet.quant.samples_skipped"]
+
+
+class _Budget:
+    """Token bucket over wall time: at most ``fraction`` of it spent on statistics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._credit: float | None = None
+        self._last = time.monotonic()
+        self._rng = random.Random()
+
+    def admit(self, rate: float, fraction: float) -> str | None:
+        """None to go ahead, else the skip reason."""
+        if rate <= 0.0 or (rate < 1.0 and self._rng.random() >= rate):
+            return "sampling"
+        cap = max(0.05, fraction * 60.0)
+        with self._lock:
+            now = time.monotonic()
+            credit = cap if self._credit is None else self._credit
+            credit = min(cap, credit + max(0.0, now - self._last) * fraction)
+            self._last = now
+            self._credit = credit
+            return None if credit > 0.0 else "budget"
+
+    def spend(self, seconds: float) -> None:
+        with self._lock:
+            self._credit = (self._credit or 0.0) - seconds
+
+
+_budget = _Budget()
+_names_lock = threading.Lock()
+_names: set[str] = set()
+
+
+def _tensor_name(name: object) -> str:
+    text = str(name)[:128] or "_unnamed"
+    with _names_lock:
+        if text in _names:
+            return text
+        if len(_names) < MAX_TENSOR_NAMES:
+            _names.add(text)
+            return text
+    return "_other"
+
+
+def _attrs(fmt: str, kind: str, reference: str, name: str) -> dict[str, AttrValue]:
+    return {
+        "bitnet.quant.format": fmt,
+        "bitnet.quant.kind": kind,
+        "bitnet.quant.reference": reference,
+        "bitnet.tensor": _tensor_name(name),
+    }
+
+
+def _emit(acc: Accuracy, attrs: dict[str, AttrValue], seconds: float) -> None:
+    inst = _instruments.active()
+    inst.quant_accuracy.record(acc.accuracy_ratio, attrs)
+    inst.quant_sqnr.record(min(acc.sqnr_db, SQNR_CAP_DB), attrs)
+    inst.quant_rel_error.record(acc.rel_l2, attrs)
+    inst.quant_duration.record(seconds, attrs)
+    _OPERATIONS.add(key_of(attrs), 1)
+
+
+def skip(kind: str, reason: str) -> None:
+    _SKIPPED.add((("bitnet.quant.kind", kind), ("bitnet.quant.skip_reason", reason)), 1)
+
+
+def _in_monitored_call() -> bool:
+    from bitnet_obs._inference import _current
+
+    return _current.get() is not None
+
+
+def _check_choice(name: str, value: object, accepted: Sequence[str]) -> str:
+    if value not in accepted:
+        raise QuantInputError(f"{name}={value!r} is not valid; accepted: {', '.join(accepted)}")
+    return str(value)
+
+
+def record_weight_quantization(
+    name: str, w: object, formats: Iterable[str] = FORMATS
+) -> dict[str, Accuracy]:
+    """Quantize a weight tensor to each format and record its accuracy against FP32.
+
+    Load-time and always measured. I2_S, TL1 and TL2 share the ternary values, so the figures
+    are computed once; a format whose tiling the shape does not fit is skipped (reason
+    ``shape``). Returns the accuracy per recorded format::
+
+        bitnet_obs.quant.record_weight_quantization("layers.0.attn.q_proj", w)
+    """
+    try:
+        fmts = [check_format(f) for f in formats]
+        if not fmts:
+            raise QuantInputError("formats is empty; accepted: any of " + ", ".join(FORMATS))
+        started = time.perf_counter()
+        a = float_input(w, "w", (2,), "weights (M, K)", check_finite=False)
+        fitting = []
+        for fmt in fmts:
+            try:
+                check_tiling(fmt, a.shape[1], TL2_DEFAULT_BK)
+                fitting.append(fmt)
+            except QuantInputError:
+                skip("weight", "shape")
+        if not fitting:
+            raise QuantInputError(
+                f"w has shape {a.shape}, which none of {fmts} can lay out; accepted: even K "
+                f"for tl1, K splittable at BK={TL2_DEFAULT_BK} for tl2, any K for i2_s"
+            )
+        report = _weight_report(a, fitting[0])  # same ternary values and scale for all
+        emit_weight_report(name, report, fitting, time.perf_counter() - started)
+        return dict.fromkeys(fitting, report.accuracy)
+    except QuantInputError:
+        if _in_monitored_call():
+            skip("weight", "bad_input")
+            return {}
+        raise
+    except Exception as exc:
+        internal_error("quant_record", exc)
+        return {}
+
+
+def emit_weight_report(
+    name: str, report: WeightReport, formats: Sequence[str], seconds: float
+) -> None:
+    """Record one weight report under each format label (shared by the CLI's --export)."""
+    inst = _instruments.active()
+    for fmt in formats:
+        attrs = _attrs(fmt, "weight", "fp32", name)
+        _emit(report.accuracy, attrs, seconds / max(1, len(formats)))
+        inst.quant_scale.set(report.scale, attrs)
+
+
+def _row_sample(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    if a.size <= MAX_SAMPLE_ELEMENTS or a.ndim < 2 or a.shape != b.shape:
+        return a, b, False
+    rows = a.shape[0]
+    keep = max(1, MAX_SAMPLE_ELEMENTS // max(1, a.size // rows))
+    index = np.linspace(0, rows - 1, num=min(keep, rows)).astype(np.intp)
+    return a[index], b[index], True
+
+
+def _runtime(
+    kind: str,
+    name: str,
+    fmt: str,
+    reference_kind: str,
+    measure: Any,
+) -> Any:
+    """Shared path of the runtime samples: admission, measurement, emission, errors."""
+    try:
+        fmt = check_format(fmt) if fmt not in ("fp32", "int8") else fmt
+        reference_kind = _check_choice("reference_kind", reference_kind, REFERENCES)
+        settings = _pipeline.settings()
+        reason = _budget.admit(settings.quant_sample_rate, settings.quant_budget)
+        if reason is not None:
+            skip(kind, reason)
+            return None
+        started = time.perf_counter()
+        try:
+            acc, sampled = measure()
+        finally:
+            _budget.spend(time.perf_counter() - started)
+        attrs = _attrs(fmt, kind, reference_kind, name)
+        if sampled:
+            attrs["bitnet.quant.row_sample"] = True
+        _emit(acc if isinstance(acc, Accuracy) else acc[0], attrs, time.perf_counter() - started)
+        return acc
+    except QuantInputError:
+        if _in_monitored_call():
+            skip(kind, "bad_input")
+            return None
+        raise
+    except Exception as exc:
+        internal_error("quant_record", exc)
+        return None
+
+
+def record_activation_quantization(name: str, x: object) -> Accuracy | None:
+    """Measure int8 per-token activation quantization of ``x`` against its float values.
+
+    A runtime sample (subject to sampling and budget); returns None when skipped.
+    """
+    from bitnet_obs.quant._formats import quantize_activations
+
+    def measure() -> tuple[Accuracy, bool]:
+        q, scales = quantize_activations(x)
+        xf = np.asarray(x, dtype=np.float32)
+        deq = q.astype(np.float32) / (scales[:, None] if q.ndim == 2 else scales[0])
+        ref, cand, sampled = _row_sample(xf, deq.reshape(xf.shape))
+        return accuracy(ref, cand), sampled
+
+    result: Accuracy | None = _runtime("activation", name, "int8", "fp32", measure)
+    return result
+
+
+def compare_outputs(
+    name: str,
+    reference: object,
+    candidate: object,
+    *,
+    format: str = "i2_s",
+    reference_kind: str = "fp32",
+    kind: str = "output",
+) -> Accuracy | None:
+    """Compare a layer output (or logits) with a reference and record it.
+
+    ``reference_kind="fp32"``: quantization error against the float model.
+    ``reference_kind="quantized"``: kernel fidelity against the quantized reference (or a
+    second implementation); should be ~1.0, drift here is a bug. ``kind="logits"`` records
+    the top-1 agreement as the accuracy ratio. A runtime sample; None when skipped.
+    """
+    kind = _check_choice("kind", kind, KINDS[1:])
+
+    def measure() -> tuple[Accuracy, bool]:
+        ref = np.asarray(reference)
+        cand = np.asarray(candidate)
+        r, c, sampled = _row_sample(ref, cand)
+        acc = accuracy(r, c)
+        if kind == "logits":
+            agreement: LogitsAgreement = logits_agreement(r, c)
+            acc = Accuracy(acc.cosine, acc.sqnr_db, acc.rel_l2, acc.mse, acc.max_abs,
+                           agreement.top1, acc.n)  # fmt: skip
+        return acc, sampled
+
+    result: Accuracy | None = _runtime(kind, name, format, reference_kind, measure)
+    return result
