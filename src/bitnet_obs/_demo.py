@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 import bitnet_obs
 from bitnet_obs import quant
@@ -65,15 +66,17 @@ class TinyBitNet:
         for i, w in enumerate(self.weights):
             quant.record_weight_quantization(f"layers.{i}.proj", w)
 
-    def hidden_state(self, token: int, fmt: str = "i2_s", check: bool = False) -> np.ndarray:
-        x = self.embed[token][None, :]
+    def hidden_state(
+        self, token: int, fmt: str = "i2_s", check: bool = False
+    ) -> npt.NDArray[np.float32]:
+        x: npt.NDArray[np.float32] = self.embed[token][None, :]
         for i, (codes, scale) in enumerate(zip(self.codes, self.scales, strict=True)):
             y = quant.matmul(x, codes, scale, format=fmt)
             if check:
                 self._check_layer(i, x, y)
-            x = np.maximum(y, 0.0) + 0.1 * x  # ReLU with a residual, keeps activations alive
-            x = x / (np.sqrt(np.mean(x * x)) + 1e-6)  # RMS norm
-        return x.astype(np.float32)
+            h = np.maximum(y, 0.0) + 0.1 * x  # ReLU with a residual, keeps activations alive
+            x = (h / (np.sqrt(np.mean(h * h)) + 1e-6)).astype(np.float32)  # RMS norm
+        return x
 
     def _check_layer(self, i: int, x: np.ndarray, y: np.ndarray) -> None:
         """Kernel fidelity (vs the quantized reference) and quantization error (vs FP32).

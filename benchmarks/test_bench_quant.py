@@ -1,0 +1,118 @@
+"""Cost of the quantization statistics on a 4096x4096 float32 tensor, in units of one BLAS
+``np.dot(w.ravel(), w.ravel())`` pass over the same tensor measured in the same run.
+
+Run with ``pytest benchmarks/test_bench_quant.py --benchmark-only``.  Nothing here asserts on
+time: the ratio, the input throughput (GB/s) and the peak extra memory (tracemalloc, which sees
+numpy's allocations) are stored in ``benchmark.extra_info`` and printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from benchmarks.conftest import REPORTERS
+from bitnet_obs.quant import accuracy, quantize_weights, weight_report
+
+N = 4096
+F32 = npt.NDArray[np.float32]
+
+
+def _quantize_then_accuracy(w: F32, _: F32) -> object:
+    codes, s = quantize_weights(w)
+    return accuracy(w, codes * np.float32(s))  # materialises s*t: what weight_report avoids
+
+
+# name -> (work, number of input tensors it reads)
+CASES: dict[str, tuple[Callable[[F32, F32], object], int]] = {
+    "weight_report": (lambda w, _: weight_report(w, "i2_s"), 1),
+    "quantize_weights": (lambda w, _: quantize_weights(w), 1),
+    "accuracy": (accuracy, 2),
+    "quantize_weights+accuracy": (_quantize_then_accuracy, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def tensors() -> tuple[F32, F32]:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((N, N), dtype=np.float32)
+    return w, w + rng.standard_normal((N, N), dtype=np.float32) * np.float32(0.05)
+
+
+def _dot_pass(w: F32, rounds: int = 15) -> tuple[float, float]:
+    """(min, median) seconds of one BLAS dot pass over *w*."""
+    flat = w.ravel()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        np.dot(flat, flat)
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def _peak_extra_bytes(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_quant_statistics_cost(  # type: ignore[no-untyped-def]
+    benchmark, results: dict[str, float], tensors: tuple[F32, F32], case: str, capsys
+) -> None:
+    w, a = tensors
+    work, n_inputs = CASES[case]
+    dot_before = _dot_pass(w)
+    benchmark.pedantic(work, args=(w, a), rounds=7, iterations=1, warmup_rounds=1)
+    dot_after = _dot_pass(w)
+    if benchmark.stats is None:  # --benchmark-disable: nothing was timed
+        return
+    stats = benchmark.stats.stats
+    dot_min = min(dot_before[0], dot_after[0])
+    dot_median = (dot_before[1] + dot_after[1]) / 2
+    peak = _peak_extra_bytes(lambda: work(w, a))
+    info = {
+        "dot_pass_ms": dot_median * 1e3,
+        "median_ms": stats.median * 1e3,
+        "ratio_to_dot_median": stats.median / dot_median,
+        "ratio_to_dot_min": stats.min / dot_min,
+        "input_gb_per_s": n_inputs * w.nbytes / stats.median / 1e9,
+        "peak_extra_mib": peak / 2**20,
+        "peak_extra_vs_tensor": peak / w.nbytes,
+    }
+    benchmark.extra_info.update(info)
+    results.update({f"quant/{case}/{key}": value for key, value in info.items()})
+    with capsys.disabled():
+        print(
+            f"\n{case}: {info['median_ms']:.1f} ms = {info['ratio_to_dot_median']:.2f}x a dot pass "
+            f"({info['dot_pass_ms']:.2f} ms; best-case ratio {info['ratio_to_dot_min']:.2f}x), "
+            f"{info['input_gb_per_s']:.2f} GB/s, peak extra {info['peak_extra_mib']:.1f} MiB "
+            f"({info['peak_extra_vs_tensor']:.2f}x the tensor)"
+        )
+
+
+def report(results: dict[str, float]) -> list[str]:
+    lines = [
+        f"Quantization statistics on {N}x{N} float32 (x = median time / one np.dot pass)",
+        "",
+        "| work | median ms | x dot pass | best-case x | GB/s | peak extra MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    columns = ("median_ms", "ratio_to_dot_median", "ratio_to_dot_min", "input_gb_per_s")
+    for case in CASES:
+        cells = [f"{results[f'quant/{case}/{col}']:.2f}" for col in columns]
+        cells.append(f"{results[f'quant/{case}/peak_extra_mib']:.1f}")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return lines
+
+
+REPORTERS.append(report)

@@ -1,0 +1,78 @@
+"""Pure-numpy model of bitnet.cpp's ternary weight formats (I2_S, TL1, TL2) and their accuracy.
+
+Two different questions, never to be confused:
+
+* **quantization error** -- how far the quantized model is from FP32 (``weight_report``,
+  ``accuracy(x @ W.T, matmul(x, codes, s))``); large by nature for ternary weights;
+* **kernel fidelity** -- whether a format's kernel reproduces the quantized reference
+  (``kernel_dot(q, codes, f) == integer_dot(q, codes)``); exact, so any drift is a bug.
+
+>>> import numpy as np
+>>> w = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+>>> rep = weight_report(w, "i2_s")
+>>> round(rep.accuracy.cosine, 2)
+0.89
+>>> codes, s = quantize_weights(w)
+>>> data = pack_i2s(codes, s)
+>>> (unpack_i2s(data, codes.shape)[0] == codes).all()
+np.True_
+"""
+
+from __future__ import annotations
+
+from ._formats import (
+    I2S_BLOCK,
+    I2S_TAIL_BYTES,
+    code_fractions,
+    pack_i2s,
+    quantize_activations,
+    quantize_weights,
+    unpack_i2s,
+)
+from ._kernels import MatmulReport, integer_dot, kernel_dot, matmul, matmul_report
+from ._lut import TL2_DEFAULT_BK, Tl2Packed, decode_tl1, decode_tl2, encode_tl1, encode_tl2
+from ._record import compare_outputs, record_activation_quantization, record_weight_quantization
+from ._stats import (
+    Accuracy,
+    LogitsAgreement,
+    WeightReport,
+    accuracy,
+    logits_agreement,
+    weight_report,
+)
+from ._validate import FORMATS, LAYOUTS, Format, Layout, QuantInputError
+
+__all__ = [
+    "FORMATS",
+    "I2S_BLOCK",
+    "I2S_TAIL_BYTES",
+    "LAYOUTS",
+    "TL2_DEFAULT_BK",
+    "Accuracy",
+    "Format",
+    "Layout",
+    "LogitsAgreement",
+    "MatmulReport",
+    "QuantInputError",
+    "Tl2Packed",
+    "WeightReport",
+    "accuracy",
+    "code_fractions",
+    "compare_outputs",
+    "decode_tl1",
+    "decode_tl2",
+    "encode_tl1",
+    "encode_tl2",
+    "integer_dot",
+    "kernel_dot",
+    "logits_agreement",
+    "matmul",
+    "matmul_report",
+    "pack_i2s",
+    "quantize_activations",
+    "quantize_weights",
+    "record_activation_quantization",
+    "record_weight_quantization",
+    "unpack_i2s",
+    "weight_report",
+]

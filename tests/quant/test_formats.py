@@ -1,0 +1,322 @@
+"""Formats and kernels: bitnet.cpp byte layouts, round trips, integer-exact LUT sums, and the
+reference figures of quant-formats.md section 8 on seeded Gaussian tensors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bitnet_obs.quant import (
+    FORMATS,
+    I2S_BLOCK,
+    TL2_DEFAULT_BK,
+    Tl2Packed,
+    accuracy,
+    code_fractions,
+    decode_tl1,
+    decode_tl2,
+    encode_tl1,
+    encode_tl2,
+    integer_dot,
+    kernel_dot,
+    matmul,
+    matmul_report,
+    pack_i2s,
+    quantize_activations,
+    quantize_weights,
+    unpack_i2s,
+)
+
+SEED = 20240601
+N = 4096
+FAST = settings(max_examples=60, deadline=None)
+
+ternary = st.sampled_from([-1, 0, 1])
+
+
+def codes_of(shape: st.SearchStrategy[tuple[int, ...]]) -> st.SearchStrategy[npt.NDArray[np.int8]]:
+    return hnp.arrays(np.int8, shape, elements=ternary)
+
+
+@pytest.fixture(scope="module")
+def gaussian() -> npt.NDArray[np.float32]:
+    return np.random.default_rng(SEED).standard_normal((N, N), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def quantized(gaussian: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], float]:
+    return quantize_weights(gaussian)
+
+
+# --- section 8 reference figures -------------------------------------------------------------
+
+
+def test_scale_and_code_fractions_match_reference(
+    quantized: tuple[npt.NDArray[np.int8], float],
+) -> None:
+    codes, s = quantized
+    assert s == pytest.approx(math.sqrt(2 / math.pi), abs=2e-3)  # 0.7979
+    neg, zero, pos = code_fractions(codes)
+    assert (neg, zero, pos) == pytest.approx((0.345, 0.310, 0.345), abs=2e-3)
+    assert neg + zero + pos == pytest.approx(1.0)
+
+
+def test_quantize_weights_matches_the_formula(
+    gaussian: npt.NDArray[np.float32], quantized: tuple[npt.NDArray[np.int8], float]
+) -> None:
+    codes, s = quantized
+    assert s == float(np.float32(np.abs(gaussian).sum(dtype=np.float64) / gaussian.size))
+    head = gaussian[:1024].astype(np.float64)  # 4M values are plenty to pin the rounding rule
+    expected = np.clip(np.rint(head / s), -1, 1).astype(np.int8)
+    assert codes.dtype == np.int8
+    assert np.array_equal(codes[:1024], expected)
+
+
+def test_int8_activations_match_reference() -> None:
+    x = np.random.default_rng(SEED + 1).standard_normal((64, N), dtype=np.float32)
+    q, sx = quantize_activations(x)
+    acc = accuracy(x, q / sx[:, None])
+    assert acc.sqnr_db == pytest.approx(41.2, abs=0.5)
+    assert acc.rel_l2 == pytest.approx(0.0087, abs=6e-4)
+
+
+def test_i2s_matmul_matches_reference(
+    gaussian: npt.NDArray[np.float32], quantized: tuple[npt.NDArray[np.int8], float]
+) -> None:
+    codes, s = quantized
+    x = np.random.default_rng(SEED + 2).standard_normal((16, N), dtype=np.float32)
+    y = matmul(x, codes, s)
+    assert y.dtype == np.float32
+    assert y.shape == (16, N)
+    assert accuracy(x @ gaussian.T, y).cosine == pytest.approx(0.887, abs=5e-3)
+    ternary_w = codes.astype(np.float32) * np.float32(s)
+    assert accuracy(x @ ternary_w.T, y).sqnr_db == pytest.approx(41.2, abs=0.6)
+
+
+def test_lut_formats_give_the_i2s_output_on_a_large_tensor(
+    quantized: tuple[npt.NDArray[np.int8], float],
+) -> None:
+    codes, s = quantized
+    sub = codes[:512]
+    x = np.random.default_rng(SEED + 3).standard_normal((3, N), dtype=np.float32)
+    y = matmul(x, sub, s)
+    for fmt in ("tl1", "tl2"):
+        assert np.array_equal(matmul(x, sub, s, fmt), y)
+
+
+# --- weights and activations -----------------------------------------------------------------
+
+
+def test_quantize_weights_rounds_half_to_even() -> None:
+    # mean|w| = 1 exactly, so w/s hits the ties 0.5 (-> 0) and 1.5 (-> 2, clipped to 1)
+    codes, s = quantize_weights(np.array([[0.5, 1.5, -0.5, -1.5]], np.float32))
+    assert s == 1.0
+    assert codes.tolist() == [[0, 1, 0, -1]]
+
+
+def test_quantize_weights_floors_the_scale() -> None:
+    codes, s = quantize_weights(np.zeros((2, 4), np.float32))
+    assert s == float(np.float32(1e-5))
+    assert not codes.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_quantize_weights_other_float_widths(dtype: type[np.floating]) -> None:
+    w = np.random.default_rng(3).standard_normal((8, 64)).astype(dtype)
+    codes, s = quantize_weights(w)
+    w64 = w.astype(np.float64)
+    assert s == float(np.float32(np.abs(w64).mean()))
+    assert np.array_equal(codes, np.clip(np.rint(w64 / s), -1, 1))
+
+
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 40)),
+                  elements=st.floats(-1e4, 1e4, width=32)))  # fmt: skip
+@FAST
+def test_quantize_activations_matches_the_formula(x: npt.NDArray[np.float32]) -> None:
+    q, sx = quantize_activations(x)
+    amax = np.maximum(np.abs(x).max(axis=1).astype(np.float64), 1e-5)
+    scale = (127.0 / amax).astype(np.float32)
+    expected = np.clip(np.rint(x * scale[:, None]), -128, 127).astype(np.int8)
+    assert np.array_equal(sx, scale)
+    assert np.array_equal(q, expected)
+
+
+def test_quantize_activations_1d_and_zero_rows() -> None:
+    q, sx = quantize_activations(np.array([0.5, -1.0, 0.25], np.float32))
+    assert q.tolist() == [64, -127, 32]  # 63.5 rounds to even 64
+    assert sx.shape == (1,)
+    q, sx = quantize_activations(np.zeros((2, 3), np.float32))
+    assert not q.any()
+    assert sx.tolist() == [np.float32(127 / 1e-5)] * 2
+
+
+def test_code_fractions_hand_example() -> None:
+    assert code_fractions(np.array([[-1, 0, 0, 1, 1, 1, 0, -1]])) == (0.25, 0.375, 0.375)
+
+
+# --- I2_S byte layout ------------------------------------------------------------------------
+
+
+def reference_pack(codes: npt.NDArray[np.int8], scale: float, block: int) -> bytes:
+    """quant-formats.md section 3 transcribed literally, one value at a time."""
+    flat = codes.reshape(-1)
+    group = block // 4
+    out = bytearray(flat.size // 4)
+    for n, c in enumerate(flat.tolist()):
+        b, j = divmod(n, block)
+        out[b * group + j % group] |= (c + 1) << (6 - 2 * (j // group))
+    tail = bytearray(32)
+    tail[:4] = np.float32(scale).tobytes()
+    return bytes(out + tail)
+
+
+def test_i2s_x86_hand_computed_block() -> None:
+    # values 0..31 -> +1, 32..63 -> 0, 64..95 -> -1, 96..127 -> +1: each byte is 10 01 00 10
+    codes = np.repeat(np.array([1, 0, -1, 1], np.int8), 32).reshape(1, 128)
+    data = pack_i2s(codes, 0.5)
+    assert data == bytes([0b10010010] * 32) + bytes.fromhex("0000003f") + bytes(28)
+
+
+def test_i2s_x86_single_value_position() -> None:
+    codes = np.zeros(128, np.int8)
+    codes[33] = 1  # byte 33 % 32 = 1, shift 6 - 2 * (33 // 32) = 4
+    data = pack_i2s(codes, 1.0)
+    assert data[0] == 0x55 and data[1] == 0x65 and data[2:32] == bytes([0x55] * 30)
+
+
+def test_i2s_arm_single_value_position() -> None:
+    codes = np.zeros(64, np.int8)
+    codes[17] = -1  # byte 17 % 16 = 1, shift 6 - 2 * (17 // 16) = 4, code 0
+    data = pack_i2s(codes, 1.0, layout="arm")
+    assert len(data) == 16 + 32
+    assert data[1] == 0x45 and data[0] == 0x55
+
+
+@given(st.sampled_from(["x86", "arm"]), st.integers(1, 4), st.data())
+@FAST
+def test_i2s_round_trip_and_reference_layout(layout: str, blocks: int, data: st.DataObject) -> None:
+    block = I2S_BLOCK[layout]  # type: ignore[index]
+    rows = data.draw(st.sampled_from([1, 2, 4]))
+    codes = data.draw(codes_of(st.just((rows, blocks * block // rows))))
+    scale = data.draw(st.floats(2.0**-16, 1024.0, width=32))
+    packed = pack_i2s(codes, scale, layout)  # type: ignore[arg-type]
+    assert packed == reference_pack(codes, scale, block)
+    out, s = unpack_i2s(packed, codes.shape, layout)  # type: ignore[arg-type]
+    assert s == scale
+    assert out.dtype == np.int8
+    assert np.array_equal(out, codes)
+
+
+# --- TL1 / TL2 -------------------------------------------------------------------------------
+
+
+def test_tl1_hand_example_and_padding() -> None:
+    assert encode_tl1(np.array([[1, 1, -1, 0]])).tolist() == [[0x81]]  # 3+1+4=8, -3+0+4=1
+    assert encode_tl1(np.array([[1, 1]])).tolist() == [[0x84]]  # odd pair count: pad with 4
+
+
+@given(codes_of(st.tuples(st.integers(1, 5), st.integers(1, 20).map(lambda h: 2 * h))))
+@FAST
+def test_tl1_round_trip(codes: npt.NDArray[np.int8]) -> None:
+    packed = encode_tl1(codes)
+    assert packed.dtype == np.uint8
+    assert packed.shape == (codes.shape[0], math.ceil(codes.shape[1] / 4))
+    assert np.array_equal(decode_tl1(packed, codes.shape), codes)
+
+
+def test_tl2_all_triples_get_distinct_codes() -> None:
+    triples = np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1])).reshape(3, -1).T
+    codes = triples.reshape(1, -1).astype(np.int8)  # K = 81, bk = 81
+    packed = encode_tl2(codes, bk=81)
+    assert packed.two_k == 0 and packed.three_k == 81
+    pairs = set(zip(packed.magnitudes[0].tolist(), packed.signs[0].tolist(), strict=True))
+    assert len(pairs) == 27
+    assert packed.magnitudes.max() == 13
+    assert np.array_equal(decode_tl2(packed), codes)
+
+
+@given(st.integers(1, 4), st.sampled_from([3, 6, 12, TL2_DEFAULT_BK]), st.data())
+@FAST
+def test_tl2_round_trip(m: int, bk: int, data: st.DataObject) -> None:
+    k = data.draw(st.integers(1, 2 * bk + 8).filter(lambda k: (k % bk) % 2 == 0))
+    codes = data.draw(codes_of(st.just((m, k))))
+    packed = encode_tl2(codes, bk=bk)
+    assert isinstance(packed, Tl2Packed)
+    assert packed.three_k == (k // bk) * bk and packed.three_k + packed.two_k == k
+    v = codes[:, : packed.three_k].reshape(m, -1, 3) @ np.array([9, 3, 1])
+    assert np.array_equal(packed.magnitudes, np.abs(v))
+    assert np.array_equal(packed.signs, v < 0)
+    assert np.array_equal(decode_tl2(packed), codes)
+
+
+# --- kernels: LUT sums are the integer dot product --------------------------------------------
+
+
+@st.composite
+def kernel_case(draw: st.DrawFn) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.int8]]:
+    m, rows = draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    k = draw(st.sampled_from([2, 4, 8, 30, 96, 98, 130, 192, 256]))
+    codes = draw(codes_of(st.just((m, k))))
+    q = draw(hnp.arrays(np.int8, (rows, k)))
+    return q, codes
+
+
+@given(kernel_case())
+@FAST
+def test_kernel_sums_equal_integer_dot(case: tuple[npt.NDArray[np.int8], ...]) -> None:
+    q, codes = case
+    direct = q.astype(np.int64) @ codes.astype(np.int64).T
+    assert np.array_equal(integer_dot(q, codes), direct)
+    for fmt in FORMATS:
+        acc = kernel_dot(q, codes, fmt)
+        assert acc.dtype == np.int64
+        assert np.array_equal(acc, direct), fmt
+
+
+@given(kernel_case(), st.floats(2.0**-10, 16.0, width=32), st.data())
+@FAST
+def test_float_outputs_are_int_dot_over_act_scale_times_scale(
+    case: tuple[npt.NDArray[np.int8], ...], s: float, data: st.DataObject
+) -> None:
+    q0, codes = case
+    x = data.draw(hnp.arrays(np.float32, q0.shape, elements=st.floats(-100, 100, width=32)))
+    x[:, 0] = 1.0  # no all-zero rows here; they have their own test
+    for fmt in FORMATS:
+        floor = 1e-5 if fmt == "i2_s" else 0.0
+        amax = np.maximum(np.abs(x).max(axis=1).astype(np.float64), floor)
+        act_scale = (127.0 / amax).astype(np.float32)
+        q = np.clip(np.rint(x * act_scale[:, None]), -128, 127).astype(np.int8)
+        int_dot = integer_dot(q, codes)
+        expected = int_dot.astype(np.float32) / act_scale[:, None] * np.float32(s)
+        assert np.array_equal(matmul(x, codes, s, fmt), expected), fmt
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_all_zero_activation_row_is_reported_without_warnings(fmt: str) -> None:
+    rng = np.random.default_rng(5)
+    codes = rng.integers(-1, 2, (8, 96)).astype(np.int8)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    x[1] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, zero_rows = matmul_report(x, codes, 0.5, fmt)
+        y1 = matmul(np.zeros(96, np.float32), codes, 0.5, fmt)
+    assert zero_rows.tolist() == [1]
+    assert not y[1].any() and y[0].any() and y[2].any()
+    assert y1.shape == (8,) and not y1.any()
+
+
+def test_tiny_row_is_reported_only_where_the_lut_scale_overflows() -> None:
+    codes = np.ones((2, 4), np.int8)
+    x = np.array([[1e-38, 0, 0, 0]], np.float32)  # 127 / 1e-38 overflows float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert matmul_report(x, codes, 1.0, "tl1").zero_rows.tolist() == [0]
+        assert matmul_report(x, codes, 1.0, "i2_s").zero_rows.tolist() == []
