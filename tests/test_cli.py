@@ -60,8 +60,11 @@ def test_quant_report_json(checkpoint: Path, capsys: pytest.CaptureFixture[str])
         assert set(record) >= {"tensor", "format", "cosine", "sqnr_db", "rel_l2", "scale"}
     skipped = {r["tensor"]: r["skipped"] for r in records if "skipped" in r}
     assert "tok_ids" in skipped and "layers.0.norm.weight" in skipped
-    assert any(r["tensor"] == "layers.0.odd.weight" and r.get("format") == "tl1"
-               for r in records if "skipped" in r)  # fmt: skip
+    assert any(
+        r["tensor"] == "layers.0.odd.weight" and r.get("format") == "tl1"
+        for r in records
+        if "skipped" in r
+    )
 
 
 def test_quant_report_safetensors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,9 +87,12 @@ def test_quant_report_safetensors(tmp_path: Path, capsys: pytest.CaptureFixture[
     ],
 )
 def test_quant_report_bad_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, suffix: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | None,
+    suffix: str,
     fragment: str,
-) -> None:  # fmt: skip
+) -> None:
     path = tmp_path / f"bad{suffix}"
     if content is None:  # a truncated archive
         np.savez(path, w=np.ones((64, 64), np.float32))
@@ -106,12 +112,20 @@ def test_demo_runs_serves_metrics_and_stops_cleanly() -> None:
     env["BITNET_OBS_QUANT_SAMPLE_RATE"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bitnet_obs", "demo", "--duration", "8", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wanted = ("bitnet_inference_requests_total", "gen_ai_server_time_to_first_token",
-                  "bitnet_device_fallbacks_total", 'bitnet_quant_reference="quantized"',
-                  'bitnet_quant_kind="weight"')  # fmt: skip
+        wanted = (
+            "bitnet_inference_requests_total",
+            "gen_ai_server_time_to_first_token",
+            "bitnet_device_fallbacks_total",
+            'bitnet_quant_reference="quantized"',
+            'bitnet_quant_kind="weight"',
+        )
         text = ""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -63,8 +63,9 @@ def test_prometheus_scrapes_our_metrics_and_promtool_accepts_them(
     prometheus_factory: PrometheusFactory,
 ) -> None:
     port = free_port()
-    work = Workload({"OTEL_EXPORTER_PROMETHEUS_PORT": str(port), "OTEL_SERVICE_NAME": "wl"},
-                    "--calls", "10")  # fmt: skip
+    work = Workload(
+        {"OTEL_EXPORTER_PROMETHEUS_PORT": str(port), "OTEL_SERVICE_NAME": "wl"}, "--calls", "10"
+    )
     try:
         assert work.metrics_url == f"http://127.0.0.1:{port}/metrics"
         text = urllib.request.urlopen(work.metrics_url, timeout=5).read().decode()
@@ -92,9 +93,13 @@ def test_otlp_from_env_only(receiver: OTLPReceiver, protocol: str) -> None:
             "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
             "OTEL_METRIC_EXPORT_INTERVAL": "200",
             "OTEL_SERVICE_NAME": "otlp-workload",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test,team=a%2Cb",
+            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20s3cret",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "5000",
         },
-        "--calls", "6",
-    )  # fmt: skip
+        "--calls",
+        "6",
+    )
     assert work.metrics_url == "-"  # OTLP only: no HTTP server
     assert receiver.wait_for_metric("bitnet.inference.requests", timeout=15)
     out, _ = work.finish()
@@ -105,6 +110,10 @@ def test_otlp_from_env_only(receiver: OTLPReceiver, protocol: str) -> None:
     assert points and points[-1].count == 6 and points[-1].transport == transport
     assert points[-1].resource["service.name"] == "otlp-workload"
     assert points[-1].resource["service.instance.id"]
+    assert points[-1].resource["deployment.environment"] == "test"
+    assert points[-1].resource["team"] == "a,b"
+    requests = receiver.raw_requests("metrics")
+    assert requests[-1].headers.get("authorization") == "Bearer s3cret"
     spans = receiver.spans("chat workload-model")
     assert len(spans) == 6
     assert spans[0].attributes["gen_ai.request.model"] == "workload-model"
@@ -117,11 +126,33 @@ def test_console_exporters() -> None:
             "OTEL_TRACES_EXPORTER": "console",
             "OTEL_METRIC_EXPORT_INTERVAL": "100000",
         },
-        "--calls", "2",
-    )  # fmt: skip
+        "--calls",
+        "2",
+    )
     out, _ = work.finish()
     assert '"name": "chat workload-model"' in out
     assert '"name": "bitnet.inference.requests"' in out
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "spans"),
+    [
+        ("always_off", None, 0),
+        ("traceidratio", "0", 0),
+        ("parentbased_traceidratio", "1", 2),
+        ("always_on", None, 2),
+    ],
+)
+def test_traces_sampler_is_honoured(sampler: str, arg: str | None, spans: int) -> None:
+    env = {
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_TRACES_SAMPLER": sampler,
+    }
+    if arg is not None:
+        env["OTEL_TRACES_SAMPLER_ARG"] = arg
+    out, _ = Workload(env, "--calls", "2").finish()
+    assert out.count('"name": "chat workload-model"') == spans
 
 
 def test_sdk_disabled_installs_nothing() -> None:
@@ -211,8 +242,11 @@ def test_shutdown_is_bounded_with_a_dead_collector(protocol: str) -> None:
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_METRIC_EXPORT_INTERVAL": "100000",
         },
-        "--calls", "4", "--shutdown-timeout", "1.0",
-    )  # fmt: skip
+        "--calls",
+        "4",
+        "--shutdown-timeout",
+        "1.0",
+    )
     started = time.monotonic()
     out, err = work.finish()
     elapsed = time.monotonic() - started

@@ -137,8 +137,10 @@ def _progress(out: TextIO, i: int, n: int, name: str) -> None:
 
 
 def render_table(rows: list[Row], out: TextIO) -> None:
-    head = (f"{'tensor':<40} {'shape':>12} {'fmt':>5} {'scale':>9} {'-1/0/+1':>17} "
-            f"{'cosine':>8} {'SQNR dB':>8} {'rel err':>8}")  # fmt: skip
+    head = (
+        f"{'tensor':<40} {'shape':>12} {'fmt':>5} {'scale':>9} {'-1/0/+1':>17} "
+        f"{'cosine':>8} {'SQNR dB':>8} {'rel err':>8}"
+    )
     out.write(head + "\n" + "-" * len(head) + "\n")
     for row in rows:
         shape = "x".join(map(str, row.shape)) or "scalar"

@@ -37,8 +37,12 @@ def test_weight_recording_per_format(cap: TelemetryCapture) -> None:
     assert set(result) == {"i2_s", "tl1", "tl2"}
     expected = quant.weight_report(w, "i2_s")
     for fmt in ("i2_s", "tl1", "tl2"):
-        attrs = {"bitnet.quant.format": fmt, "bitnet.quant.kind": "weight",
-                 "bitnet.quant.reference": "fp32", "bitnet.tensor": "layers.0.q_proj"}  # fmt: skip
+        attrs = {
+            "bitnet.quant.format": fmt,
+            "bitnet.quant.kind": "weight",
+            "bitnet.quant.reference": "fp32",
+            "bitnet.tensor": "layers.0.q_proj",
+        }
         (acc,) = cap.points("bitnet.quant.accuracy", **attrs)
         assert acc.count == 1
         assert acc.sum == pytest.approx(expected.accuracy.accuracy_ratio)
@@ -85,8 +89,9 @@ def test_compare_outputs_fidelity_and_error(cap: TelemetryCapture) -> None:
     q, sx = quant.quantize_activations(x)
     reference = (q.astype(np.float64) / sx[:, None]) @ (codes.astype(np.float64) * scale).T
     kernel = quant.matmul(x, codes, scale, format="tl1")
-    fidelity = quant.compare_outputs("layers.0", reference, kernel, format="tl1",
-                                     reference_kind="quantized")  # fmt: skip
+    fidelity = quant.compare_outputs(
+        "layers.0", reference, kernel, format="tl1", reference_kind="quantized"
+    )
     assert fidelity is not None and fidelity.cosine > 0.99999
     error = quant.compare_outputs("layers.0", x @ w.T, kernel, format="tl1")
     assert error is not None and 0.8 < error.cosine < 0.95

@@ -271,8 +271,9 @@ def compare_outputs(
         acc = accuracy(r, c)
         if kind == "logits":
             agreement: LogitsAgreement = logits_agreement(r, c)
-            acc = Accuracy(acc.cosine, acc.sqnr_db, acc.rel_l2, acc.mse, acc.max_abs,
-                           agreement.top1, acc.n)  # fmt: skip
+            acc = Accuracy(
+                acc.cosine, acc.sqnr_db, acc.rel_l2, acc.mse, acc.max_abs, agreement.top1, acc.n
+            )
         return acc, sampled
 
     result: Accuracy | None = _runtime(kind, name, format, reference_kind, measure)
