@@ -67,7 +67,7 @@ def remove_request_observer(observer: RequestObserver) -> None:
         _observers.remove(observer)
 
 
-_current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[InferenceContext | None] = contextvars.ContextVar(
     "bitnet_obs_inference", default=None
 )
 
@@ -198,8 +198,12 @@ class _Variant:
         self.base_key = key_of(base)
 
 
-class _Call:
-    """One request in flight; what ``current_inference()`` returns inside a monitored call."""
+class InferenceContext:
+    """One request in flight: what ``current_inference()`` returns inside a monitored call.
+
+    Nested code reports what only it knows (tokens, first token, device, fallbacks,
+    quantization samples). Every method is safe to call and never raises.
+    """
 
     __slots__ = (
         "_ctx_token",
@@ -229,7 +233,7 @@ class _Call:
         self.content_in: str | None = None
         self.content_out: list[str] | None = None
         self.span: Span | None = None
-        self._ctx_token: contextvars.Token[_Call | None] | None = None
+        self._ctx_token: contextvars.Token[InferenceContext | None] | None = None
         self._otel_token: object = None
         self.active_key = site.variant(self.device, "ok", "").base_key
         self.start = time.perf_counter()
@@ -462,10 +466,11 @@ class _Call:
         return flag
 
 
-class _NullInference:
+class _NullInference(InferenceContext):
     """What ``current_inference()`` returns outside a monitored call: every method is safe."""
 
-    span_context = None
+    def __init__(self) -> None:  # no site, no span: nothing is being monitored
+        self.span = None
 
     def add_input_tokens(self, n: int) -> None:
         pass
@@ -499,7 +504,7 @@ class _NullInference:
 
 
 def _record_quantization(
-    call: _Call | None,
+    call: InferenceContext | None,
     name: str,
     reference: Any,
     candidate: Any,
@@ -523,10 +528,9 @@ def _record_quantization(
 
 
 _NULL = _NullInference()
-InferenceContext = _Call  # the public name for type annotations
 
 
-def current_inference() -> _Call | _NullInference:
+def current_inference() -> InferenceContext:
     """The request being monitored in this context, or a do-nothing stand-in.
 
     Nested code reports what only it knows::
@@ -656,8 +660,8 @@ class InferenceMonitor:
         )
 
     # ----- context manager -----
-    def __enter__(self) -> _Call:
-        call = _Call(self._site)
+    def __enter__(self) -> InferenceContext:
+        call = InferenceContext(self._site)
         call.begin()
         call.enter_context()
         return call
@@ -670,7 +674,7 @@ class InferenceMonitor:
         call.exit_context()
         call.finish(exc)
 
-    async def __aenter__(self) -> _Call:
+    async def __aenter__(self) -> InferenceContext:
         return self.__enter__()
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
@@ -694,7 +698,7 @@ class InferenceMonitor:
 
 def _wrap_sync(fn: Callable[..., Any], site: _Site) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = _Call(site)
+        call = InferenceContext(site)
         call.begin(args, kwargs)
         token = _current.set(call)
         try:
@@ -713,7 +717,7 @@ def _wrap_sync(fn: Callable[..., Any], site: _Site) -> Callable[..., Any]:
 
 def _wrap_async(fn: Callable[..., Any], site: _Site) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = _Call(site)
+        call = InferenceContext(site)
         call.begin(args, kwargs)
         token = _current.set(call)
         try:
@@ -732,7 +736,7 @@ def _wrap_async(fn: Callable[..., Any], site: _Site) -> Callable[..., Any]:
 
 def _wrap_gen(fn: Callable[..., Iterator[Any]], site: _Site) -> Callable[..., Iterator[Any]]:
     def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        call = _Call(site)
+        call = InferenceContext(site)
         # The inner generator runs in a context of its own, so the consumer between items
         # never sees our span or current_inference(), and we pay one Context.run per item.
         ctx = contextvars.copy_context()
@@ -793,7 +797,9 @@ def _safe_item_count(item: Any) -> int:
         return 0
 
 
-def _enter_in_context(call: _Call, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+def _enter_in_context(
+    call: InferenceContext, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> None:
     call.begin(args, kwargs)
     call.start_stream()
     _current.set(call)
@@ -803,7 +809,7 @@ def _wrap_async_gen(
     fn: Callable[..., AsyncIterator[Any]], site: _Site
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        call = _Call(site)
+        call = InferenceContext(site)
         call.begin(args, kwargs, attach=False)  # attached around each step instead
         call.start_stream()
         span_ctx = trace.set_span_in_context(call.span) if call.span is not None else None
