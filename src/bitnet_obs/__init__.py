@@ -14,6 +14,7 @@ quantization-accuracy and device telemetry::
 
 from __future__ import annotations
 
+from bitnet_obs import devices, health, quant, sla
 from bitnet_obs._config import ConfigError, Settings
 from bitnet_obs._inference import (
     InferenceContext,
@@ -36,11 +37,15 @@ __all__ = [
     "__version__",
     "configure",
     "current_inference",
+    "devices",
     "force_flush",
+    "health",
     "is_configured",
     "monitor_inference",
     "monitored_inference",
+    "quant",
     "record_fallback",
     "shutdown",
+    "sla",
     "with_fallback",
 ]

@@ -28,6 +28,7 @@ SAMPLERS = (
     "parentbased_traceidratio",
 )
 SERVER_MODES = ("auto", "on", "off")
+DEVICE_GROUPS = ("system", "process", "gpu")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -71,6 +72,14 @@ class Settings:
     quant_sample_rate: float = 0.01
     quant_budget: float = 0.01
     shutdown_timeout_s: float = 5.0
+    device_metrics: tuple[str, ...] = DEVICE_GROUPS
+    sla_latency_s: float | None = None
+    sla_ttft_s: float | None = None
+    sla_min_tokens_per_s: float | None = None
+    sla_max_error_rate: float | None = None
+    sla_percentile: float = 95.0
+    sla_window: int = 1000
+    sla_window_s: float = 300.0
 
     @property
     def server_enabled(self) -> bool:
@@ -294,7 +303,39 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
             math.inf,
             True,
         )
+    values.update(_devices_and_sla(env))
     return _checked(Settings(**values))
+
+
+def _devices_and_sla(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "BITNET_OBS_DEVICE_METRICS" in env:
+        raw = env["BITNET_OBS_DEVICE_METRICS"]
+        accepted = "a comma list of " + ", ".join(DEVICE_GROUPS) + ", or none"
+        items = [item.strip().lower() for item in raw.split(",") if item.strip()]
+        if not items or any(i not in (*DEVICE_GROUPS, "none") for i in items):
+            raise _bad("BITNET_OBS_DEVICE_METRICS", raw, accepted)
+        if "none" in items and len(items) > 1:
+            raise _bad("BITNET_OBS_DEVICE_METRICS", raw, accepted + " (alone)")
+        values["device_metrics"] = tuple(g for g in DEVICE_GROUPS if g in items)
+    seconds = "a positive number of seconds"
+    for var, key, accepted, lo, hi, lo_open in (
+        ("BITNET_OBS_SLA_LATENCY", "sla_latency_s", seconds, 0.0, math.inf, True),
+        ("BITNET_OBS_SLA_TTFT", "sla_ttft_s", seconds, 0.0, math.inf, True),
+        ("BITNET_OBS_SLA_MIN_TOKENS_PER_SECOND", "sla_min_tokens_per_s", "a positive number",
+         0.0, math.inf, True),
+        ("BITNET_OBS_SLA_ERROR_RATE", "sla_max_error_rate", "a number in [0, 1]", 0.0, 1.0, False),
+        ("BITNET_OBS_SLA_PERCENTILE", "sla_percentile", "a number in (0, 100]", 0.0, 100.0, True),
+        ("BITNET_OBS_SLA_WINDOW_SECONDS", "sla_window_s", seconds, 0.0, math.inf, True),
+    ):  # fmt: skip
+        if var in env:
+            values[key] = _number(var, env[var], accepted, lo, hi, lo_open)
+    if "BITNET_OBS_SLA_WINDOW" in env:
+        raw = env["BITNET_OBS_SLA_WINDOW"]
+        if not raw.isdigit() or int(raw) < 1:
+            raise _bad("BITNET_OBS_SLA_WINDOW", raw, "an integer >= 1")
+        values["sla_window"] = int(raw)
+    return values
 
 
 def with_overrides(base: Settings, overrides: Mapping[str, Any]) -> Settings:
@@ -313,6 +354,10 @@ def with_overrides(base: Settings, overrides: Mapping[str, Any]) -> Settings:
             items = (raw,) if isinstance(raw, str) else tuple(raw)
             choices = METRIC_EXPORTERS if key == "metrics_exporters" else TRACE_EXPORTERS
             values[key] = _exporter_list(key, ",".join(items) or "none", choices)
+    if "device_metrics" in values and not isinstance(values["device_metrics"], tuple):
+        raw = values["device_metrics"]
+        groups = raw.split(",") if isinstance(raw, str) else list(raw)
+        values["device_metrics"] = tuple(str(g).strip() for g in groups if str(g).strip() != "none")
     return _checked(dataclasses.replace(base, **values))
 
 
@@ -335,6 +380,23 @@ def _checked(settings: Settings) -> Settings:
         ("prometheus_host", isinstance(settings.prometheus_host, str), "a host name or IP"),
         ("capture_content", isinstance(settings.capture_content, bool), "True or False"),
         ("sdk_disabled", isinstance(settings.sdk_disabled, bool), "True or False"),
+        (
+            "device_metrics",
+            isinstance(settings.device_metrics, tuple)
+            and all(g in DEVICE_GROUPS for g in settings.device_metrics),
+            "a tuple of " + ", ".join(DEVICE_GROUPS),
+        ),
+        ("sla_latency_s", _optional(settings.sla_latency_s, 1e-12, math.inf), "seconds > 0"),
+        ("sla_ttft_s", _optional(settings.sla_ttft_s, 1e-12, math.inf), "seconds > 0"),
+        (
+            "sla_min_tokens_per_s",
+            _optional(settings.sla_min_tokens_per_s, 1e-12, math.inf),
+            "a number > 0",
+        ),
+        ("sla_max_error_rate", _optional(settings.sla_max_error_rate, 0, 1), "a number in [0, 1]"),
+        ("sla_percentile", _in(settings.sla_percentile, 1e-12, 100), "a number in (0, 100]"),
+        ("sla_window", _is_int(settings.sla_window, 1, 2**31), "an integer >= 1"),
+        ("sla_window_s", _in(settings.sla_window_s, 1e-12, math.inf), "seconds > 0"),
     ]
     for name, ok, accepted in checks:
         if not ok:
@@ -349,6 +411,10 @@ def _checked(settings: Settings) -> Settings:
 
 def _is_int(value: object, lo: int, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _optional(value: object, lo: float, hi: float) -> bool:
+    return value is None or _in(value, lo, hi)
 
 
 def _in(value: object, lo: float, hi: float) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 import bitnet_obs
-from bitnet_obs import quant
+from bitnet_obs import health, quant, sla
 from bitnet_obs._instruments import TALLIES
 
 MODEL = "bitnet-demo-tiny"
@@ -169,8 +169,15 @@ def _summary(stats: _Stats, started: float) -> str:
         f"error {requests.value(**{'bitnet.outcome': 'error'})}, "
         f"cancelled {requests.value(**{'bitnet.outcome': 'cancelled'})}) | "
         f"{tokens / elapsed:7.1f} tok/s | p50 {stats.p50() * 1000:6.1f} ms | "
-        f"fallbacks {TALLIES['bitnet.device.fallbacks'].value()}"
+        f"fallbacks {TALLIES['bitnet.device.fallbacks'].value()} | SLA {_sla_text()}"
     )
+
+
+def _sla_text() -> str:
+    overall = sla.snapshot().get("overall")
+    if overall is None or overall.compliance is None:
+        return "warming up"
+    return f"{overall.compliance:.1%}"
 
 
 def run(duration: float | None, port: int | None, workers: int = 2) -> int:
@@ -188,8 +195,14 @@ def run(duration: float | None, port: int | None, workers: int = 2) -> int:
             file=sys.stderr,
         )
         return 2
+    health.mark_not_ready("loading model")
     model = TinyBitNet()
     model.record_weights()
+    health.mark_ready()
+    if sla.objectives() is None:  # BITNET_OBS_SLA_* wins when set
+        sla.set_objectives(
+            sla.Objectives(latency_s=2.0, ttft_s=0.5, min_tokens_per_s=20, max_error_rate=0.05)
+        )
     print(f"bitnet-obs demo: model {MODEL} ({model.layers} ternary layers, I2_S kernel emulation)")
     if telemetry.metrics_url:
         print(f"  metrics: {telemetry.metrics_url}")

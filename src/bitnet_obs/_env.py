@@ -172,6 +172,56 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "a positive number of seconds",
         "Bound on `shutdown()` and on the flush at interpreter exit, even with a dead collector.",
     ),
+    EnvVar(
+        "BITNET_OBS_DEVICE_METRICS",
+        "`system,process,gpu`",
+        "comma list of `system`, `process`, `gpu`, `none`",
+        "Which device metrics `configure()` reports: host CPU/memory/disk/network, this "
+        "process's CPU/memory, GPUs through NVML (extra `[gpu]`). Read at collection time only.",
+    ),
+    EnvVar(
+        "BITNET_OBS_SLA_LATENCY",
+        "(none)",
+        "a positive number of seconds",
+        "SLA objective: request duration at `BITNET_OBS_SLA_PERCENTILE` at most this.",
+    ),
+    EnvVar(
+        "BITNET_OBS_SLA_TTFT",
+        "(none)",
+        "a positive number of seconds",
+        "SLA objective: time to first token at `BITNET_OBS_SLA_PERCENTILE` at most this.",
+    ),
+    EnvVar(
+        "BITNET_OBS_SLA_MIN_TOKENS_PER_SECOND",
+        "(none)",
+        "a positive number",
+        "SLA objective: at least `BITNET_OBS_SLA_PERCENTILE`% of requests produce output "
+        "tokens at this rate or faster.",
+    ),
+    EnvVar(
+        "BITNET_OBS_SLA_ERROR_RATE",
+        "(none)",
+        "a number in [0, 1]",
+        "SLA objective: most fraction of requests that may fail (cancelled ones do not count).",
+    ),
+    EnvVar(
+        "BITNET_OBS_SLA_PERCENTILE",
+        "`95`",
+        "a number in (0, 100]",
+        "The percentile of the latency, TTFT and tokens/s objectives.",
+    ),
+    EnvVar(
+        "BITNET_OBS_SLA_WINDOW",
+        "`1000`",
+        "an integer >= 1",
+        "The SLA window: objectives are judged over at most this many recent requests.",
+    ),
+    EnvVar(
+        "BITNET_OBS_SLA_WINDOW_SECONDS",
+        "`300`",
+        "a positive number of seconds",
+        "The SLA window: requests older than this leave it.",
+    ),
 )
 
 _BY_NAME = {var.name: var for var in ENV_VARS}

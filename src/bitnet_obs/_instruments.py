@@ -215,6 +215,22 @@ QUANT_DURATION_BUCKETS = (
     5.0,
 )
 
+HEALTH_CHECK_BUCKETS = (
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
 _REQ = (
     "gen_ai.operation.name",
     "gen_ai.request.model",
@@ -223,6 +239,7 @@ _REQ = (
     "bitnet.device",
 )
 _QUANT = ("bitnet.quant.format", "bitnet.quant.kind", "bitnet.quant.reference", "bitnet.tensor")
+_GPU = ("hw.id", "hw.type", "hw.name", "bitnet.gpu.index")
 
 CATALOGUE: tuple[Spec, ...] = (
     # --- inference (per request) ---
@@ -380,6 +397,143 @@ CATALOGUE: tuple[Spec, ...] = (
         "Export attempts per exporter and outcome; failures mean telemetry is being dropped.",
         ("bitnet.obs.exporter", "bitnet.outcome"),
     ),
+    # --- devices, health, SLA ---
+    # System and process (bitnet_obs.devices; psutil, read at collection time only).
+    Spec(
+        "system.cpu.utilization",
+        Kind.OBSERVABLE_GAUGE,
+        "1",
+        "Fraction of host CPU time (all logical CPUs) spent in each cpu.mode since the last read.",
+        ("cpu.mode",),
+        None,
+        "bitnet_cpu_utilization_ratio",
+    ),
+    Spec(
+        "system.memory.usage",
+        Kind.OBSERVABLE_UPDOWNCOUNTER,
+        "By",
+        "Host memory by system.memory.state (used, free, cached, buffers).",
+        ("system.memory.state",),
+        None,
+        "bitnet_system_memory_usage_bytes",
+    ),
+    Spec(
+        "system.memory.utilization",
+        Kind.OBSERVABLE_GAUGE,
+        "1",
+        "Fraction of host memory in each system.memory.state.",
+        ("system.memory.state",),
+    ),
+    Spec(
+        "system.disk.io",
+        Kind.OBSERVABLE_COUNTER,
+        "By",
+        "Bytes read from and written to the host's disks (summed over disks).",
+        ("disk.io.direction",),
+    ),
+    Spec(
+        "system.network.io",
+        Kind.OBSERVABLE_COUNTER,
+        "By",
+        "Bytes received and transmitted on the host's interfaces other than loopback.",
+        ("network.io.direction",),
+    ),
+    Spec(
+        "process.cpu.utilization",
+        Kind.OBSERVABLE_GAUGE,
+        "1",
+        "CPU used by this process since the last read, as a fraction of the CPUs it may run on.",
+        ("cpu.mode",),
+    ),
+    Spec(
+        "process.memory.usage",
+        Kind.OBSERVABLE_UPDOWNCOUNTER,
+        "By",
+        "Resident memory (RSS) of this process.",
+    ),
+    # GPUs (bitnet_obs.devices; NVML through nvidia-ml-py, extra [gpu]).
+    Spec(
+        "hw.gpu.utilization",
+        Kind.OBSERVABLE_GAUGE,
+        "1",
+        "Fraction of time the GPU was busy over NVML's last sample period.",
+        _GPU,
+        None,
+        "bitnet_gpu_utilization_ratio",
+    ),
+    Spec(
+        "hw.gpu.memory.usage",
+        Kind.OBSERVABLE_UPDOWNCOUNTER,
+        "By",
+        "GPU memory in use.",
+        _GPU,
+        None,
+        "bitnet_gpu_memory_usage_bytes",
+    ),
+    Spec("hw.gpu.memory.limit", Kind.OBSERVABLE_UPDOWNCOUNTER, "By", "GPU memory size.", _GPU),
+    Spec(
+        "hw.gpu.memory.utilization",
+        Kind.OBSERVABLE_GAUGE,
+        "1",
+        "Fraction of GPU memory in use.",
+        _GPU,
+    ),
+    Spec("hw.temperature", Kind.OBSERVABLE_GAUGE, "Cel", "GPU core temperature.", _GPU),
+    Spec("hw.power", Kind.OBSERVABLE_GAUGE, "W", "GPU power draw.", _GPU),
+    Spec(
+        "hw.errors",
+        Kind.OBSERVABLE_COUNTER,
+        "{error}",
+        "GPU ECC memory errors since the driver loaded, by error.type (corrected, uncorrected).",
+        (*_GPU, "error.type"),
+    ),
+    # Health (bitnet_obs.health).
+    Spec(
+        "bitnet.health.status",
+        Kind.OBSERVABLE_GAUGE,
+        "1",
+        "Last result of each health check: 1 healthy, 0.5 degraded, 0 unhealthy.",
+        ("bitnet.health.component",),
+        None,
+        "bitnet_component_health_status",
+    ),
+    Spec(
+        "bitnet.health.check.duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Time one health check took (recorded when it finishes, even after a timeout).",
+        ("bitnet.health.component",),
+        HEALTH_CHECK_BUCKETS,
+        "bitnet_health_check_duration_seconds",
+    ),
+    Spec(
+        "bitnet.health.check.failures",
+        Kind.OBSERVABLE_COUNTER,
+        "{failure}",
+        "Health check runs that were unhealthy, timed out or raised, by error.type.",
+        ("bitnet.health.component", "error.type"),
+        None,
+        "bitnet_health_check_failures_total",
+    ),
+    # SLA (bitnet_obs.sla).
+    Spec(
+        "bitnet.sla.compliance",
+        Kind.OBSERVABLE_GAUGE,
+        "1",
+        "Fraction of the window's requests that met each objective (and all of them: overall).",
+        ("bitnet.sla.objective",),
+        None,
+        "bitnet_sla_compliance_ratio",
+    ),
+    Spec(
+        "bitnet.sla.violations",
+        Kind.OBSERVABLE_COUNTER,
+        "{violation}",
+        "Times an objective went from met to missed (warning) or badly missed (critical).",
+        ("bitnet.sla.objective", "bitnet.sla.severity"),
+        None,
+        "bitnet_sla_violations_total",
+    ),
 )
 
 BY_NAME: dict[str, Spec] = {spec.name: spec for spec in CATALOGUE}
@@ -398,6 +552,48 @@ def register_gauge_callback(
 ) -> None:
     """Feed an observable gauge of the catalogue; the callback runs at collection time."""
     _gauge_callbacks.setdefault(name, []).append(callback)
+
+
+# --- callback-fed observable counters and updowncounters (devices) ----------------------------
+# Most observable counters are fed by a Tally; a few (disk/network bytes, GPU memory, ECC
+# errors) already exist as cumulative values elsewhere (psutil, NVML) and are read at
+# collection time instead. Their observations are added to the tally's.
+_counter_callbacks: dict[str, list[Callable[[CallbackOptions], Iterable[Observation]]]] = {}
+
+
+def register_counter_callback(
+    name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]
+) -> None:
+    """Feed an observable (up-down) counter of the catalogue with cumulative values."""
+    if BY_NAME[name].kind not in (Kind.OBSERVABLE_COUNTER, Kind.OBSERVABLE_UPDOWNCOUNTER):
+        raise ValueError(f"{name} is not an observable counter")
+    _counter_callbacks.setdefault(name, []).append(callback)
+
+
+def unregister_callback(
+    name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]
+) -> None:
+    """Stop feeding an instrument from this callback (registered by either function above)."""
+    for registry in (_gauge_callbacks, _counter_callbacks):
+        callbacks = registry.get(name, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+
+
+def _tally_and_callbacks(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    tally = TALLIES[name]
+    callbacks = _counter_callbacks.setdefault(name, [])
+
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        out = list(tally.observe(options))
+        for callback in list(callbacks):
+            out.extend(callback(options))
+        return out
+
+    return observe
+
+
+# --- end of callback-fed counters -------------------------------------------------------------
 
 
 def _make(meter: Meter, spec: Spec) -> Any:
@@ -422,10 +618,10 @@ def _make(meter: Meter, spec: Spec) -> Any:
             return out
 
         return meter.create_observable_gauge(callbacks=[observe], **common)
-    tally = TALLIES[spec.name]
+    read = _tally_and_callbacks(spec.name)
     if spec.kind is Kind.OBSERVABLE_COUNTER:
-        return meter.create_observable_counter(callbacks=[tally.observe], **common)
-    return meter.create_observable_up_down_counter(callbacks=[tally.observe], **common)
+        return meter.create_observable_counter(callbacks=[read], **common)
+    return meter.create_observable_up_down_counter(callbacks=[read], **common)
 
 
 class Instruments:

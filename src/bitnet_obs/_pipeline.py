@@ -14,7 +14,9 @@ dropped).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
+import os
 import threading
 import time
 import uuid
@@ -100,10 +102,13 @@ class _GuardedMetricExporter(MetricExporter):
         super().__init__(inner._preferred_temporality, inner._preferred_aggregation)
         self.inner = inner
         self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
+        self.muted = False  # set in a forked child: the parent's pipeline must not send twice
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
+        if self.muted:
+            return MetricExportResult.SUCCESS
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception as exc:
@@ -132,8 +137,11 @@ class _GuardedSpanExporter(SpanExporter):
     def __init__(self, name: str, inner: SpanExporter) -> None:
         self.inner = inner
         self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
+        self.muted = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.muted:
+            return SpanExportResult.SUCCESS
         try:
             result = self.inner.export(spans)
         except Exception as exc:
@@ -249,6 +257,7 @@ class Telemetry:
     server: MetricsServer | None = None
     readers: list[MetricReader] = field(default_factory=list)
     span_exporters: list[SpanExporter] = field(default_factory=list)
+    guards: list[_GuardedMetricExporter | _GuardedSpanExporter] = field(default_factory=list)
     shut_down: bool = False
 
     @property
@@ -299,6 +308,7 @@ def configure(
             _current = telemetry
             return telemetry
         resource = build_resource(settings)
+        _enable_devices_health_sla(settings)  # before the server answers its first probe
         _setup_metrics(telemetry, resource, list(metric_readers))
         _setup_traces(telemetry, resource, list(span_exporters))
         _instruments.bind(metrics.get_meter_provider(), trace.get_tracer_provider())
@@ -309,7 +319,26 @@ def configure(
         return telemetry
 
 
-def _setup_metrics(telemetry: Telemetry, resource: Resource, extra: list[MetricReader]) -> None:
+def _enable_devices_health_sla(settings: Settings) -> None:
+    """System/GPU metrics, the health probes and BITNET_OBS_SLA_* objectives; never raises."""
+    from bitnet_obs import devices, health, sla
+
+    try:
+        devices.enable(settings.device_metrics)
+        health.enable()
+        objectives = sla.Objectives.from_settings(settings)
+        if objectives is not None:
+            sla.set_objectives(objectives)
+    except Exception as exc:
+        internal_error("configure:devices_health_sla", exc)
+
+
+def _setup_metrics(
+    telemetry: Telemetry,
+    resource: Resource,
+    extra: list[MetricReader],
+    install_global: bool = True,
+) -> None:
     settings = telemetry.settings
     limits = dict.fromkeys(_instrument_types(), settings.cardinality_limit)
     readers: list[MetricReader] = []
@@ -332,9 +361,11 @@ def _setup_metrics(telemetry: Telemetry, resource: Resource, extra: list[MetricR
     if "console" in settings.metrics_exporters:
         periodic.append(("console_metrics", ConsoleMetricExporter()))
     for name, exporter in periodic:
+        guard = _GuardedMetricExporter(name, exporter)
+        telemetry.guards.append(guard)
         readers.append(
             PeriodicExportingMetricReader(
-                _GuardedMetricExporter(name, exporter),
+                guard,
                 export_interval_millis=settings.metric_export_interval_ms,
                 export_timeout_millis=settings.metric_export_timeout_ms,
                 cardinality_limits=limits,
@@ -347,7 +378,7 @@ def _setup_metrics(telemetry: Telemetry, resource: Resource, extra: list[MetricR
         )
     if not readers:
         return
-    if not _proxy_meter_provider():
+    if install_global and not _proxy_meter_provider():
         logger.warning(
             "a MeterProvider is already installed (%s); bitnet-obs reports through it and does "
             "not add its exporters %s",
@@ -356,12 +387,18 @@ def _setup_metrics(telemetry: Telemetry, resource: Resource, extra: list[MetricR
         )
         return
     provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
-    metrics.set_meter_provider(provider)
+    if install_global:
+        metrics.set_meter_provider(provider)
     telemetry.meter_provider = provider
     telemetry.readers = readers
 
 
-def _setup_traces(telemetry: Telemetry, resource: Resource, extra: list[SpanExporter]) -> None:
+def _setup_traces(
+    telemetry: Telemetry,
+    resource: Resource,
+    extra: list[SpanExporter],
+    install_global: bool = True,
+) -> None:
     settings = telemetry.settings
     exporters: list[tuple[str, SpanExporter]] = []
     if "otlp" in settings.traces_exporters:
@@ -373,7 +410,7 @@ def _setup_traces(telemetry: Telemetry, resource: Resource, extra: list[SpanExpo
     exporters.extend((f"extra_traces_{i}", exp) for i, exp in enumerate(extra))
     if not exporters:
         return
-    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if install_global and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         logger.warning(
             "a TracerProvider is already installed (%s); bitnet-obs traces through it and does "
             "not add its exporters %s",
@@ -383,9 +420,12 @@ def _setup_traces(telemetry: Telemetry, resource: Resource, extra: list[SpanExpo
         return
     provider = TracerProvider(sampler=_sampler(settings), resource=resource, shutdown_on_exit=False)
     for name, exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(_GuardedSpanExporter(name, exporter)))
+        guard = _GuardedSpanExporter(name, exporter)
+        telemetry.guards.append(guard)
+        provider.add_span_processor(BatchSpanProcessor(guard))
         telemetry.span_exporters.append(exporter)
-    trace.set_tracer_provider(provider)
+    if install_global:
+        trace.set_tracer_provider(provider)
     telemetry.tracer_provider = provider
 
 
@@ -527,3 +567,56 @@ def _reset_for_tests() -> None:
         if _current is not None and not _current.shut_down:
             shutdown(timeout=2)
         _current = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker gets its own pipeline and ``service.instance.id``.
+
+    The parent's providers (still the global ones in the child) are muted, so the parent's
+    accumulated data is never sent twice; bitnet-obs's instruments are rebound to fresh
+    providers that push over OTLP/console with a new instance id. The HTTP server stays with
+    the parent (the Prometheus exporter has no multi-process mode: use OTLP for workers).
+    Worker exits flush through atexit, and through a multiprocessing finalizer for
+    ``multiprocessing`` children, which skip atexit.
+    """
+    global _current
+    telemetry = _current
+    if telemetry is None or telemetry.shut_down or telemetry.settings.sdk_disabled:
+        return
+    try:
+        for guard in telemetry.guards:
+            guard.muted = True
+        telemetry.shut_down = True
+        settings = dataclasses.replace(
+            telemetry.settings,
+            metrics_exporters=tuple(e for e in telemetry.settings.metrics_exporters
+                                    if e != "prometheus"),
+            server="off",
+        )  # fmt: skip
+        child = Telemetry(settings)
+        resource = build_resource(settings)
+        if telemetry.meter_provider is not None:
+            _setup_metrics(child, resource, [], install_global=False)
+        if telemetry.tracer_provider is not None:
+            _setup_traces(child, resource, [], install_global=False)
+        _instruments.bind(
+            child.meter_provider or metrics.get_meter_provider(),
+            child.tracer_provider or trace.get_tracer_provider(),
+        )
+        _current = child
+        import multiprocessing.util
+
+        # multiprocessing clears finalizers after fork, then runs its after-fork hooks:
+        # register the exit flush from one of those.
+        multiprocessing.util.register_after_fork(child, _register_exit_flush)
+    except Exception as exc:
+        internal_error("fork", exc)
+
+
+def _register_exit_flush(_: object) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, shutdown, exitpriority=10)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

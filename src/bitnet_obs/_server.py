@@ -13,7 +13,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bitnet_obs._selfmon import internal_error
+from bitnet_obs._selfmon import internal_error, logger
 
 # (status, content type, body) for one route
 Response = tuple[int, str, bytes]
@@ -90,6 +90,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets or times out is not our failure; don't print tracebacks.
+        logger.debug("HTTP client %s dropped", client_address, exc_info=True)
 
     def __init__(self, address: tuple[str, int], render_metrics: MetricsRenderer) -> None:
         host = address[0]

@@ -1,10 +1,12 @@
-"""Accuracy statistics: reference figures, agreement with plain float64 formulas, identities,
-logits agreement, and the memory bound of the chunked passes."""
+"""Accuracy statistics: reference figures, agreement with plain float64 formulas (within the
+documented bounds of the float32 path), identities, the float64 fallback at float32's range
+limits, logits agreement, and the memory bound of the chunked passes."""
 
 from __future__ import annotations
 
 import math
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +19,7 @@ from bitnet_obs.quant import (
     FORMATS,
     Accuracy,
     QuantInputError,
+    _stats,
     accuracy,
     code_fractions,
     logits_agreement,
@@ -26,10 +29,14 @@ from bitnet_obs.quant import (
 
 SEED = 7
 FAST = settings(max_examples=80, deadline=None)
+GAMMA32 = _stats.GAMMA32  # the float32 path's worst-case error per sum, relative to sum |terms|
+F32 = 1e-6  # what the float32 path must meet on ordinary random data (it gets ~1e-8)
 
 # magnitudes where the plain formulas below neither underflow nor overflow
 finite = st.one_of(st.just(0.0), st.floats(1e-60, 1e6), st.floats(-1e6, -1e-60))
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=12)
+# every finite float32, subnormals and values whose squares overflow float32 included
+any_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
 @st.composite
@@ -57,6 +64,29 @@ def formula(r: npt.NDArray[np.floating], a: npt.NDArray[np.floating]) -> dict[st
 def assert_matches(acc: Accuracy, ref: dict[str, float], rel: float = 1e-9) -> None:
     for name, value in ref.items():
         assert getattr(acc, name) == pytest.approx(value, rel=rel, abs=1e-12), name
+
+
+def assert_within_f32_bounds(
+    acc: Accuracy, r: npt.NDArray[np.floating], a: npt.NDArray[np.floating]
+) -> None:
+    """The guarantees documented in accuracy() for float16/float32 pairs (first order in
+    GAMMA32; the 1.01 and the tiny absolute terms cover the second-order rest)."""
+    ref = formula(r, a)
+    g = 1.01 * GAMMA32
+    nr, na = np.linalg.norm(r.astype(np.float64)), np.linalg.norm(a.astype(np.float64))
+    if na:
+        v = max(nr, na) / min(nr, na)
+        factor = min(2.0, 2 * (1 - ref["cosine"]) + v - 1)
+        assert abs(acc.cosine - ref["cosine"]) <= g * factor + 1e-15
+    else:
+        assert acc.cosine == 0.0
+    assert acc.mse == pytest.approx(ref["mse"], rel=g, abs=1e-300)
+    assert acc.rel_l2 == pytest.approx(ref["rel_l2"], rel=g)
+    assert acc.max_abs == pytest.approx(ref["max_abs"], rel=2.0**-24)
+    if math.isinf(ref["sqnr_db"]):
+        assert acc.sqnr_db == math.inf
+    else:
+        assert abs(acc.sqnr_db - ref["sqnr_db"]) <= 10 / math.log(10) * 2 * g + 1e-9
 
 
 # --- section 8 weight figures ----------------------------------------------------------------
@@ -89,13 +119,31 @@ def test_weight_figures_match_reference_and_are_format_independent(
     assert reports[2].bits_per_weight == pytest.approx((4032 * 5 / 3 + 64 * 2) / 4096)
 
 
-def test_weight_report_equals_quantize_then_accuracy() -> None:
-    w = np.random.default_rng(SEED).standard_normal((300, 500)).astype(np.float32)  # 3 chunks
+@pytest.mark.parametrize(
+    ("dtype", "rel"), [(np.float16, F32), (np.float32, F32), (np.float64, 1e-12)]
+)
+def test_weight_report_equals_quantize_then_accuracy(dtype: type, rel: float) -> None:
+    w = np.random.default_rng(SEED).standard_normal((300, 517)).astype(dtype)  # 3 chunks + tail
     codes, s = quantize_weights(w)
     rep = weight_report(w)
     assert rep.scale == s
     assert rep.code_fractions == code_fractions(codes)
-    assert_matches(rep.accuracy, formula(w, codes * np.float64(s)), rel=1e-12)
+    assert_matches(rep.accuracy, formula(w, codes * np.float64(s)), rel=rel)
+    if dtype != np.float64:
+        assert_within_f32_bounds(rep.accuracy, w, codes * np.float32(s))
+
+
+def test_weight_report_heavy_tails_and_exact_ternary() -> None:
+    rng = np.random.default_rng(SEED)
+    w: npt.NDArray[np.float32] = rng.standard_t(2, size=(300, 517)).astype(np.float32)
+    w[7, 11] = 1e4  # norms of w and s*t far apart: the cosine needs the second, Σra pass
+    codes, s = quantize_weights(w)
+    acc = weight_report(w).accuracy
+    assert acc.cosine == pytest.approx(formula(w, codes * np.float64(s))["cosine"], abs=F32)
+    assert_within_f32_bounds(acc, w, codes * np.float32(s))
+    exact = np.array([[0.75, -0.75, 0.75], [-0.75, -0.75, 0.75]], np.float32)  # s*t == w
+    acc = weight_report(exact).accuracy
+    assert (acc.cosine, acc.sqnr_db, acc.rel_l2, acc.max_abs) == (1.0, math.inf, 0.0, 0.0)
 
 
 # --- accuracy --------------------------------------------------------------------------------
@@ -113,21 +161,122 @@ def test_accuracy_matches_plain_formulas(case: tuple[npt.NDArray[np.float64], ..
     assert acc.n == r.size
 
 
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 65536, 2 * 65536 + 255, 210_001])
+def test_float32_accuracy_across_block_and_chunk_boundaries(n: int) -> None:
+    rng = np.random.default_rng(SEED)
+    r = rng.standard_normal(n).astype(np.float32)
+    a = r + rng.standard_normal(n).astype(np.float32) * np.float32(0.1)
+    acc = accuracy(r, a)
+    assert_matches(acc, formula(r, a), rel=F32)
+    assert_within_f32_bounds(acc, r, a)
+    assert acc.n == n
+
+
 def test_accuracy_across_chunk_boundaries_and_layouts() -> None:
     rng = np.random.default_rng(SEED)
     r = rng.standard_normal((700, 300)).astype(np.float32)  # 210_000 values: 4 chunks
-    a = r + rng.standard_normal(r.shape).astype(np.float32) * 0.1
-    assert_matches(accuracy(r, a), formula(r, a))
-    assert_matches(accuracy(r.T, a.T), formula(r.T, a.T))  # non-contiguous input
-    assert_matches(accuracy(r.astype(np.float16), a), formula(r.astype(np.float16), a))
+    a = r + rng.standard_normal(r.shape).astype(np.float32) * np.float32(0.1)
+    assert_matches(accuracy(r, a), formula(r, a), rel=F32)
+    assert_matches(accuracy(r.T, a.T), formula(r.T, a.T), rel=F32)  # non-contiguous input
+    assert_matches(accuracy(r[:, ::3], a[:, ::3]), formula(r[:, ::3], a[:, ::3]), rel=F32)
+    r16 = r.astype(np.float16)
+    assert_matches(accuracy(r16, a), formula(r16, a), rel=F32)
+    # a float64 side takes the float64 path: agreement to float64 rounding
+    assert_matches(accuracy(r, a.astype(np.float64)), formula(r, a), rel=1e-12)
 
 
-@given(hnp.arrays(np.float64, shapes, elements=finite))
+@given(st.data(), shapes)
 @FAST
-def test_equal_tensors(r: npt.NDArray[np.float64]) -> None:
+def test_float32_path_within_documented_bounds(data: st.DataObject, shape: tuple[int, ...]) -> None:
+    """Every finite float32 pair (extreme magnitudes take the float64 fallback)."""
+    r = data.draw(hnp.arrays(np.float32, shape, elements=any_f32))
+    a = data.draw(hnp.arrays(np.float32, shape, elements=any_f32))
+    assume(np.any(r))
+    acc = accuracy(r, a)
+    assert_within_f32_bounds(acc, r, a)
+    assert acc.accuracy_ratio == max(0.0, acc.cosine)
+
+
+def test_near_identical_pairs_resolve_one_minus_cosine() -> None:
+    """Kernel fidelity: 1 - cosine of candidate = reference * (1 + eps * noise), in float32."""
+    rng = np.random.default_rng(SEED)
+    r = rng.standard_normal(1 << 20).astype(np.float32)
+    r64 = r.astype(np.float64)
+    for eps in (1e-7, 1e-6, 1e-4, 1e-2):
+        a = (r64 * (1 + eps * rng.standard_normal(r.size))).astype(np.float32)
+        a64 = a.astype(np.float64)
+        unit = r64 / np.linalg.norm(r64) - a64 / np.linalg.norm(a64)
+        one_minus_cos = float(unit @ unit) / 2  # exact to float64 rounding, even near 0
+        got = 1 - accuracy(r, a).cosine
+        assert abs(got - one_minus_cos) <= 1e-15 + 1e-6 * one_minus_cos, eps
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "squares overflow",
+        "differences overflow",
+        "squares underflow",
+        "differences underflow",
+        "tiny candidate",
+    ],
+)
+def test_float32_range_limits_fall_back_to_float64(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(SEED)
+    base = rng.standard_normal(5000)
+    r, a = base, base + rng.standard_normal(5000) * 0.1
+    if case == "squares overflow":
+        r, a = r * 1e20, a * 1e20
+    elif case == "differences overflow":
+        r, a = np.full(5000, 3e38), np.full(5000, -3e38)
+    elif case == "squares underflow":
+        r, a = r * 1e-22, a * 1e-22
+    elif case == "differences underflow":
+        r = r * 1e-13
+        a = np.nextafter(r.astype(np.float32), np.float32(1))  # 1 ulp apart: d^2 ~ 2^-134
+    else:
+        a = a * 1e-25
+    r32, a32 = r.astype(np.float32), a.astype(np.float32)
+    calls = []
+    measure = _stats._measure
+
+    def spy(*args: Any) -> Accuracy:
+        calls.append(args)
+        return measure(*args)
+
+    monkeypatch.setattr(_stats, "_measure", spy)
+    assert_matches(accuracy(r32, a32), formula(r32, a32), rel=1e-12)
+    assert calls, "expected the float64 fallback"
+
+
+def test_float32_pairs_in_range_stay_on_the_float32_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fallback(*args: object) -> None:
+        raise AssertionError("float64 fallback taken")
+
+    monkeypatch.setattr(_stats, "_measure", no_fallback)
+    rng = np.random.default_rng(SEED)
+    r = rng.standard_normal((300, 517)).astype(np.float32)
+    for a in (r * np.float32(1.01), -r, r.copy(), rng.standard_normal(r.shape).astype(np.float32)):
+        accuracy(r, a)
+    weight_report(r)
+
+
+@given(
+    st.one_of(
+        hnp.arrays(np.float64, shapes, elements=finite),
+        hnp.arrays(np.float32, shapes, elements=any_f32),
+        hnp.arrays(
+            np.float16, shapes, elements=st.floats(width=16, allow_nan=False, allow_infinity=False)
+        ),
+    )
+)
+@FAST
+def test_equal_tensors(r: npt.NDArray[np.floating]) -> None:
     assume(np.any(r))
     acc = accuracy(r, r.copy())
-    assert acc.cosine == pytest.approx(1.0, abs=1e-15)
+    assert acc.cosine == 1.0
     assert acc.sqnr_db == math.inf
     assert acc.rel_l2 == 0.0 and acc.mse == 0.0 and acc.max_abs == 0.0
 
@@ -142,6 +291,27 @@ def test_cosine_is_invariant_under_positive_scaling(
     before = accuracy(r, a).cosine
     after = accuracy(r * k, a).cosine if scale_reference else accuracy(r, a * k).cosine
     assert after == pytest.approx(before, rel=1e-9, abs=1e-12)
+
+
+@given(pairs(), st.integers(-20, 20))
+@FAST
+def test_float32_cosine_is_invariant_under_power_of_two_scaling(
+    case: tuple[npt.NDArray[np.float64], ...], k: int
+) -> None:
+    r, a = (x.astype(np.float32) for x in case)
+    assume(np.linalg.norm(r) > 1e-3 and np.linalg.norm(a) > 1e-3)
+    scaled = accuracy(r * np.float32(2.0**k), a)
+    # both are within the documented bound of the same exact value
+    assert scaled.cosine == pytest.approx(accuracy(r, a).cosine, abs=4 * GAMMA32)
+
+
+def test_float32_power_of_two_scaling_is_exact() -> None:
+    rng = np.random.default_rng(SEED)
+    r = rng.standard_normal(100_000).astype(np.float32)
+    a = r + rng.standard_normal(r.size).astype(np.float32) * np.float32(0.05)
+    base, scaled = accuracy(r, a), accuracy(r * np.float32(2.0**-40), a * np.float32(2.0**-40))
+    assert scaled.cosine == base.cosine and scaled.sqnr_db == base.sqnr_db
+    assert scaled.rel_l2 == base.rel_l2 and scaled.max_abs == base.max_abs * 2.0**-40
 
 
 @pytest.mark.parametrize("k", [1e-150, 1e150, 1e-300])
@@ -172,13 +342,16 @@ def test_candidate_beyond_float64_reach_raises() -> None:
         accuracy(np.ones(4), np.full(4, 1e200))
 
 
-def test_zero_and_negated_candidates() -> None:
-    r = np.array([1.0, -2.0, 3.0])
-    zero = accuracy(r, np.zeros(3))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_and_negated_candidates(dtype: type) -> None:
+    r: npt.NDArray[np.floating] = np.array([1.0, -2.0, 3.0], dtype)
+    zero = accuracy(r, np.zeros(3, dtype))
     assert zero.cosine == 0.0 and zero.accuracy_ratio == 0.0
     assert zero.sqnr_db == 0.0 and zero.rel_l2 == 1.0
     neg = accuracy(r, -r)
     assert neg.cosine == -1.0 and neg.accuracy_ratio == 0.0
+    far = accuracy(r, 10 * r)  # norms apart: the float32 path's second, Σra pass
+    assert far.cosine == 1.0 and far.rel_l2 == pytest.approx(9.0)
 
 
 def test_all_zero_reference_raises() -> None:
