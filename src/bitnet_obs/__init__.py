@@ -14,7 +14,8 @@ quantization-accuracy and device telemetry::
 
 from __future__ import annotations
 
-from bitnet_obs import devices, health, quant, sla
+from bitnet_obs import devices, health, logs, quant, sla
+from bitnet_obs._cache import observe_cache_usage, record_cache
 from bitnet_obs._config import ConfigError, Settings
 from bitnet_obs._inference import (
     InferenceContext,
@@ -25,13 +26,20 @@ from bitnet_obs._inference import (
     record_fallback,
     with_fallback,
 )
+from bitnet_obs._model import ModelLoad, ModelLoadMonitor, monitor_model_load, unload_model
 from bitnet_obs._pipeline import Telemetry, configure, force_flush, is_configured, shutdown
+from bitnet_obs._queue import PRIORITIES, QueueTicket, RequestQueue
 from bitnet_obs._version import __version__
 
 __all__ = [
     "ConfigError",
     "InferenceContext",
     "InferenceMonitor",
+    "ModelLoad",
+    "ModelLoadMonitor",
+    "PRIORITIES",
+    "QueueTicket",
+    "RequestQueue",
     "Settings",
     "Telemetry",
     "__version__",
@@ -41,11 +49,16 @@ __all__ = [
     "force_flush",
     "health",
     "is_configured",
+    "logs",
     "monitor_inference",
+    "monitor_model_load",
     "monitored_inference",
+    "observe_cache_usage",
     "quant",
+    "record_cache",
     "record_fallback",
     "shutdown",
     "sla",
+    "unload_model",
     "with_fallback",
 ]

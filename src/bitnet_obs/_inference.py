@@ -28,6 +28,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from bitnet_obs import _instruments, _pipeline
 from bitnet_obs._config import ConfigError
 from bitnet_obs._instruments import TALLIES
+from bitnet_obs._queue import check_priority
+from bitnet_obs._queue import pending as _queue_pending
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tally import AttrValue, key_of
 
@@ -166,14 +168,14 @@ class _Site:
         self.count_item = count_item
         self.capture_content = capture_content
         self.client_token_usage = client_token_usage
-        self.keys: dict[tuple[str, str, str], _Variant] = {}
+        self.keys: dict[tuple[str, str, str, str | None], _Variant] = {}
 
-    def variant(self, device: str, outcome: str, err: str) -> _Variant:
-        """Tally keys and histogram attributes of one (device, outcome, error) variant."""
-        key = (device, outcome, err)
+    def variant(self, device: str, outcome: str, err: str, priority: str | None) -> _Variant:
+        """Tally keys and histogram attributes of one (device, outcome, error, priority)."""
+        key = (device, outcome, err, priority)
         variant = self.keys.get(key)
         if variant is None:
-            variant = _Variant(self.attrs, device, outcome, err)
+            variant = _Variant(self.attrs, device, outcome, err, priority)
             if len(self.keys) < 256:
                 self.keys[key] = variant
         return variant
@@ -184,9 +186,18 @@ class _Variant:
 
     __slots__ = ("attrs", "base_key", "in_key", "out_key", "req_key")
 
-    def __init__(self, site_attrs: dict[str, AttrValue], device: str, outcome: str, err: str):
+    def __init__(
+        self,
+        site_attrs: dict[str, AttrValue],
+        device: str,
+        outcome: str,
+        err: str,
+        priority: str | None,
+    ) -> None:
         base = dict(site_attrs)
         base["bitnet.device"] = device
+        if priority is not None:
+            base["bitnet.request.priority"] = priority
         req = dict(base, **{"bitnet.outcome": outcome})
         self.attrs = dict(base)
         if err:
@@ -217,6 +228,8 @@ class InferenceContext:
         "first_token_at",
         "input_tokens",
         "output_tokens",
+        "priority",
+        "queue_wait",
         "site",
         "span",
         "start",
@@ -235,7 +248,14 @@ class InferenceContext:
         self.span: Span | None = None
         self._ctx_token: contextvars.Token[InferenceContext | None] | None = None
         self._otel_token: object = None
-        self.active_key = site.variant(self.device, "ok", "").base_key
+        queued = _queue_pending.get()
+        if queued is None:
+            self.queue_wait: float | None = None
+            self.priority: str | None = None
+        else:  # this request just left a RequestQueue in this context
+            self.queue_wait, self.priority = queued
+            _queue_pending.set(None)
+        self.active_key = site.variant(self.device, "ok", "", self.priority).base_key
         self.start = time.perf_counter()
 
     # ----- the public context API -----
@@ -302,6 +322,13 @@ class InferenceContext:
         """
         _record_quantization(self, name, reference, candidate, format, reference_kind, kind)
 
+    def record_cache(self, hits: int = 0, misses: int = 0, *, cache: str = "kv") -> None:
+        """Count KV/prefix cache hits and misses for this request's model."""
+        from bitnet_obs._cache import record_cache
+
+        model = "" if self is _NULL else str(self.site.attrs.get("gen_ai.request.model", ""))
+        record_cache(hits, misses, cache=cache, model=model)
+
     @property
     def span_context(self) -> trace.SpanContext | None:
         return self.span.get_span_context() if self.span is not None else None
@@ -321,6 +348,13 @@ class InferenceContext:
             )
             if span.get_span_context().is_valid:
                 self.span = span
+                if self.queue_wait is not None and span.is_recording():
+                    span.set_attributes(
+                        {
+                            "bitnet.queue.wait_duration": self.queue_wait,
+                            "bitnet.request.priority": str(self.priority),
+                        }
+                    )
                 if attach:
                     self._otel_token = otel_context.attach(trace.set_span_in_context(span))
             if self._capture() and (args or kwargs):
@@ -384,7 +418,7 @@ class InferenceContext:
                 outcome, err = "cancelled", ""
             else:
                 outcome, err = "error", error_type(exc)
-            variant = self.site.variant(self.device, outcome, err)
+            variant = self.site.variant(self.device, outcome, err, self.priority)
             n_in, n_out = self.input_tokens, self.output_tokens
             if n_in or n_out:
                 _TOKENS.add_many(((variant.in_key, n_in), (variant.out_key, n_out)))
@@ -613,6 +647,7 @@ class InferenceMonitor:
         count_stream_item: TokenCounter | None = None,
         capture_content: bool | None = None,
         client_token_usage: bool = False,
+        priority: str | None = None,
     ) -> None:
         _check_str("model", model, r"^.{1,128}$", "a non-empty string of at most 128 chars")
         if operation not in OPERATIONS:
@@ -640,6 +675,8 @@ class InferenceMonitor:
                     f"attributes[{key!r}]={value!r} is not valid; accepted: str, bool, int, float"
                 )
             attrs[key] = value
+        if priority is not None:
+            attrs["bitnet.request.priority"] = check_priority(priority)
         for name, fn in (
             ("count_input", count_input),
             ("count_output", count_output),

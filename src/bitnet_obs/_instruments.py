@@ -241,6 +241,14 @@ _REQ = (
 _QUANT = ("bitnet.quant.format", "bitnet.quant.kind", "bitnet.quant.reference", "bitnet.tensor")
 _GPU = ("hw.id", "hw.type", "hw.name", "bitnet.gpu.index")
 
+MODEL_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_FORMATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+_MODEL = ("gen_ai.request.model", "bitnet.quant.format", "bitnet.device")
+_QUEUE = ("bitnet.queue.name", "bitnet.request.priority")
+_CACHE = ("bitnet.cache.name", "gen_ai.request.model")
+
 CATALOGUE: tuple[Spec, ...] = (
     # --- inference (per request) ---
     Spec(
@@ -533,6 +541,102 @@ CATALOGUE: tuple[Spec, ...] = (
         ("bitnet.sla.objective", "bitnet.sla.severity"),
         None,
         "bitnet_sla_violations_total",
+    ),
+    # --- serving lifecycle: model load, queue and batching, caches ---
+    Spec(
+        "bitnet.model.load.duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Time to load a model (weights read, quantized, placed on the device).",
+        _MODEL + ("error.type",),
+        MODEL_LOAD_BUCKETS,
+        "bitnet_model_load_duration_seconds",
+    ),
+    Spec(
+        "bitnet.model.loads",
+        Kind.OBSERVABLE_COUNTER,
+        "{load}",
+        "Model loads by outcome (ok, error) and error.type.",
+        _MODEL + ("bitnet.outcome", "error.type"),
+        None,
+        "bitnet_model_load_failures_total (outcome=error)",
+    ),
+    Spec(
+        "bitnet.model.loaded",
+        Kind.OBSERVABLE_UPDOWNCOUNTER,
+        "{model}",
+        "Models currently loaded (load ok minus unload).",
+        _MODEL,
+        None,
+        "bitnet_models_loaded",
+    ),
+    Spec(
+        "bitnet.model.size",
+        Kind.GAUGE,
+        "By",
+        "Size of a loaded model's weights in bytes.",
+        _MODEL,
+        None,
+        "bitnet_model_size_bytes",
+    ),
+    Spec(
+        "bitnet.queue.depth",
+        Kind.OBSERVABLE_UPDOWNCOUNTER,
+        "{request}",
+        "Requests waiting in a queue, by queue and priority.",
+        _QUEUE,
+        None,
+        "bitnet_queue_depth",
+    ),
+    Spec(
+        "bitnet.queue.wait.duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Time a request spent queued before it was taken for inference.",
+        _QUEUE,
+        QUEUE_WAIT_BUCKETS,
+        "bitnet_queue_wait_seconds",
+    ),
+    Spec(
+        "bitnet.batch.formation.duration",
+        Kind.HISTOGRAM,
+        "s",
+        "Time spent forming one batch, from its first request to dispatch.",
+        ("bitnet.queue.name",),
+        BATCH_FORMATION_BUCKETS,
+        "bitnet_batch_formation_duration_seconds",
+    ),
+    Spec(
+        "bitnet.batch.size",
+        Kind.HISTOGRAM,
+        "{request}",
+        "Requests per dispatched batch.",
+        ("bitnet.queue.name",),
+        BATCH_SIZE_BUCKETS,
+        "bitnet_batch_size",
+    ),
+    Spec(
+        "bitnet.cache.hits",
+        Kind.OBSERVABLE_COUNTER,
+        "{hit}",
+        "KV/prefix cache hits; hit rate = hits / (hits + misses).",
+        _CACHE,
+        None,
+        "bitnet_cache_hit_rate (as hits / (hits + misses))",
+    ),
+    Spec(
+        "bitnet.cache.misses",
+        Kind.OBSERVABLE_COUNTER,
+        "{miss}",
+        "KV/prefix cache misses.",
+        _CACHE,
+    ),
+    Spec(
+        "bitnet.cache.usage",
+        Kind.OBSERVABLE_GAUGE,
+        "By",
+        "Bytes held by a cache (block caches report blocks x block size).",
+        ("bitnet.cache.name",),
     ),
 )
 

@@ -1,0 +1,61 @@
+"""KV and prefix cache telemetry: hit and miss counters, and an optional usage gauge.
+
+Dashboards compute the hit rate as ``rate(hits) / (rate(hits) + rate(misses))``::
+
+    bitnet_obs.current_inference().record_cache(hits=12, misses=3)      # inside a request
+    bitnet_obs.record_cache(hits=1, cache="prefix", model="m")          # anywhere
+    bitnet_obs.observe_cache_usage("kv", lambda: allocator.bytes_in_use())
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from bitnet_obs._config import ConfigError
+from bitnet_obs._instruments import TALLIES, register_gauge_callback
+from bitnet_obs._selfmon import internal_error
+from bitnet_obs._tally import AttrValue, key_of
+
+_HITS = TALLIES["bitnet.cache.hits"]
+_MISSES = TALLIES["bitnet.cache.misses"]
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def record_cache(hits: int = 0, misses: int = 0, *, cache: str = "kv", model: str = "") -> None:
+    """Count cache hits and misses. Never raises: a bad value is a counted internal error."""
+    try:
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                   for n in (hits, misses)):  # fmt: skip
+            internal_error("bad_cache_count", detail=f"record_cache({hits!r}, {misses!r})")
+            return
+        attrs: dict[str, AttrValue] = {"bitnet.cache.name": str(cache)[:64]}
+        if model:
+            attrs["gen_ai.request.model"] = str(model)[:128]
+        key = key_of(attrs)
+        if hits:
+            _HITS.add(key, hits)
+        if misses:
+            _MISSES.add(key, misses)
+    except Exception as exc:
+        internal_error("cache", exc)
+
+
+def observe_cache_usage(cache: str, read_bytes: Callable[[], float]) -> None:
+    """Report ``bitnet.cache.usage`` (bytes) for a cache, read at collection time only."""
+    if not isinstance(cache, str) or not _NAME.match(cache):
+        raise ConfigError(f"cache={cache!r} is not valid; accepted: a short identifier")
+    if not callable(read_bytes):
+        raise ConfigError(f"read_bytes={read_bytes!r} is not valid; accepted: a callable")
+    attrs = {"bitnet.cache.name": cache}
+
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return [Observation(float(read_bytes()), attrs)]
+        except Exception as exc:
+            internal_error("cache_usage", exc)
+            return []
+
+    register_gauge_callback("bitnet.cache.usage", observe)

@@ -1,0 +1,248 @@
+"""``monitor_model_load``: model loading as telemetry and readiness, in one object.
+
+Like ``monitor_inference``, one object is both decorator and context manager. A successful
+load records its duration, counts it, adds the model to ``bitnet.model.loaded``, sets
+``bitnet.model.size`` and (unless ``mark_ready=False``) marks the process ready; a failed load
+counts the error, leaves the process not ready with the reason on ``/health/ready``, and
+re-raises the caller's exception unchanged::
+
+    @bitnet_obs.monitor_model_load(model="bitnet-b1.58-2B-4T", quant_format="i2_s")
+    def load(path):
+        return read_weights(path)          # a dict of arrays: its size is measured
+
+    with bitnet_obs.monitor_model_load(model="m") as loading:
+        weights = read_weights(path)
+        loading.add_tensors(weights.values())
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, cast
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from bitnet_obs import _instruments
+from bitnet_obs._config import ConfigError
+from bitnet_obs._inference import _DEVICE_RE, QUANT_FORMATS, _check_str, error_type
+from bitnet_obs._instruments import TALLIES
+from bitnet_obs._selfmon import internal_error
+from bitnet_obs._tally import AttrValue, key_of
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_LOADS = TALLIES["bitnet.model.loads"]
+_LOADED = TALLIES["bitnet.model.loaded"]
+_current_load: contextvars.ContextVar[ModelLoad | None] = contextvars.ContextVar(
+    "bitnet_obs_model_load", default=None
+)
+
+
+def _nbytes(obj: Any) -> int | None:
+    """Bytes of an array, a mapping/sequence of arrays, or anything with ``nbytes``."""
+    size = getattr(obj, "nbytes", None)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    items: Iterable[Any] | None = None
+    if isinstance(obj, Mapping):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    if items is None:
+        return None
+    total = 0
+    for item in items:
+        part = getattr(item, "nbytes", None)
+        if not isinstance(part, int) or isinstance(part, bool):
+            return None
+        total += part
+    return total
+
+
+class ModelLoad:
+    """One load in progress: lets the loading code report the model's size."""
+
+    def __init__(self, monitor: ModelLoadMonitor) -> None:
+        self._monitor = monitor
+        self.size_bytes: int | None = monitor.size_bytes
+        self.start = time.perf_counter()
+        self.span: trace.Span | None = None
+        self.token: contextvars.Token[ModelLoad | None] | None = None
+
+    def set_size(self, nbytes: int) -> None:
+        if isinstance(nbytes, int) and not isinstance(nbytes, bool) and nbytes >= 0:
+            self.size_bytes = nbytes
+        else:
+            internal_error("bad_model_size", detail=f"set_size({nbytes!r})")
+
+    def add_tensors(self, tensors: Iterable[Any]) -> None:
+        """Add the bytes of these arrays (numpy, or anything with ``nbytes``)."""
+        try:
+            total = sum(int(t.nbytes) for t in tensors)
+            self.size_bytes = (self.size_bytes or 0) + total
+        except Exception as exc:
+            internal_error("bad_model_size", exc)
+
+
+class ModelLoadMonitor:
+    """Decorator and context manager for loading one model (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        quant_format: str = "i2_s",
+        device: str = "cpu",
+        size_bytes: int | None = None,
+        mark_ready: bool = True,
+    ) -> None:
+        _check_str("model", model, r"^.{1,128}$", "a non-empty string of at most 128 chars")
+        if quant_format not in QUANT_FORMATS:
+            raise ConfigError(
+                f"quant_format={quant_format!r} is not valid; accepted: {QUANT_FORMATS}"
+            )
+        _check_str("device", device, _DEVICE_RE.pattern, "e.g. 'cpu', 'cuda:0', 'gpu'")
+        if size_bytes is not None and (
+            not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes < 0
+        ):
+            raise ConfigError(f"size_bytes={size_bytes!r} is not valid; accepted: an int >= 0")
+        self.size_bytes = size_bytes
+        self.mark_ready = bool(mark_ready)
+        self.attrs: dict[str, AttrValue] = {
+            "gen_ai.request.model": model,
+            "bitnet.quant.format": quant_format,
+            "bitnet.device": device,
+        }
+
+    def _begin(self) -> ModelLoad:
+        load = ModelLoad(self)
+        try:
+            if self.mark_ready and _LOADED.value() <= 0:
+                # Nothing is loaded yet: not ready until this load succeeds. A process that
+                # already serves a model stays ready while it loads another one.
+                from bitnet_obs import health
+
+                health.mark_not_ready(f"loading model {self.attrs['gen_ai.request.model']}")
+            load.span = _instruments.active().tracer.start_span(
+                f"load_model {self.attrs['gen_ai.request.model']}", attributes=self.attrs
+            )
+        except Exception as exc:
+            internal_error("model_load", exc)
+        return load
+
+    def __enter__(self) -> ModelLoad:
+        load = self._begin()
+        load.token = _current_load.set(load)
+        return load
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        load = _current_load.get()
+        if load is None or load._monitor is not self:
+            internal_error("context_mismatch", detail="monitor_model_load exited out of order")
+            return
+        if load.token is not None:
+            _current_load.reset(load.token)
+        self._finish(load, exc)
+
+    def _finish(self, load: ModelLoad, exc: BaseException | None, result: Any = None) -> None:
+        try:
+            elapsed = time.perf_counter() - load.start
+            inst = _instruments.active().by_name
+            model = str(self.attrs["gen_ai.request.model"])
+            if exc is None:
+                if load.size_bytes is None and result is not None:
+                    load.size_bytes = _nbytes(result)
+                inst["bitnet.model.load.duration"].record(elapsed, self.attrs)
+                _LOADS.add(key_of(dict(self.attrs, **{"bitnet.outcome": "ok"})), 1)
+                _LOADED.add(key_of(self.attrs), 1)
+                if load.size_bytes is not None:
+                    inst["bitnet.model.size"].set(load.size_bytes, self.attrs)
+                if self.mark_ready:
+                    from bitnet_obs import health
+
+                    health.mark_ready()
+            else:
+                err = error_type(exc)
+                attrs = dict(self.attrs, **{"error.type": err})
+                inst["bitnet.model.load.duration"].record(elapsed, attrs)
+                _LOADS.add(key_of(dict(attrs, **{"bitnet.outcome": "error"})), 1)
+                from bitnet_obs import health
+
+                health.mark_not_ready(f"model {model} failed to load: {err}")
+            span = load.span
+            if span is not None:
+                if load.size_bytes is not None:
+                    span.set_attribute("bitnet.model.size", load.size_bytes)
+                if exc is not None:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, error_type(exc)))
+                span.end()
+        except Exception as error:
+            internal_error("model_load", error)
+
+    def __call__(self, fn: F) -> F:
+        if not callable(fn):
+            raise ConfigError(f"monitor_model_load needs a callable, got {fn!r}")
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                load = self._begin()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    self._finish(load, exc)
+                    raise
+                self._finish(load, None, result)
+                return result
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            load = self._begin()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish(load, exc)
+                raise
+            self._finish(load, None, result)
+            return result
+
+        return cast(F, wrapper)
+
+
+def monitor_model_load(
+    *,
+    model: str,
+    quant_format: str = "i2_s",
+    device: str = "cpu",
+    size_bytes: int | None = None,
+    mark_ready: bool = True,
+) -> ModelLoadMonitor:
+    """Monitor loading a model; decorator or context manager (see the module docstring)."""
+    return ModelLoadMonitor(
+        model=model,
+        quant_format=quant_format,
+        device=device,
+        size_bytes=size_bytes,
+        mark_ready=mark_ready,
+    )
+
+
+def unload_model(*, model: str, quant_format: str = "i2_s", device: str = "cpu") -> None:
+    """Record that a model was unloaded (decrements ``bitnet.model.loaded``). Never raises."""
+    try:
+        attrs: dict[str, AttrValue] = {
+            "gen_ai.request.model": model,
+            "bitnet.quant.format": quant_format,
+            "bitnet.device": device,
+        }
+        _LOADED.add(key_of(attrs), -1)
+    except Exception as exc:
+        internal_error("model_unload", exc)
