@@ -125,6 +125,12 @@ def test_demo_runs_serves_metrics_and_stops_cleanly() -> None:
             "bitnet_device_fallbacks_total",
             'bitnet_quant_reference="quantized"',
             'bitnet_quant_kind="weight"',
+            "bitnet_model_loads_total",
+            "bitnet_queue_wait_duration_seconds_count",
+            "bitnet_batch_size_count",
+            "bitnet_cache_hits_total",
+            "bitnet_cache_usage_bytes",
+            "bitnet_sla_compliance",
         )
         text = ""
         deadline = time.monotonic() + 30

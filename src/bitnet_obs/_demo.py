@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 import bitnet_obs
-from bitnet_obs import health, quant, sla
+from bitnet_obs import quant, sla
 from bitnet_obs._instruments import TALLIES
 
 MODEL = "bitnet-demo-tiny"
@@ -99,10 +99,18 @@ class TinyBitNet:
 
 
 @bitnet_obs.monitored_inference(model=MODEL, operation="text_completion", device="cuda:0")
-def generate(model: TinyBitNet, prompt: list[int], max_tokens: int, oom: bool) -> Iterator[int]:
+def generate(
+    model: TinyBitNet,
+    prompt: list[int],
+    max_tokens: int,
+    oom: bool,
+    cache_hits: int = 0,
+    cache_misses: int = 0,
+) -> Iterator[int]:
     """Stream tokens; the first forward pass may 'run out of GPU memory' and fall back."""
     inf = bitnet_obs.current_inference()
     inf.add_input_tokens(len(prompt))
+    inf.record_cache(hits=cache_hits, misses=cache_misses, cache="prefix")
     if not prompt:
         raise InvalidPromptError("empty prompt")
 
@@ -141,22 +149,72 @@ class _Stats:
         return values[len(values) // 2] if values else 0.0
 
 
-def _worker(model: TinyBitNet, stop: threading.Event, stats: _Stats, seed: int) -> None:
+class PrefixCache:
+    """A toy prefix cache: (position, token) pairs seen recently count as hits."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self.entries: dict[tuple[int, int], None] = {}
+        self.lock = threading.Lock()
+
+    def lookup(self, prompt: list[int]) -> tuple[int, int]:
+        hits = 0
+        with self.lock:
+            for key in enumerate(prompt):
+                if key in self.entries:
+                    hits += 1
+                else:
+                    self.entries[key] = None
+                    if len(self.entries) > self.capacity:
+                        self.entries.pop(next(iter(self.entries)))
+        return hits, len(prompt) - hits
+
+    def nbytes(self) -> int:
+        return len(self.entries) * 2 * 256 * 4  # a K and a V vector of float32 per entry
+
+
+def _worker(
+    model: TinyBitNet,
+    queue: bitnet_obs.RequestQueue,
+    cache: PrefixCache,
+    stop: threading.Event,
+    stats: _Stats,
+    seed: int,
+) -> None:
     rng = random.Random(seed)
     while not stop.is_set():
-        prompt = [rng.randrange(model.vocab) for _ in range(rng.randint(0, 24) or 0)]
-        if rng.random() < 0.02:
-            prompt = []  # an invalid request: counted as an error
-        started = time.perf_counter()
-        try:
-            stream = generate(model, prompt, rng.randint(8, 48), rng.random() < 0.05)
-            for _i, _token in enumerate(stream):
-                if stop.is_set() or (rng.random() < 0.002):
-                    break  # a client that disconnects: counted as cancelled
-        except InvalidPromptError:
-            pass
-        stats.add(time.perf_counter() - started)
+        # A few requests arrive and queue up; a batch is formed; each is then served.
+        arrivals = [
+            (queue.enqueue(rng.choice(("normal", "normal", "high", "low"))), _prompt(rng, model))
+            for _ in range(rng.randint(1, 4))
+        ]
+        with queue.batch() as batch:
+            stop.wait(rng.uniform(0.001, 0.01))  # the batching window
+            for _ in arrivals:
+                batch.add()
+        for ticket, prompt in arrivals:
+            queue.dequeue(ticket)
+            started = time.perf_counter()
+            try:
+                hits, misses = cache.lookup(prompt)
+                stream = generate(
+                    model, prompt, rng.randint(8, 48), rng.random() < 0.05, hits, misses
+                )
+                for _token in stream:
+                    if stop.is_set() or rng.random() < 0.002:
+                        break  # a client that disconnects: counted as cancelled
+            except InvalidPromptError:
+                pass
+            stats.add(time.perf_counter() - started)
         stop.wait(rng.uniform(0.0, 0.05))
+
+
+def _prompt(rng: random.Random, model: TinyBitNet) -> list[int]:
+    if rng.random() < 0.02:
+        return []  # an invalid request: counted as an error
+    # a few popular prompt prefixes, so the prefix cache has something to hit
+    head = [rng.choice((1, 2, 3))] * rng.randint(0, 6)
+    return head + [rng.randrange(model.vocab) for _ in range(rng.randint(1, 20))]
 
 
 def _summary(stats: _Stats, started: float) -> str:
@@ -195,10 +253,13 @@ def run(duration: float | None, port: int | None, workers: int = 2) -> int:
             file=sys.stderr,
         )
         return 2
-    health.mark_not_ready("loading model")
-    model = TinyBitNet()
-    model.record_weights()
-    health.mark_ready()
+    with bitnet_obs.monitor_model_load(model=MODEL, quant_format="i2_s", device="cpu") as load:
+        model = TinyBitNet()  # not ready until this block ends well
+        load.add_tensors([*model.codes, model.embed, model.head])
+        model.record_weights()
+    queue = bitnet_obs.RequestQueue("generate")
+    cache = PrefixCache()
+    bitnet_obs.observe_cache_usage("prefix", cache.nbytes)
     if sla.objectives() is None:  # BITNET_OBS_SLA_* wins when set
         sla.set_objectives(
             sla.Objectives(latency_s=2.0, ttft_s=0.5, min_tokens_per_s=20, max_error_rate=0.05)
@@ -215,7 +276,7 @@ def run(duration: float | None, port: int | None, workers: int = 2) -> int:
     stop = threading.Event()
     stats = _Stats()
     threads = [
-        threading.Thread(target=_worker, args=(model, stop, stats, i), daemon=True)
+        threading.Thread(target=_worker, args=(model, queue, cache, stop, stats, i), daemon=True)
         for i in range(workers)
     ]
     started = time.monotonic()
