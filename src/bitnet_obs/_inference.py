@@ -320,7 +320,8 @@ class InferenceContext:
         Defaults to kernel fidelity (against the quantized reference) in the call's format.
         Never raises: bad input is a counted skip.
         """
-        _record_quantization(self, name, reference, candidate, format, reference_kind, kind)
+        call = None if self is _NULL else self
+        _record_quantization(call, name, reference, candidate, format, reference_kind, kind)
 
     def record_cache(self, hits: int = 0, misses: int = 0, *, cache: str = "kv") -> None:
         """Count KV/prefix cache hits and misses for this request's model."""
@@ -523,18 +524,6 @@ class _NullInference(InferenceContext):
 
     def fallback(self, from_device: str, to_device: str, reason: str) -> None:
         record_fallback(from_device, to_device, reason)
-
-    def record_quantization(
-        self,
-        name: str,
-        reference: Any,
-        candidate: Any,
-        *,
-        format: str | None = None,
-        reference_kind: str = "quantized",
-        kind: str = "output",
-    ) -> None:
-        _record_quantization(None, name, reference, candidate, format, reference_kind, kind)
 
 
 def _record_quantization(

@@ -45,29 +45,24 @@ class Tally:
 
     def add(self, key: AttrKey, amount: int = 1) -> None:
         with self._lock:
-            values = self._values
-            if key in values:
-                values[key] += amount
-            elif len(values) < self.limit:
-                values[key] = amount
-            else:
-                self.overflowed += 1
-                values[OVERFLOW_KEY] = values.get(OVERFLOW_KEY, 0) + amount
+            self._add_locked(key, amount)
 
     def add_many(self, items: Iterable[tuple[AttrKey, int]]) -> None:
         """Several updates under one lock acquisition (the hot path's end of call)."""
         with self._lock:
-            values = self._values
             for key, amount in items:
-                if not amount:
-                    continue
-                if key in values:
-                    values[key] += amount
-                elif len(values) < self.limit:
-                    values[key] = amount
-                else:
-                    self.overflowed += 1
-                    values[OVERFLOW_KEY] = values.get(OVERFLOW_KEY, 0) + amount
+                if amount:
+                    self._add_locked(key, amount)
+
+    def _add_locked(self, key: AttrKey, amount: int) -> None:
+        values = self._values
+        if key in values:
+            values[key] += amount
+        elif len(values) < self.limit:
+            values[key] = amount
+        else:
+            self.overflowed += 1
+            values[OVERFLOW_KEY] = values.get(OVERFLOW_KEY, 0) + amount
 
     def snapshot(self) -> dict[AttrKey, int]:
         with self._lock:
