@@ -123,7 +123,8 @@ def test_weight_figures_match_reference_and_are_format_independent(
     ("dtype", "rel"), [(np.float16, F32), (np.float32, F32), (np.float64, 1e-12)]
 )
 def test_weight_report_equals_quantize_then_accuracy(dtype: type, rel: float) -> None:
-    w = np.random.default_rng(SEED).standard_normal((300, 517)).astype(dtype)  # 3 chunks + tail
+    w: npt.NDArray[np.floating] = np.random.default_rng(SEED).standard_normal((300, 517))
+    w = w.astype(dtype)  # 3 chunks and a short last block
     codes, s = quantize_weights(w)
     rep = weight_report(w)
     assert rep.scale == s
