@@ -17,7 +17,8 @@ LINTED = ["src", "tests", "examples", "benchmarks", "tools", "noxfile.py"]
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole suite, with the real prometheus/promtool/alertmanager binaries."""
-    session.install(".[test,gpu,safetensors]")
+    session.install("torch==2.13.0")  # the local CPU wheel; a bare torch pulls a CUDA build
+    session.install(".[test,gpu,safetensors,hf]")
     session.run("python", "tools/ensure_tools.py")
     session.run("pytest", *session.posargs)
 

@@ -1,0 +1,607 @@
+"""Writes dashboards/bitnet-obs.json, the Grafana dashboard for bitnet-obs.
+
+The JSON is generated so that every panel has the same shape and its PromQL sits here, readable
+and reviewed in one place; ``tests/ops`` evaluates every query against a live demo. Edit this
+file, then run it::
+
+    python examples/monitoring/grafana/build_dashboard.py
+
+Panels read the recording rules of ``../rules/bitnet-recording.yml`` where a query is
+expensive; load them into Prometheus with the alert rules.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent / "dashboards" / "bitnet-obs.json"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+REQ = 'gen_ai_request_model=~"$model", instance=~"$instance"'  # request metrics
+INST = 'instance=~"$instance"'  # metrics without a model label
+RATE = "$__rate_interval"
+
+
+@dataclass
+class Panel:
+    title: str
+    targets: list[tuple[str, str]]  # (expr, legend)
+    unit: str = "short"
+    kind: str = "timeseries"
+    description: str = ""
+    width: int = 8
+    height: int = 8
+    min: float | None = 0
+    max: float | None = None
+    thresholds: list[tuple[float, str]] = field(default_factory=list)
+    mappings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def overview() -> list[Panel]:
+    lat = "instance_model:gen_ai_server_request_duration_seconds"
+    ttft = "instance_model:gen_ai_server_time_to_first_token_seconds"
+    tpot = "instance_model:gen_ai_server_time_per_output_token_seconds"
+    return [
+        Panel(
+            "Requests by outcome",
+            [
+                (
+                    "sum by (bitnet_outcome) "
+                    f"(instance_model_outcome:bitnet_inference_requests:rate5m{{{REQ}}})",
+                    "{{bitnet_outcome}}",
+                )
+            ],
+            unit="reqps",
+            description="Finished requests per second: ok, error, cancelled (client went away).",
+        ),
+        Panel(
+            "Error ratio",
+            [
+                (
+                    f"instance_model:bitnet_inference_errors:ratio_rate5m{{{REQ}}}",
+                    "{{instance}} {{gen_ai_request_model}}",
+                )
+            ],
+            unit="percentunit",
+            thresholds=[(0.05, "red")],
+            description="Failed / (ok + failed); alert BitNetHighErrorRate above 5%.",
+        ),
+        Panel(
+            "Errors by type",
+            [
+                (
+                    "sum by (error_type) (rate(bitnet_inference_requests_total"
+                    f'{{bitnet_outcome="error", {REQ}}}[{RATE}]))',
+                    "{{error_type}}",
+                )
+            ],
+            unit="reqps",
+            description="Failed requests per second by exception type (error.type).",
+        ),
+        Panel(
+            "Request latency",
+            [
+                (f"max({lat}:p50_5m{{{REQ}}})", "p50"),
+                (f"max({lat}:p95_5m{{{REQ}}})", "p95"),
+                (f"max({lat}:p99_5m{{{REQ}}})", "p99"),
+            ],
+            unit="s",
+            thresholds=[(5, "red")],
+            description="End-to-end duration of requests that did not fail (worst instance).",
+        ),
+        Panel(
+            "Time to first token",
+            [(f"max({ttft}:p50_5m{{{REQ}}})", "p50"), (f"max({ttft}:p95_5m{{{REQ}}})", "p95")],
+            unit="s",
+            thresholds=[(1, "red")],
+            description="Streaming requests: request start to first output token.",
+        ),
+        Panel(
+            "Time per output token",
+            [(f"max({tpot}:p50_5m{{{REQ}}})", "p50"), (f"max({tpot}:p95_5m{{{REQ}}})", "p95")],
+            unit="s",
+            description="Mean time per output token after the first one (inter-token latency).",
+        ),
+        Panel(
+            "Tokens/s (service)",
+            [
+                (
+                    "sum by (gen_ai_token_type) "
+                    f"(instance_model_type:bitnet_inference_tokens:rate5m{{{REQ}}})",
+                    "{{gen_ai_token_type}}",
+                )
+            ],
+            unit="short",
+            description="Input and output tokens processed per second by all selected instances.",
+        ),
+        Panel(
+            "Tokens/s (median request)",
+            [
+                (
+                    f"instance_model:bitnet_inference_throughput:p50_5m{{{REQ}}}",
+                    "{{instance}} {{gen_ai_request_model}}",
+                )
+            ],
+            unit="short",
+            thresholds=[(0, "red"), (10, "green")],
+            description="Output tokens per second of the median request; alert below 10.",
+        ),
+        Panel(
+            "Active requests",
+            [(f"sum by (instance) (bitnet_inference_active_requests{{{REQ}}})", "{{instance}}")],
+            description="Requests in progress.",
+        ),
+    ]
+
+
+def quantization() -> list[Panel]:
+    acc = "instance_format:bitnet_quant_accuracy"
+    return [
+        Panel(
+            "Weight accuracy vs FP32, by format",
+            [
+                (
+                    f'{acc}:mean{{bitnet_quant_kind="weight", '
+                    f'bitnet_quant_reference="fp32", {INST}}}',
+                    "{{bitnet_quant_format}} {{instance}}",
+                ),
+                ("bitnet:quant_accuracy_fp32:baseline", "baseline"),
+            ],
+            unit="none",
+            min=None,
+            description="Mean cosine of the ternary weights against FP32, measured at load "
+            "(~0.887 for Gaussian weights). Alert below the baseline recording rule.",
+        ),
+        Panel(
+            "Runtime accuracy by format and reference",
+            [
+                (
+                    f'{acc}:p50_10m{{bitnet_quant_kind!="weight", {INST}}}',
+                    "{{bitnet_quant_format}} {{bitnet_quant_kind}} vs {{bitnet_quant_reference}}",
+                )
+            ],
+            unit="none",
+            min=None,
+            description="Median of the sampled layer outputs, activations and logits over 10 "
+            "minutes: against FP32 (quantization error) and against the quantized reference "
+            "(kernel fidelity).",
+        ),
+        Panel(
+            "Kernel fidelity (vs quantized reference)",
+            [
+                (
+                    f'{acc}:p05_10m{{bitnet_quant_reference="quantized", {INST}}}',
+                    "p05 {{bitnet_quant_format}} {{bitnet_quant_kind}}",
+                )
+            ],
+            unit="none",
+            min=None,
+            max=1,
+            thresholds=[(0, "red"), (0.999, "green")],
+            description="5th percentile of accuracy against the quantized reference: should be "
+            "1. Anything at or below 0.999 is a kernel bug (alert BitNetQuantKernelDrift).",
+        ),
+        Panel(
+            "Samples below 0.999 vs quantized reference",
+            [
+                (
+                    "sum by (bitnet_quant_format) (increase(bitnet_quant_accuracy_bucket"
+                    f'{{bitnet_quant_reference="quantized", le="0.999", {INST}}}[{RATE}]))',
+                    "{{bitnet_quant_format}}",
+                )
+            ],
+            thresholds=[(0, "green"), (1, "red")],
+            description="Drifted kernel samples (should stay 0).",
+        ),
+        Panel(
+            "Least accurate weight tensors vs FP32",
+            [
+                (
+                    "bottomk(10, min by (bitnet_tensor) ("
+                    f'bitnet_quant_accuracy_sum{{bitnet_quant_kind="weight", {INST}}}'
+                    f' / bitnet_quant_accuracy_count{{bitnet_quant_kind="weight", {INST}}}))',
+                    "{{bitnet_tensor}}",
+                )
+            ],
+            kind="bargauge",
+            unit="none",
+            min=0.8,
+            max=1,
+            description="The ten tensors whose ternary weights are furthest from FP32.",
+        ),
+        Panel(
+            "SQNR by format and reference",
+            [
+                (
+                    "sum by (bitnet_quant_format, bitnet_quant_reference) "
+                    f"(bitnet_quant_sqnr_dB_sum{{{INST}}}) / sum by "
+                    "(bitnet_quant_format, bitnet_quant_reference) "
+                    f"(bitnet_quant_sqnr_dB_count{{{INST}}})",
+                    "{{bitnet_quant_format}} vs {{bitnet_quant_reference}}",
+                )
+            ],
+            unit="dB",
+            min=None,
+            description="Mean signal-to-quantization-noise ratio since start.",
+        ),
+        Panel(
+            "Accuracy measurements and skipped samples",
+            [
+                (
+                    "sum by (bitnet_quant_kind) "
+                    f"(rate(bitnet_quant_operations_total{{{INST}}}[{RATE}]))",
+                    "measured {{bitnet_quant_kind}}",
+                ),
+                (
+                    "sum by (bitnet_quant_skip_reason) "
+                    f"(rate(bitnet_quant_samples_skipped_total{{{INST}}}[{RATE}]))",
+                    "skipped: {{bitnet_quant_skip_reason}}",
+                ),
+            ],
+            unit="ops",
+            description="Samples measured per second, and those skipped (time budget, shape, "
+            "bad input).",
+        ),
+    ]
+
+
+def devices() -> list[Panel]:
+    gpu = "{{bitnet_gpu_index}} {{hw_name}} {{instance}}"
+    return [
+        Panel(
+            "CPU busy",
+            [
+                (f"instance:system_cpu_utilization:busy_avg5m{{{INST}}}", "host {{instance}}"),
+                (
+                    f"sum by (instance) (process_cpu_utilization{{{INST}}})",
+                    "process {{instance}}",
+                ),
+            ],
+            unit="percentunit",
+            max=1,
+            thresholds=[(0.9, "red")],
+            description="Host (all CPUs, 5 m average) and the serving process.",
+        ),
+        Panel(
+            "Memory",
+            [
+                (
+                    f'system_memory_utilization{{system_memory_state="used", {INST}}}',
+                    "host used {{instance}}",
+                ),
+            ],
+            unit="percentunit",
+            max=1,
+            thresholds=[(0.9, "red")],
+            description="Host memory in use, not counting cache and buffers.",
+        ),
+        Panel(
+            "Process memory (RSS)",
+            [(f"process_memory_usage_bytes{{{INST}}}", "{{instance}}")],
+            unit="bytes",
+        ),
+        Panel(
+            "GPU utilization",
+            [(f"hw_gpu_utilization{{{INST}}}", gpu)],
+            unit="percentunit",
+            max=1,
+            thresholds=[(0.95, "orange")],
+        ),
+        Panel(
+            "GPU memory",
+            [
+                (f"hw_gpu_memory_utilization{{{INST}}}", gpu),
+            ],
+            unit="percentunit",
+            max=1,
+            thresholds=[(0.95, "red")],
+            description="Used / total; near 1 means out-of-memory errors and CPU fallbacks.",
+        ),
+        Panel(
+            "GPU temperature and power",
+            [
+                (f"hw_temperature_celsius{{{INST}}}", "°C " + gpu),
+                (f"hw_power_watts{{{INST}}}", "W " + gpu),
+            ],
+            min=None,
+        ),
+        Panel(
+            "Device fallbacks",
+            [
+                (
+                    "sum by (bitnet_device_from, bitnet_device_to, bitnet_fallback_reason) "
+                    f"(rate(bitnet_device_fallbacks_total{{{REQ}}}[{RATE}]))",
+                    "{{bitnet_device_from}} → {{bitnet_device_to}} ({{bitnet_fallback_reason}})",
+                )
+            ],
+            unit="ops",
+            description="Fallbacks per second, e.g. GPU out of memory → CPU.",
+        ),
+        Panel(
+            "Fallback ratio",
+            [
+                (
+                    f"instance_model:bitnet_device_fallbacks:ratio_rate5m{{{REQ}}}",
+                    "{{instance}} {{gen_ai_request_model}}",
+                )
+            ],
+            unit="percentunit",
+            thresholds=[(0.01, "orange")],
+            description="Fallbacks per finished request; alert BitNetDeviceFallbackRate above 1%.",
+        ),
+        Panel(
+            "Requests by device",
+            [
+                (
+                    "sum by (bitnet_device) "
+                    f"(rate(bitnet_inference_requests_total{{{REQ}}}[{RATE}]))",
+                    "{{bitnet_device}}",
+                )
+            ],
+            unit="reqps",
+            description="Where requests finished (the device after any fallback).",
+        ),
+    ]
+
+
+HEALTH_MAPPINGS = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "unhealthy", "color": "red"},
+            "0.5": {"text": "degraded", "color": "orange"},
+            "1": {"text": "healthy", "color": "green"},
+        },
+    }
+]
+
+
+def health_and_sla() -> list[Panel]:
+    return [
+        Panel(
+            "Health checks",
+            [(f"bitnet_health_status{{{INST}}}", "{{bitnet_health_component}} {{instance}}")],
+            kind="state-timeline",
+            unit="none",
+            width=12,
+            mappings=HEALTH_MAPPINGS,
+            description="Last result of each check behind /health: 1 healthy, 0.5 degraded, "
+            "0 unhealthy.",
+        ),
+        Panel(
+            "Health check failures",
+            [
+                (
+                    "sum by (bitnet_health_component, error_type) "
+                    f"(increase(bitnet_health_check_failures_total{{{INST}}}[{RATE}]))",
+                    "{{bitnet_health_component}} {{error_type}}",
+                ),
+            ],
+            width=6,
+            description="Checks that were unhealthy, timed out or raised.",
+        ),
+        Panel(
+            "Health check duration p95",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (bitnet_health_component, le) "
+                    f"(rate(bitnet_health_check_duration_seconds_bucket{{{INST}}}[{RATE}])))",
+                    "{{bitnet_health_component}}",
+                )
+            ],
+            unit="s",
+            width=6,
+        ),
+        Panel(
+            "SLA compliance by objective",
+            [
+                (
+                    f"bitnet_sla_compliance{{{INST}}}",
+                    "{{bitnet_sla_objective}} {{instance}}",
+                ),
+                ("bitnet:sla_compliance:target", "target {{bitnet_sla_objective}}"),
+            ],
+            unit="percentunit",
+            min=None,
+            max=1,
+            width=12,
+            description="Fraction of the SLA window's requests that met each objective "
+            "(BITNET_OBS_SLA_*), and the target of each (bitnet-recording.yml).",
+        ),
+        Panel(
+            "SLA violations",
+            [
+                (
+                    "sum by (bitnet_sla_objective, bitnet_sla_severity) "
+                    f"(increase(bitnet_sla_violations_total{{{INST}}}[{RATE}]))",
+                    "{{bitnet_sla_objective}} {{bitnet_sla_severity}}",
+                )
+            ],
+            width=6,
+            description="Objectives going from met to missed (warning) or badly missed (critical).",
+        ),
+        Panel(
+            "Overall SLA compliance",
+            [(f'min(bitnet_sla_compliance{{bitnet_sla_objective="overall", {INST}}})', "overall")],
+            kind="stat",
+            unit="percentunit",
+            width=6,
+            thresholds=[(0, "red"), (0.95, "green")],
+        ),
+        Panel(
+            "Telemetry exports",
+            [
+                (
+                    "sum by (bitnet_obs_exporter, bitnet_outcome) "
+                    f"(rate(bitnet_obs_exports_total{{{INST}}}[{RATE}]))",
+                    "{{bitnet_obs_exporter}} {{bitnet_outcome}}",
+                )
+            ],
+            unit="ops",
+            description="Push exports (OTLP, console) by outcome: errors mean dropped telemetry.",
+        ),
+        Panel(
+            "bitnet-obs internal errors",
+            [
+                (
+                    "sum by (bitnet_obs_error_kind) "
+                    f"(increase(bitnet_obs_internal_errors_total{{{INST}}}[{RATE}]))",
+                    "{{bitnet_obs_error_kind}}",
+                )
+            ],
+            description="Failures inside bitnet-obs, swallowed to protect inference.",
+        ),
+        Panel(
+            "Firing alerts",
+            [(f'sum by (alertname, severity) (ALERTS{{alertstate="firing", {INST}}})', "")],
+            kind="table",
+            description="bitnet-obs alerts firing now for the selected instances.",
+        ),
+    ]
+
+
+ROWS = [
+    ("Overview", overview),
+    ("Quantization", quantization),
+    ("Devices", devices),
+    ("Health and SLA", health_and_sla),
+]
+
+
+def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": p.unit}
+    if p.min is not None:
+        defaults["min"] = p.min
+    if p.max is not None:
+        defaults["max"] = p.max
+    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    steps += [{"color": color, "value": value} for value, color in p.thresholds]
+    defaults["thresholds"] = {"mode": "absolute", "steps": steps}
+    if p.mappings:
+        defaults["mappings"] = p.mappings
+    if p.kind == "timeseries":
+        defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10}
+        if p.thresholds:
+            defaults["custom"]["thresholdsStyle"] = {"mode": "dashed"}
+    options: dict[str, Any] = {
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    if p.kind in ("stat", "bargauge"):
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+    if p.kind == "table":
+        options = {"showHeader": True}
+    targets = []
+    for ref, (expr, legend) in enumerate(p.targets):
+        target: dict[str, Any] = {"refId": chr(ord("A") + ref), "datasource": DS, "expr": expr}
+        target["legendFormat"] = legend or "__auto"
+        if p.kind in ("table", "bargauge", "stat"):
+            target["instant"] = True
+            target["range"] = p.kind != "table"
+            if p.kind == "table":
+                target["format"] = "table"
+        targets.append(target)
+    return {
+        "id": pid,
+        "type": p.kind,
+        "title": p.title,
+        "description": p.description,
+        "datasource": DS,
+        "gridPos": {"h": p.height, "w": p.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": targets,
+    }
+
+
+def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-variable"},
+        "definition": query,
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+        "hide": 0,
+        "options": [],
+        "regex": "",
+    }
+
+
+def dashboard() -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    pid, y = 1, 0
+    for title, build in ROWS:
+        panels.append(
+            {
+                "id": pid,
+                "type": "row",
+                "title": title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        pid, y, x, row_h = pid + 1, y + 1, 0, 0
+        for p in build():
+            if x + p.width > 24:
+                x, y, row_h = 0, y + row_h, 0
+            panels.append(_panel_json(p, pid, x, y))
+            pid, x, row_h = pid + 1, x + p.width, max(row_h, p.height)
+        y += row_h
+    return {
+        "uid": "bitnet-obs",
+        "title": "BitNet inference (bitnet-obs)",
+        "description": "Requests, latency, tokens/s, quantization accuracy, devices, health "
+        "and SLA of services instrumented with bitnet-obs. Needs the recording rules of "
+        "examples/monitoring/rules/bitnet-recording.yml.",
+        "tags": ["bitnet", "llm", "opentelemetry"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s",
+        "timezone": "",
+        "annotations": {"list": []},
+        "links": [],
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                    "regex": "",
+                    "options": [],
+                },
+                _variable(
+                    "model",
+                    "Model",
+                    "label_values(bitnet_inference_requests_total, gen_ai_request_model)",
+                ),
+                _variable("instance", "Instance", "label_values(target_info, instance)"),
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render(), encoding="utf-8")
+    print(f"wrote {OUT}")

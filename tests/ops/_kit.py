@@ -1,0 +1,107 @@
+"""Paths and readers for the operations kit (examples/monitoring), shared by tests/ops."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bitnet_obs._instruments import CATALOGUE, Kind, prometheus_name
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+MONITORING = EXAMPLES / "monitoring"
+RULES = MONITORING / "rules"
+RECORDING_RULES = RULES / "bitnet-recording.yml"
+ALERT_RULES = RULES / "bitnet-alerts.yml"
+RULE_TESTS = sorted((MONITORING / "tests").glob("*_test.yml"))
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "bitnet-obs.json"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
+SEVERITIES = ("critical", "warning", "info")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [r for g in load_yaml(ALERT_RULES)["groups"] for r in g["rules"] if "alert" in r]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    return [r for g in load_yaml(RECORDING_RULES)["groups"] for r in g["rules"]]
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel, rows excluded."""
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard()["panels"]
+        if panel["type"] != "row"
+        for target in panel["targets"]
+    ]
+
+
+def exposed_names() -> set[str]:
+    """Every series name bitnet-obs can expose (histograms as _bucket/_sum/_count)."""
+    names = set()
+    for spec in CATALOGUE:
+        name = prometheus_name(spec)
+        if spec.kind is Kind.HISTOGRAM:
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            names.add(name)
+    return names
+
+
+def exposed_labels() -> set[str]:
+    """Label names on bitnet-obs series, plus those Prometheus adds."""
+    labels = {a.replace(".", "_") for spec in CATALOGUE for a in spec.attributes}
+    return labels | {"job", "instance", "le"}
+
+
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_IDENT = re.compile(r"(?<![\w:.$])([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*\"")
+
+
+def metric_names(promql: str) -> set[str]:
+    """The metric names a PromQL expression selects (a regex reading, enough for our files)."""
+    text = _STRING.sub('""', promql)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = _GROUPING.sub(" ", text)
+    return {m for m in _IDENT.findall(text) if m.lower() not in _KEYWORDS}
+
+
+def label_names(promql: str) -> set[str]:
+    """Label names in matchers and grouping clauses."""
+    text = promql
+    names = {m[0] for m in _MATCHER.findall(text)}
+    for _, group in _GROUPING.findall(_STRING.sub('""', text)):
+        names |= {g.strip() for g in group.split(",") if g.strip()}
+    return names
