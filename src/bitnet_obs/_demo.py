@@ -84,14 +84,24 @@ class TinyBitNet:
         Sampled and budgeted by bitnet-obs; the references are the demo's own work.
         """
         inf = bitnet_obs.current_inference()
-        q, sx = quant.quantize_activations(x)
-        ternary = self.codes[i].astype(np.float64) * self.scales[i]
-        reference = (q.astype(np.float64) / sx[:, None]) @ ternary.T
-        inf.record_quantization(f"layers.{i}.proj", reference, y)
-        tl2 = quant.matmul(x, self.codes[i], self.scales[i], format="tl2")
-        inf.record_quantization(f"layers.{i}.proj", reference, tl2, format="tl2")
+        codes, scale, name = self.codes[i], self.scales[i], f"layers.{i}.proj"
+
+        def quantized_reference() -> np.ndarray:  # only computed for a sample that is taken
+            q, sx = quant.quantize_activations(x)
+            ref: np.ndarray = (q.astype(np.float64) / sx[:, None]) @ (
+                codes.astype(np.float64) * scale
+            ).T
+            return ref
+
+        inf.record_quantization(name, quantized_reference, y)
         inf.record_quantization(
-            f"layers.{i}.proj", x.astype(np.float64) @ self.weights[i].T, y, reference_kind="fp32"
+            name,
+            quantized_reference,
+            lambda: quant.matmul(x, codes, scale, format="tl2"),
+            format="tl2",
+        )
+        inf.record_quantization(
+            name, lambda: x.astype(np.float64) @ self.weights[i].T, y, reference_kind="fp32"
         )
 
     def next_token(self, token: int, fmt: str = "i2_s", check: bool = False) -> int:

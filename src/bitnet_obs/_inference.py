@@ -318,6 +318,8 @@ class InferenceContext:
         """Compare a tensor with its reference as a sampled, budgeted quantization sample.
 
         Defaults to kernel fidelity (against the quantized reference) in the call's format.
+        ``reference``/``candidate`` may be zero-argument callables: they run only when the
+        sample is taken, so an expensive reference costs nothing on skipped calls.
         Never raises: bad input is a counted skip.
         """
         call = None if self is _NULL else self

@@ -188,3 +188,26 @@ def test_tensor_name_cardinality_is_bounded(
         quant.record_weight_quantization(f"t{i}", _w(4, 6, i), formats=("i2_s",))
     names = {p.attributes["bitnet.tensor"] for p in cap.points("bitnet.quant.accuracy")}
     assert names == {"t0", "t1", "t2", "_other"}
+
+
+def test_callable_references_run_only_for_taken_samples(
+    cap: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def reference() -> np.ndarray:
+        calls.append(1)
+        return np.ones((2, 4))
+
+    monkeypatch.setattr(
+        "bitnet_obs._pipeline.settings", lambda: bitnet_obs.Settings(quant_sample_rate=0.0)
+    )
+    assert quant.compare_outputs("lazy", reference, np.ones((2, 4))) is None
+    assert calls == []
+    monkeypatch.setattr(
+        "bitnet_obs._pipeline.settings",
+        lambda: bitnet_obs.Settings(quant_sample_rate=1.0, quant_budget=1.0),
+    )
+    acc = quant.compare_outputs("lazy", reference, lambda: np.ones((2, 4)))
+    assert acc is not None and acc.cosine == pytest.approx(1.0)
+    assert calls == [1]

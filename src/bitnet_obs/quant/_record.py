@@ -257,7 +257,9 @@ def compare_outputs(
 ) -> Accuracy | None:
     """Compare a layer output (or logits) with a reference and record it.
 
-    ``reference_kind="fp32"``: quantization error against the float model.
+    ``reference`` and ``candidate`` may be arrays or zero-argument callables returning them;
+    a callable runs only when the sample is taken, so a costly reference pass is skipped with
+    the sample. ``reference_kind="fp32"``: quantization error against the float model.
     ``reference_kind="quantized"``: kernel fidelity against the quantized reference (or a
     second implementation); should be ~1.0, drift here is a bug. ``kind="logits"`` records
     the top-1 agreement as the accuracy ratio. A runtime sample; None when skipped.
@@ -265,8 +267,10 @@ def compare_outputs(
     kind = _check_choice("kind", kind, KINDS[1:])
 
     def measure() -> tuple[Accuracy, bool]:
-        ref = np.asarray(reference)
-        cand = np.asarray(candidate)
+        # A callable is only called for a sample that is taken: expensive references cost
+        # nothing on skipped calls.
+        ref = np.asarray(reference() if callable(reference) else reference)
+        cand = np.asarray(candidate() if callable(candidate) else candidate)
         r, c, sampled = _row_sample(ref, cand)
         acc = accuracy(r, c)
         if kind == "logits":
