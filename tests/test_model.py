@@ -105,3 +105,12 @@ def test_a_loaded_process_stays_ready_while_loading_another(cap: TelemetryCaptur
 def test_bad_arguments_raise_at_decoration(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="accepted"):
         bitnet_obs.monitor_model_load(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_failed_hot_swap_keeps_the_process_ready(cap: TelemetryCapture) -> None:
+    with bitnet_obs.monitor_model_load(model="serving"):
+        pass
+    with pytest.raises(OSError), bitnet_obs.monitor_model_load(model="swap"):
+        raise OSError("disk")
+    assert _ready()[0] == 200
+    assert cap.value("bitnet.model.loads", **ERR) == 1

@@ -90,7 +90,13 @@ class ModelLoad:
 
 
 class ModelLoadMonitor:
-    """Decorator and context manager for loading one model (see the module docstring)."""
+    """Decorator and context manager for loading one model (see the module docstring).
+
+    ``mark_ready=False`` leaves readiness entirely to you. Otherwise: while no model is
+    loaded, a load in progress or a failed load makes the process not ready (the reason is on
+    ``/health/ready``), and a successful load makes it ready; a process that already serves a
+    model stays ready while it loads another, and if that one fails.
+    """
 
     def __init__(
         self,
@@ -171,9 +177,12 @@ class ModelLoadMonitor:
                 attrs = dict(self.attrs, **{"error.type": err})
                 inst["bitnet.model.load.duration"].record(elapsed, attrs)
                 _LOADS.add(key_of(dict(attrs, **{"bitnet.outcome": "error"})), 1)
-                from bitnet_obs import health
+                if self.mark_ready and _LOADED.value() <= 0:
+                    # Nothing serves: not ready, with the reason. A failed hot-swap beside a
+                    # model that serves keeps the process in rotation (the alert still fires).
+                    from bitnet_obs import health
 
-                health.mark_not_ready(f"model {model} failed to load: {err}")
+                    health.mark_not_ready(f"model {model} failed to load: {err}")
             span = load.span
             if span is not None:
                 if load.size_bytes is not None:

@@ -8,7 +8,9 @@ One stack for the module (starting it costs the ~6 s before Prometheus' first sc
   panels listed in ``NO_DATA_IN_DEMO`` with the reason;
 * the Alertmanager test waits for BitNetDeviceFallbackRate -- the demo falls back from its
   simulated GPU on ~5% of requests, over the rule's 1% -- to reach the webhook through the
-  ``warning`` route. The rule is ours, unchanged but for ``for: 10m`` set to ``0s``.
+  ``warning`` route. The rule is ours, unchanged but for ``for: 10m`` set to ``0s``;
+* the rule tests evaluate recording rules (error ratio, cache hit ratio) against plain queries
+  of the raw series, and the serving-lifecycle rules against what the demo does.
 """
 
 from __future__ import annotations
@@ -302,7 +304,7 @@ def test_every_dashboard_panel_query_returns_data_from_the_demo(stack: Stack) ->
             if not _has_data(result):
                 failures.append(f"{panel['title']}: {query} -> {result}")
     assert not failures, "panels without data:\n" + "\n".join(failures)
-    assert checked >= 35
+    assert checked >= 50
 
 
 def test_an_alert_from_our_rules_reaches_alertmanager_and_the_webhook(stack: Stack) -> None:
@@ -342,9 +344,16 @@ def test_recording_rules_agree_with_the_raw_series(stack: Stack) -> None:
         ' / sum(rate(bitnet_inference_requests_total{bitnet_outcome=~"ok|error"}[5m]))'
     )
     prom.wait_for(plain, 40, lambda r: bool(r) and float(r[0]["value"][1]) > 0)  # errors seen
-    at = time.time() - 2
+    # an instant at which errors show: a new error series appears at 1, invisible to rate()
+    # until it grows, so "now" may see errors and two seconds earlier none
+    deadline = time.monotonic() + 40
+    while True:
+        at = time.time() - 2
+        (by_hand,) = prom.query(plain, at)
+        if float(by_hand["value"][1]) > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     (by_rule,) = prom.query(rule["expr"], at)
-    (by_hand,) = prom.query(plain, at)
     assert float(by_rule["value"][1]) == pytest.approx(float(by_hand["value"][1]), rel=1e-12)
     assert 0 < float(by_rule["value"][1]) < 0.2
     (recorded,) = prom.wait_for(name, timeout=20)
@@ -360,3 +369,42 @@ def test_recording_rules_agree_with_the_raw_series(stack: Stack) -> None:
     assert {s["metric"]["bitnet_quant_format"] for s in weights} == {"i2_s", "tl1", "tl2"}
     for sample in weights:  # ternary absmean of Gaussian weights: ~0.887 (docs/quantization.md)
         assert float(sample["value"][1]) == pytest.approx(0.887, abs=0.01)
+
+
+def test_serving_lifecycle_rules_against_the_demo(stack: Stack) -> None:
+    """The cache hit-ratio rules against the raw counters (at one instant), the queue and batch
+    rules against what the demo does (batches of 1-4 requests, three priorities), and its one
+    model load, which succeeded: BitNetModelLoadFailure stays silent."""
+    prom = stack.prom
+    name = "instance_model_cache:bitnet_cache_hits:ratio_rate5m"
+    (recorded,) = prom.wait_for(name, timeout=20)
+    assert recorded["metric"] == {
+        "__name__": name,
+        "job": "bitnet",
+        "instance": stack.instance,
+        "gen_ai_request_model": stack.model,
+        "bitnet_cache_name": "prefix",
+    }
+    # the ratio rule reads the lookups rule: evaluate both expressions at one instant
+    rules = {r["record"]: r["expr"] for r in recording_rules() if "record" in r}
+    lookups = "instance_model_cache:bitnet_cache_lookups:rate5m"
+    expr = rules[name].replace(lookups, f"({rules[lookups]})")
+    hits = "sum(rate(bitnet_cache_hits_total[5m]))"
+    plain = f"{hits} / ({hits} + sum(rate(bitnet_cache_misses_total[5m])))"
+    at = time.time() - 2
+    (by_hand,) = prom.query(plain, at)
+    (by_rules,) = prom.query(expr, at)
+    assert float(by_rules["value"][1]) == pytest.approx(float(by_hand["value"][1]), rel=1e-12)
+    assert 0 < float(by_hand["value"][1]) < 1  # popular prefixes hit, the rest misses
+    (batch,) = prom.wait_for("instance_queue:bitnet_batch_size:mean5m", timeout=20)
+    assert batch["metric"]["bitnet_queue_name"] == "generate"
+    assert 1 <= float(batch["value"][1]) <= 4
+    waits = prom.wait_for(
+        "instance_queue_priority:bitnet_queue_wait_duration_seconds:p95_5m",
+        timeout=20,
+        predicate=lambda r: len(r) >= 3,
+    )
+    assert {s["metric"]["bitnet_request_priority"] for s in waits} == {"low", "normal", "high"}
+    (loaded,) = prom.wait_for(f'bitnet_model_loaded{{instance="{stack.instance}"}}', timeout=20)
+    assert float(loaded["value"][1]) == 1
+    assert "BitNetModelLoadFailure" not in {a["labels"]["alertname"] for a in prom.alerts()}

@@ -54,7 +54,7 @@ def test_promtool_check_rules(promtool_bin: str) -> None:
 
 
 def test_promtool_test_rules(promtool_bin: str) -> None:
-    assert len(RULE_TESTS) >= 4
+    assert len(RULE_TESTS) >= 5
     code, output = promtool_test_rules(*RULE_TESTS, binary=promtool_bin)
     assert code == 0, output
     assert output.count("SUCCESS") == len(RULE_TESTS), output
@@ -109,6 +109,11 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "BitNetHostMemorySaturated",
         "BitNetTelemetryExportFailing",
         "BitNetSLAObjectiveMissed",
+        # serving lifecycle (issue 8)
+        "BitNetModelLoadFailure",
+        "BitNetQueueSaturated",
+        "BitNetQueueWaitHigh",
+        "BitNetCacheHitRateCollapsed",
     }
 
 
@@ -296,7 +301,7 @@ def test_dashboard_json_is_generated_from_build_dashboard() -> None:
 def test_dashboard_layout_rows_and_variables() -> None:
     board = dashboard()
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Overview", "Quantization", "Devices", "Health and SLA"]
+    assert rows == ["Overview", "Serving lifecycle", "Quantization", "Devices", "Health and SLA"]
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert set(variables) == {"datasource", "model", "instance"}
     assert variables["datasource"]["query"] == "prometheus"
@@ -329,6 +334,16 @@ def test_dashboard_layout_rows_and_variables() -> None:
         "Device fallbacks",
         "Health checks",
         "SLA compliance by objective",
+        "Model loads by outcome",
+        "Model load duration",
+        "Models loaded",
+        "Model size",
+        "Queue depth by priority",
+        "Queue wait",
+        "Batch size",
+        "Batch formation time",
+        "Cache hit ratio",
+        "Cache usage",
     } <= titles
 
 
