@@ -110,7 +110,7 @@ def test_bad_arguments_raise_at_decoration(kwargs: dict[str, object]) -> None:
 def test_a_failed_hot_swap_keeps_the_process_ready(cap: TelemetryCapture) -> None:
     with bitnet_obs.monitor_model_load(model="serving"):
         pass
-    with pytest.raises(OSError), bitnet_obs.monitor_model_load(model="swap"):
+    with pytest.raises(OSError, match="disk"), bitnet_obs.monitor_model_load(model="swap"):
         raise OSError("disk")
     assert _ready()[0] == 200
     assert cap.value("bitnet.model.loads", **ERR) == 1
