@@ -2,7 +2,8 @@
 """Write the generated parts of the docs from the code that defines them.
 
 - ``docs/configuration.md`` and the README's env table, from ``bitnet_obs._env.ENV_VARS``;
-- ``docs/metrics.md``, from ``bitnet_obs._instruments.CATALOGUE``.
+- ``docs/metrics.md`` and the README's compact catalogue, from
+  ``bitnet_obs._instruments.CATALOGUE``.
 
 ``--check`` writes nothing and exits 1 when a file is stale (the test suite runs it).
 """
@@ -27,6 +28,17 @@ def _between(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 
+def short_metric_table() -> str:
+    """The README's compact catalogue: name, type, unit and Prometheus name."""
+    rows = ["| OTel name | Type | Unit | Prometheus name |", "|---|---|---|---|"]
+    for spec in _instruments.CATALOGUE:
+        rows.append(
+            f"| `{spec.name}` | {spec.kind.value} | `{spec.unit}` "
+            f"| `{_instruments.prometheus_name(spec)}` |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def expected() -> dict[Path, str]:
     docs = ROOT / "docs"
     files: dict[Path, str] = {}
@@ -34,6 +46,7 @@ def expected() -> dict[Path, str]:
         (docs / "configuration.md", "env-table", _env.markdown_table()),
         (docs / "metrics.md", "metric-table", _instruments.markdown_table()),
         (ROOT / "README.md", "env-table", _env.markdown_table()),
+        (ROOT / "README.md", "metric-table", short_metric_table()),
     ):
         current = files.get(path) or path.read_text()
         files[path] = _between(current, name, body)
