@@ -32,6 +32,7 @@ from bitnet_obs.quant import (
     quantize_activations,
     quantize_weights,
     unpack_i2s,
+    weight_report,
 )
 
 SEED = 20240601
@@ -134,6 +135,70 @@ def test_quantize_weights_other_float_widths(dtype: type[np.floating]) -> None:
     w64 = w.astype(np.float64)
     assert s == float(np.float32(np.abs(w64).mean()))
     assert np.array_equal(codes, np.clip(np.rint(w64 / s), -1, 1))
+
+
+# The absmean sum's documented precision (_formats._absmean_scale): relative to the exact sum.
+SCALE_SUM_REL = 300 * 2.0**-53
+
+
+def allowed_scales(w: npt.NDArray[np.floating], total: float, total_rel: float) -> set[float]:
+    """float32(max(mean|w|, 1e-5)) for a |w| sum *total* known to within *total_rel*: the one
+    correctly rounded value, or both float32 neighbours when the mean lies within the absmean
+    sum's documented error (plus *total_rel* and the division's rounding) of a rounding boundary."""
+    mean = max(total / w.size, 1e-5)
+    slack = (SCALE_SUM_REL + total_rel + 2.0**-52) * mean
+    return {float(np.float32(mean - slack)), float(np.float32(mean + slack))}
+
+
+def exact_scales(w: npt.NDArray[np.floating]) -> set[float]:
+    return allowed_scales(w, math.fsum(np.abs(w, dtype=np.float64).ravel().tolist()), 2.0**-53)
+
+
+def test_scale_is_the_rounded_exact_mean_on_the_reference_tensor(
+    gaussian: npt.NDArray[np.float32], quantized: tuple[npt.NDArray[np.int8], float]
+) -> None:
+    ld = float(np.finfo(np.longdouble).eps)  # 2**-63 on x86, float64's 2**-52 elsewhere
+    pieces = np.array_split(gaussian.ravel(), 64)
+    total = sum(np.abs(p, dtype=np.longdouble).sum() for p in pieces)  # within 128 ld of exact
+    allowed = allowed_scales(gaussian, float(total), 128 * ld)
+    assert allowed == {quantized[1]}  # a single candidate: no rounding boundary anywhere near
+
+
+finite_f16 = st.floats(width=16, allow_nan=False, allow_infinity=False)
+finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+moderate_f64 = st.floats(-1e30, 1e30)  # a mean beyond float32 raises instead
+
+
+@given(
+    st.sampled_from(
+        [(np.float16, finite_f16), (np.float32, finite_f32), (np.float64, moderate_f64)]
+    ),
+    st.integers(1, 3),
+    st.sampled_from([1, 3, 255, 256, 257, 512, 700]),  # whole 256-value rows and ragged tails
+    st.data(),
+)
+@FAST
+def test_scale_is_the_correctly_rounded_float64_mean(
+    kind: tuple[type[np.floating], st.SearchStrategy[float]],
+    rows: int,
+    cols: int,
+    data: st.DataObject,
+) -> None:
+    dtype, elements = kind
+    w = data.draw(hnp.arrays(dtype, (rows, cols), elements=elements))
+    codes, s = quantize_weights(w)
+    assert s in exact_scales(w)
+    half = np.result_type(w.dtype, np.float32).type(s) / 2
+    assert np.array_equal(codes, (w > half).astype(np.int8) - (w < -half))  # the threshold rule
+
+
+@pytest.mark.parametrize("n", [65536, 2 * 65536 + 3 * 256, 3 * 65536 + 17, 5 * 65536 - 256])
+def test_scale_across_sum_chunks(n: int) -> None:
+    """Several 65536-value chunks of the absmean sum, whole and ragged."""
+    rng = np.random.default_rng(n)
+    w = (rng.standard_normal((1, n)) * np.exp(rng.uniform(-8, 8, (1, n)))).astype(np.float32)
+    assert quantize_weights(w)[1] in exact_scales(w)
+    assert weight_report(w).scale == quantize_weights(w)[1]
 
 
 @given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 40)),

@@ -119,12 +119,18 @@ def test_weight_figures_match_reference_and_are_format_independent(
     assert reports[2].bits_per_weight == pytest.approx((4032 * 5 / 3 + 64 * 2) / 4096)
 
 
+CHUNK32 = _stats._CHUNK32  # values per chunk of the float32 passes
+
+
+@pytest.mark.parametrize("shape", [(300, 517), (2 * CHUNK32 // 1031 + 1, 1031)])
 @pytest.mark.parametrize(
     ("dtype", "rel"), [(np.float16, F32), (np.float32, F32), (np.float64, 1e-12)]
 )
-def test_weight_report_equals_quantize_then_accuracy(dtype: type, rel: float) -> None:
-    w: npt.NDArray[np.floating] = np.random.default_rng(SEED).standard_normal((300, 517))
-    w = w.astype(dtype)  # 3 chunks and a short last block
+def test_weight_report_equals_quantize_then_accuracy(
+    dtype: type, rel: float, shape: tuple[int, int]
+) -> None:
+    w: npt.NDArray[np.floating] = np.random.default_rng(SEED).standard_normal(shape)
+    w = w.astype(dtype)  # one chunk or three, each with a short last block
     codes, s = quantize_weights(w)
     rep = weight_report(w)
     assert rep.scale == s
@@ -132,6 +138,72 @@ def test_weight_report_equals_quantize_then_accuracy(dtype: type, rel: float) ->
     assert_matches(rep.accuracy, formula(w, codes * np.float64(s)), rel=rel)
     if dtype != np.float64:
         assert_within_f32_bounds(rep.accuracy, w, codes * np.float32(s))
+        assert rep.accuracy.max_abs == f32_max_error(w, codes, s)
+
+
+def f32_max_error(w: npt.NDArray[np.floating], codes: npt.NDArray[np.int8], s: float) -> float:
+    """max |w - s*t| with the difference rounded to float32, as the float32 path reports it."""
+    return float(np.max(np.abs(w.astype(np.float32) - codes * np.float32(s))))
+
+
+@given(
+    st.sampled_from(
+        [
+            (np.float16, st.floats(width=16, allow_nan=False, allow_infinity=False)),
+            (np.float32, st.floats(-1e4, 1e4, width=32)),
+            (np.float32, any_f32),
+        ]
+    ),
+    hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+    st.data(),
+)
+@FAST
+def test_weight_report_matches_quantize_then_formulas(
+    kind: tuple[type[np.floating], st.SearchStrategy[float]],
+    shape: tuple[int, int],
+    data: st.DataObject,
+) -> None:
+    """Scale and codes bit for bit as quantize_weights, metrics within the float32 bounds."""
+    dtype, elements = kind
+    w = data.draw(hnp.arrays(dtype, shape, elements=elements))
+    assume(np.any(w))
+    codes, s = quantize_weights(w)
+    rep = weight_report(w)
+    assert rep.scale == s
+    assert rep.code_fractions == code_fractions(codes)
+    assert_within_f32_bounds(rep.accuracy, w, codes * np.float32(s))
+
+
+def test_weight_report_largest_error_without_a_weight_at_1_5_scales(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The largest error is max|w| - s only when that reaches s/2; otherwise a second pass finds
+    it (and a Gaussian tensor never needs one)."""
+    calls: list[object] = []
+    errors = _stats._weight_errors
+
+    def spy(*args: Any) -> Any:
+        calls.append(args)
+        return errors(*args)
+
+    monkeypatch.setattr(_stats, "_weight_errors", spy)
+    rng = np.random.default_rng(SEED)
+    gauss = rng.standard_normal((300, 517)).astype(np.float32)
+    chunks = len(list(_stats._chunks32(gauss.size)))  # 2: the whole blocks, then the short one
+    codes, s = quantize_weights(gauss)
+    assert weight_report(gauss).accuracy.max_abs == f32_max_error(gauss, codes, s)
+    assert len(calls) == chunks  # one pass
+    # near-ternary: ±(1 + noise) and a few small values, so max|w| < 1.5 s
+    w = np.sign(rng.standard_normal((300, 517))) * (1 + 0.02 * rng.standard_normal((300, 517)))
+    w[rng.random(w.shape) < 0.1] *= 0.05
+    w = w.astype(np.float32)
+    codes, s = quantize_weights(w)
+    assert float(np.max(np.abs(w))) < 1.5 * s
+    calls.clear()
+    rep = weight_report(w)
+    assert rep.accuracy.max_abs == f32_max_error(w, codes, s)
+    assert len(calls) == 2 * chunks  # a second pass
+    assert_within_f32_bounds(rep.accuracy, w, codes * np.float32(s))
 
 
 def test_weight_report_heavy_tails_and_exact_ternary() -> None:
@@ -162,7 +234,9 @@ def test_accuracy_matches_plain_formulas(case: tuple[npt.NDArray[np.float64], ..
     assert acc.n == r.size
 
 
-@pytest.mark.parametrize("n", [1, 255, 256, 257, 65536, 2 * 65536 + 255, 210_001])
+@pytest.mark.parametrize(
+    "n", [1, 255, 256, 257, 65536, 210_001, CHUNK32, CHUNK32 + 1, 2 * CHUNK32 + 255]
+)
 def test_float32_accuracy_across_block_and_chunk_boundaries(n: int) -> None:
     rng = np.random.default_rng(SEED)
     r = rng.standard_normal(n).astype(np.float32)
@@ -175,7 +249,8 @@ def test_float32_accuracy_across_block_and_chunk_boundaries(n: int) -> None:
 
 def test_accuracy_across_chunk_boundaries_and_layouts() -> None:
     rng = np.random.default_rng(SEED)
-    r = rng.standard_normal((700, 300)).astype(np.float32)  # 210_000 values: 4 chunks
+    # 840_000 values: 4 float32 chunks, 13 float64 ones
+    r = rng.standard_normal((700, 1200)).astype(np.float32)
     a = r + rng.standard_normal(r.shape).astype(np.float32) * np.float32(0.1)
     assert_matches(accuracy(r, a), formula(r, a), rel=F32)
     assert_matches(accuracy(r.T, a.T), formula(r.T, a.T), rel=F32)  # non-contiguous input
