@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bitnet_obs import ConfigError
 from bitnet_obs._config import Settings, from_env, with_overrides
 from bitnet_obs._env import ENV_VARS
+
+FIXTURES = Path(__file__).resolve().parent / "reliability" / "fixtures"
 
 
 def test_defaults_with_nothing_set() -> None:
@@ -120,6 +124,7 @@ def test_blank_values_mean_unset() -> None:
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317", "http:// or https:// URL"),
         ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "ftp://x", "http:// or https:// URL"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://h:notaport", "valid port"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1", "valid host"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "justtext", "key=value"),
         ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "=v", "key=value"),
         ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x", "key=value"),
@@ -137,6 +142,13 @@ def test_blank_values_mean_unset() -> None:
         ("OTEL_TRACES_SAMPLER_ARG", "1.5", "[0, 1]"),
         ("OTEL_TRACES_SAMPLER_ARG", "half", "[0, 1]"),
         ("BITNET_OBS_SERVER", "maybe", "auto, on, off"),
+        ("BITNET_OBS_TLS_CERT_FILE", "/nonexistent/cert.pem", "PEM certificate"),
+        ("BITNET_OBS_TLS_CERT_FILE", "/dev/null", "regular file"),
+        ("BITNET_OBS_TLS_CERT_FILE", str(FIXTURES / "server.crt"), "private key"),
+        ("BITNET_OBS_TLS_KEY_FILE", str(FIXTURES / "server.key"), "BITNET_OBS_TLS_CERT_FILE"),
+        ("BITNET_OBS_BASIC_AUTH_FILE", "/nonexistent/auth", "user:password"),
+        ("BITNET_OBS_BASIC_AUTH_FILE", "/", "regular file"),
+        ("BITNET_OBS_BASIC_AUTH_FILE", str(FIXTURES / "README.md"), "user:password"),
         ("BITNET_OBS_CAPTURE_CONTENT", "2", "true or false"),
         ("BITNET_OBS_CARDINALITY_LIMIT", "0", "integer >= 1"),
         ("BITNET_OBS_CARDINALITY_LIMIT", "1e3", "integer >= 1"),
@@ -177,8 +189,10 @@ def test_server_off_with_prometheus_is_an_error() -> None:
     ).server_enabled
 
 
-def test_every_documented_variable_is_parsed() -> None:
+def test_every_documented_variable_is_parsed(tmp_path: Path) -> None:
     """A variable in the table that from_env ignores would be a lie in the docs."""
+    auth_file = tmp_path / "auth"
+    auth_file.write_text("scraper:s3cret\n")
     sample = {
         "OTEL_SDK_DISABLED": "true",
         "OTEL_SERVICE_NAME": "x",
@@ -205,6 +219,14 @@ def test_every_documented_variable_is_parsed() -> None:
         "BITNET_OBS_SLA_PERCENTILE": "99",
         "BITNET_OBS_SLA_WINDOW": "50",
         "BITNET_OBS_SLA_WINDOW_SECONDS": "60",
+        "BITNET_OBS_TLS_CERT_FILE": str(FIXTURES / "combined.pem"),
+        "BITNET_OBS_TLS_KEY_FILE": str(FIXTURES / "server.key"),
+        "BITNET_OBS_BASIC_AUTH": "scraper:s3cret",
+        "BITNET_OBS_BASIC_AUTH_FILE": str(auth_file),
+    }
+    # A variable that only means something next to another one is checked with it.
+    companions = {
+        "BITNET_OBS_TLS_KEY_FILE": {"BITNET_OBS_TLS_CERT_FILE": str(FIXTURES / "combined.pem")}
     }
     otlp = {
         "PROTOCOL": "grpc",
@@ -219,7 +241,54 @@ def test_every_documented_variable_is_parsed() -> None:
     assert set(sample) == {v.name for v in ENV_VARS}
     default = from_env({})
     for name, value in sample.items():
-        assert from_env({name: value}) != default, f"{name} has no effect"
+        companion = companions.get(name)
+        if companion is None:
+            assert from_env({name: value}) != default, f"{name} has no effect"
+        else:
+            assert from_env({**companion, name: value}) != from_env(companion), name
+
+
+def test_security_settings_from_env_and_overrides(tmp_path: Path) -> None:
+    cert, key = str(FIXTURES / "server.crt"), str(FIXTURES / "server.key")
+    s = from_env({"BITNET_OBS_TLS_CERT_FILE": cert, "BITNET_OBS_TLS_KEY_FILE": key})
+    assert (s.tls_cert_file, s.tls_key_file) == (cert, key)
+    auth_file = tmp_path / "auth"
+    auth_file.write_text("scraper:pa:ss word\nignored second line\n")
+    s = from_env({"BITNET_OBS_BASIC_AUTH_FILE": str(auth_file)})
+    assert s.basic_auth == ("scraper", "pa:ss word")
+    assert "pa:ss" not in repr(s)
+    combined = str(FIXTURES / "combined.pem")
+    s = with_overrides(from_env({}), {"basic_auth": ("u", "p"), "tls_cert_file": combined})
+    assert s.basic_auth == ("u", "p")
+    with pytest.raises(ConfigError, match="tls_key_file"):
+        with_overrides(from_env({}), {"tls_key_file": key})
+    with pytest.raises(ConfigError, match="basic_auth"):
+        with_overrides(from_env({}), {"basic_auth": "u:p"})
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        from_env(
+            {
+                "BITNET_OBS_TLS_CERT_FILE": cert,
+                "BITNET_OBS_TLS_KEY_FILE": str(FIXTURES / "encrypted.key"),
+            }
+        )
+    with pytest.raises(ConfigError, match="one of the two"):
+        from_env({"BITNET_OBS_BASIC_AUTH": "u:p", "BITNET_OBS_BASIC_AUTH_FILE": str(auth_file)})
+
+
+@pytest.mark.parametrize("secret", ["nocolon-s3cret", ":s3cret", "user:", "us\x00er:s3cret"])
+def test_a_malformed_secret_is_never_repeated_in_the_error(tmp_path: Path, secret: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env({"BITNET_OBS_BASIC_AUTH": secret})
+    assert "BITNET_OBS_BASIC_AUTH" in str(info.value) and "user:password" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    auth_file = tmp_path / "auth"
+    auth_file.write_text(secret + "\n")
+    with pytest.raises(ConfigError) as info:
+        from_env({"BITNET_OBS_BASIC_AUTH_FILE": str(auth_file)})
+    assert str(auth_file) in str(info.value) and "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        with_overrides(from_env({}), {"basic_auth": (*secret.split(":", 1), "")[:2]})
+    assert "s3cret" not in str(info.value)
 
 
 def test_overrides_are_validated_like_env() -> None:

@@ -1,14 +1,20 @@
-"""The one HTTP server (bitnet_obs._server): routes, methods, loopback, slow clients."""
+"""The one HTTP server (bitnet_obs._server): routes, methods, loopback, slow clients, auth.
+
+TLS, deadlines and the connection cap are exercised in tests/reliability/test_endpoint_safety.py.
+"""
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from bitnet_obs import _server
 from bitnet_obs._server import MetricsServer, Response
 
 
@@ -73,3 +79,35 @@ def test_a_trickling_client_does_not_block_scrapes(server: MetricsServer) -> Non
     assert _get(server, "/metrics")[0] == 200
     assert time.monotonic() - started < 1.0
     slow.close()
+
+
+def test_basic_auth_guards_everything_but_the_probe_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        _server, "_health_renderer", lambda path: (503, "application/json", DETAILED)
+    )
+    srv = MetricsServer("127.0.0.1", 0, _render, basic_auth=("u", "p:w"))
+    try:
+        good = {"Authorization": "Basic " + base64.b64encode(b"u:p:w").decode()}
+        bad = {"Authorization": "Basic " + base64.b64encode(b"u:nope").decode()}
+        assert _get_with(srv, "/metrics", good)[0] == 200
+        assert _get_with(srv, "/metrics", bad)[0] == 401
+        assert _get_with(srv, "/health", {})[0] == 401
+        status, body = _get_with(srv, "/health/ready", {})
+        assert (status, json.loads(body)) == (503, {"status": "unhealthy"})  # no details
+        assert _get_with(srv, "/health/ready", good)[1] == DETAILED
+    finally:
+        srv.stop()
+
+
+DETAILED = b'{"status": "unhealthy", "checks": {"model": {"message": "loading"}}}'
+
+
+def _get_with(server: MetricsServer, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, body

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import ssl
+import stat
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,6 +70,9 @@ class Settings:
     traces_sampler: str = "parentbased_always_on"
     traces_sampler_arg: float = 1.0
     server: str = "auto"
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)  # (user, password)
     capture_content: bool = False
     cardinality_limit: int = 2000
     quant_sample_rate: float = 0.01
@@ -152,8 +158,12 @@ def _key_values(name: str, raw: str) -> dict[str, str]:
 
 
 def _url(name: str, raw: str) -> str:
-    parsed = urllib.parse.urlparse(raw)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    try:
+        parsed = urllib.parse.urlparse(raw)
+        hostname = parsed.hostname
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 literal
+        raise _bad(name, raw, "an http:// or https:// URL with a valid host") from None
+    if parsed.scheme not in ("http", "https") or not hostname:
         raise _bad(name, raw, "an http:// or https:// URL with a host, e.g. http://localhost:4318")
     try:
         parsed.port  # noqa: B018 - raises on a malformed port
@@ -170,6 +180,95 @@ def _port(name: str, raw: str) -> int:
     if not 0 <= port <= 65535:
         raise _bad(name, raw, "an integer 0-65535")
     return port
+
+
+_MAX_SECRET_FILE = 64 * 1024
+_CREDENTIALS = "user:password, user without ':', both non-empty"
+_TLS_ACCEPTED = "a PEM certificate (chain) and its unencrypted PEM private key, both readable files"
+
+
+def _read_regular_file(name: str, path: str, accepted: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file; never blocks on a FIFO or device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError):
+        raise _bad(name, path, accepted) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _bad(name, path, accepted + " (a regular file)")
+        data = os.read(fd, limit + 1)
+    except OSError:
+        raise _bad(name, path, accepted) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise _bad(name, path, f"{accepted} (at most {limit} bytes)")
+    return data
+
+
+def _credentials(name: str, raw: str, shown: str | None = None) -> tuple[str, str]:
+    """``user:password``; the message never repeats a secret (``shown`` replaces it)."""
+    user, sep, password = raw.partition(":")
+    if not sep or not user or not password or any(c in raw for c in "\r\n\x00"):
+        what = shown if shown is not None else f"<{len(raw)} characters, not shown>"
+        raise ConfigError(f"{name}={what} is not valid; accepted: {_CREDENTIALS}")
+    return user, password
+
+
+def _credentials_file(name: str, path: str) -> tuple[str, str]:
+    accepted = "a readable file whose first line is " + _CREDENTIALS
+    data = _read_regular_file(name, path, accepted, _MAX_SECRET_FILE)
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise _bad(name, path, accepted + " (UTF-8)") from None
+    first = lines[0].strip() if lines else ""
+    return _credentials(name, first, shown=f"{path!r} (content not shown)")
+
+
+def _no_password() -> bytes:
+    return b""  # an encrypted key then fails to load instead of prompting on a terminal
+
+
+def check_tls_files(cert: str, key: str | None, cert_name: str, key_name: str) -> None:
+    """Load the pair once, so a wrong path or key fails at ``configure()``, not at a scrape."""
+    for name, path in ((cert_name, cert), (key_name, key)):
+        if path is not None:
+            _read_regular_file(name, path, _TLS_ACCEPTED, 16 * 1024 * 1024)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        raise ConfigError(
+            f"{cert_name}={cert!r} with {key_name}={key!r} could not be loaded ({reason}); "
+            f"accepted: {_TLS_ACCEPTED}"
+        ) from None
+
+
+def _security(env: Mapping[str, str]) -> dict[str, Any]:
+    """TLS files and basic-auth credentials of the HTTP server."""
+    values: dict[str, Any] = {}
+    cert, key = env.get("BITNET_OBS_TLS_CERT_FILE"), env.get("BITNET_OBS_TLS_KEY_FILE")
+    if key is not None and cert is None:
+        raise ConfigError(
+            f"BITNET_OBS_TLS_KEY_FILE={key!r} is set without BITNET_OBS_TLS_CERT_FILE; "
+            "accepted: both, or the certificate file alone when it also holds the key"
+        )
+    if cert is not None:
+        check_tls_files(cert, key, "BITNET_OBS_TLS_CERT_FILE", "BITNET_OBS_TLS_KEY_FILE")
+        values["tls_cert_file"], values["tls_key_file"] = cert, key
+    inline, path = env.get("BITNET_OBS_BASIC_AUTH"), env.get("BITNET_OBS_BASIC_AUTH_FILE")
+    if inline is not None and path is not None:
+        raise ConfigError(
+            f"BITNET_OBS_BASIC_AUTH and BITNET_OBS_BASIC_AUTH_FILE={path!r} are both set; "
+            "accepted: one of the two"
+        )
+    if inline is not None:
+        values["basic_auth"] = _credentials("BITNET_OBS_BASIC_AUTH", inline)
+    elif path is not None:
+        values["basic_auth"] = _credentials_file("BITNET_OBS_BASIC_AUTH_FILE", path)
+    return values
 
 
 def _otlp(env: Mapping[str, str], signal: str) -> OTLPSettings:
@@ -303,6 +402,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
             math.inf,
             True,
         )
+    values.update(_security(env))
     values.update(_devices_and_sla(env))
     return _checked(Settings(**values))
 
@@ -350,20 +450,52 @@ def with_overrides(base: Settings, overrides: Mapping[str, Any]) -> Settings:
     values = dict(overrides)
     for key in ("metrics_exporters", "traces_exporters"):
         if key in values:
-            raw = values[key]
-            items = (raw,) if isinstance(raw, str) else tuple(raw)
+            items = _str_items(key, values[key], "a name or a list of names")
             choices = METRIC_EXPORTERS if key == "metrics_exporters" else TRACE_EXPORTERS
             values[key] = _exporter_list(key, ",".join(items) or "none", choices)
     if "device_metrics" in values and not isinstance(values["device_metrics"], tuple):
         raw = values["device_metrics"]
-        groups = raw.split(",") if isinstance(raw, str) else list(raw)
-        values["device_metrics"] = tuple(str(g).strip() for g in groups if str(g).strip() != "none")
+        accepted = "a comma list or a list of " + ", ".join(DEVICE_GROUPS)
+        groups = (
+            raw.split(",") if isinstance(raw, str) else _str_items("device_metrics", raw, accepted)
+        )
+        values["device_metrics"] = tuple(g.strip() for g in groups if g.strip() not in ("", "none"))
     return _checked(dataclasses.replace(base, **values))
+
+
+def _str_items(name: str, raw: object, accepted: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        return (raw,)
+    if isinstance(raw, (list, tuple, set, frozenset)) and all(isinstance(x, str) for x in raw):
+        return tuple(raw)
+    raise _bad(name, raw, accepted)
 
 
 def _checked(settings: Settings) -> Settings:
     """Cross-field and type checks shared by env and overrides."""
     checks: list[tuple[str, bool, str]] = [
+        (
+            "service_name",
+            settings.service_name is None or isinstance(settings.service_name, str),
+            "a str or None",
+        ),
+        (
+            "resource_attributes",
+            _attribute_map(settings.resource_attributes),
+            "a mapping of str to str, bool, int or float",
+        ),
+        ("otlp_metrics", isinstance(settings.otlp_metrics, OTLPSettings), "OTLPSettings"),
+        ("otlp_traces", isinstance(settings.otlp_traces, OTLPSettings), "OTLPSettings"),
+        (
+            "metrics_exporters",
+            _names_in(settings.metrics_exporters, METRIC_EXPORTERS),
+            "a tuple of " + ", ".join(METRIC_EXPORTERS[:-1]),
+        ),
+        (
+            "traces_exporters",
+            _names_in(settings.traces_exporters, TRACE_EXPORTERS),
+            "a tuple of " + ", ".join(TRACE_EXPORTERS[:-1]),
+        ),
         ("prometheus_port", _is_int(settings.prometheus_port, 0, 65535), "an integer 0-65535"),
         ("cardinality_limit", _is_int(settings.cardinality_limit, 1, 2**31), "an integer >= 1"),
         ("server", settings.server in SERVER_MODES, ", ".join(SERVER_MODES)),
@@ -375,6 +507,11 @@ def _checked(settings: Settings) -> Settings:
         (
             "metric_export_interval_ms",
             _in(settings.metric_export_interval_ms, 1e-9, math.inf),
+            "milliseconds > 0",
+        ),
+        (
+            "metric_export_timeout_ms",
+            _in(settings.metric_export_timeout_ms, 1e-9, math.inf),
             "milliseconds > 0",
         ),
         ("prometheus_host", isinstance(settings.prometheus_host, str), "a host name or IP"),
@@ -401,12 +538,46 @@ def _checked(settings: Settings) -> Settings:
     for name, ok, accepted in checks:
         if not ok:
             raise _bad(name, getattr(settings, name), accepted)
+    _check_security(settings)
     if "prometheus" in settings.metrics_exporters and settings.server == "off":
         raise ConfigError(
             "BITNET_OBS_SERVER='off' but the prometheus exporter needs the HTTP server; "
             "accepted: BITNET_OBS_SERVER=auto or on, or another OTEL_METRICS_EXPORTER"
         )
     return settings
+
+
+def _check_security(settings: Settings) -> None:
+    """``configure(tls_cert_file=..., basic_auth=(user, password))`` as strictly as the env."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    for name, value in (("tls_cert_file", cert), ("tls_key_file", key)):
+        if value is not None and not isinstance(value, str):
+            raise _bad(name, value, "a file path (str) or None")
+    if key is not None and cert is None:
+        raise _bad("tls_key_file", key, "a key file together with tls_cert_file")
+    if cert is not None:
+        check_tls_files(cert, key, "tls_cert_file", "tls_key_file")
+    auth = settings.basic_auth
+    if auth is not None:
+        if not (
+            isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, str) for x in auth)
+        ):
+            raise ConfigError(f"basic_auth of type {type(auth).__name__} is not valid; accepted: "
+                              "a (user, password) tuple of str, or None")  # fmt: skip
+        user, password = auth
+        if ":" in user:
+            raise ConfigError("basic_auth=(<not shown>) is not valid; accepted: " + _CREDENTIALS)
+        _credentials("basic_auth", f"{user}:{password}", shown="(<not shown>)")
+
+
+def _attribute_map(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, (str, bool, int, float)) for k, v in value.items()
+    )
+
+
+def _names_in(value: object, choices: tuple[str, ...]) -> bool:
+    return isinstance(value, tuple) and all(isinstance(v, str) and v in choices for v in value)
 
 
 def _is_int(value: object, lo: int, hi: int) -> bool:

@@ -141,6 +141,31 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "health probes when only OTLP is used.",
     ),
     EnvVar(
+        "BITNET_OBS_TLS_CERT_FILE",
+        "(none: plain HTTP)",
+        "path of a readable PEM certificate (chain); may hold the key too",
+        "Serve the HTTP server over HTTPS with this certificate. Checked at `configure()`.",
+    ),
+    EnvVar(
+        "BITNET_OBS_TLS_KEY_FILE",
+        "(none: the key is in the certificate file)",
+        "path of a readable, unencrypted PEM private key",
+        "Private key of `BITNET_OBS_TLS_CERT_FILE`; needs that variable.",
+    ),
+    EnvVar(
+        "BITNET_OBS_BASIC_AUTH",
+        "(none: no authentication)",
+        "`user:password`, user without `:`, both non-empty",
+        "Require HTTP basic auth on `/metrics`, `/` and `/health` (compared in constant "
+        "time). `/health/live` and `/health/ready` answer probes without it, status only.",
+    ),
+    EnvVar(
+        "BITNET_OBS_BASIC_AUTH_FILE",
+        "(none)",
+        "path of a readable file whose first line is `user:password`",
+        "`BITNET_OBS_BASIC_AUTH` read from a file (e.g. a mounted secret); set one of the two.",
+    ),
+    EnvVar(
         "BITNET_OBS_CAPTURE_CONTENT",
         "`false`",
         "`true`, `false`",

@@ -405,6 +405,14 @@ CATALOGUE: tuple[Spec, ...] = (
         "Export attempts per exporter and outcome; failures mean telemetry is being dropped.",
         ("bitnet.obs.exporter", "bitnet.outcome"),
     ),
+    Spec(
+        "bitnet.obs.dropped",
+        Kind.OBSERVABLE_COUNTER,
+        "{item}",
+        "Spans, metric points and HTTP connections given up, by bitnet.obs.signal and "
+        "bitnet.obs.drop_reason (queue_full, export_failed, shutdown, after_shutdown, ...).",
+        ("bitnet.obs.signal", "bitnet.obs.drop_reason"),
+    ),
     # --- devices, health, SLA ---
     # System and process (bitnet_obs.devices; psutil, read at collection time only).
     Spec(
@@ -548,7 +556,7 @@ CATALOGUE: tuple[Spec, ...] = (
         Kind.HISTOGRAM,
         "s",
         "Time to load a model (weights read, quantized, placed on the device).",
-        _MODEL + ("error.type",),
+        (*_MODEL, "error.type"),
         MODEL_LOAD_BUCKETS,
         "bitnet_model_load_duration_seconds",
     ),
@@ -557,7 +565,7 @@ CATALOGUE: tuple[Spec, ...] = (
         Kind.OBSERVABLE_COUNTER,
         "{load}",
         "Model loads by outcome (ok, error) and error.type.",
-        _MODEL + ("bitnet.outcome", "error.type"),
+        (*_MODEL, "bitnet.outcome", "error.type"),
         None,
         "bitnet_model_load_failures_total (outcome=error)",
     ),

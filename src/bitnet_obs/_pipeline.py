@@ -9,11 +9,21 @@ construction.
 ``shutdown`` blocks ~7 s while an OTLP export is retrying, so both run on a helper thread and
 we stop waiting at the deadline (the retry loop is then interrupted and the data counted as
 dropped).
+
+Every span either reaches its exporter's success or is counted once in
+``bitnet.obs.dropped{bitnet.obs.signal="traces"}``, by reason: ``queue_full`` (the SDK's batch
+queue holds 2048 spans and drops the oldest; it counts only with its internal metrics on, so we
+count through a shim), ``export_failed``, ``shutdown`` (still queued when the shutdown
+deadline passed), ``shutdown_in_flight`` (being sent then: a slow collector may still get it)
+and ``after_shutdown``. Metric points of a failed export are counted the same
+way (``signal="metrics"``); with cumulative temporality the next export still carries the
+totals, so those lose resolution, not counts.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import os
@@ -47,7 +57,26 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 from bitnet_obs import _config, _instruments, _tally
 from bitnet_obs._config import OTLPSettings, Settings
 from bitnet_obs._selfmon import export_result, internal_error, logger
-from bitnet_obs._server import MetricsServer, Response
+from bitnet_obs._server import MetricsServer, Response, tls_context
+
+_DROPPED = _instruments.TALLIES["bitnet.obs.dropped"]
+_MAX_ERROR_TEXT = 300
+
+
+def count_dropped(signal: str, reason: str, n: int = 1) -> None:
+    """Count telemetry given up (``bitnet.obs.dropped``); never raises."""
+    if n > 0:
+        _DROPPED.add((("bitnet.obs.drop_reason", reason), ("bitnet.obs.signal", signal)), n)
+
+
+def dropped(signal: str | None = None, reason: str | None = None) -> int:
+    """How many items were counted as dropped (of one signal and/or reason)."""
+    wanted: dict[str, str] = {}
+    if signal is not None:
+        wanted["bitnet.obs.signal"] = signal
+    if reason is not None:
+        wanted["bitnet.obs.drop_reason"] = reason
+    return _DROPPED.value(**wanted)
 
 
 def _instrument_types() -> tuple[type, ...]:
@@ -87,7 +116,7 @@ class ExporterHealth:
         if ok:
             self.last_success, self.consecutive_failures = now, 0
         else:
-            self.last_failure, self.last_error = now, error
+            self.last_failure, self.last_error = now, error[:_MAX_ERROR_TEXT]
             self.consecutive_failures += 1
         export_result(self.name, ok)
 
@@ -95,29 +124,85 @@ class ExporterHealth:
 EXPORTERS: dict[str, ExporterHealth] = {}
 
 
+class _InFlight:
+    """Exports in progress, so a shutdown that gives up on them counts what they carried once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batches: dict[int, int] = {}  # token -> items
+        self._next = 0
+        self.closed = False
+
+    def start(self, items: int) -> int | None:
+        """A token for this export, or None once abandoned (the caller counts the items)."""
+        with self._lock:
+            if self.closed:
+                return None
+            self._next += 1
+            self._batches[self._next] = items
+            return self._next
+
+    def finish(self, token: int) -> bool:
+        """True when the outcome is still ours to record (not abandoned meanwhile)."""
+        with self._lock:
+            return self._batches.pop(token, None) is not None
+
+    def abandon(self) -> int:
+        """Close for good; the items of the exports still running."""
+        with self._lock:
+            self.closed = True
+            items = sum(self._batches.values())
+            self._batches.clear()
+            return items
+
+
+def _points(metrics_data: MetricsData) -> int:
+    try:
+        return sum(
+            len(metric.data.data_points)
+            for resource in metrics_data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        )
+    except Exception:  # an SDK shape we do not know: count the batch as one
+        return 1
+
+
 class _GuardedMetricExporter(MetricExporter):
-    """Never lets an exporter's exception escape; records every outcome."""
+    """Never lets an exporter's exception escape; records every outcome and counts drops."""
+
+    signal = "metrics"
 
     def __init__(self, name: str, inner: MetricExporter) -> None:
         super().__init__(inner._preferred_temporality, inner._preferred_aggregation)
         self.inner = inner
         self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
         self.muted = False  # set in a forked child: the parent's pipeline must not send twice
+        self.flight = _InFlight()
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         if self.muted:
             return MetricExportResult.SUCCESS
+        items = _points(metrics_data)
+        token = self.flight.start(items)
+        if token is None:
+            count_dropped(self.signal, "shutdown", items)
+            return MetricExportResult.FAILURE
+        error = ""
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            if result is not MetricExportResult.SUCCESS:
+                error = "export returned FAILURE"
         except Exception as exc:
             internal_error(f"exporter:{self.health.name}", exc)
-            self.health.record(False, repr(exc))
-            return MetricExportResult.FAILURE
-        ok = result is MetricExportResult.SUCCESS
-        self.health.record(ok, "" if ok else "export returned FAILURE")
-        return result
+            error = repr(exc)
+        if self.flight.finish(token):
+            self.health.record(not error, error)
+            if error:
+                count_dropped(self.signal, "export_failed", items)
+        return MetricExportResult.FAILURE if error else MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         try:
@@ -134,23 +219,36 @@ class _GuardedMetricExporter(MetricExporter):
 
 
 class _GuardedSpanExporter(SpanExporter):
+    """Never lets an exporter's exception escape; records every outcome and counts drops."""
+
+    signal = "traces"
+
     def __init__(self, name: str, inner: SpanExporter) -> None:
         self.inner = inner
         self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
         self.muted = False
+        self.flight = _InFlight()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self.muted:
             return SpanExportResult.SUCCESS
+        items = len(spans)
+        token = self.flight.start(items)
+        if token is None:
+            count_dropped(self.signal, "shutdown", items)
+            return SpanExportResult.FAILURE
+        error = ""
         try:
-            result = self.inner.export(spans)
+            if self.inner.export(spans) is not SpanExportResult.SUCCESS:
+                error = "export returned FAILURE"
         except Exception as exc:
             internal_error(f"exporter:{self.health.name}", exc)
-            self.health.record(False, repr(exc))
-            return SpanExportResult.FAILURE
-        ok = result is SpanExportResult.SUCCESS
-        self.health.record(ok, "" if ok else "export returned FAILURE")
-        return result
+            error = repr(exc)
+        if self.flight.finish(token):
+            self.health.record(not error, error)
+            if error:
+                count_dropped(self.signal, "export_failed", items)
+        return SpanExportResult.FAILURE if error else SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         try:
@@ -164,6 +262,57 @@ class _GuardedSpanExporter(SpanExporter):
             self.inner.shutdown()
         except Exception as exc:
             internal_error(f"exporter:{self.health.name}", exc)
+
+
+class _DropCounter:
+    """Stands in for the SDK batch processor's own metrics object and counts its drops in ours.
+
+    The SDK counts a full-queue drop only when its internal metrics are on; ``emit`` runs on
+    the application's thread, so this must stay cheap and never raise.
+    """
+
+    def __init__(self, inner: Any, signal: str) -> None:
+        self._inner = inner
+        self._signal = signal
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        with contextlib.suppress(Exception):  # never into the application's span.end()
+            reason = "after_shutdown" if error_type == "already_shutdown" else str(error_type)
+            count_dropped(self._signal, reason, int(count))
+        self._inner.drop_items(count, error_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _batch_processor(processor: BatchSpanProcessor) -> Any:
+    """The SDK 1.3x-1.4x internals holding the queue; None if this SDK has another shape."""
+    inner = getattr(processor, "_batch_processor", None)
+    ok = inner is not None and hasattr(inner, "_queue") and hasattr(inner, "_metrics")
+    return inner if ok else None
+
+
+def _count_span_drops(processor: BatchSpanProcessor) -> None:
+    """Count the batch queue's drops; an SDK without these internals degrades to uncounted."""
+    inner = _batch_processor(processor)
+    if inner is None or not callable(getattr(inner._metrics, "drop_items", None)):
+        logger.debug("this OpenTelemetry SDK's span queue drops cannot be counted")
+        return
+    inner._metrics = _DropCounter(inner._metrics, "traces")
+
+
+def _drain(processor: BatchSpanProcessor) -> int:
+    """Empty a span queue that will never be exported; how many spans it held."""
+    inner = _batch_processor(processor)
+    if inner is None:
+        return 0
+    drained = 0
+    while True:
+        try:
+            inner._queue.pop()  # deque.pop is atomic: each span is taken by us or the worker
+        except IndexError:
+            return drained
+        drained += 1
 
 
 def _otlp_metric_exporter(o: OTLPSettings) -> MetricExporter:
@@ -257,6 +406,7 @@ class Telemetry:
     server: MetricsServer | None = None
     readers: list[MetricReader] = field(default_factory=list)
     span_exporters: list[SpanExporter] = field(default_factory=list)
+    span_processors: list[BatchSpanProcessor] = field(default_factory=list)
     guards: list[_GuardedMetricExporter | _GuardedSpanExporter] = field(default_factory=list)
     shut_down: bool = False
 
@@ -373,9 +523,7 @@ def _setup_metrics(
         )
     readers.extend(extra)
     if settings.server_enabled:
-        telemetry.server = MetricsServer(
-            settings.prometheus_host, settings.prometheus_port, _metrics_renderer(registry)
-        )
+        telemetry.server = _start_server(settings, _metrics_renderer(registry))
     if not readers:
         return
     if install_global and not _proxy_meter_provider():
@@ -422,11 +570,30 @@ def _setup_traces(
     for name, exporter in exporters:
         guard = _GuardedSpanExporter(name, exporter)
         telemetry.guards.append(guard)
-        provider.add_span_processor(BatchSpanProcessor(guard))
+        processor = BatchSpanProcessor(guard)
+        _count_span_drops(processor)
+        provider.add_span_processor(processor)
+        telemetry.span_processors.append(processor)
         telemetry.span_exporters.append(exporter)
     if install_global:
         trace.set_tracer_provider(provider)
     telemetry.tracer_provider = provider
+
+
+def _start_server(settings: Settings, renderer: Callable[[str], Response]) -> MetricsServer:
+    tls = None
+    if settings.tls_cert_file is not None:
+        tls = tls_context(settings.tls_cert_file, settings.tls_key_file)
+    host = settings.prometheus_host
+    if settings.basic_auth is not None and tls is None and host not in ("127.0.0.1", "::1"):
+        logger.warning(
+            "basic auth without TLS on %s: credentials cross the network in clear text; "
+            "set BITNET_OBS_TLS_CERT_FILE",
+            host,
+        )
+    return MetricsServer(
+        host, settings.prometheus_port, renderer, tls=tls, basic_auth=settings.basic_auth
+    )
 
 
 def _metrics_renderer(registry: Any) -> Callable[[str], Response]:
@@ -504,8 +671,10 @@ def shutdown(timeout: float | None = None) -> bool:
     """Flush and stop everything within ``timeout`` seconds (default BITNET_OBS_SHUTDOWN_TIMEOUT).
 
     Returns True when everything was exported in time. Past the deadline pending telemetry is
-    dropped, counted in ``bitnet.obs.internal_errors{kind="shutdown_timeout"}`` and logged;
-    the call still returns on time even when the collector is dead.
+    dropped, counted in ``bitnet.obs.dropped`` (reasons ``shutdown`` for queued spans,
+    ``shutdown_in_flight`` for a batch being sent, which a slow collector may still get) and in
+    ``bitnet.obs.internal_errors{kind="shutdown_timeout"}``, and logged; the call still returns
+    on time even when the collector is dead.
     """
     with _lock:
         telemetry = _current
@@ -528,6 +697,11 @@ def shutdown(timeout: float | None = None) -> bool:
             ).start()
     ok = all(event.wait(max(0.0, deadline - time.monotonic())) for event in done)
     if not ok:
+        # Whatever is still queued or in flight will not be exported: count it, once.
+        for guard in telemetry.guards:
+            count_dropped(guard.signal, "shutdown_in_flight", guard.flight.abandon())
+        for processor in telemetry.span_processors:
+            count_dropped("traces", "shutdown", _drain(processor))
         # Interrupt the OTLP retry back-off so the helper threads end soon, too.
         for reader in telemetry.readers:
             guarded = getattr(reader, "_exporter", None)
@@ -579,7 +753,8 @@ def _after_fork_in_child() -> None:
     Worker exits flush through atexit, and through a multiprocessing finalizer for
     ``multiprocessing`` children, which skip atexit.
     """
-    global _current
+    global _current, _lock
+    _lock = threading.RLock()  # another parent thread may have held it at fork time
     telemetry = _current
     if telemetry is None or telemetry.shut_down or telemetry.settings.sdk_disabled:
         return
