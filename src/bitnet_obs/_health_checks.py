@@ -10,6 +10,7 @@ Each factory returns a plain sync callable, so it can be registered again with o
 from __future__ import annotations
 
 import enum
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -194,3 +195,11 @@ def memory_check(
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
+
+
+def _reinit_after_fork() -> None:
+    global _model_lock
+    _model_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

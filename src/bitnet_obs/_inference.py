@@ -481,7 +481,10 @@ class InferenceContext:
             if extra:
                 span.set_attributes(extra)
             if exc is not None and outcome == "error":
-                span.record_exception(exc)
+                if self._capture():
+                    span.record_exception(exc)
+                else:  # messages and tracebacks may quote the prompt: only the type leaves
+                    span.add_event("exception", {"exception.type": err})
                 span.set_status(Status(StatusCode.ERROR, err))
 
     def _end_span(self) -> None:
@@ -656,6 +659,11 @@ class InferenceMonitor:
             "bitnet.quant.format": quant_format,
             "bitnet.device": device,
         }
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise ConfigError(
+                f"attributes={attributes!r} is not valid; accepted: a mapping of str to "
+                "str, bool, int or float"
+            )
         for key, value in (attributes or {}).items():
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"attributes key {key!r} is not valid; accepted: non-empty str")

@@ -11,6 +11,7 @@ Instruments are created through the OpenTelemetry **API** only, so they report t
 from __future__ import annotations
 
 import enum
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -830,3 +831,11 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":  # pragma: no cover - used by docs generation
     print(markdown_table(), end="")
+
+
+def _reinit_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

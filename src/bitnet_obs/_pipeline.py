@@ -748,7 +748,9 @@ def _after_fork_in_child() -> None:
 
     The parent's providers (still the global ones in the child) are muted, so the parent's
     accumulated data is never sent twice; bitnet-obs's instruments are rebound to fresh
-    providers that push over OTLP/console with a new instance id. The HTTP server stays with
+    providers that push over OTLP/console with a new instance id (an explicit
+    ``service.instance.id`` from OTEL_RESOURCE_ATTRIBUTES gets ``-<pid>`` appended, so
+    workers never share one). The HTTP server stays with
     the parent (the Prometheus exporter has no multi-process mode: use OTLP for workers).
     Worker exits flush through atexit, and through a multiprocessing finalizer for
     ``multiprocessing`` children, which skip atexit.
@@ -762,12 +764,17 @@ def _after_fork_in_child() -> None:
         for guard in telemetry.guards:
             guard.muted = True
         telemetry.shut_down = True
+        attributes = dict(telemetry.settings.resource_attributes)
+        if "service.instance.id" in attributes:  # set explicitly (e.g. the pod name):
+            attributes["service.instance.id"] += f"-{os.getpid()}"  # unique per worker
         settings = dataclasses.replace(
             telemetry.settings,
-            metrics_exporters=tuple(e for e in telemetry.settings.metrics_exporters
-                                    if e != "prometheus"),
+            metrics_exporters=tuple(
+                e for e in telemetry.settings.metrics_exporters if e != "prometheus"
+            ),
             server="off",
-        )  # fmt: skip
+            resource_attributes=attributes,
+        )
         child = Telemetry(settings)
         resource = build_resource(settings)
         if telemetry.meter_provider is not None:

@@ -7,6 +7,7 @@ and logged once per kind (with its traceback), so a broken token counter cannot 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from bitnet_obs._instruments import TALLIES
@@ -45,3 +46,11 @@ def errors(kind: str | None = None) -> int:
 def _reset_logged() -> None:
     with _logged_lock:
         _logged.clear()
+
+
+def _reinit_after_fork() -> None:
+    global _logged_lock
+    _logged_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

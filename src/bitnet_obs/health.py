@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import re
 import threading
 import time
@@ -435,3 +436,15 @@ def _reset_for_tests() -> None:
 
 _install_builtins()
 _server.set_health_renderer(render)
+
+
+def _reinit_after_fork() -> None:
+    # A parent thread may have held these at fork time; the child's copies would stay locked.
+    global _lock
+    _lock = threading.Lock()
+    for entry in _registry.values():
+        entry.lock = threading.Lock()
+        entry.running = None  # the thread running it did not survive the fork
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

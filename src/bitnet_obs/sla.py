@@ -39,6 +39,7 @@ Definitions (what ``bitnet.sla.compliance`` and ``bitnet.sla.violations`` mean):
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from array import array
@@ -344,3 +345,13 @@ def record(
     sla.record(1.7, ttft_s=0.2, output_tokens=64)          # outcome: ok, error, cancelled
     """
     _on_request(duration_s, ttft_s, output_tokens, outcome)
+
+
+def _reinit_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+    if _tracker is not None:
+        _tracker.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

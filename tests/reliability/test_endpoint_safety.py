@@ -400,11 +400,6 @@ def error_leak(secret: str) -> dict[str, Any]:
     return {"shutdown_ok": bitnet_obs.shutdown(5)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_inference.py records the exception message on the span even with capture_content "
-    "off; an app that puts the prompt in it leaks it",
-)
 def test_no_prompt_text_leaves_through_an_exception_message() -> None:
     secret = uuid.uuid4().hex
     with OTLPReceiver() as rx:

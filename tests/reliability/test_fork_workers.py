@@ -371,18 +371,7 @@ def fork_audit() -> dict[str, bool]:
     return run_child(TARGET + "held_at_fork", {"BITNET_OBS_DEVICE_METRICS": "none"}).result
 
 
-@pytest.mark.parametrize(
-    "lock",
-    [
-        pytest.param(
-            name,
-            marks=[]
-            if name == "_pipeline._lock"
-            else pytest.mark.xfail(strict=True, reason=f"{name}: {_UNSAFE}"),
-        )
-        for name in LOCKS
-    ],
-)
+@pytest.mark.parametrize("lock", LOCKS)
 def test_library_locks_survive_fork(fork_audit: dict[str, bool], lock: str) -> None:
     """A lock held by another thread at fork must be usable in the child (re-created there)."""
     assert fork_audit[lock], f"{lock}: {_UNSAFE}"

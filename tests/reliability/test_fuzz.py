@@ -180,20 +180,11 @@ def test_random_decorator_arguments(
     assert _REQUESTS.value() == before + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_inference.py: a non-mapping attributes= raises AttributeError, not ConfigError",
-)
 def test_non_mapping_attributes_raise_config_error() -> None:
     with pytest.raises(ConfigError, match="attributes"):
         bitnet_obs.monitored_inference(attributes=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quant/_record.py: np.asarray of a ragged list raises ValueError, counted as an "
-    "internal error instead of a bad_input skip",
-)
 def test_ragged_lists_are_a_counted_bad_input_skip(measuring: None) -> None:
     @bitnet_obs.monitored_inference(model="fuzz")
     def infer() -> str:

@@ -14,6 +14,7 @@ inference call it becomes a counted skip (reason ``bad_input``) and never reache
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -228,6 +229,16 @@ def _runtime(
         return None
 
 
+def _as_array(value: Any, name: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:  # e.g. a ragged nested list
+        raise QuantInputError(
+            f"{name} is not a rectangular array ({exc}); accepted: a numpy array, an object "
+            "with __array__ or __dlpack__, or a rectangular nested sequence of numbers"
+        ) from None
+
+
 def record_activation_quantization(name: str, x: object) -> Accuracy | None:
     """Measure int8 per-token activation quantization of ``x`` against its float values.
 
@@ -269,8 +280,8 @@ def compare_outputs(
     def measure() -> tuple[Accuracy, bool]:
         # A callable is only called for a sample that is taken: expensive references cost
         # nothing on skipped calls.
-        ref = np.asarray(reference() if callable(reference) else reference)
-        cand = np.asarray(candidate() if callable(candidate) else candidate)
+        ref = _as_array(reference() if callable(reference) else reference, "reference")
+        cand = _as_array(candidate() if callable(candidate) else candidate, "candidate")
         r, c, sampled = _row_sample(ref, cand)
         acc = accuracy(r, c)
         if kind == "logits":
@@ -282,3 +293,12 @@ def compare_outputs(
 
     result: Accuracy | None = _runtime(kind, name, format, reference_kind, measure)
     return result
+
+
+def _reinit_after_fork() -> None:
+    global _names_lock
+    _names_lock = threading.Lock()
+    _budget._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
