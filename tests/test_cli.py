@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +151,26 @@ def test_demo_runs_serves_metrics_and_stops_cleanly() -> None:
     assert proc.returncode == 0, err
     assert f"metrics: http://127.0.0.1:{port}/metrics" in out
     assert "final: requests" in out
+
+
+@pytest.mark.slow
+def test_demo_stops_cleanly_on_ctrl_c() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bitnet_obs", "demo", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "running until Ctrl-C" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "interrupted" in out and "final: requests" in out
+    assert "Traceback" not in err
