@@ -43,23 +43,33 @@ if __name__ == "__main__":
 """
 
 
+def _run(rx: OTLPReceiver, **extra_env: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
+    env.update(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.http_endpoint,
+            "OTEL_METRIC_EXPORT_INTERVAL": "300",
+            "OTEL_TRACES_EXPORTER": "none",
+            "BITNET_OBS_DEVICE_METRICS": "none",
+            **extra_env,
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "DONE" in proc.stdout
+
+
 @pytest.mark.slow
 def test_forked_workers_get_their_own_instance_id_and_no_parent_data() -> None:
     with OTLPReceiver() as rx:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
-        env.update(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": rx.http_endpoint,
-                "OTEL_METRIC_EXPORT_INTERVAL": "300",
-                "OTEL_TRACES_EXPORTER": "none",
-            }
-        )
-        proc = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(SCRIPT)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        assert "DONE" in proc.stdout
+        _run(rx)
         latest: dict[str, float] = {}
         for point in rx.metric_points("bitnet.inference.requests"):
             instance = point.resource["service.instance.id"]
@@ -70,21 +80,7 @@ def test_forked_workers_get_their_own_instance_id_and_no_parent_data() -> None:
 @pytest.mark.slow
 def test_an_explicit_instance_id_is_made_unique_per_forked_worker() -> None:
     with OTLPReceiver() as rx:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
-        env.update(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": rx.http_endpoint,
-                "OTEL_METRIC_EXPORT_INTERVAL": "300",
-                "OTEL_TRACES_EXPORTER": "none",
-                "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=pod-1",
-                "BITNET_OBS_DEVICE_METRICS": "none",
-            }
-        )
-        proc = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(SCRIPT)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
+        _run(rx, OTEL_RESOURCE_ATTRIBUTES="service.instance.id=pod-1")
         ids = {p.resource["service.instance.id"] for p in rx.metric_points()}
     assert "pod-1" in ids
     children = ids - {"pod-1"}

@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import dataclasses
 import functools
+import importlib
 import os
 import threading
 import time
@@ -315,58 +316,56 @@ def _drain(processor: BatchSpanProcessor) -> int:
         drained += 1
 
 
-def _otlp_metric_exporter(o: OTLPSettings) -> MetricExporter:
+_OTLP_CLASSES = {
+    ("grpc", "metrics"): (
+        "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+        "OTLPMetricExporter",
+    ),
+    ("grpc", "traces"): (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "OTLPSpanExporter",
+    ),
+    ("http/protobuf", "metrics"): (
+        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+        "OTLPMetricExporter",
+    ),
+    ("http/protobuf", "traces"): (
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "OTLPSpanExporter",
+    ),
+}
+
+
+def _otlp_exporter(o: OTLPSettings, signal: str) -> Any:
+    """The OTLP exporter of one signal, every setting passed explicitly (no env re-reading)."""
+    module, name = _OTLP_CLASSES[(o.protocol, signal)]
+    cls = getattr(importlib.import_module(module), name)
+    kwargs: dict[str, Any] = {
+        "endpoint": o.endpoint,
+        "headers": dict(o.headers),
+        "timeout": o.timeout_s,
+    }
+    gzip = o.compression == "gzip"
     if o.protocol == "grpc":
         import grpc
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-            OTLPMetricExporter as GrpcMetricExporter,
-        )
 
-        return GrpcMetricExporter(
-            endpoint=o.endpoint,
-            insecure=o.endpoint.startswith("http://"),
-            headers=dict(o.headers),
-            timeout=o.timeout_s,
-            compression=grpc.Compression.Gzip if o.compression == "gzip" else None,
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HttpMetricExporter,
-    )
+        kwargs["insecure"] = o.endpoint.startswith("http://")
+        kwargs["compression"] = grpc.Compression.Gzip if gzip else None
+    else:
+        from opentelemetry.exporter.otlp.proto.http import Compression
 
-    return HttpMetricExporter(
-        endpoint=o.endpoint,
-        headers=dict(o.headers),
-        timeout=o.timeout_s,
-        compression=Compression.Gzip if o.compression == "gzip" else Compression.NoCompression,
-    )
+        kwargs["compression"] = Compression.Gzip if gzip else Compression.NoCompression
+    return cls(**kwargs)
+
+
+def _otlp_metric_exporter(o: OTLPSettings) -> MetricExporter:
+    exporter: MetricExporter = _otlp_exporter(o, "metrics")
+    return exporter
 
 
 def _otlp_span_exporter(o: OTLPSettings) -> SpanExporter:
-    if o.protocol == "grpc":
-        import grpc
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
-
-        return GrpcSpanExporter(
-            endpoint=o.endpoint,
-            insecure=o.endpoint.startswith("http://"),
-            headers=dict(o.headers),
-            timeout=o.timeout_s,
-            compression=grpc.Compression.Gzip if o.compression == "gzip" else None,
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpSpanExporter,
-    )
-
-    return HttpSpanExporter(
-        endpoint=o.endpoint,
-        headers=dict(o.headers),
-        timeout=o.timeout_s,
-        compression=Compression.Gzip if o.compression == "gzip" else Compression.NoCompression,
-    )
+    exporter: SpanExporter = _otlp_exporter(o, "traces")
+    return exporter
 
 
 def _sampler(settings: Settings) -> sampling.Sampler:
