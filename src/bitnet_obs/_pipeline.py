@@ -169,100 +169,90 @@ def _points(metrics_data: MetricsData) -> int:
         return 1
 
 
-class _GuardedMetricExporter(MetricExporter):
-    """Never lets an exporter's exception escape; records every outcome and counts drops."""
+class _Guard:
+    """What both guarded exporters share: no exception escapes, every outcome is recorded in
+    the exporter's health, and what is given up is counted in ``bitnet.obs.dropped``."""
 
+    signal = ""
+
+    def _guard(self, name: str) -> None:
+        self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
+        self.muted = False  # set in a forked child: the parent's pipeline must not send twice
+        self.flight = _InFlight()
+
+    def _send(self, items: int, send: Callable[[], bool]) -> bool:
+        token = self.flight.start(items)
+        if token is None:
+            count_dropped(self.signal, "shutdown", items)
+            return False
+        error = ""
+        try:
+            if not send():
+                error = "export returned FAILURE"
+        except Exception as exc:
+            internal_error(f"exporter:{self.health.name}", exc)
+            error = repr(exc)
+        if self.flight.finish(token):
+            self.health.record(not error, error)
+            if error:
+                count_dropped(self.signal, "export_failed", items)
+        return not error
+
+    def _quietly(self, call: Callable[[], Any], default: Any) -> Any:
+        try:
+            return call()
+        except Exception as exc:
+            internal_error(f"exporter:{self.health.name}", exc)
+            return default
+
+
+class _GuardedMetricExporter(MetricExporter, _Guard):
     signal = "metrics"
 
     def __init__(self, name: str, inner: MetricExporter) -> None:
         super().__init__(inner._preferred_temporality, inner._preferred_aggregation)
         self.inner = inner
-        self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
-        self.muted = False  # set in a forked child: the parent's pipeline must not send twice
-        self.flight = _InFlight()
+        self._guard(name)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         if self.muted:
             return MetricExportResult.SUCCESS
-        items = _points(metrics_data)
-        token = self.flight.start(items)
-        if token is None:
-            count_dropped(self.signal, "shutdown", items)
-            return MetricExportResult.FAILURE
-        error = ""
-        try:
-            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-            if result is not MetricExportResult.SUCCESS:
-                error = "export returned FAILURE"
-        except Exception as exc:
-            internal_error(f"exporter:{self.health.name}", exc)
-            error = repr(exc)
-        if self.flight.finish(token):
-            self.health.record(not error, error)
-            if error:
-                count_dropped(self.signal, "export_failed", items)
-        return MetricExportResult.FAILURE if error else MetricExportResult.SUCCESS
+        ok = self._send(
+            _points(metrics_data),
+            lambda: (
+                self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+                is MetricExportResult.SUCCESS
+            ),
+        )
+        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        try:
-            return self.inner.force_flush(timeout_millis)
-        except Exception as exc:
-            internal_error(f"exporter:{self.health.name}", exc)
-            return False
+        return bool(self._quietly(lambda: self.inner.force_flush(timeout_millis), False))
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        try:
-            self.inner.shutdown(timeout_millis=timeout_millis)
-        except Exception as exc:
-            internal_error(f"exporter:{self.health.name}", exc)
+        self._quietly(lambda: self.inner.shutdown(timeout_millis=timeout_millis), None)
 
 
-class _GuardedSpanExporter(SpanExporter):
-    """Never lets an exporter's exception escape; records every outcome and counts drops."""
-
+class _GuardedSpanExporter(SpanExporter, _Guard):
     signal = "traces"
 
     def __init__(self, name: str, inner: SpanExporter) -> None:
         self.inner = inner
-        self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
-        self.muted = False
-        self.flight = _InFlight()
+        self._guard(name)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self.muted:
             return SpanExportResult.SUCCESS
-        items = len(spans)
-        token = self.flight.start(items)
-        if token is None:
-            count_dropped(self.signal, "shutdown", items)
-            return SpanExportResult.FAILURE
-        error = ""
-        try:
-            if self.inner.export(spans) is not SpanExportResult.SUCCESS:
-                error = "export returned FAILURE"
-        except Exception as exc:
-            internal_error(f"exporter:{self.health.name}", exc)
-            error = repr(exc)
-        if self.flight.finish(token):
-            self.health.record(not error, error)
-            if error:
-                count_dropped(self.signal, "export_failed", items)
-        return SpanExportResult.FAILURE if error else SpanExportResult.SUCCESS
+        ok = self._send(len(spans), lambda: self.inner.export(spans) is SpanExportResult.SUCCESS)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        try:
-            return self.inner.force_flush(timeout_millis)
-        except Exception as exc:
-            internal_error(f"exporter:{self.health.name}", exc)
-            return False
+        return bool(self._quietly(lambda: self.inner.force_flush(timeout_millis), False))
 
     def shutdown(self) -> None:
-        try:
-            self.inner.shutdown()
-        except Exception as exc:
-            internal_error(f"exporter:{self.health.name}", exc)
+        self._quietly(self.inner.shutdown, None)
 
 
 class _DropCounter:
