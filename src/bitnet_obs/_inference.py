@@ -377,6 +377,18 @@ class InferenceContext:
             except ValueError:  # reset from another context (e.g. a moved generator)
                 _current.set(None)
 
+    def end(
+        self,
+        token: contextvars.Token[InferenceContext | None],
+        exc: BaseException | None,
+        result: Any = None,
+    ) -> None:
+        """The end of a decorated plain or async call (its result counted when it returned)."""
+        _current.reset(token)
+        if exc is None:
+            self.count_result(result)
+        self.finish(exc)
+
     def count_result(self, result: Any) -> None:
         site = self.site
         try:
@@ -740,12 +752,9 @@ def _wrap_sync(fn: Callable[..., Any], site: _Site) -> Callable[..., Any]:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            _current.reset(token)
-            call.finish(exc)
+            call.end(token, exc)
             raise
-        _current.reset(token)
-        call.count_result(result)
-        call.finish(None)
+        call.end(token, None, result)
         return result
 
     return wrapper
@@ -759,12 +768,9 @@ def _wrap_async(fn: Callable[..., Any], site: _Site) -> Callable[..., Any]:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            _current.reset(token)
-            call.finish(exc)
+            call.end(token, exc)
             raise
-        _current.reset(token)
-        call.count_result(result)
-        call.finish(None)
+        call.end(token, None, result)
         return result
 
     return wrapper

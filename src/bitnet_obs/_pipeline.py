@@ -326,8 +326,8 @@ _OTLP_CLASSES = {
 }
 
 
-def _otlp_exporter(o: OTLPSettings, signal: str) -> Any:
-    """The OTLP exporter of one signal, every setting passed explicitly (no env re-reading)."""
+def _otlp_exporter(o: OTLPSettings, signal: str) -> tuple[str, Any]:
+    """(name, exporter) of one signal's OTLP exporter, every setting passed explicitly."""
     module, name = _OTLP_CLASSES[(o.protocol, signal)]
     cls = getattr(importlib.import_module(module), name)
     kwargs: dict[str, Any] = {
@@ -345,17 +345,8 @@ def _otlp_exporter(o: OTLPSettings, signal: str) -> Any:
         from opentelemetry.exporter.otlp.proto.http import Compression
 
         kwargs["compression"] = Compression.Gzip if gzip else Compression.NoCompression
-    return cls(**kwargs)
-
-
-def _otlp_metric_exporter(o: OTLPSettings) -> MetricExporter:
-    exporter: MetricExporter = _otlp_exporter(o, "metrics")
-    return exporter
-
-
-def _otlp_span_exporter(o: OTLPSettings) -> SpanExporter:
-    exporter: SpanExporter = _otlp_exporter(o, "traces")
-    return exporter
+    transport = "grpc" if o.protocol == "grpc" else "http"
+    return f"otlp_{transport}_{signal}", cls(**kwargs)
 
 
 def _sampler(settings: Settings) -> sampling.Sampler:
@@ -494,9 +485,7 @@ def _setup_metrics(
         )
     periodic: list[tuple[str, MetricExporter]] = []
     if "otlp" in settings.metrics_exporters:
-        o = settings.otlp_metrics
-        name = "otlp_grpc_metrics" if o.protocol == "grpc" else "otlp_http_metrics"
-        periodic.append((name, _otlp_metric_exporter(o)))
+        periodic.append(_otlp_exporter(settings.otlp_metrics, "metrics"))
     if "console" in settings.metrics_exporters:
         periodic.append(("console_metrics", ConsoleMetricExporter()))
     for name, exporter in periodic:
@@ -539,9 +528,7 @@ def _setup_traces(
     settings = telemetry.settings
     exporters: list[tuple[str, SpanExporter]] = []
     if "otlp" in settings.traces_exporters:
-        o = settings.otlp_traces
-        name = "otlp_grpc_traces" if o.protocol == "grpc" else "otlp_http_traces"
-        exporters.append((name, _otlp_span_exporter(o)))
+        exporters.append(_otlp_exporter(settings.otlp_traces, "traces"))
     if "console" in settings.traces_exporters:
         exporters.append(("console_traces", ConsoleSpanExporter()))
     exporters.extend((f"extra_traces_{i}", exp) for i, exp in enumerate(extra))
