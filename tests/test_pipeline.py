@@ -8,18 +8,15 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import bitnet_obs
-from bitnet_obs import ConfigError, _pipeline
+from bitnet_obs import ConfigError
 from bitnet_obs.testing import OTLPReceiver
 from tests._support.prometheus import PrometheusFactory, free_port, promtool_check_metrics
 
@@ -265,79 +262,3 @@ def test_configure_raises_config_error_on_malformed_env() -> None:
     with pytest.raises(ConfigError, match="OTEL_METRICS_EXPORTER"):
         bitnet_obs.configure(environ={"OTEL_METRICS_EXPORTER": "jaeger"})
     assert not bitnet_obs.is_configured()
-
-
-class _Stuck(SpanExporter):
-    """An exporter blocked until released, like one waiting on a black-hole collector."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.exported = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.release.wait(10)
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        self.release.set()
-
-
-def test_span_queue_drops_are_counted_exactly() -> None:
-    stuck = _Stuck()
-    guard = _pipeline._GuardedSpanExporter("test_stuck", stuck)
-    processor = BatchSpanProcessor(
-        guard, max_queue_size=8, max_export_batch_size=4, schedule_delay_millis=10
-    )
-    _pipeline._count_span_drops(processor)
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(processor)
-    tracer = provider.get_tracer("t")
-    before = _pipeline.dropped("traces", "queue_full")
-    for _ in range(4):  # the first batch goes to the stuck exporter
-        tracer.start_span("s").end()
-    queue = processor._batch_processor._queue
-    deadline = time.monotonic() + 10
-    while queue and time.monotonic() < deadline:
-        time.sleep(0.01)
-    for _ in range(20):  # 8 fit in the queue, 12 push the oldest out
-        tracer.start_span("s").end()
-    assert _pipeline.dropped("traces", "queue_full") - before == 12
-    stuck.release.set()
-    provider.shutdown()
-    assert stuck.exported == 4 + 8
-    after = _pipeline.dropped("traces", "after_shutdown")
-    tracer.start_span("late").end()
-    assert _pipeline.dropped("traces", "after_shutdown") == after + 1
-
-
-def test_failed_and_abandoned_exports_are_counted_once() -> None:
-    class Failing(SpanExporter):
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            raise ConnectionError("collector gone")
-
-    guard = _pipeline._GuardedSpanExporter("test_failing", Failing())
-    before = _pipeline.dropped("traces", "export_failed")
-    assert guard.export([object()] * 3) is SpanExportResult.FAILURE  # type: ignore[list-item]
-    assert _pipeline.dropped("traces", "export_failed") == before + 3
-    assert guard.health.last_error.startswith("ConnectionError")
-    stuck = _Stuck()
-    guard = _pipeline._GuardedSpanExporter("test_abandoned", stuck)
-    worker = threading.Thread(target=guard.export, args=([object()] * 5,))
-    worker.start()
-    time.sleep(0.1)
-    assert guard.flight.abandon() == 5  # the shutdown counts these as shutdown_in_flight
-    shutdown_before = _pipeline.dropped("traces", "shutdown")
-    assert guard.export([object()] * 2) is SpanExportResult.FAILURE  # type: ignore[list-item]
-    assert _pipeline.dropped("traces", "shutdown") == shutdown_before + 2
-    stuck.release.set()
-    worker.join(5)
-    assert _pipeline.dropped("traces", "export_failed") == before + 3  # nothing twice
-
-
-def test_an_sdk_without_the_queue_internals_degrades_to_uncounted() -> None:
-    class Other:
-        pass
-
-    _pipeline._count_span_drops(Other())  # type: ignore[arg-type]
-    assert _pipeline._drain(Other()) == 0  # type: ignore[arg-type]

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from bitnet_obs import _state
 from bitnet_obs._config import ConfigError
-from bitnet_obs._instruments import TALLIES, register_gauge_callback
-from bitnet_obs._selfmon import internal_error
+from bitnet_obs._instruments import CACHE_HITS, CACHE_MISSES, CACHE_USAGE
+from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._tally import AttrValue, key_of
 
-_HITS = TALLIES["bitnet.cache.hits"]
-_MISSES = TALLIES["bitnet.cache.misses"]
+_HITS = CACHE_HITS
+_MISSES = CACHE_MISSES
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -29,7 +30,8 @@ def record_cache(hits: int = 0, misses: int = 0, *, cache: str = "kv", model: st
     try:
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                    for n in (hits, misses)):  # fmt: skip
-            internal_error("bad_cache_count", detail=f"record_cache({hits!r}, {misses!r})")
+            detail = f"record_cache({describe(hits)}, {describe(misses)})"
+            internal_error("bad_cache_count", detail=detail)
             return
         attrs: dict[str, AttrValue] = {"bitnet.cache.name": str(cache)[:64]}
         if model:
@@ -58,4 +60,15 @@ def observe_cache_usage(cache: str, read_bytes: Callable[[], float]) -> None:
             internal_error("cache_usage", exc)
             return []
 
-    register_gauge_callback("bitnet.cache.usage", observe)
+    CACHE_USAGE.register(observe)
+    _observers.append(observe)
+
+
+_observers: list[Callable[[CallbackOptions], Iterable[Observation]]] = []
+
+
+@_state.on_reset
+def _reset() -> None:
+    for observe in _observers:
+        CACHE_USAGE.unregister(observe)
+    _observers.clear()

@@ -17,6 +17,7 @@ from bitnet_obs.testing._otlp_decode import (
     SpanEvent,
 )
 from bitnet_obs.testing._receiver import OTLPReceiver, ReceivedRequest
+from bitnet_obs.testing._reset import override_settings, reset
 
 __all__ = [
     "CapturedPoint",
@@ -28,4 +29,6 @@ __all__ = [
     "ReceivedRequest",
     "ReceivedSpan",
     "SpanEvent",
+    "override_settings",
+    "reset",
 ]
