@@ -154,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/metrics":
                 status, ctype, body = self.server.render_metrics(self.headers.get("Accept", ""))
             elif path in ("/health", *PROBES):
-                status, ctype, body = _health_renderer(path)
+                status, ctype, body = self.server.health(path)
             elif path == "/":
                 status, ctype = 200, "text/plain; charset=utf-8"
                 body = b"bitnet-obs: /metrics /health /health/live /health/ready\n"
@@ -203,10 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(b"unauthorized\n")
 
-    @staticmethod
-    def _probe_status_only(path: str) -> Response:
+    def _probe_status_only(self, path: str) -> Response:
         try:
-            status, _, body = _health_renderer(path)
+            status, _, body = self.server.health(path)
             state = str(json.loads(body).get("status", ""))
         except Exception as exc:
             internal_error("server_route", exc)
@@ -241,8 +240,10 @@ class _Server(ThreadingHTTPServer):
         tls: ssl.SSLContext | None,
         credentials: tuple[bytes, bytes] | None,
         deadline_s: float,
+        render_health: HealthRenderer | None,
     ) -> None:
         self.deadline_s = deadline_s
+        self.render_health = render_health
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.render_metrics = render_metrics
@@ -252,6 +253,10 @@ class _Server(ThreadingHTTPServer):
         self._deadlines: dict[int, tuple[socket.socket, float]] = {}
         self._deadlines_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def health(self, path: str) -> Response:
+        """This server's health renderer, else the one the health module registered."""
+        return (self.render_health or _health_renderer)(path)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that resets or times out is not our failure; don't print tracebacks.
@@ -344,11 +349,14 @@ class MetricsServer:
         tls: ssl.SSLContext | None = None,
         basic_auth: tuple[str, str] | None = None,
         request_deadline_s: float = REQUEST_DEADLINE_S,
+        render_health: HealthRenderer | None = None,
     ) -> None:
         credentials = None
         if basic_auth is not None:
             credentials = (basic_auth[0].encode(), basic_auth[1].encode())
-        server = _Server((host, port), render_metrics, tls, credentials, request_deadline_s)
+        server = _Server(
+            (host, port), render_metrics, tls, credentials, request_deadline_s, render_health
+        )
         self._server = server
         self.host = host
         self.port: int = self._server.server_address[1]
