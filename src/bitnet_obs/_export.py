@@ -372,8 +372,16 @@ def prometheus_reader(settings: Settings) -> tuple[MetricReader, Any]:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import CollectorRegistry
 
+    class PullReader(PrometheusMetricReader):  # type: ignore[misc]
+        """Pulled by scrapes only. The SDK's ``force_flush`` collects into the exporter's
+        queue, and the next scrape then rendered both collections: every family twice, which
+        Prometheus rejects as a whole ("second HELP line")."""
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
     registry = CollectorRegistry(auto_describe=True)
-    reader = PrometheusMetricReader(
+    reader = PullReader(
         scope_info_enabled=False, registry=registry, cardinality_limits=cardinality_limits(settings)
     )
     return reader, registry
