@@ -372,7 +372,7 @@ def prometheus_reader(settings: Settings) -> tuple[MetricReader, Any]:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import CollectorRegistry
 
-    class PullReader(PrometheusMetricReader):  # type: ignore[misc]
+    class PullReader(PrometheusMetricReader):
         """Pulled by scrapes only. The SDK's ``force_flush`` collects into the exporter's
         queue, and the next scrape then rendered both collections: every family twice, which
         Prometheus rejects as a whole ("second HELP line")."""
