@@ -929,7 +929,7 @@ def use(settings: Settings | None) -> None:
     _in_force = settings
 
 
-@_state.on_reset
+@_state.on_reset(phase=_state.CLEAR)
 def _reset() -> None:
     global _in_force, _from_env
     _in_force = _from_env = None

@@ -679,13 +679,17 @@ def _reinit_after_fork() -> None:
     _lock = threading.Lock()
 
 
-@_state.on_reset
+@_state.on_reset(phase=_state.CLEAR)
 def _unbind() -> None:
     global _binding
     with _lock:
         _binding = None
         for instrument in CATALOGUE:
             instrument._sdk = None
+    set_cardinality_limit(DEFAULT_CARDINALITY_LIMIT)
+
+
+DEFAULT_CARDINALITY_LIMIT = 2000
 
 
 def set_cardinality_limit(limit: int) -> None:

@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from bitnet_obs import _config, _export, _instruments, _state, devices, health, sla
 from bitnet_obs._config import ConfigError, Number, Settings
 from bitnet_obs._export import Guard, GuardedSpanExporter
-from bitnet_obs._selfmon import count_dropped, internal_error, logger
+from bitnet_obs._selfmon import count_dropped, declare_watched, internal_error, logger
 from bitnet_obs._server import MetricsServer, Response, tls_context
 
 _TIMEOUT = Number(0.0, 3600.0, "seconds")
@@ -130,6 +130,7 @@ def _build(
         logger.info("OTEL_SDK_DISABLED=true: bitnet-obs records nothing")
         return telemetry
     resource = _export.build_resource(settings)
+    declare_watched()
     if not fork:
         _enable_features(settings)  # before the server answers its first probe
     _setup_metrics(telemetry, resource, extra_readers, fork)
@@ -400,7 +401,7 @@ def _at_exit() -> None:
     shutdown()
 
 
-@_state.on_reset
+@_state.on_reset(phase=_state.STOP)
 def _forget() -> None:
     """Stop the setup in force (quickly) and forget it (``bitnet_obs.testing.reset()``)."""
     global _current

@@ -103,11 +103,47 @@ EXPORTERS: dict[str, ExporterHealth] = {}
 
 
 def exporter_health(name: str) -> ExporterHealth:
-    """The health record of one exporter, created on first use."""
-    return EXPORTERS.setdefault(name, ExporterHealth(name))
+    """The health record of one exporter, created on first use (its export counts at 0)."""
+    health = EXPORTERS.get(name)
+    if health is None:
+        health = EXPORTERS.setdefault(name, ExporterHealth(name))
+        for outcome in ("ok", "error"):
+            EXPORTS.tally.declare((("bitnet.obs.exporter", name), ("bitnet.outcome", outcome)))
+    return health
 
 
-@_state.on_reset
+#: The kinds of internal error and drop that dashboards and alerts watch: reported at 0 from
+#: ``configure()`` on, so ``rate()`` sees the first one.
+WATCHED_ERRORS = (
+    "begin",
+    "finish",
+    "token_counter",
+    "bad_token_count",
+    "quant_record",
+    "devices",
+    "health",
+    "sla",
+    "shutdown_timeout",
+)
+WATCHED_DROPS = {
+    "traces": ("queue_full", "export_failed", "shutdown", "shutdown_in_flight", "after_shutdown"),
+    "metrics": ("export_failed", "shutdown", "shutdown_in_flight"),
+    "http": ("connection_limit",),
+}
+
+
+def declare_watched() -> None:
+    """Report the watched internal errors and drops at 0 (``configure()`` calls this)."""
+    for kind in WATCHED_ERRORS:
+        INTERNAL_ERRORS.tally.declare((("bitnet.obs.error.kind", kind),))
+    for signal, reasons in WATCHED_DROPS.items():
+        for reason in reasons:
+            DROPPED.tally.declare(
+                (("bitnet.obs.drop_reason", reason), ("bitnet.obs.signal", signal))
+            )
+
+
+@_state.on_reset(phase=_state.CLEAR)
 def _reset() -> None:
     with _logged_lock:
         _logged.clear()

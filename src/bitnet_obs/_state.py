@@ -9,8 +9,9 @@ force, the health registry, the pipeline). Each registers what to do
 
 One ``os.register_at_fork`` hook runs the fork handlers in registration order. Modules register
 when they are imported, and imports point down, so lower modules' handlers (locks, totals) run
-before higher ones' (the pipeline), which may use them. Resets run in the reverse order: the
-pipeline stops before the totals it reported are cleared.
+before higher ones' (the pipeline), which may use them. Resets run in three phases: ``STOP``
+(the pipeline), ``CLEAR`` (running totals and caches), ``RESTORE`` (features back to their
+defaults, which may report their counters at 0 again).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from typing import Any, overload
 
 Hook = Callable[[], None]
 
+STOP, CLEAR, RESTORE = 0, 1, 2
+
 _fork_hooks: list[Hook] = []
-_reset_hooks: list[Hook] = []
+_reset_hooks: list[tuple[int, Hook]] = []
 
 
 def on_fork(hook: Hook) -> Hook:
@@ -32,16 +36,25 @@ def on_fork(hook: Hook) -> Hook:
     return hook
 
 
-def on_reset(hook: Hook) -> Hook:
-    """Run ``hook`` on :func:`reset_all` (decorator)."""
-    if hook not in _reset_hooks:
-        _reset_hooks.append(hook)
-    return hook
+@overload
+def on_reset(hook: Hook, /) -> Hook: ...
+@overload
+def on_reset(*, phase: int) -> Callable[[Hook], Hook]: ...
+def on_reset(hook: Hook | None = None, /, *, phase: int = RESTORE) -> Any:
+    """Run ``hook`` on :func:`reset_all`, in its phase (decorator, bare or with ``phase=``)."""
+
+    def register(fn: Hook) -> Hook:
+        if (phase, fn) not in _reset_hooks:
+            _reset_hooks.append((phase, fn))
+        return fn
+
+    return register if hook is None else register(hook)
 
 
 def reset_all() -> None:
-    """Back to a freshly imported state, highest modules first."""
-    for hook in reversed(_reset_hooks):
+    """Back to a freshly imported state: stop, clear, restore (in registration order within a
+    phase)."""
+    for _, hook in sorted(_reset_hooks, key=lambda entry: entry[0]):
         hook()
 
 

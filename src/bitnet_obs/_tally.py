@@ -107,7 +107,7 @@ class Tally:
         self.overflowed = 0
 
 
-@_state.on_reset
+@_state.on_reset(phase=_state.CLEAR)
 def reset_all() -> None:
     for tally in list(_ALL):
         tally.reset()

@@ -308,7 +308,7 @@ def _reinit_after_fork() -> None:
     _budget._lock = threading.Lock()
 
 
-@_state.on_reset
+@_state.on_reset(phase=_state.CLEAR)
 def _reset() -> None:
     global _budget
     with _names_lock:
