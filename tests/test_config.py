@@ -312,3 +312,54 @@ def test_overrides_are_validated_like_env() -> None:
 def test_settings_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Settings().prometheus_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BITNET_OBS_SHUTDOWN_TIMEOUT", "inf"),  # shutdown() raised OverflowError
+        ("BITNET_OBS_SHUTDOWN_TIMEOUT", "3601"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "inf"),  # exported nothing, silently
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1e15"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "inf"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "1e9"),
+        ("BITNET_OBS_SLA_WINDOW", "100000000"),  # took about 1 GB
+        ("BITNET_OBS_SLA_LATENCY", "inf"),
+        ("BITNET_OBS_SLA_WINDOW_SECONDS", "1e300"),
+        ("BITNET_OBS_CARDINALITY_LIMIT", "²"),  # a bare ValueError from int()
+        ("BITNET_OBS_CARDINALITY_LIMIT", "1000000"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "a=b%0D%0AInjected: 1"),  # CR LF in a header
+        ("OTEL_EXPORTER_PROMETHEUS_HOST", "bad host!"),
+    ],
+)
+def test_every_number_is_bounded_and_every_value_checked(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env({name: value})
+    assert name in str(info.value)
+
+
+def test_keyword_overrides_get_exactly_the_checks_env_values_get() -> None:
+    base = from_env({})
+    for overrides in (
+        {"prometheus_host": ""},  # bound 0.0.0.0 before
+        {"shutdown_timeout_s": float("inf")},
+        {"sla_window": 100_000_000},
+        {"cardinality_limit": True},
+        {"otlp_metrics_temporality": "sometimes"},
+        {"resource_attributes": {"k": object()}},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(overrides))):
+            with_overrides(base, overrides)
+
+
+def test_header_names_are_lower_cased_for_grpc() -> None:
+    s = from_env({"OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20abc,X-Team=a"})
+    assert dict(s.otlp_metrics.headers) == {"authorization": "Bearer abc", "x-team": "a"}
+
+
+def test_every_numeric_setting_states_a_finite_upper_bound_in_the_docs() -> None:
+    from bitnet_obs._config import env_rows
+
+    for name, _default, accepted, _doc in env_rows():
+        if "number" in accepted or "integer" in accepted:
+            assert "]" in accepted and "inf" not in accepted, (name, accepted)

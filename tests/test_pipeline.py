@@ -262,3 +262,100 @@ def test_configure_raises_config_error_on_malformed_env() -> None:
     with pytest.raises(ConfigError, match="OTEL_METRICS_EXPORTER"):
         bitnet_obs.configure(environ={"OTEL_METRICS_EXPORTER": "jaeger"})
     assert not bitnet_obs.is_configured()
+
+
+def test_under_an_installed_provider_metrics_says_where_metrics_go() -> None:
+    out = _run(
+        """
+        import logging, urllib.error, urllib.request
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        import bitnet_obs
+
+        logging.basicConfig(level=logging.WARNING)
+        metrics.set_meter_provider(MeterProvider())
+        t = bitnet_obs.configure(prometheus_port=0)
+        for _ in range(3):
+            try:
+                urllib.request.urlopen(t.metrics_url, timeout=5)
+            except urllib.error.HTTPError as e:
+                print("STATUS", e.code, e.read().decode().strip())
+        assert urllib.request.urlopen(t.health_url, timeout=5).status == 200  # probes still
+        bitnet_obs.shutdown(2)
+        """
+    )
+    assert out.count("STATUS 404 bitnet-obs reports through the application's MeterProvider") == 3
+    assert "Cannot call collect" not in out
+
+
+def test_configure_after_shutdown_sets_up_anew() -> None:
+    out = _run(
+        """
+        import urllib.request
+        import bitnet_obs
+
+        @bitnet_obs.monitored_inference(model="m")
+        def f():
+            return [1, 2]
+
+        first = bitnet_obs.configure(prometheus_port=0)
+        f()
+        assert bitnet_obs.shutdown(2) and not bitnet_obs.is_configured()
+        second = bitnet_obs.configure(prometheus_port=0)
+        assert second is not first and bitnet_obs.is_configured()
+        f()
+        text = urllib.request.urlopen(second.metrics_url, timeout=5).read().decode()
+        line = next(x for x in text.splitlines()
+                    if x.startswith("bitnet_inference_requests_total") and '"ok"' in x)
+        print("REQUESTS", line.rsplit(" ", 1)[1])
+        bitnet_obs.shutdown(2)
+        """
+    )
+    assert "REQUESTS 2.0" in out  # the running totals go on; the new pipeline reports them
+
+
+def test_setup_errors_are_config_errors_and_change_nothing() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"OTEL_EXPORTER_PROMETHEUS_PORT={port} is in use"):
+            bitnet_obs.configure(prometheus_port=port)
+    assert not bitnet_obs.is_configured()
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_PROMETHEUS_HOST='no-such-host.invalid'"):
+        bitnet_obs.configure(prometheus_host="no-such-host.invalid", prometheus_port=0)
+    assert not bitnet_obs.is_configured()
+    with pytest.raises(ConfigError, match="timeout"):
+        bitnet_obs.shutdown(timeout=float("inf"))
+
+
+def test_a_forked_worker_of_a_prometheus_parent_can_configure_its_own(
+    receiver: OTLPReceiver,
+) -> None:
+    out = _run(
+        f"""
+        import os, sys
+        import bitnet_obs
+
+        @bitnet_obs.monitored_inference(model="m")
+        def f():
+            return [1]
+
+        bitnet_obs.configure(prometheus_port=0)
+        pid = os.fork()
+        if pid == 0:
+            t = bitnet_obs.configure(
+                metrics_exporters="otlp", traces_exporters="none",
+                environ={{"OTEL_EXPORTER_OTLP_ENDPOINT": "{receiver.http_endpoint}"}},
+            )
+            assert t.readers and t.meter_provider is not None, t
+            f()
+            ok = bitnet_obs.shutdown(5)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print("CHILD", os.waitstatus_to_exitcode(status))
+        bitnet_obs.shutdown(2)
+        """
+    )
+    assert "CHILD 0" in out
+    assert receiver.latest_value("bitnet.inference.requests", **{"bitnet.outcome": "ok"}) == 1

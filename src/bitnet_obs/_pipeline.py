@@ -123,17 +123,21 @@ def _build(
     *,
     fork: bool,
 ) -> Telemetry:
-    _config.use(settings)
-    _instruments.set_cardinality_limit(settings.cardinality_limit)
     telemetry = Telemetry(settings, inherited=fork)
     if settings.sdk_disabled:
+        _config.use(settings)
         logger.info("OTEL_SDK_DISABLED=true: bitnet-obs records nothing")
         return telemetry
-    resource = _export.build_resource(settings)
+    readers, registry, ours = _metric_readers(telemetry, extra_readers, fork)
+    if settings.server_enabled and not fork:  # first: a busy port changes nothing else
+        telemetry.server = _start_server(settings, _metrics_renderer(registry, ours))
+    _config.use(settings)
+    _instruments.set_cardinality_limit(settings.cardinality_limit)
     declare_watched()
     if not fork:
         _enable_features(settings)  # before the server answers its first probe
-    _setup_metrics(telemetry, resource, extra_readers, fork)
+    resource = _export.build_resource(settings)
+    _install_metrics(telemetry, resource, readers, fork)
     _setup_traces(telemetry, resource, extra_exporters, fork)
     _instruments.bind(
         telemetry.meter_provider or metrics.get_meter_provider(),
@@ -169,10 +173,10 @@ def _install(kind: str, proxy: bool, installed: object, exporters: tuple[str, ..
     return False
 
 
-def _setup_metrics(
-    telemetry: Telemetry, resource: Resource, extra: list[MetricReader], fork: bool
-) -> None:
-    global _globals_ours
+def _metric_readers(
+    telemetry: Telemetry, extra: list[MetricReader], fork: bool
+) -> tuple[list[MetricReader], Any, bool]:
+    """(readers, the Prometheus registry or None, whether the MeterProvider will be ours)."""
     settings = telemetry.settings
     exporters = settings.metrics_exporters
     if fork:  # the Prometheus pull model has no multi-process mode: workers push
@@ -190,10 +194,16 @@ def _setup_metrics(
             else:
                 telemetry.guards.append(part)
         readers.extend(extra)
-    if settings.server_enabled and not fork:
-        telemetry.server = _start_server(settings, _metrics_renderer(registry, ours))
+    return readers, registry, ours
+
+
+def _install_metrics(
+    telemetry: Telemetry, resource: Resource, readers: list[MetricReader], fork: bool
+) -> None:
+    global _globals_ours
     if not readers:
         return
+    proxy = _proxy_meter_provider()
     provider = _export.meter_provider(readers, resource)
     if proxy and not fork:
         metrics.set_meter_provider(provider)
@@ -310,10 +320,11 @@ def _bounded(fn: Callable[[], object], timeout: float, name: str) -> bool:
 
 def force_flush(timeout: float | None = None) -> bool:
     """Export what is pending; returns False if the deadline passed first (data may be late)."""
+    checked = None if timeout is None else _TIMEOUT.check("timeout", timeout)
     telemetry = current()
     if telemetry is None:
         return True
-    bound = _deadline(telemetry, timeout)
+    bound = _deadline(telemetry, checked)
     millis = max(1.0, bound * 1000)
     ok = True
     if telemetry.meter_provider is not None:
@@ -341,11 +352,12 @@ def shutdown(timeout: float | None = None) -> bool:
     ``bitnet.obs.internal_errors{kind="shutdown_timeout"}``, and logged; the call still returns
     on time even when the collector is dead. A later ``configure()`` starts a new pipeline.
     """
+    checked = None if timeout is None else _TIMEOUT.check("timeout", timeout)
     with _lock:
         telemetry = _current
         if telemetry is None or telemetry.shut_down:
             return True
-        bound = _deadline(telemetry, timeout)
+        bound = _deadline(telemetry, checked)
         telemetry.shut_down = True
         _config.use(None)
     return _stop(telemetry, bound)
