@@ -450,7 +450,7 @@ def test_generator_send_throw_close_and_return_value(cap: TelemetryCapture) -> N
         assert gen.send(5) == 5
         assert gen.throw(KeyError("x")) == -1  # delivered into the generator, which goes on
         assert gen.send(2) == 1
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="boom"):
             gen.throw(ValueError("boom"))  # not handled there: propagates, stream ends
     assert log == ["caught", "closed", "caught", "closed"]
     assert cap.value("bitnet.inference.requests", **ERR) == 1
@@ -529,11 +529,10 @@ async def test_a_function_returning_a_stream_is_measured_until_it_ends(
         return 6
 
     get_stream = monitored_inference(model="m")(lambda: numbers())
-    got = []
-    with pytest.raises(RuntimeError):
-        for item in get_stream():
-            got.append(item)
-    assert got == [1, 2]
+    stream = get_stream()
+    assert [next(stream), next(stream)] == [1, 2]
+    with pytest.raises(RuntimeError, match="fails later"):
+        next(stream)
     assert cap.value("bitnet.inference.requests", **ERR) == 1  # not an instant "ok"
     assert cap.value("bitnet.inference.tokens", **OUT) == 2
     assert [i async for i in monitored_inference(model="m")(lambda: anumbers())()] == [0, 1, 2]

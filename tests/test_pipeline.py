@@ -322,7 +322,7 @@ def test_setup_errors_are_config_errors_and_change_nothing() -> None:
         with pytest.raises(ConfigError, match=f"OTEL_EXPORTER_PROMETHEUS_PORT={port} is in use"):
             bitnet_obs.configure(prometheus_port=port)
     assert not bitnet_obs.is_configured()
-    with pytest.raises(ConfigError, match="OTEL_EXPORTER_PROMETHEUS_HOST='no-such-host.invalid'"):
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_PROMETHEUS_HOST='no-such-host\.invalid'"):
         bitnet_obs.configure(prometheus_host="no-such-host.invalid", prometheus_port=0)
     assert not bitnet_obs.is_configured()
     with pytest.raises(ConfigError, match="timeout"):
