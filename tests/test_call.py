@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics.export import MetricExportResult
 
@@ -169,6 +170,7 @@ def test_interleaved_with_blocks_of_two_generators(cap: TelemetryCapture) -> Non
     with pytest.raises(StopIteration):
         next(b)
     assert not current_inference().recording
+    assert not trace.get_current_span().get_span_context().is_valid  # no span left behind
     assert cap.value("bitnet.inference.requests", **OK) == 2
     assert cap.value("bitnet.inference.tokens", **OUT) == 5
     assert active(cap) == 0

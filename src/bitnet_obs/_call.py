@@ -29,6 +29,7 @@ from bitnet_obs import _config, _context, _instruments
 from bitnet_obs._attributes import error_type, valid_device
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
+from bitnet_obs._instruments import Bound
 from bitnet_obs._queue import take_pending
 from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._tally import AttrKey, AttrValue, key_of
@@ -61,7 +62,7 @@ def cancelled(exc: BaseException) -> bool:
 class Variant:
     """Everything recorded for one outcome of a site, built once and reused by later calls."""
 
-    __slots__ = ("attrs", "base_key", "in_key", "out_key", "req_key")
+    __slots__ = ("_bound", "attrs", "base_key", "in_key", "out_key", "req_key")
 
     def __init__(
         self,
@@ -84,6 +85,26 @@ class Variant:
         self.in_key: AttrKey = key_of(dict(base, **{"gen_ai.token.type": "input"}))
         self.out_key: AttrKey = key_of(dict(base, **{"gen_ai.token.type": "output"}))
         self.base_key: AttrKey = key_of(base)
+        self._bound: tuple[int, tuple[Bound, ...]] | None = None
+
+    def bound(self) -> tuple[Bound, ...]:
+        """The request histograms bound to this outcome's attributes in the binding in force:
+        (duration, throughput, time to first token, time per output token)."""
+        cached, generation = self._bound, _instruments.generation()
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        attrs = self.attrs
+        bound = tuple(h.bound(attrs) for h in _REQUEST_HISTOGRAMS)
+        self._bound = (generation, bound)
+        return bound
+
+
+_REQUEST_HISTOGRAMS = (
+    _instruments.REQUEST_DURATION,
+    _instruments.THROUGHPUT,
+    _instruments.TIME_TO_FIRST_TOKEN,
+    _instruments.TIME_PER_OUTPUT_TOKEN,
+)
 
 
 class Site:
@@ -158,6 +179,8 @@ class Call(InferenceContext):
         "explicit_output",
         "first_token_at",
         "input_tokens",
+        "otel_before",
+        "otel_ctx",
         "output_tokens",
         "parent",
         "priority",
@@ -181,6 +204,8 @@ class Call(InferenceContext):
         self.span: Span | None = None
         self.parent: InferenceContext | None = None
         self._otel_token: object = None
+        self.otel_before: otel_context.Context | None = None
+        self.otel_ctx: otel_context.Context | None = None
         self._counted = False
         self._done = False
         self.queue_wait: float | None = None
@@ -319,6 +344,30 @@ class Call(InferenceContext):
                 parent = parent.parent
             _context.current.set(parent)
 
+    def enter_shared(self) -> None:
+        """Make this the current call and span in a context other calls share (``with``
+        blocks, which generators may interleave): see :meth:`leave_shared`."""
+        self.enter()
+        before = otel_context.get_current()
+        self.otel_before = before
+        if self.span is not None:
+            self.otel_ctx = trace.set_span_in_context(self.span, before)
+            otel_context.attach(self.otel_ctx)
+
+    def leave_shared(self) -> None:
+        """Undo :meth:`enter_shared` in any order: a token reset would bring back whatever span
+        was current at enter, even one whose block ended meanwhile; instead the nearest open
+        enclosing call's span (else what was current before the first of them) becomes
+        current, and only when this call's is current now."""
+        self.leave()
+        if self.otel_ctx is None or otel_context.get_current() is not self.otel_ctx:
+            return
+        target, parent = self.otel_before, self.parent
+        while isinstance(parent, Call) and parent._done:
+            target, parent = parent.otel_before, parent.parent
+        if target is not None:
+            otel_context.attach(target)
+
     def count_result(self, result: Any) -> None:
         site = self.site
         try:
@@ -417,7 +466,8 @@ class Call(InferenceContext):
         _instruments.REQUESTS.add(variant.req_key, 1)
         elapsed = end - self.start
         attrs = variant.attrs
-        _instruments.REQUEST_DURATION.record(elapsed, attrs)
+        duration, throughput, ttft_hist, tpot_hist = variant.bound()
+        records = [(duration, elapsed)]
         first = self.first_token_at
         if _context.observers:
             ttft = None if first is None else first - self.start
@@ -425,18 +475,20 @@ class Call(InferenceContext):
                 observer(elapsed, ttft, n_out, outcome)
         if outcome == "ok" and n_out:
             if elapsed > 0:
-                _instruments.THROUGHPUT.record(n_out / elapsed, attrs)
+                records.append((throughput, n_out / elapsed))
             if first is not None:
-                _instruments.TIME_TO_FIRST_TOKEN.record(first - self.start, attrs)
+                records.append((ttft_hist, first - self.start))
                 if n_out > 1:
-                    _instruments.TIME_PER_OUTPUT_TOKEN.record((end - first) / (n_out - 1), attrs)
+                    records.append((tpot_hist, (end - first) / (n_out - 1)))
+        span = self.span
+        span_context = span.get_span_context() if span is not None else None
+        _instruments.record_bound(records, span_context)
         if self.site.client_token_usage:
             usage = _instruments.TOKEN_USAGE
             if n_in:
-                usage.record(n_in, dict(attrs, **{"gen_ai.token.type": "input"}))
+                usage.record(n_in, dict(attrs, **{"gen_ai.token.type": "input"}), span_context)
             if n_out:
-                usage.record(n_out, dict(attrs, **{"gen_ai.token.type": "output"}))
-        span = self.span
+                usage.record(n_out, dict(attrs, **{"gen_ai.token.type": "output"}), span_context)
         if span is not None and span.is_recording():
             self._annotate(span, outcome, err, exc, n_in, n_out)
 

@@ -208,8 +208,8 @@ class InferenceMonitor:
 
     def _enter(self, frame: types.FrameType) -> InferenceContext:
         call = Call(self._site)
-        call.begin((), {}, attach=True)
-        call.enter()
+        call.begin((), {}, attach=False)
+        call.enter_shared()
         self._open.append((frame, call))
         return call
 
@@ -224,7 +224,7 @@ class InferenceMonitor:
             internal_error("context_mismatch", detail="monitor_inference exited without enter")
             return
         call.end(exc, counted=True)
-        call.leave()
+        call.leave_shared()
 
     # ----- decorator -----
     def __call__(self, fn: F) -> F:
