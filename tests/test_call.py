@@ -217,3 +217,38 @@ def test_a_lazy_reference_that_raises_is_a_counted_skip(cap: TelemetryCapture) -
     skipped = cap.value("bitnet.quant.samples_skipped", **{"bitnet.quant.skip_reason": "error"})
     assert skipped == 1
     assert cap.value("bitnet.quant.operations") == 0
+
+
+def test_inter_token_gaps_prefill_decode_and_queue_wait(cap: TelemetryCapture) -> None:
+    import time
+
+    @monitored_inference(model="m")
+    def stream(n: int) -> Iterator[int]:
+        time.sleep(0.03)  # prefill
+        for i in range(n):
+            if i:
+                time.sleep(0.01 if i != 3 else 0.05)  # one stall
+            yield i
+
+    queue = bitnet_obs.RequestQueue("q")
+    ticket = queue.enqueue()
+    time.sleep(0.04)
+    queue.dequeue(ticket)  # handed to the next call: its TTFT and duration count the wait
+    assert list(stream(6)) == list(range(6))
+    (gaps,) = cap.points("bitnet.inference.inter_token_latency")
+    assert gaps.count == 5 and gaps.min is not None and gaps.max is not None
+    assert gaps.min >= 0.01 and gaps.max >= 0.05  # the stall shows in the distribution
+    (prefill,) = cap.points("bitnet.inference.prefill.duration")
+    (ttft,) = cap.points("gen_ai.server.time_to_first_token")
+    (decode,) = cap.points("bitnet.inference.decode.duration")
+    (duration,) = cap.points("gen_ai.server.request.duration")
+    assert prefill.sum is not None and ttft.sum is not None and decode.sum is not None
+    assert prefill.sum >= 0.03 and ttft.sum >= prefill.sum + 0.04
+    assert decode.sum >= 0.09
+    assert duration.sum is not None and duration.sum >= ttft.sum + decode.sum - 1e-9
+    long_stream = monitored_inference(model="long")(lambda n: (i for i in range(n)))
+    assert sum(1 for _ in long_stream(3 * 4096 + 5)) == 3 * 4096 + 5  # flushed in chunks
+    (long_gaps,) = cap.points(
+        "bitnet.inference.inter_token_latency", **{"gen_ai.request.model": "long"}
+    )
+    assert long_gaps.count == 3 * 4096 + 4

@@ -18,14 +18,17 @@ import json
 import sys
 import time
 import traceback
+from array import array
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
-from bitnet_obs import _config, _context, _instruments
+from bitnet_obs import _config, _context, _instruments, _tally
+from bitnet_obs._aggregate import Cell
 from bitnet_obs._attributes import error_type, valid_device
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
@@ -41,6 +44,10 @@ from bitnet_obs._tokens import (
 )
 
 TokenCounter = Callable[[Any], int]
+
+_REQUESTS = _instruments.REQUESTS.tally
+_TOKENS = _instruments.TOKENS.tally
+_ACTIVE = _instruments.ACTIVE_REQUESTS.tally
 
 #: Most characters of prompt, response or exception text put on a span (content capture on).
 CONTENT_LIMIT = 8192
@@ -62,7 +69,7 @@ def cancelled(exc: BaseException) -> bool:
 class Variant:
     """Everything recorded for one outcome of a site, built once and reused by later calls."""
 
-    __slots__ = ("_bound", "attrs", "base_key", "in_key", "out_key", "req_key")
+    __slots__ = ("_bound", "attrs", "base_attrs", "base_key", "in_key", "out_key", "req_key")
 
     def __init__(
         self,
@@ -77,6 +84,7 @@ class Variant:
         if priority is not None:
             base["bitnet.request.priority"] = priority
         self.attrs = dict(base)
+        self.base_attrs = dict(base)  # without error.type: streams' gaps, of every outcome
         req = dict(base, **{"bitnet.outcome": outcome})
         if err:
             req["error.type"] = err
@@ -89,12 +97,16 @@ class Variant:
 
     def bound(self) -> tuple[Bound, ...]:
         """The request histograms bound to this outcome's attributes in the binding in force:
-        (duration, throughput, time to first token, time per output token)."""
+        duration, throughput, time to first token, time per output token, prefill, decode,
+        and the inter-token gaps (with the attributes of every outcome)."""
         cached, generation = self._bound, _instruments.generation()
         if cached is not None and cached[0] == generation:
             return cached[1]
         attrs = self.attrs
-        bound = tuple(h.bound(attrs) for h in _REQUEST_HISTOGRAMS)
+        bound = (
+            *(h.bound(attrs) for h in _REQUEST_HISTOGRAMS),
+            _instruments.INTER_TOKEN_LATENCY.bound(self.base_attrs),
+        )
         self._bound = (generation, bound)
         return bound
 
@@ -104,6 +116,8 @@ _REQUEST_HISTOGRAMS = (
     _instruments.THROUGHPUT,
     _instruments.TIME_TO_FIRST_TOKEN,
     _instruments.TIME_PER_OUTPUT_TOKEN,
+    _instruments.PREFILL_DURATION,
+    _instruments.DECODE_DURATION,
 )
 
 
@@ -178,6 +192,7 @@ class Call(InferenceContext):
         "explicit_input",
         "explicit_output",
         "first_token_at",
+        "gap_last",
         "input_tokens",
         "otel_before",
         "otel_ctx",
@@ -187,6 +202,7 @@ class Call(InferenceContext):
         "queue_wait",
         "site",
         "span",
+        "stamps",
         "start",
     )
 
@@ -206,10 +222,12 @@ class Call(InferenceContext):
         self._otel_token: object = None
         self.otel_before: otel_context.Context | None = None
         self.otel_ctx: otel_context.Context | None = None
-        self._counted = False
+        self._counted: AttrKey | None = None  # the active-requests series, while counted
         self._done = False
         self.queue_wait: float | None = None
         self.priority = cast("str | None", site.attrs.get("bitnet.request.priority"))
+        self.stamps: array[float] | None = None  # a stream's item times, flushed as gaps
+        self.gap_last: float | None = None
         self.start = time.perf_counter()
 
     # ----- InferenceContext: what the call is -----
@@ -319,7 +337,7 @@ class Call(InferenceContext):
                 self.content_in = _prompt_text(args, kwargs)
             key = site.variant(self.device_name, "ok", "", self.priority).base_key
             _instruments.ACTIVE_REQUESTS.add(key, 1)
-            self._counted = True
+            self._counted = key  # uncounted from this series, whatever set_device() does
         except Exception as exc:
             internal_error("begin", exc)
 
@@ -395,8 +413,14 @@ class Call(InferenceContext):
 
     def count_item(self, item: Any) -> None:
         """One streamed item (the slow path: a counter, content capture or an odd shape)."""
+        now = time.perf_counter()
         if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+            self.first_token_at = now
+        stamps = self.stamps
+        if stamps is not None:
+            stamps.append(now)
+            if len(stamps) >= GAP_CHUNK:
+                self.flush_gaps()
         counter = self.site.count_item
         try:
             if counter is not None:
@@ -411,8 +435,26 @@ class Call(InferenceContext):
             internal_error("token_counter", _private(exc), f"{describe(item)} item")
 
     def start_stream(self) -> None:
+        self.stamps = array("d")
         if self.site.capture():
             self.content_out = []
+
+    def flush_gaps(self) -> None:
+        """Record the gaps between the items stamped so far (the stream loop calls this every
+        :data:`GAP_CHUNK` items, the end of the call for the rest). Never raises."""
+        stamps = self.stamps
+        if not stamps:
+            return
+        try:
+            previous, self.gap_last = self.gap_last, stamps[-1]
+            if previous is not None:
+                stamps.insert(0, previous)
+            if len(stamps) >= 2:
+                variant = self.site.variant(self.device_name, "ok", "", self.priority)
+                _record_gaps(variant.bound()[6], stamps, self.span)
+            del stamps[:]
+        except Exception as exc:
+            internal_error("inter_token_latency", exc)
 
     def end(self, exc: BaseException | None, result: Any = None, counted: bool = False) -> None:
         """Finish the call once; ``counted``: the result's tokens were counted already."""
@@ -431,13 +473,12 @@ class Call(InferenceContext):
     def _release(self) -> None:
         """Uncount active and end the span exactly once, whatever happened before."""
         self._done = True
-        if self._counted:
-            self._counted = False
+        key, self._counted = self._counted, None
+        if key is not None:
             try:
-                key = self.site.variant(self.device_name, "ok", "", self.priority).base_key
                 _instruments.ACTIVE_REQUESTS.add(key, -1)
             except Exception:
-                self._counted = True  # the next _release (GC) retries
+                self._counted = key  # the next _release (GC) retries
         self.detach()
         span, self.span = self.span, None
         if span is not None:
@@ -448,7 +489,7 @@ class Call(InferenceContext):
 
     def __del__(self) -> None:
         # A call whose end never ran (its frame was torn down mid-way): never leave it active.
-        if self._counted:
+        if self._counted is not None:
             self._release()
 
     def _finish(self, exc: BaseException | None) -> None:
@@ -459,30 +500,51 @@ class Call(InferenceContext):
             outcome, err = "cancelled", ""
         else:
             outcome, err = "error", error_type(exc)
+        if self.stamps:
+            self.flush_gaps()
         variant = self.site.variant(self.device_name, outcome, err, self.priority)
         n_in, n_out = self.input_tokens, self.output_tokens
-        if n_in or n_out:
-            _instruments.TOKENS.tally.add_many(((variant.in_key, n_in), (variant.out_key, n_out)))
-        _instruments.REQUESTS.add(variant.req_key, 1)
-        elapsed = end - self.start
+        served = end - self.start
+        arrival = self.start - (self.queue_wait or 0.0)  # a RequestQueue's wait counts too
+        elapsed = end - arrival
         attrs = variant.attrs
-        duration, throughput, ttft_hist, tpot_hist = variant.bound()
+        duration, throughput, ttft_hist, tpot_hist, prefill, decode, _ = variant.bound()
         records = [(duration, elapsed)]
         first = self.first_token_at
-        if _context.observers:
-            ttft = None if first is None else first - self.start
-            for observer in _context.observers:
-                observer(elapsed, ttft, n_out, outcome)
         if outcome == "ok" and n_out:
-            if elapsed > 0:
-                records.append((throughput, n_out / elapsed))
+            if served > 0:
+                records.append((throughput, n_out / served))
             if first is not None:
-                records.append((ttft_hist, first - self.start))
+                records.append((ttft_hist, first - arrival))
+                records.append((prefill, first - self.start))
+                records.append((decode, end - first))
                 if n_out > 1:
                     records.append((tpot_hist, (end - first) / (n_out - 1)))
         span = self.span
         span_context = span.get_span_context() if span is not None else None
-        _instruments.record_bound(records, span_context)
+        # Ours (bound cells): recorded under the tallies' lock; else through the SDK after it.
+        store = _instruments.store() if duration.cell is not None else None
+        ids = None
+        if store is not None and span_context is not None and span_context.trace_flags.sampled:
+            ids = (span_context.span_id, span_context.trace_id)
+        active, self._counted = self._counted, None
+        with _tally.REQUEST_LOCK:  # one lock for every count and record of the request
+            _REQUESTS.add_locked(variant.req_key, 1)
+            if n_in:
+                _TOKENS.add_locked(variant.in_key, n_in)
+            if n_out:
+                _TOKENS.add_locked(variant.out_key, n_out)
+            if active is not None:
+                _ACTIVE.add_locked(active, -1)
+            if store is not None:
+                for bound, value in records:
+                    store.add_locked(cast(Cell, bound.cell), value, ids)
+        if store is None:
+            _instruments.record_bound(records, span_context)
+        if _context.observers:
+            ttft = None if first is None else first - arrival
+            for observer in _context.observers:
+                observer(elapsed, ttft, n_out, outcome)
         if self.site.client_token_usage:
             usage = _instruments.TOKEN_USAGE
             if n_in:
@@ -524,6 +586,24 @@ class Call(InferenceContext):
                 event["exception.stacktrace"] = clip(stack)
             span.add_event("exception", event)
             span.set_status(Status(StatusCode.ERROR, err))
+
+
+#: Stream items stamped before their gaps are recorded (8 bytes each: bounded memory).
+GAP_CHUNK = 4096
+
+
+def _record_gaps(bound: Bound, stamps: array[float], span: Span | None) -> None:
+    """The gaps between consecutive stamps into the inter-token histogram (one lock)."""
+    context = span.get_span_context() if span is not None else None
+    store = _instruments.store()
+    if bound.cell is None or store is None:  # the SDK's instrument: one record per gap
+        gaps = [b - a for a, b in pairwise(stamps)]
+        _instruments.record_bound([(bound, gap) for gap in gaps], context)
+        return
+    ids = None
+    if context is not None and context.trace_flags.sampled:
+        ids = (context.span_id, context.trace_id)
+    store.add_gaps(bound.cell, stamps, ids)
 
 
 def _private(exc: BaseException) -> BaseException | None:

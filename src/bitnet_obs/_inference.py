@@ -36,7 +36,7 @@ from bitnet_obs._attributes import (
     check_provider,
     check_quant_format,
 )
-from bitnet_obs._call import OUTSIDE, Call, Site, TokenCounter, record_fallback
+from bitnet_obs._call import GAP_CHUNK, OUTSIDE, Call, Site, TokenCounter, record_fallback
 from bitnet_obs._config import ConfigError
 from bitnet_obs._context import InferenceContext
 from bitnet_obs._instruments import REQUEST_DURATION, REQUESTS, TOKENS
@@ -304,6 +304,9 @@ def _wrap_gen(
         run = ctx.run
         send, throw = inner.send, inner.throw
         fast = call.site.count_item is None and call.content_out is None
+        clock = time.perf_counter
+        stamps = call.stamps
+        stamp = stamps.append if stamps is not None else _no_stamp
         n = 0  # items on the fast path
         value: Any = None
         thrown: BaseException | None = None
@@ -319,8 +322,12 @@ def _wrap_gen(
                 except StopIteration as stop:
                     return stop.value
                 if fast:
+                    now = clock()
+                    stamp(now)
                     if n == 0 and call.first_token_at is None:
-                        call.first_token_at = time.perf_counter()
+                        call.first_token_at = now
+                    elif stamps is not None and len(stamps) >= GAP_CHUNK:
+                        call.flush_gaps()
                     n += 1 if type(item) in _UNIT_ITEMS else _safe_item_count(item)
                 else:
                     call.count_item(item)
@@ -347,6 +354,10 @@ def _wrap_gen(
             run(_end_stream, call, ended)
 
     return wrapper
+
+
+def _no_stamp(_: float) -> None:
+    pass
 
 
 def _enter_stream(

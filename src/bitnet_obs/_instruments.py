@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Tracer, TracerProvider
@@ -159,15 +160,22 @@ def span_ids(span: SpanContext | None) -> SpanIds:
 
 
 def record_bound(pairs: Sequence[tuple[Bound, float]], span: SpanContext | None) -> None:
-    """Several records of one request, under one lock when they are ours."""
+    """Several records of one request, under one lock when they are ours; exemplars link to
+    ``span`` only (the request's own, if it has one), in both paths."""
     store = _store
     if store is not None and pairs and pairs[0][0].cell is not None:
-        store.record_many([(b.cell, v) for b, v in pairs if b.cell is not None], span_ids(span))
+        ids = (
+            (span.span_id, span.trace_id) if span is not None and span.trace_flags.sampled else None
+        )
+        store.record_many([(b.cell, v) for b, v in pairs if b.cell is not None], ids)
         return
-    context = trace.set_span_in_context(NonRecordingSpan(span)) if span is not None else None
+    context = trace.set_span_in_context(NonRecordingSpan(span)) if span is not None else _NO_SPAN
     for b, value in pairs:
         if b.sdk is not None:
             b.sdk.record(value, b.attributes, context=context)
+
+
+_NO_SPAN = otel_context.Context()  # records without a span of ours: no exemplar, as ours
 
 
 class Gauge(Instrument):
@@ -225,9 +233,9 @@ class Counter(_Observed):
 
     kind = Kind.OBSERVABLE_COUNTER
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, shared: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.tally = Tally(self.name)
+        self.tally = Tally(self.name, shared=shared)  # shared: the request path's lock
 
     def add(self, key: AttrKey, amount: int = 1) -> None:
         """Add to the series of this attribute key (see :func:`~bitnet_obs._tally.key_of`)."""
@@ -271,6 +279,12 @@ TTFT_BUCKETS = (
 TPOT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
     2.5
+)
+# Inter-token gaps: a decode step of a 1-bit model on a CPU is a few ms to a few tens of ms;
+# stalls (a GC pause, a swap, a noisy neighbour) reach seconds.
+ITL_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0
 )
 THROUGHPUT_BUCKETS = (
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0
@@ -330,7 +344,7 @@ _CACHE = ("bitnet.cache.name", "gen_ai.request.model")
 REQUEST_DURATION = Histogram(
     "gen_ai.server.request.duration",
     "s",
-    "End-to-end duration of an inference request.",
+    "End-to-end duration of an inference request (with its wait in a RequestQueue, if any).",
     (*_REQ, "error.type"),
     buckets=DURATION_BUCKETS,
     seed="bitnet_inference_duration_seconds",
@@ -338,7 +352,8 @@ REQUEST_DURATION = Histogram(
 TIME_TO_FIRST_TOKEN = Histogram(
     "gen_ai.server.time_to_first_token",
     "s",
-    "Time from request start to the first output token.",
+    "Time from the request's arrival (with its wait in a RequestQueue, if any) to the first "
+    "output token.",
     _REQ,
     buckets=TTFT_BUCKETS,
 )
@@ -355,6 +370,7 @@ REQUESTS = Counter(
     "Finished inference requests by outcome (ok, error, cancelled).",
     (*_REQ, "bitnet.outcome", "error.type"),
     seed="bitnet_inference_requests_total",
+    shared=True,
 )
 ACTIVE_REQUESTS = UpDownCounter(
     "bitnet.inference.active_requests",
@@ -362,12 +378,36 @@ ACTIVE_REQUESTS = UpDownCounter(
     "Inference requests in progress.",
     _REQ,
     seed="bitnet_active_inference_requests",
+    shared=True,
 )
 TOKENS = Counter(
     "bitnet.inference.tokens",
     "{token}",
     "Tokens processed, by gen_ai.token.type (input, output); rate() gives tokens/s.",
     (*_REQ, "gen_ai.token.type"),
+    shared=True,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    "bitnet.inference.inter_token_latency",
+    "s",
+    "Time between consecutive streamed items of a request, each gap recorded: stalls show in "
+    "its high quantiles, which per-request means (time per output token) hide.",
+    _REQ,
+    buckets=ITL_BUCKETS,
+)
+PREFILL_DURATION = Histogram(
+    "bitnet.inference.prefill.duration",
+    "s",
+    "Prefill: from the start of the call to its first output token (no queue wait).",
+    _REQ,
+    buckets=TTFT_BUCKETS,
+)
+DECODE_DURATION = Histogram(
+    "bitnet.inference.decode.duration",
+    "s",
+    "Decode: from the first output token to the end of the call.",
+    _REQ,
+    buckets=DURATION_BUCKETS,
 )
 THROUGHPUT = Histogram(
     "bitnet.inference.throughput",
@@ -714,6 +754,11 @@ def _install(
         tracer = tracer_provider.get_tracer(SCOPE, __version__)
         _binding = _Binding(meter_provider, tracer_provider, store, tracer, _generation, made)
         _store = store
+
+
+def store() -> Store | None:
+    """The own-aggregation store of the binding in force (None: histograms go to the SDK)."""
+    return _store
 
 
 def generation() -> int:

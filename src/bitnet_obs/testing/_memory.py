@@ -50,6 +50,8 @@ class CapturedPoint:
     bucket_counts: tuple[int, ...] = ()
     explicit_bounds: tuple[float, ...] = ()
     exemplars: tuple[Any, ...] = field(default=())
+    min: float | None = None
+    max: float | None = None
 
 
 class TelemetryCapture:
@@ -131,7 +133,7 @@ def _point(name: str, data: Any, dp: Any, attrs: dict[str, Any]) -> CapturedPoin
     exemplars = tuple(getattr(dp, "exemplars", ()) or ())
     if isinstance(data, Histogram):
         return CapturedPoint(name, attrs, None, dp.count, dp.sum, tuple(dp.bucket_counts),
-                     tuple(dp.explicit_bounds), exemplars)  # fmt: skip
+                     tuple(dp.explicit_bounds), exemplars, dp.min, dp.max)  # fmt: skip
     if isinstance(data, (Sum, Gauge)):
         return CapturedPoint(name, attrs, dp.value, exemplars=exemplars)
     return CapturedPoint(name, attrs, getattr(dp, "value", None), exemplars=exemplars)
