@@ -252,3 +252,50 @@ def test_inter_token_gaps_prefill_decode_and_queue_wait(cap: TelemetryCapture) -
         "bitnet.inference.inter_token_latency", **{"gen_ai.request.model": "long"}
     )
     assert long_gaps.count == 3 * 4096 + 4
+
+
+def test_kernel_fallback_finish_reason_and_stream_attributes(cap: TelemetryCapture) -> None:
+    @monitored_inference(model="m", kernel="i2_s_avx2")
+    def generate(path: str) -> Iterator[int]:
+        inf = current_inference()
+        inf.set_kernel(path)
+        inf.set_kernel("scalar")  # a second report changes the span, not the count
+        inf.set_finish_reason("length")
+        yield 1
+        yield 2
+
+    list(generate("i2_s_avx2"))
+    list(generate("scalar"))  # no AVX2 on this machine: a silent fallback, now counted
+    fallbacks = cap.points("bitnet.kernel.fallbacks")
+    assert [(p.attributes, p.value) for p in fallbacks if p.value] == [
+        (
+            {
+                "gen_ai.request.model": "m",
+                "bitnet.kernel.declared": "i2_s_avx2",
+                "bitnet.kernel.actual": "scalar",
+            },
+            1,
+        )
+    ]
+    length = {"gen_ai.response.finish_reason": "length", **OK}
+    assert cap.value("bitnet.inference.requests", **length) == 2
+    span = cap.spans()[-1]
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.response.finish_reasons"] == ("length",)
+    assert span.attributes["gen_ai.request.stream"] is True
+    assert span.attributes["gen_ai.response.time_to_first_chunk"] >= 0  # type: ignore[operator]
+    assert span.attributes["bitnet.kernel"] == "scalar"
+
+    @monitored_inference(model="m")
+    def plain() -> list[int]:
+        current_inference().set_finish_reason("made up")  # bounded: "other", counted
+        current_inference().set_kernel("Not A Kernel!")  # refused, counted
+        return [1]
+
+    before = internal_errors()
+    plain()
+    assert internal_errors() == before + 2
+    assert cap.value("bitnet.inference.requests", **{"gen_ai.response.finish_reason": "other"})
+    assert cap.spans()[-1].attributes["gen_ai.request.stream"] is False  # type: ignore[index]
+    with pytest.raises(bitnet_obs.ConfigError, match="kernel="):
+        monitored_inference(model="m", kernel="AVX 2")

@@ -29,7 +29,7 @@ from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
 from bitnet_obs import _config, _context, _instruments, _tally
 from bitnet_obs._aggregate import Cell
-from bitnet_obs._attributes import error_type, valid_device
+from bitnet_obs._attributes import error_type, finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
 from bitnet_obs._instruments import Bound
@@ -78,6 +78,7 @@ class Variant:
         outcome: str,
         err: str,
         priority: str | None,
+        finish: str | None = None,
     ) -> None:
         base = dict(site_attrs)
         base["bitnet.device"] = device
@@ -86,6 +87,8 @@ class Variant:
         self.attrs = dict(base)
         self.base_attrs = dict(base)  # without error.type: streams' gaps, of every outcome
         req = dict(base, **{"bitnet.outcome": outcome})
+        if finish is not None:
+            req["gen_ai.response.finish_reason"] = finish
         if err:
             req["error.type"] = err
             self.attrs["error.type"] = err
@@ -131,6 +134,7 @@ class Site:
         "count_input",
         "count_item",
         "count_output",
+        "kernel",
         "span_name",
         "variants",
     )
@@ -144,21 +148,30 @@ class Site:
         count_item: TokenCounter | None,
         capture_content: bool | None,
         client_token_usage: bool,
+        kernel: str | None = None,
     ) -> None:
         self.attrs = attrs
+        self.kernel = kernel  # declared: a call that reports another one fell back
         self.span_name = span_name
         self.count_input = count_input
         self.count_output = count_output
         self.count_item = count_item
         self.capture_content = capture_content
         self.client_token_usage = client_token_usage
-        self.variants: dict[tuple[str, str, str, str | None], Variant] = {}
+        self.variants: dict[tuple[str, str, str, str | None, str | None], Variant] = {}
 
-    def variant(self, device: str, outcome: str, err: str, priority: str | None) -> Variant:
-        key = (device, outcome, err, priority)
+    def variant(
+        self,
+        device: str,
+        outcome: str,
+        err: str,
+        priority: str | None,
+        finish: str | None = None,
+    ) -> Variant:
+        key = (device, outcome, err, priority, finish)
         variant = self.variants.get(key)
         if variant is None:
-            variant = Variant(self.attrs, device, outcome, err, priority)
+            variant = Variant(self.attrs, device, outcome, err, priority, finish)
             if len(self.variants) < _MAX_VARIANTS:
                 self.variants[key] = variant
         return variant
@@ -191,9 +204,11 @@ class Call(InferenceContext):
         "device_name",
         "explicit_input",
         "explicit_output",
+        "finish_reason",
         "first_token_at",
         "gap_last",
         "input_tokens",
+        "kernel",
         "otel_before",
         "otel_ctx",
         "output_tokens",
@@ -226,6 +241,8 @@ class Call(InferenceContext):
         self._done = False
         self.queue_wait: float | None = None
         self.priority = cast("str | None", site.attrs.get("bitnet.request.priority"))
+        self.finish_reason: str | None = None
+        self.kernel: str | None = None
         self.stamps: array[float] | None = None  # a stream's item times, flushed as gaps
         self.gap_last: float | None = None
         self.start = time.perf_counter()
@@ -285,6 +302,28 @@ class Call(InferenceContext):
     def fallback(self, from_device: str, to_device: str, reason: str) -> None:
         record_fallback(from_device, to_device, reason, model=self.model or "", span=self.span)
         self.set_device(to_device)
+
+    def set_kernel(self, name: str) -> None:
+        if not valid_kernel(name):
+            internal_error("bad_kernel", detail=f"set_kernel({describe(name)})")
+            return
+        first = self.kernel is None
+        self.kernel = name
+        if self.span is not None:
+            self.span.set_attribute("bitnet.kernel", name)
+        declared = self.site.kernel
+        if first and declared is not None and name != declared:
+            attrs: dict[str, AttrValue] = {
+                "gen_ai.request.model": self.model or "",
+                "bitnet.kernel.declared": declared,
+                "bitnet.kernel.actual": name,
+            }
+            _instruments.KERNEL_FALLBACKS.add(key_of(attrs), 1)
+
+    def set_finish_reason(self, reason: str) -> None:
+        self.finish_reason = finish_reason(reason)
+        if self.finish_reason == "other" and reason != "other":
+            internal_error("bad_finish_reason", detail=f"set_finish_reason({describe(reason)})")
 
     def set_attribute(self, key: str, value: AttrValue) -> None:
         if not isinstance(key, str) or not isinstance(value, (str, bool, int, float)):
@@ -502,7 +541,9 @@ class Call(InferenceContext):
             outcome, err = "error", error_type(exc)
         if self.stamps:
             self.flush_gaps()
-        variant = self.site.variant(self.device_name, outcome, err, self.priority)
+        variant = self.site.variant(
+            self.device_name, outcome, err, self.priority, self.finish_reason
+        )
         n_in, n_out = self.input_tokens, self.output_tokens
         served = end - self.start
         arrival = self.start - (self.queue_wait or 0.0)  # a RequestQueue's wait counts too
@@ -570,6 +611,15 @@ class Call(InferenceContext):
             extra["gen_ai.usage.output_tokens"] = n_out
         if outcome != "ok":
             extra["bitnet.outcome"] = outcome
+        if self.finish_reason is not None:
+            span.set_attribute("gen_ai.response.finish_reasons", [self.finish_reason])
+        if self.stamps is not None:
+            extra["gen_ai.request.stream"] = True
+            if self.first_token_at is not None:
+                arrival = self.start - (self.queue_wait or 0.0)
+                extra["gen_ai.response.time_to_first_chunk"] = self.first_token_at - arrival
+        else:
+            extra["gen_ai.request.stream"] = False
         if err:
             extra["error.type"] = err
         if self.content_in is not None:

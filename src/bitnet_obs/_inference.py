@@ -29,6 +29,7 @@ from bitnet_obs import _context
 from bitnet_obs._attributes import (
     check_attribute_values,
     check_device,
+    check_kernel,
     check_label_keys,
     check_model,
     check_operation,
@@ -149,6 +150,7 @@ class InferenceMonitor:
         capture_content: bool | None = None,
         client_token_usage: bool = False,
         priority: Priority | None = None,
+        kernel: str | None = None,
     ) -> None:
         attrs: dict[str, AttrValue] = {
             "gen_ai.operation.name": check_operation(operation),
@@ -188,6 +190,7 @@ class InferenceMonitor:
             count_stream_item,
             capture_content,
             bool(client_token_usage),
+            None if kernel is None else check_kernel(kernel),
         )
         self._site.declare()
         # open ``with`` blocks: (the frame that entered, its call), newest last
@@ -498,6 +501,7 @@ def monitored_inference(
     capture_content: bool | None = None,
     client_token_usage: bool = False,
     priority: Priority | None = None,
+    kernel: str | None = None,
 ) -> InferenceMonitor: ...
 def monitored_inference(fn: F | None = None, /, **options: Any) -> F | InferenceMonitor:
     """Monitor an inference function: sync, async, generator or async generator.
@@ -530,6 +534,7 @@ if TYPE_CHECKING:
         capture_content: bool | None = None,
         client_token_usage: bool = False,
         priority: Priority | None = None,
+        kernel: str | None = None,
     ) -> InferenceMonitor:
         """The same monitor as a context manager."""
 

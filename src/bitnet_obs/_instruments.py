@@ -367,8 +367,9 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
 REQUESTS = Counter(
     "bitnet.inference.requests",
     "{request}",
-    "Finished inference requests by outcome (ok, error, cancelled).",
-    (*_REQ, "bitnet.outcome", "error.type"),
+    "Finished inference requests by outcome (ok, error, cancelled), error.type and, when the "
+    "code reports one, gen_ai.response.finish_reason (stop, length, ...).",
+    (*_REQ, "bitnet.outcome", "error.type", "gen_ai.response.finish_reason"),
     seed="bitnet_inference_requests_total",
     shared=True,
 )
@@ -430,6 +431,13 @@ FALLBACKS = Counter(
     "Device fallbacks (e.g. GPU to CPU) and why.",
     ("bitnet.device.from", "bitnet.device.to", "bitnet.fallback.reason", "gen_ai.request.model"),
     seed="bitnet_device_fallback_events_total",
+)
+KERNEL_FALLBACKS = Counter(
+    "bitnet.kernel.fallbacks",
+    "{call}",
+    "Calls whose kernel (set_kernel) differs from the one declared on the decorator (kernel=): "
+    "a silent fall back to a slower or wrong path.",
+    ("gen_ai.request.model", "bitnet.kernel.declared", "bitnet.kernel.actual"),
 )
 QUANT_ACCURACY = Histogram(
     "bitnet.quant.accuracy",
