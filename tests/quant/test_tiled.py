@@ -244,3 +244,14 @@ def test_tl1_shapes_the_kernel_cannot_tile_are_refused(
 def test_bad_tiled_input(call: object, message: str) -> None:
     with pytest.raises(QuantInputError, match=message):
         call()  # type: ignore[operator]
+
+
+def test_tl2_packs_fields_into_shared_bytes() -> None:
+    """The issue's size case: 64x288 at BK = 96 is 12288 bytes as one field per byte
+    (Tl2Packed), 4522 bytes as the converter writes it (5 bits per 3 weights, padded)."""
+    codes = pattern(64, 288)
+    fields = encode_tl2(codes)
+    assert fields.magnitudes.nbytes + fields.signs.nbytes == 12288
+    data = pack_tl2(codes, 1.0, KernelConfig(32, 96, 32))
+    assert len(data) == packed_nbytes("tl2", (64, 288)) == 4544 + 32
+    assert hashlib.sha256(data[:4522]).hexdigest() == CONVERTER[3][5]
