@@ -255,3 +255,28 @@ def test_tl2_packs_fields_into_shared_bytes() -> None:
     data = pack_tl2(codes, 1.0, KernelConfig(32, 96, 32))
     assert len(data) == packed_nbytes("tl2", (64, 288)) == 4544 + 32
     assert hashlib.sha256(data[:4522]).hexdigest() == CONVERTER[3][5]
+
+
+# bitnet.cpp's preset kernel configurations (preset_kernels/*/kernel_config_tl{1,2}.ini):
+# format, (bm, bk, bmm), K % bk of the preset shape.  The preset shapes themselves (up to
+# 14336 x 4096) were checked byte for byte against the converter outside the test suite; here
+# each configuration's tiling is exercised on the smallest shape it accepts.
+PRESETS = [
+    ("tl1", (256, 128, 64), 0), ("tl1", (256, 128, 32), 0), ("tl1", (128, 64, 64), 0),
+    ("tl1", (128, 64, 32), 0), ("tl1", (160, 64, 32), 0), ("tl1", (320, 128, 64), 0),
+    ("tl1", (320, 64, 32), 0), ("tl1", (256, 128, 32), 0),
+    ("tl2", (256, 96, 32), 64), ("tl2", (128, 96, 32), 32), ("tl2", (160, 96, 32), 0),
+    ("tl2", (320, 96, 32), 32), ("tl2", (128, 192, 32), 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "cfg", "rest"), PRESETS)
+def test_round_trip_for_every_preset_configuration(
+    fmt: str, cfg: tuple[int, int, int], rest: int
+) -> None:
+    bm, bk, _ = cfg
+    k = bk * max(1, -(-(256 - rest) // bk)) + rest  # TL2's size formula wants K >= 256
+    codes = pattern(bm, k)
+    pack, unpack = (pack_tl1, unpack_tl1) if fmt == "tl1" else (pack_tl2, unpack_tl2)
+    out, s = unpack(pack(codes, 0.125, KernelConfig(*cfg)), (bm, k), KernelConfig(*cfg))
+    assert s == 0.125 and np.array_equal(out, codes)
