@@ -28,7 +28,12 @@ import numpy.typing as npt
 import pytest
 
 from benchmarks.conftest import REPORTERS
-from bitnet_obs.quant import accuracy, quantize_weights, weight_report
+from bitnet_obs.quant import (
+    accuracy,
+    quantize_weights,
+    record_weight_quantization,
+    weight_report,
+)
 
 N = 4096
 F32 = npt.NDArray[np.float32]
@@ -42,6 +47,8 @@ def _quantize_then_accuracy(w: F32, _: F32) -> object:
 # name -> (work, number of input tensors it reads)
 CASES: dict[str, tuple[Callable[[F32, F32], object], int]] = {
     "weight_report": (lambda w, _: weight_report(w, "i2_s"), 1),
+    # the load-time call: one weight_report for the three formats, then the metric records
+    "record_weight_quantization": (lambda w, _: record_weight_quantization("bench", w), 1),
     "quantize_weights": (lambda w, _: quantize_weights(w), 1),
     "accuracy": (accuracy, 2),
     "quantize_weights+accuracy": (_quantize_then_accuracy, 1),
