@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
-from bitnet_obs.quant._chunked import PARALLEL_MIN, chunks, map_chunks, workers_for
+from bitnet_obs.quant._chunked import MIN_CPUS, PARALLEL_MIN, chunks, map_chunks, workers_for
 
 
 def test_two_workers_keep_order_and_own_their_buffers() -> None:
@@ -26,4 +27,4 @@ def test_two_workers_keep_order_and_own_their_buffers() -> None:
 def test_chunk_spans_and_worker_counts() -> None:
     assert list(chunks(10, 4)) == [(0, 4), (4, 8), (8, 10)]
     assert workers_for(PARALLEL_MIN - 1) == 1
-    assert 1 <= workers_for(PARALLEL_MIN) <= 2
+    assert workers_for(PARALLEL_MIN) == (2 if len(os.sched_getaffinity(0)) >= MIN_CPUS else 1)
