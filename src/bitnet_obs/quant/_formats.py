@@ -2,7 +2,8 @@
 
 All three bitnet.cpp formats (I2_S, TL1, TL2) store the same ternary codes and the same float32
 per-tensor scale; they differ only in how the codes are packed and how the kernel sums them.
-TL1/TL2 packing lives in ``_lut``, the kernels in ``_kernels``.
+The quantizer here is bitnet.cpp's converter to the bit (docs/quantization.md, "Exactness").
+TL1/TL2 values live in ``_lut``, their file layout in ``_tiled``, the kernels in ``_kernels``.
 """
 
 from __future__ import annotations
