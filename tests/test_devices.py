@@ -324,12 +324,7 @@ def test_system_and_gpu_metrics_in_real_prometheus_and_promtool_clean(
         line = proc.stdout.readline()
         assert line.startswith("READY"), line + proc.stderr.read()  # type: ignore[union-attr]
         url = line.split()[1]
-        urllib.request.urlopen(url, timeout=5).read()  # CPU utilization needs two reads
-        time.sleep(0.3)
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        code, output = promtool_check_metrics(text)
-        assert code == 0, output
-        for family in (
+        families = (
             "# TYPE system_cpu_utilization gauge",
             "# TYPE system_memory_usage_bytes gauge",
             "# TYPE system_disk_io_bytes_total counter",
@@ -339,20 +334,32 @@ def test_system_and_gpu_metrics_in_real_prometheus_and_promtool_clean(
             "# TYPE hw_temperature_celsius gauge",
             "# TYPE hw_power_watts gauge",
             "# TYPE hw_errors_total counter",
-        ):
-            assert family in text, family
+        )
+        # CPU utilization needs two reads MIN_INTERVAL_S apart: scrape until it shows
+        deadline = time.monotonic() + 60
+        while True:
+            text = urllib.request.urlopen(url, timeout=30).read().decode()
+            missing = [family for family in families if family not in text]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert not missing, missing
+        code, output = promtool_check_metrics(text)
+        assert code == 0, output
         prom = prometheus_factory([f"127.0.0.1:{port}"])
-        prom.wait_for("process_memory_usage_bytes", timeout=40)
-        prom.wait_for('system_cpu_utilization{cpu_mode="idle"}', timeout=20)
-        idle = prom.query_value('system_cpu_utilization{cpu_mode="idle"}')
-        assert idle is not None and 0 <= idle <= 1  # 0 is real on a saturated CI box
-        assert prom.query_value("sum(system_cpu_utilization)") == pytest.approx(1.0, abs=0.05)
-        assert prom.query_value("sum(system_memory_usage_bytes)") == pytest.approx(
+        # every query at one settled instant at which the first scrape with CPU utilization
+        # is stored: a later scrape that times out on a busy machine cannot empty them
+        at, (idle_sample,) = prom.query_when('system_cpu_utilization{cpu_mode="idle"}', timeout=90)
+        idle = float(idle_sample["value"][1])
+        assert 0 <= idle <= 1  # 0 is real on a saturated CI box
+        assert prom.query_value("process_memory_usage_bytes", at)
+        assert prom.query_value("sum(system_cpu_utilization)", at) == pytest.approx(1.0, abs=0.05)
+        assert prom.query_value("sum(system_memory_usage_bytes)", at) == pytest.approx(
             psutil.virtual_memory().total, rel=0.05
         )
-        assert prom.query_value("count(system_network_io_bytes_total)") == 2
-        assert prom.query_value("sum(hw_gpu_memory_limit_bytes)") == 32 * GiB
-        assert prom.query_value('hw_power_watts{hw_name="NVIDIA L4"}') == 150
-        assert prom.query_value("count(hw_gpu_utilization)") == 2
+        assert prom.query_value("count(system_network_io_bytes_total)", at) == 2
+        assert prom.query_value("sum(hw_gpu_memory_limit_bytes)", at) == 32 * GiB
+        assert prom.query_value('hw_power_watts{hw_name="NVIDIA L4"}', at) == 150
+        assert prom.query_value("count(hw_gpu_utilization)", at) == 2
     finally:
         proc.communicate("\n", timeout=30)

@@ -97,13 +97,16 @@ class _HeadReader:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "bitnet-obs"
     sys_version = ""
-    timeout = REQUEST_DEADLINE_S  # per socket operation; the server's reaper bounds the total
+    timeout = REQUEST_DEADLINE_S  # see setup()
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.0"  # so even a garbled request gets a status line
     server: _Server
 
     def setup(self) -> None:
         super().setup()
+        # Per socket operation (the server's reaper bounds the whole request), read when the
+        # connection starts rather than at import, so that it follows REQUEST_DEADLINE_S.
+        self.connection.settimeout(REQUEST_DEADLINE_S)
         self.rfile = _HeadReader(self.rfile)  # type: ignore[assignment]
 
     def handle_one_request(self) -> None:

@@ -123,10 +123,9 @@ def test_sampling_rate_zero_skips_and_counts(
     )
 
 
-def test_budget_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_budget_is_enforced() -> None:
     clock = [100.0]
-    monkeypatch.setattr(_record.time, "monotonic", lambda: clock[0])
-    budget = _record._Budget()
+    budget = _record._Budget(clock=lambda: clock[0])  # the process's own clock is untouched
     fraction = 0.01
     assert budget.admit(1.0, fraction) is None
     budget.spend(1.0)  # a huge sample: far over the 0.6 s burst allowance

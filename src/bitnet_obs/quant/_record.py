@@ -18,7 +18,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,10 +57,11 @@ _SKIPPED = TALLIES["bitnet.quant.samples_skipped"]
 class _Budget:
     """Token bucket over wall time: at most ``fraction`` of it spent on statistics."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # a test passes its own, instead of patching time.monotonic
         self._lock = threading.Lock()
         self._credit: float | None = None
-        self._last = time.monotonic()
+        self._last = clock()
         self._rng = random.Random()
 
     def admit(self, rate: float, fraction: float) -> str | None:
@@ -69,7 +70,7 @@ class _Budget:
             return "sampling"
         cap = max(0.05, fraction * 60.0)
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             credit = cap if self._credit is None else self._credit
             credit = min(cap, credit + max(0.0, now - self._last) * fraction)
             self._last = now
