@@ -234,7 +234,8 @@ def test_shutdown_while_requests_are_in_flight(figures: Any) -> None:
         ).result
         received = len(rx.spans())
     assert result["errors"] == []
-    assert result["shutdown_ok"] and result["shutdown_s"] < 2.5
+    # shutdown(2): bounded, with room for the threads to wind down on a busy machine
+    assert result["shutdown_ok"] and result["shutdown_s"] < 2 + 2.0
     lat = result["latency_ms"]
     bound = p99_bound_ms(lat["before"]["p99"])
     assert lat["during"]["p99"] <= bound and lat["after"]["p99"] <= bound, lat
