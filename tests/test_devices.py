@@ -70,6 +70,12 @@ def test_fake_pynvml_has_the_real_names_values_and_error_classes() -> None:
             assert type(err).__name__ == cls and err.value == code
             assert isinstance(err, getattr(module, cls)) and isinstance(err, module.NVMLError)
     assert str(fake_pynvml.NVMLError(3)) == str(real.NVMLError(3)) == "Not Supported"
+    # every return code the real module knows, with the same generated class and text
+    codes = {n: getattr(real, n) for n in dir(real) if n.startswith("NVML_ERROR_")}
+    assert {n: getattr(fake_pynvml, n, None) for n in codes} == codes
+    for code in codes.values():
+        assert type(fake_pynvml.NVMLError(code)).__name__ == type(real.NVMLError(code)).__name__
+    assert fake_pynvml.NVMLError._errcode_to_string == real.NVMLError._errcode_to_string
 
 
 # --- no GPU --------------------------------------------------------------------------------
@@ -186,14 +192,48 @@ def test_device_lost_mid_run_drops_its_points_and_is_counted(
     assert health.devices_check().status is health.HealthStatus.HEALTHY
 
 
-def test_other_nvml_error_on_one_field_drops_that_device_for_that_collection(
+def test_a_gpu_that_needs_a_reset_is_lost_too(
     cap: TelemetryCapture, gpus: list[FakeDevice]
 ) -> None:
+    """NVML_ERROR_RESET_REQUIRED ("the GPU requires a reset before it can be used again") on
+    any one reading: the device is gone until then, like GPU_IS_LOST."""
     devices.enable(["gpu"])
-    gpus[0].errors["nvmlDeviceGetTemperature"] = fake_pynvml.NVML_ERROR_TIMEOUT
-    assert set(_by_index(cap, "hw.gpu.utilization")) == {1}
-    del gpus[0].errors["nvmlDeviceGetTemperature"]
-    assert set(_by_index(cap, "hw.gpu.utilization")) == {0, 1}
+    gpus[1].errors["nvmlDeviceGetPowerUsage"] = fake_pynvml.NVML_ERROR_RESET_REQUIRED
+    for name in ("hw.gpu.utilization", "hw.temperature", "hw.power", "hw.errors"):
+        assert set(_by_index(cap, name)) == {0}, name
+    result = health.devices_check()
+    assert result.status is health.HealthStatus.DEGRADED
+    assert "GPU 1: GPU requires restart (NVML error 16)" in result.detail
+
+
+FIELD_ERRORS = {
+    "timeout": fake_pynvml.NVML_ERROR_TIMEOUT,
+    "unknown": fake_pynvml.NVML_ERROR_UNKNOWN,
+    "no-permission": fake_pynvml.NVML_ERROR_NO_PERMISSION,
+    "not-nvml": OSError("ctypes call failed"),
+}
+
+
+@pytest.mark.parametrize("error", FIELD_ERRORS.values(), ids=FIELD_ERRORS.keys())
+def test_an_unexpected_error_on_one_field_drops_only_that_field(
+    cap: TelemetryCapture, gpus: list[FakeDevice], error: int | BaseException
+) -> None:
+    devices.enable(["gpu"])
+    gpus[0].errors["nvmlDeviceGetTemperature"] = error
+    before = _selfmon.errors("nvml")
+    calls_before = fake_pynvml.calls.count("nvmlDeviceGetTemperature")
+    assert _by_index(cap, "hw.temperature") == {1: 60}  # only GPU 0's temperature is missing
+    assert _by_index(cap, "hw.gpu.utilization") == {0: 0.5, 1: 0.1}  # the rest of GPU 0 stays
+    assert _by_index(cap, "hw.gpu.memory.usage") == {0: 4 * GiB, 1: 4 * GiB}
+    assert _by_index(cap, "hw.power") == {0: 150.0, 1: 150.0}
+    assert _by_index(cap, "hw.errors", **{"error.type": "corrected"}) == {0: 3, 1: 3}
+    # counted once per NVML round (each reads both devices' temperature), as an internal error
+    rounds = (fake_pynvml.calls.count("nvmlDeviceGetTemperature") - calls_before) // 2
+    assert rounds >= 5 and _selfmon.errors("nvml") == before + rounds
+    assert devices.gpu_status().detail == "gpu: 2 device(s) ok"  # not failing: not lost
+    assert health.devices_check().status is health.HealthStatus.HEALTHY
+    del gpus[0].errors["nvmlDeviceGetTemperature"]  # transient: back at the next collection
+    assert _by_index(cap, "hw.temperature") == {0: 60, 1: 60}
 
 
 def test_not_supported_field_is_skipped_and_the_others_reported(
