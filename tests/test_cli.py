@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +105,68 @@ def test_quant_report_bad_files(
     assert main(["quant-report", str(path)]) == 2
     assert fragment in capsys.readouterr().err
     assert main(["quant-report", str(tmp_path / "missing.npz")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--duration", "nan"], "argument --duration: expected seconds above 0"),
+        (["--duration", "inf"], "argument --duration: expected seconds above 0"),
+        (["--duration=-inf"], "argument --duration: expected seconds above 0"),
+        (["--duration", "1e309"], "got '1e309'"),  # overflows to inf
+        (["--duration", "0"], "argument --duration: expected seconds above 0"),
+        (["--duration", "604801"], "at most 604800"),
+        (["--duration", "soon"], "got 'soon'"),
+        (["--workers", "-3"], "argument --workers: expected a whole number from 1 to 64"),
+        (["--workers", "0"], "got '0'"),
+        (["--workers", "65"], "got '65'"),
+        (["--workers", "2.5"], "got '2.5'"),
+        (["--port", "70000"], "argument --port: expected a whole number from 0 to 65535"),
+        (["--port", "-1"], "got '-1'"),
+    ],
+)
+def test_demo_refuses_numbers_out_of_range_with_exit_code_2(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", *args])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("bitnet-obs demo: error: argument --")
+
+
+def test_the_command_exits_2_on_a_bad_demo_number() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitnet_obs", "demo", "--duration", "nan", "--workers", "-3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # refused before it starts anything
+    assert "argument --duration: expected seconds above 0" in proc.stderr
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_is_plain_text_with_the_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    top = _help(["--help"], capsys)
+    (choices,) = re.findall(r"\{([\w,-]+)\}", top.splitlines()[0])
+    pages = {"": top} | {cmd: _help([cmd, "--help"], capsys) for cmd in choices.split(",")}
+    for command, page in pages.items():
+        assert "`" not in page, (command, page)  # no reStructuredText from the docstrings
+    assert "The bitnet-obs command" in top
+    demo = " ".join(pages["demo"].split())  # argparse wraps lines
+    assert "above 0 and at most 604800" in demo
+    assert "1 to 64 (default: 2)" in demo
+    assert "0 to 65535" in demo
 
 
 def _demo(*args: str) -> subprocess.Popen[str]:
