@@ -71,7 +71,7 @@ def test_prometheus_scrapes_our_metrics_and_promtool_accepts_them(
     )
     try:
         assert work.metrics_url == f"http://127.0.0.1:{port}/metrics"
-        text = urllib.request.urlopen(work.metrics_url, timeout=5).read().decode()
+        text = urllib.request.urlopen(work.metrics_url, timeout=30).read().decode()
         code, output = promtool_check_metrics(text)
         assert code == 0, output
         prom = prometheus_factory([f"127.0.0.1:{port}"])

@@ -70,7 +70,7 @@ def test_malformed_and_oversized_requests_get_4xx(server: MetricsServer) -> None
         b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n",
     )
     for raw in requests:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
             sock.sendall(raw)
             status_line = sock.recv(64).split(b"\r\n")[0]
             assert status_line.split()[1].startswith(b"4"), status_line

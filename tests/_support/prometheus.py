@@ -648,6 +648,7 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout
         last: list[Sample] | str = "(no successful query)"
         at = float("nan")
+        self.query(promql)  # a PromQL error raises here, before anything is scraped
         while True:
             try:
                 at = self.settled_instant(max(1.0, deadline - time.monotonic()))
