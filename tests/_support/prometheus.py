@@ -644,35 +644,14 @@ class PrometheusServer:
         same samples, however busy the machine. Errors that cannot go away (``bad_data``)
         raise at once; on timeout a ``PrometheusTimeout`` names the last instant and result.
         """
-        check = predicate or bool
-        deadline = time.monotonic() + timeout
-        last: list[Sample] | str = "(no successful query)"
-        at = float("nan")
         self.query(promql)  # a PromQL error raises here, before anything is scraped
-        while True:
-            try:
-                at = self.settled_instant(max(1.0, deadline - time.monotonic()))
-                result = self.query(promql, at)
-                if check(result):
-                    return at, result
-                last = result
-            except PrometheusAPIError as exc:
-                if exc.error_type == "bad_data":
-                    raise
-                last = str(exc)
-            except PrometheusTimeout as exc:
-                last = exc.args[0].splitlines()[0]
-            if not self.running:
-                raise PrometheusError(self._describe("Prometheus died while waiting"))
-            if time.monotonic() >= deadline:
-                raise PrometheusTimeout(
-                    self._describe(
-                        f"condition on {promql!r} not met at a settled instant within "
-                        f"{timeout:.0f}s; last instant {at}, last result: {last}\n"
-                        f"targets:\n{self.target_summary()}"
-                    )
-                )
-            time.sleep(interval)
+
+        def settled(deadline: float) -> float:
+            return self.settled_instant(max(1.0, deadline - time.monotonic()))
+
+        at, result = self._poll(promql, settled, predicate, timeout, interval)
+        assert at is not None
+        return at, result
 
     def wait_for(
         self,
@@ -688,25 +667,41 @@ class PrometheusServer:
         once; on timeout a ``PrometheusTimeout`` lists the last result, target health and the
         log tail.  Remember the first scrape only happens ~5-7 s after start.
         """
+        return self._poll(promql, lambda deadline: None, predicate, timeout, interval)[1]
+
+    def _poll(
+        self,
+        promql: str,
+        instant: Callable[[float], float | None],
+        predicate: Callable[[list[Sample]], bool] | None,
+        timeout: float,
+        interval: float,
+    ) -> tuple[float | None, list[Sample]]:
+        """Evaluate ``promql`` at ``instant(deadline)`` (None: now) until ``predicate`` holds."""
         check = predicate or bool
         deadline = time.monotonic() + timeout
         last: list[Sample] | str = "(no successful query)"
+        at: float | None = None
         while True:
             try:
-                result = self.query(promql)
+                at = instant(deadline)
+                result = self.query(promql, at)
                 if check(result):
-                    return result
+                    return at, result
                 last = result
             except PrometheusAPIError as exc:
                 if exc.error_type == "bad_data":
                     raise
                 last = str(exc)
+            except PrometheusTimeout as exc:  # no settled instant yet: nothing scraped
+                last = exc.args[0].splitlines()[0]
             if not self.running:
                 raise PrometheusError(self._describe("Prometheus died while waiting"))
             if time.monotonic() >= deadline:
+                where = "" if at is None else f" at a settled instant (last: {at})"
                 raise PrometheusTimeout(
                     self._describe(
-                        f"condition on {promql!r} not met within {timeout:.0f}s; "
+                        f"condition on {promql!r} not met{where} within {timeout:.0f}s; "
                         f"last result: {last}\ntargets:\n{self.target_summary()}"
                     )
                 )
