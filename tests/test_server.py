@@ -266,7 +266,8 @@ def test_a_real_prometheus_scrapes_the_gzipped_exposition(
         at, (sample,) = prom.query_when('x_total{job="ours"}', timeout=90)
         assert float(sample["value"][1]) == 1
         assert prom.query_value('up{job="ours"}', at) == 1
-        assert recorder.requests, "Prometheus never scraped the recorder"
+        prom.wait_for('up{job="recorder"} == 1', timeout=90)  # its first scrape may come later
+        assert recorder.requests
         for _, headers in recorder.requests:
             encodings = {k.lower(): v for k, v in headers.items()}["accept-encoding"]
             assert accepts_gzip(encodings), encodings

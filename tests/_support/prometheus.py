@@ -624,10 +624,13 @@ class PrometheusServer:
         commits them together, and one target's scrapes run one after another; so at the
         timestamp of a target's newest ``up``, all its samples up to that instant are in, and
         no sample stored later can change a query evaluated there. With several targets, the
-        earliest of their newest scrapes. Waits (``timeout``) for the first scrape.
+        earliest of their newest scrapes, once every active target has been scraped (waits up
+        to ``timeout`` for that).
         """
-        (sample,) = self.wait_for("min(timestamp(up))", timeout)
-        return float(sample["value"][1])
+        newest = self.wait_for(
+            "timestamp(up)", timeout, lambda r: bool(r) and len(r) >= len(self.targets())
+        )
+        return min(float(sample["value"][1]) for sample in newest)
 
     def query_when(
         self,
