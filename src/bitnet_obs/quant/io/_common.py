@@ -116,6 +116,10 @@ class Checkpoint:
     def read(self, info: TensorInfo) -> Tensor:
         raise NotImplementedError
 
+    def release(self, info: TensorInfo) -> None:
+        """Say that *info*'s data is no longer needed (its mapped pages leave the resident set;
+        arrays still viewing them stay valid and fault the pages back in if read)."""
+
     def close(self) -> None:
         """Release the file mappings (tensors already read stay valid)."""
 
@@ -172,6 +176,16 @@ class MappedFile:
                 f"({self.size} bytes): truncated or corrupt"
             )
         return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset)
+
+    def release(self, offset: int, length: int) -> None:
+        """Drop these bytes' pages from the process (they stay in the page cache): a tensor that
+        has been read then no longer counts in the resident set, so reading a whole checkpoint
+        keeps RSS at about one tensor, not the file."""
+        start = offset - offset % mmap.PAGESIZE
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            self.buf.madvise(
+                mmap.MADV_DONTNEED, start, min(length + offset - start, self.size - start)
+            )
 
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # arrays still view the map: it goes with them

@@ -343,6 +343,9 @@ class GGUFCheckpoint(Checkpoint):
             return self._tl_reader(dtype, extent, shape, self._tl_scale(info.name))
         raise ReadError(f"{printable(info.name)}: {dtype} cannot be read")  # pragma: no cover
 
+    def release(self, info: TensorInfo) -> None:
+        self.file.release(self._offsets[info.name], info.nbytes or self._extent(info.name))
+
     def _tl_scale(self, name: str) -> float:
         """The converter writes a TL1/TL2 tensor's scale as a separate F32 tensor."""
         scale_name = f"{name}_scale"

@@ -151,6 +151,11 @@ class NpzCheckpoint(Checkpoint):
         values = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
         return FloatTensor(info.name, str(dtype), values)
 
+    def release(self, info: TensorInfo) -> None:
+        offset = self._members[info.name][4]
+        if offset >= 0:
+            self.file.release(offset, info.nbytes)
+
     def close(self) -> None:
         self._zip.close()
         self.file.close()

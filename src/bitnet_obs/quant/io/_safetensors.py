@@ -238,6 +238,10 @@ class SafetensorsCheckpoint(Checkpoint):
             return FloatTensor(info.name, "BF16", bf16_to_f32(raw))
         return FloatTensor(info.name, info.dtype, raw)
 
+    def release(self, info: TensorInfo) -> None:
+        shard = self._where[info.name]
+        shard.file.release(shard.entries[info.name][2], info.nbytes)
+
     def _packed(self, name: str, packed: Any) -> TernaryTensor:
         scale_name = f"{name}_scale"
         scale_shard = self._where[scale_name]
