@@ -153,8 +153,8 @@ def stacked_bars(
                 f"{value:.3f}</title></rect>"
             )
             bottom += value
-    for i, text in x_ticks:
-        frame.x_label(i + 0.5, text)
+    for x, text in x_ticks:
+        frame.x_label(x + 0.5, text)
     frame.legend(parts)
     return frame.svg()
 
@@ -185,7 +185,7 @@ def bar_chart(
             f'<line x1="{_LEFT}" y1="{ty:.1f}" x2="{_LEFT + frame.w}" y2="{ty:.1f}" '
             f'stroke="{_AXIS}" stroke-dasharray="4 3"/>'
         )
-    for i, text in x_ticks:
-        frame.x_label(i + 0.5, text)
+    for x, text in x_ticks:
+        frame.x_label(x + 0.5, text)
     frame.legend(legend)
     return frame.svg()
