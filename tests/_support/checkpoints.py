@@ -155,7 +155,7 @@ def flip(codes: npt.NDArray[np.int8], fraction: float, seed: int = 1) -> npt.NDA
     out = codes.copy().reshape(-1)
     idx = rng.choice(out.size, round(out.size * fraction), replace=False)
     out[idx] = (out[idx] + 2) % 3 - 1  # -1 -> 0 -> 1 -> -1
-    return out.reshape(codes.shape)
+    return out.reshape(codes.shape).astype(np.int8)
 
 
 def packed_checkpoint(
