@@ -29,7 +29,16 @@ from ._formats import (
     quantize_weights,
     unpack_i2s,
 )
-from ._kernels import MatmulReport, integer_dot, kernel_dot, matmul, matmul_report
+from ._kernels import (
+    KERNELS,
+    Kernel,
+    MatmulReport,
+    integer_dot,
+    kernel_dot,
+    kernel_overflows,
+    matmul,
+    matmul_report,
+)
 from ._lut import TL2_DEFAULT_BK, Tl2Packed, decode_tl1, decode_tl2, encode_tl1, encode_tl2
 from ._record import compare_outputs, record_activation_quantization, record_weight_quantization
 from ._stats import (
@@ -40,16 +49,28 @@ from ._stats import (
     logits_agreement,
     weight_report,
 )
+from ._tiled import (
+    KernelConfig,
+    pack_tl1,
+    pack_tl2,
+    packed_nbytes,
+    read_kernel_config,
+    unpack_tl1,
+    unpack_tl2,
+)
 from ._validate import FORMATS, LAYOUTS, Format, Layout, QuantInputError
 
 __all__ = [
     "FORMATS",
     "I2S_BLOCK",
     "I2S_TAIL_BYTES",
+    "KERNELS",
     "LAYOUTS",
     "TL2_DEFAULT_BK",
     "Accuracy",
     "Format",
+    "Kernel",
+    "KernelConfig",
     "Layout",
     "LogitsAgreement",
     "MatmulReport",
@@ -65,14 +86,21 @@ __all__ = [
     "encode_tl2",
     "integer_dot",
     "kernel_dot",
+    "kernel_overflows",
     "logits_agreement",
     "matmul",
     "matmul_report",
     "pack_i2s",
+    "pack_tl1",
+    "pack_tl2",
+    "packed_nbytes",
     "quantize_activations",
     "quantize_weights",
+    "read_kernel_config",
     "record_activation_quantization",
     "record_weight_quantization",
     "unpack_i2s",
+    "unpack_tl1",
+    "unpack_tl2",
     "weight_report",
 ]
