@@ -174,6 +174,7 @@ def test_json_schema_is_stable(files: dict[str, Path], capsys: pytest.CaptureFix
     keys = {
         "name", "shape", "dtype", "format", "status", "reason", "layer", "projection", "scale",
         "code_fractions", "cosine", "sqnr_db", "rel_l2", "mse", "max_abs_error", "kernel_notes",
+        "kernel_overflow_rows",
         "reference_name", "code_mismatch", "scale_rel_diff", "faithful",
     }  # fmt: skip
     for args in ([str(files["master"])], [str(files["gguf"]), "--reference", str(files["master"])]):
@@ -333,3 +334,41 @@ def test_html_is_self_contained(files: dict[str, Path], tmp_path: Path) -> None:
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in text
     assert "blk.1.ffn_up.weight: 9.99" in text
+
+
+@pytest.mark.parametrize("fmt", ["TL1", "TL2"])
+def test_tl_files_with_their_kernel_config(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    ini = cp.kernel_config_ini(tmp_path / "kernel_config.ini", fmt)
+    table = quant.read_kernel_config(ini)
+    with io.open_checkpoint(files["master"]) as ckpt:
+        master = {t.name: np.array(ckpt.read(t).values) for t in ckpt.weights()}
+    path = cp.convert_to_gguf(tmp_path / "tl.gguf", master, ternary=fmt, kernel_config=table)
+    ref = ["--reference", str(files["master"])]
+    status, report = _json(capsys, str(path), *ref, "--kernel-config", str(ini))
+    assert status == 0, report["summary"]
+    compared = [t for t in report["tensors"] if t["code_mismatch"] is not None]
+    assert len(compared) == 21 and {t["format"] for t in compared} == {fmt.lower()}
+    assert all(t["code_mismatch"] == 0 and t["scale_rel_diff"] == 0 for t in compared)
+    assert not any(t["name"].endswith("_scale") for t in report["tensors"])
+    assert main(["quant-report", str(path), *ref]) == 2  # no kernel configuration: say why
+    assert "--kernel-config" in capsys.readouterr().out
+
+
+def test_rows_where_the_avx2_kernel_wraps_are_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    codes = np.full((8, 4096), -1, np.int8)  # stored as 0: nothing to add up
+    codes[:3] = 1  # stored as 2: 256 * 2 * 127 per lane wraps the int16 lanes
+    path = cp.write_gguf(
+        tmp_path / "m.gguf", {"blk.0.ffn_down.weight": ("I2_S", (codes, 0.5, "x86"))}
+    )
+    status, report = _json(capsys, str(path))
+    (row,) = report["tensors"]
+    assert status == 0 and row["kernel_overflow_rows"] == 3
+    assert report["summary"]["kernel_overflow_rows"] == [3, 8]
+    main(["quant-report", str(path)])
+    assert "wraps the int16 lanes of 3 of 8 rows" in capsys.readouterr().out
+    q = np.full((1, 4096), 127, np.int8)
+    assert quant.kernel_overflows(q, codes)[0].tolist() == [True] * 3 + [False] * 5

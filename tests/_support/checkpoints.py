@@ -18,7 +18,8 @@ import numpy.typing as npt
 
 from bitnet_obs import quant
 
-I2_S_TYPE = 36
+#: bitnet.cpp's GGUF type ids (its llama.cpp fork); upstream gguf does not know them
+BITNET_TYPES = {"I2_S": 36, "TL1": 38, "TL2": 39}
 F32 = npt.NDArray[np.float32]
 HIDDEN, FFN = 256, 512
 
@@ -84,26 +85,45 @@ def gguf_name(hf: str) -> str | None:
     return mapper.get_name(hf, try_suffixes=(".weight", ".bias"))
 
 
+def kernel_config_ini(path: Path, fmt: str) -> Path:
+    """A kernel_config.ini covering the tiny model's shapes, as bitnet.cpp's codegen writes."""
+    shapes = [(HIDDEN, HIDDEN), (HIDDEN // 2, HIDDEN), (FFN, HIDDEN), (HIDDEN, FFN)]
+    bk = 64 if fmt == "TL1" else 96
+    path.write_text(
+        "".join(
+            f"[Kernels_{i}]\nm = {m}\nk = {k}\nbm = 128\nbk = {bk}\nbmm = 32\n\n"
+            for i, (m, k) in enumerate(shapes)
+        )
+    )
+    return path
+
+
 def write_gguf(
     path: Path,
     tensors: Mapping[str, tuple[str, object]],
     arch: str = "bitnet",
 ) -> Path:
-    """tensors: GGUF name -> (type, payload).  Types: "F32"/"F16"/"BF16"/"TQ1_0"/"TQ2_0"
-    (payload: float array) and "I2_S" (payload: (codes, scale[, layout]))."""
+    """tensors: GGUF name -> (type, payload).  Types: "F32"/"F16"/"BF16"/"TQ1_0"/"TQ2_0"/"Q8_0"
+    (payload: float array), "I2_S" (payload: (codes, scale, layout)) and "TL1"/"TL2"
+    (payload: (codes, scale, kernel configuration))."""
     import gguf
     from gguf import quants
 
     writer = gguf.GGUFWriter(str(path), arch)
     for name, (kind, payload) in tensors.items():
-        if kind == "I2_S":
-            codes, scale, *rest = payload  # type: ignore[misc]
-            layout = rest[0] if rest else "x86"
-            data = np.frombuffer(quant.pack_i2s(codes, scale, layout), np.uint8)
+        if kind in BITNET_TYPES:
+            codes, scale, extra = payload  # type: ignore[misc]
+            if kind == "I2_S":
+                data = np.frombuffer(quant.pack_i2s(codes, scale, extra), np.uint8)
+            else:  # the converter writes the tiled bytes, then the scale as its own tensor
+                pack = quant.pack_tl1 if kind == "TL1" else quant.pack_tl2
+                data = np.frombuffer(pack(codes, scale, extra), np.uint8)[:-32]
             writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType.I8)
             info = writer.tensors[-1][name]
             info.shape = tuple(np.shape(codes))
-            info.dtype = I2_S_TYPE  # type: ignore[assignment]  # as bitnet.cpp's converter
+            info.dtype = BITNET_TYPES[kind]  # type: ignore[assignment]  # bitnet.cpp's type id
+            if kind != "I2_S":
+                writer.add_tensor(name + "_scale", np.array([scale], np.float32))
             continue
         arr = np.asarray(payload, np.float32)
         if kind == "F32":
@@ -126,6 +146,7 @@ def convert_to_gguf(
     ternary: str = "I2_S",
     layout: str = "x86",
     tamper: Mapping[str, float] | None = None,
+    kernel_config: object = None,
 ) -> Path:
     """What bitnet.cpp's converter writes: projections quantized with the absmean rule (our
     quantize_weights) in *ternary*, norms F32, embeddings F16.  *tamper* flips the codes of
@@ -138,8 +159,9 @@ def convert_to_gguf(
             codes, scale = quant.quantize_weights(w)
             if tamper and hf in tamper:
                 codes = flip(codes, tamper[hf])
-            if ternary == "I2_S":
-                tensors[name] = ("I2_S", (codes, scale, layout))
+            if ternary in BITNET_TYPES:
+                extra = layout if ternary == "I2_S" else kernel_config
+                tensors[name] = (ternary, (codes, scale, extra))
             else:  # TQ types quantize s*t per 256-block: the codes survive exactly
                 tensors[name] = (ternary, codes.astype(np.float32) * np.float32(scale))
         elif w.ndim == 1:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bitnet_obs.quant import Accuracy, QuantInputError, io, weight_report
+from bitnet_obs.quant import Accuracy, QuantInputError, io, kernel_overflows, weight_report
 from bitnet_obs.quant._formats import I2S_BLOCK
 from bitnet_obs.quant._lut import TL2_DEFAULT_BK
 from bitnet_obs.quant._validate import check_tiling
@@ -58,6 +58,7 @@ class Row:
     code_fractions: tuple[float, float, float] | None = None
     accuracy: Accuracy | None = None
     kernel_notes: tuple[str, ...] = ()
+    kernel_overflow_rows: int | None = None
     reference_name: str | None = None
     code_mismatch: float | None = None
     scale_rel_diff: float | None = None
@@ -125,6 +126,19 @@ def kernel_notes(shape: tuple[int, ...], fmt: str, layout: str) -> tuple[str, ..
             except QuantInputError as exc:
                 notes.append(str(exc))
     return tuple(notes)
+
+
+def overflow_rows(codes: Any) -> int:
+    """Rows of an (M, K) I2_S tensor on which bitnet.cpp's x86 AVX2 kernel wraps its int16
+    lanes for a constant activation token (every int8 activation 127, what
+    ``quantize_activations`` makes of any constant token), by ``quant.kernel_overflows``.
+
+    The kernel sums ``(t + 1) * q`` over 256 values per lane, so with q = 127 a lane wraps as
+    soon as it holds three more +1 than -1 codes: for symmetric ternary weights that is most
+    rows.  The figure says how exposed a tensor is to such inputs, not that the weights are
+    wrong; real activations rarely sit at their maximum everywhere."""
+    q = np.full((1, codes.shape[1]), 127, np.int8)
+    return int(np.count_nonzero(kernel_overflows(q, codes)))
 
 
 class _Reader:
@@ -233,6 +247,8 @@ def _measure(
         row.format, row.scale = tensor.format, tensor.scale
         row.code_fractions = _code_fractions(tensor.codes)
         row.kernel_notes = kernel_notes(row.shape, tensor.format, options.layout)
+        if tensor.format == "i2_s" and options.layout == "x86" and not row.kernel_notes:
+            row.kernel_overflow_rows = overflow_rows(tensor.codes)
         if tensor.block_scales is not None:
             distinct = np.unique(tensor.block_scales[tensor.block_scales != 0]).size
             if distinct > 1:
@@ -282,6 +298,14 @@ def _against_reference(
     row.scale_rel_diff = _compare.scale_rel_diff(tensor, expected_scale)
     row.accuracy = _compare.drift(master.values, tensor)
     row.unfaithful = row.code_mismatch > options.max_code_mismatch
+
+
+def overflow_total(report: Report) -> tuple[int, int] | None:
+    """(rows that wrap, rows probed) over the I2_S tensors, or None when none was probed."""
+    probed = [r for r in report.rows if r.kernel_overflow_rows is not None]
+    if not probed:
+        return None
+    return sum(r.kernel_overflow_rows or 0 for r in probed), sum(r.shape[0] for r in probed)
 
 
 def finite(value: float | None) -> float | None:

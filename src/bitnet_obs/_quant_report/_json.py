@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._analyse import Report, Row, finite
+from ._analyse import Report, Row, finite, overflow_total
 
 __all__ = ["SCHEMA_VERSION", "report_json"]
 
@@ -35,6 +35,7 @@ def _tensor(row: Row) -> dict[str, Any]:
         "mse": finite(acc.mse) if acc else None,
         "max_abs_error": finite(acc.max_abs) if acc else None,
         "kernel_notes": list(row.kernel_notes),
+        "kernel_overflow_rows": row.kernel_overflow_rows,
         "reference_name": row.reference_name,
         "code_mismatch": row.code_mismatch,
         "scale_rel_diff": finite(row.scale_rel_diff),
@@ -86,6 +87,7 @@ def report_json(report: Report) -> dict[str, Any]:
             "sqnr_db_mean": _mean(sqnr),
             "sqnr_db_min": min(sqnr, default=None),
             "code_mismatch_max": max(mismatches, default=None),
+            "kernel_overflow_rows": overflow_total(report),
             "unfaithful": report.unfaithful(),
             "faithful": None if opts.reference is None else status != 3,
             "exit_status": status,

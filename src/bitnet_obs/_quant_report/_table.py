@@ -9,7 +9,7 @@ from typing import TextIO
 
 from bitnet_obs.quant.io import printable
 
-from ._analyse import SHARED, Report, Row
+from ._analyse import SHARED, Report, Row, overflow_total
 
 __all__ = ["render_table", "summary_lines"]
 
@@ -137,6 +137,12 @@ def summary_lines(report: Report) -> list[str]:
             lines += [f"  {printable(n)}" for n in bad]
         else:
             lines.append(f"faithful: codes differ at most {100 * worst:.3f}% in every tensor")
+    wraps = overflow_total(report)
+    if wraps is not None:
+        lines.append(
+            f"AVX2 I2_S kernel: a constant activation token (int8 127) wraps the int16 lanes of "
+            f"{wraps[0]} of {wraps[1]} rows (bitnet.cpp computes those rows wrong for it)"
+        )
     unreadable = [r for r in report.rows if r.unreadable]
     if unreadable:
         lines.append(f"{_count(len(unreadable), 'tensor')} could not be read (see 'skipped')")

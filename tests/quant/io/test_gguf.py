@@ -126,22 +126,28 @@ def test_metadata_and_custom_alignment(tmp_path: Path) -> None:
     layout=st.sampled_from(["x86", "arm"]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_i2s_decoder_round_trips_pack_i2s(rows: int, blocks: int, layout: str, seed: int) -> None:
-    from bitnet_obs.quant.io import _bits
-
-    k = blocks * quant.I2S_BLOCK[layout]  # type: ignore[index]
-    codes = np.random.default_rng(seed).integers(-1, 2, (rows, k)).astype(np.int8)
-    data = np.frombuffer(quant.pack_i2s(codes, 0.5, layout), np.uint8)  # type: ignore[arg-type]
-    got, scale = _bits.decode_i2s(data, (rows, k), layout)
-    np.testing.assert_array_equal(got, codes)
+def test_i2s_bytes_decode_as_the_layout_rule_says(
+    rows: int, blocks: int, layout: str, seed: int
+) -> None:
+    """Independent of our packer: value j of a block is byte j % g at shift 6 - 2*(j // g)."""
+    block = quant.I2S_BLOCK[layout]  # type: ignore[index]
+    g = block // 4
+    data = np.random.default_rng(seed).integers(0, 3, rows * blocks * block).astype(np.uint8)
+    packed = np.zeros(rows * blocks * g, np.uint8)
+    for j in range(data.size):
+        b, v = divmod(j, block)
+        packed[b * g + v % g] |= data[j] << (6 - 2 * (v // g))
+    raw = np.concatenate(
+        [packed, np.frombuffer(np.float32(0.5).tobytes(), np.uint8), np.zeros(28, np.uint8)]
+    )
+    codes, scale = quant.unpack_i2s(raw, (rows, blocks * block), layout)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(codes.reshape(-1), data.astype(np.int8) - 1)
     assert scale == 0.5
-    ref, _ = quant.unpack_i2s(data, (rows, k), layout)  # type: ignore[arg-type]
-    np.testing.assert_array_equal(got, ref)
 
 
 def test_a_2_bit_value_of_3_is_reported_as_corrupt(tmp_path: Path) -> None:
     codes, scale = quant.quantize_weights(np.random.default_rng(4).standard_normal((4, 128)))
-    path = cp.write_gguf(tmp_path / "m.gguf", {"w": ("I2_S", (codes, scale))})
+    path = cp.write_gguf(tmp_path / "m.gguf", {"w": ("I2_S", (codes, scale, "x86"))})
     data = bytearray(path.read_bytes())
     with io.open_checkpoint(path) as ckpt:
         start = ckpt._offsets["w"]  # type: ignore[attr-defined]
@@ -149,7 +155,7 @@ def test_a_2_bit_value_of_3_is_reported_as_corrupt(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with (
         io.open_checkpoint(path) as ckpt,
-        pytest.raises(io.ReadError, match="unused 2-bit value 3"),
+        pytest.raises(io.ReadError, match="value 3"),
     ):
         ckpt.read(ckpt.tensors[0])
 
@@ -238,3 +244,45 @@ def test_type_39_is_mxfp4_outside_bitnet_files(tmp_path: Path) -> None:
     with io.open_checkpoint(path) as ckpt:
         (info,) = ckpt.tensors
     assert info.dtype == "MXFP4" and info.unreadable == "MXFP4 is not a float or ternary type"
+
+
+@pytest.mark.parametrize("fmt", ["TL1", "TL2"])
+def test_tl_tensors_with_the_kernel_config_they_were_tiled_for(tmp_path: Path, fmt: str) -> None:
+    rng = np.random.default_rng(5)
+    ini = cp.kernel_config_ini(tmp_path / "kernel_config.ini", fmt)
+    table = quant.read_kernel_config(ini)
+    tensors: dict[str, tuple[str, object]] = {}
+    expected = {}
+    for i, shape in enumerate([(256, 256), (512, 256), (256, 512)]):
+        codes, scale = quant.quantize_weights(rng.standard_normal(shape, dtype=np.float32))
+        tensors[f"blk.{i}.ffn_up.weight"] = (fmt, (codes, scale, table))
+        expected[f"blk.{i}.ffn_up.weight"] = (codes, scale)
+    path = cp.write_gguf(tmp_path / "m.gguf", tensors)
+    with io.open_checkpoint(path, kernel_config=ini) as ckpt:
+        assert ckpt.companions == {f"{n}_scale" for n in expected}
+        got = {t.name: ckpt.read(t) for t in ckpt.weights()}
+    assert set(got) == set(expected)
+    for name, (codes, scale) in expected.items():
+        tensor = got[name]
+        assert isinstance(tensor, io.TernaryTensor) and tensor.format == fmt.lower()
+        np.testing.assert_array_equal(tensor.codes, codes)
+        assert tensor.scale == np.float32(scale)
+        assert "bm=128" in tensor.note
+    with io.open_checkpoint(path) as ckpt:  # without it: a clear reason, no guess
+        assert all("--kernel-config" in (t.unreadable or "") for t in ckpt.weights())
+
+
+def test_a_kernel_config_without_the_tensors_shape(tmp_path: Path) -> None:
+    ini = tmp_path / "kernel_config.ini"
+    ini.write_text("[Kernels_0]\nm = 3200\nk = 8640\nbm = 160\nbk = 64\nbmm = 32\n")
+    codes, scale = quant.quantize_weights(np.random.default_rng(6).standard_normal((256, 256)))
+    cfg = quant.KernelConfig(128, 64, 32)
+    path = cp.write_gguf(tmp_path / "m.gguf", {"blk.0.attn_q.weight": ("TL1", (codes, scale, cfg))})
+    with (
+        io.open_checkpoint(path, kernel_config=ini) as ckpt,
+        pytest.raises(io.ReadError, match="no entry for shape 256x256"),
+    ):
+        ckpt.read(ckpt.weights()[0])
+    (tmp_path / "bad.ini").write_text("[Kernels_0]\nm = x\n")
+    with pytest.raises(io.ReadError, match="kernel"):
+        io.open_checkpoint(path, kernel_config=tmp_path / "bad.ini")

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
+from .._tiled import packed_nbytes, read_kernel_config, unpack_tl1, unpack_tl2
+from .._validate import QuantInputError
 from ._common import (
     Checkpoint,
     FloatTensor,
@@ -33,7 +37,7 @@ from ._common import (
     map_file,
     printable,
 )
-from ._gguf import GGUF_MAGIC, GGUFCheckpoint
+from ._gguf import GGUF_MAGIC, GGUFCheckpoint, TLReader
 from ._names import PROJECTIONS, Role, gguf_names_for, role
 from ._npz import NpzCheckpoint
 from ._safetensors import INDEX_NAME, SafetensorsCheckpoint
@@ -104,15 +108,32 @@ def open_checkpoint(
     raise ReadError(f"{p}: unknown file type {p.suffix!r}; accepted: {ACCEPTED}")
 
 
-def _tl_reader(
-    kernel_config: str | os.PathLike[str] | None,
-) -> tuple[Callable[[str, bytes, tuple[int, ...], float], TernaryTensor] | None, str]:
+def _tl_reader(kernel_config: str | os.PathLike[str] | None) -> tuple[TLReader | None, str]:
+    """A TL1/TL2 decoder for the kernel configuration in *kernel_config* (bitnet.cpp's
+    ``kernel_config.ini``: tile sizes per (M, K)), or why there is none."""
     if kernel_config is None:
         return None, _TL_NEEDS_CONFIG.format(fmt="TL1/TL2")
-    raise ReadError(
-        f"{kernel_config}: reading TL1/TL2 tiled layouts is not available in this version; "
-        "accepted: GGUF files with I2_S, TQ1_0, TQ2_0 or float tensors"
-    )
+    try:
+        table = read_kernel_config(kernel_config)
+    except QuantInputError as exc:
+        raise ReadError(str(exc)) from None
+
+    def read(
+        name: str, fmt: str, data: npt.NDArray[np.uint8], shape: tuple[int, ...], scale: float
+    ) -> TernaryTensor:
+        if len(shape) != 2:
+            raise ReadError(f"{printable(name)}: {fmt} with shape {shape}; accepted: (M, K)")
+        size = packed_nbytes(fmt, shape) - 32
+        unpack = unpack_tl1 if fmt == "TL1" else unpack_tl2
+        try:
+            codes, s = unpack(data[:size], shape, table, scale=scale)
+        except QuantInputError as exc:
+            raise ReadError(f"{printable(name)}: {exc}") from None
+        cfg = table[(shape[0], shape[1])]
+        note = f"tiled for bm={cfg.bm}, bk={cfg.bk}, bmm={cfg.bmm} ({kernel_config})"
+        return TernaryTensor(name, fmt.lower(), codes, s, note=note)
+
+    return read, ""
 
 
 @dataclass(frozen=True)

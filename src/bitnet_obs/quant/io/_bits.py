@@ -1,15 +1,7 @@
-"""Fast decoders for the ternary byte layouts found in checkpoints: I2_S (x86 and ARM), TQ2_0,
-TQ1_0, Hugging Face packed rows, and Q8_0 (8-bit, dequantized to float32).
-
-The I2_S decoder is the hot one (the benchmark asks for >= 1 GB/s of file).  Value j of an I2_S
-block sits in byte ``j % g`` at shift ``6 - 2*(j // g)`` (g = 32 on x86, 16 on ARM), so the four
-g-byte output groups of a block each read the whole g-byte input group.  Rather than shifting
-each group into a strided destination (numpy runs that as millions of 32-element inner loops), the
-input groups are repeated four times with ``np.repeat`` (one memcpy per group, straight into the
-output array), then one multiply by a periodic pattern of 1/4/16/64 moves pair g to the top two
-bits of its byte, a shift by 6 brings it down and a subtraction maps 0/1/2 to -1/0/+1: three
-contiguous uint8 passes over cache-sized chunks.  The unused 2-bit value 3 is caught as a value
-above 2 after the shift.
+"""Decoders for the ternary and 8-bit layouts found in checkpoints besides I2_S (which is
+:func:`bitnet_obs.quant.unpack_i2s`): llama.cpp's TQ2_0 and TQ1_0, Hugging Face packed rows, and
+Q8_0 (dequantized to float32).  TQ2_0 shares I2_S's fast 2-bit decoder
+(:mod:`bitnet_obs.quant._unpack`).  Corrupt data raises :class:`ReadError`.
 """
 
 from __future__ import annotations
@@ -19,73 +11,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .._unpack import spread_2bit
+from .._validate import QuantInputError
 from ._common import ReadError
 
-__all__ = ["decode_hf_packed", "decode_i2s", "decode_q8_0", "decode_tq1_0", "decode_tq2_0"]
+__all__ = ["decode_hf_packed", "decode_q8_0", "decode_tq1_0", "decode_tq2_0"]
 
-# Output bytes per pass: 1 MiB stays in L2 and keeps numpy's per-call overhead small
-# (measured: 256 KiB..4 MiB are within 10% of each other, 64 KiB is 30% slower).
-_CHUNK = 1 << 20
-_U8 = npt.NDArray[np.uint8]
 _I8 = npt.NDArray[np.int8]
-
-
-def _patterns(group: int, shifts: tuple[int, ...]) -> _U8:
-    """Multipliers moving the 2-bit field at shift s to bits 6..7: 4 ** ((6 - s) // 2)."""
-    mult = np.array([1 << (6 - s) for s in shifts], np.uint8)
-    return np.tile(np.repeat(mult, group), _CHUNK // (group * len(shifts)))
-
-
-_PATTERNS: dict[tuple[int, tuple[int, ...]], _U8] = {}
-
-
-def _spread(groups: npt.NDArray[np.uint8], shifts: tuple[int, ...], what: str) -> _I8:
-    """Decode (blocks, group) bytes holding 4 two-bit fields each (at *shifts*, one output group
-    per shift) into int8 codes -1/0/+1, in block order."""
-    group = groups.shape[1]
-    key = (group, shifts)
-    pattern = _PATTERNS.get(key)
-    if pattern is None:
-        pattern = _PATTERNS.setdefault(key, _patterns(group, shifts))
-    out = np.repeat(groups, len(shifts), axis=0).reshape(-1)
-    for i in range(0, out.size, _CHUNK):
-        c = out[i : i + _CHUNK]
-        np.multiply(c, pattern[: c.size], out=c)
-        np.right_shift(c, 6, out=c)
-        if c.size and int(c.max()) > 2:
-            bad = i + int(np.argmax(c > 2))
-            raise ReadError(
-                f"corrupt {what} data: code {bad} holds the unused 2-bit value 3; accepted: "
-                "2-bit codes 0/1/2 for -1/0/+1"
-            )
-        np.subtract(c, 1, out=c)
-    return out.view(np.int8)
-
-
-_I2S_GROUP = {"x86": 32, "arm": 16}
-
-
-def decode_i2s(
-    data: _U8, shape: tuple[int, ...], layout: str
-) -> tuple[npt.NDArray[np.int8], float]:
-    """I2_S tensor bytes (n/4 code bytes, then a 32-byte tail whose first 4 bytes hold the
-    float32 scale) to (codes shaped *shape*, scale).  The file does not record the layout: an
-    ARM-built file read as x86 gives scrambled codes, hence the explicit argument."""
-    n = int(np.prod(shape))
-    group = _I2S_GROUP[layout]
-    block = 4 * group
-    if n % block:
-        raise ReadError(
-            f"I2_S ({layout}) packs blocks of {block} values but the tensor has {n} values; "
-            f"accepted: a size divisible by {block} (is the layout right? --layout x86|arm)"
-        )
-    if data.size != n // 4 + 32:
-        raise ReadError(
-            f"I2_S data for shape {shape}: expected {n // 4 + 32} bytes, got {data.size}"
-        )
-    codes = _spread(data[: n // 4].reshape(-1, group), (6, 4, 2, 0), "I2_S")
-    scale = float(data[n // 4 : n // 4 + 4].view("<f4")[0])
-    return codes.reshape(shape), scale
+_U8 = npt.NDArray[np.uint8]
 
 
 def _block_rows(data: _U8, n: int, block: int, nbytes: int, what: str) -> npt.NDArray[Any]:
@@ -109,8 +42,11 @@ def decode_tq2_0(
     ``128*h + 32*g + p`` sits in byte ``32*h + p`` at shift ``2*g``, stored as t + 1."""
     n = int(np.prod(shape))
     rows = _block_rows(data, n, 256, 66, "TQ2_0")
-    groups = rows[:, :64].reshape(-1, 32)
-    codes = _spread(np.ascontiguousarray(groups), (0, 2, 4, 6), "TQ2_0")
+    groups = np.ascontiguousarray(rows[:, :64]).reshape(-1, 32)
+    try:
+        codes = spread_2bit(groups, (0, 2, 4, 6), "TQ2_0")
+    except QuantInputError as exc:
+        raise ReadError(str(exc)) from None
     return codes.reshape(shape), _f16_scales(rows, 64)
 
 

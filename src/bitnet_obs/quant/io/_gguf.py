@@ -18,7 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from .._formats import unpack_i2s
+from .._tiled import packed_nbytes
+from .._validate import QuantInputError
 from . import _bits
 from ._common import (
     Checkpoint,
@@ -34,7 +38,7 @@ from ._common import (
     printable,
 )
 
-__all__ = ["GGUF_MAGIC", "GGUFCheckpoint"]
+__all__ = ["GGUF_MAGIC", "GGUFCheckpoint", "TLReader"]
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -94,6 +98,9 @@ _SCALARS: dict[int, tuple[str, int]] = {
     12: ("<d", 8),
 }
 _STRING, _ARRAY = 8, 9
+#: Decodes a TL1/TL2 tensor: (name, "TL1" | "TL2", its bytes up to the next tensor, (M, K), the
+#: value of its ``<name>_scale`` tensor).
+TLReader = Callable[[str, str, npt.NDArray[np.uint8], tuple[int, ...], float], TernaryTensor]
 _KEEP_ARRAY = 64  # longer arrays (vocabularies) are summarised, not kept
 
 
@@ -175,7 +182,7 @@ class GGUFCheckpoint(Checkpoint):
         f: MappedFile,
         *,
         layout: str = "x86",
-        tl_reader: Callable[[str, bytes, tuple[int, ...], float], TernaryTensor] | None = None,
+        tl_reader: TLReader | None = None,
         tl_missing: str = "",
     ) -> None:
         self.file = f
@@ -267,6 +274,8 @@ class GGUFCheckpoint(Checkpoint):
             dtype, nbytes, kind = "I2_S", n // 4 + 32, "ternary"
         elif ttype in (TL1, TL2) and self._bitnet:
             dtype, nbytes, kind = ("TL1" if ttype == TL1 else "TL2"), 0, "ternary"
+            if len(shape) == 2:  # the converter's bytes: bitnet.cpp's size less the scale tail
+                nbytes = packed_nbytes(dtype, shape) - 32
             if self._tl_reader is None:
                 unreadable = self._tl_missing
         else:
@@ -330,7 +339,10 @@ class GGUFCheckpoint(Checkpoint):
         if dtype == "Q8_0":
             return FloatTensor(info.name, dtype, _bits.decode_q8_0(data, shape))
         if dtype == "I2_S":
-            codes, scale = _bits.decode_i2s(data, shape, self.layout)
+            try:
+                codes, scale = unpack_i2s(data, shape, self.layout)  # type: ignore[arg-type]
+            except QuantInputError as exc:
+                raise ReadError(f"{printable(info.name)}: {exc}") from None
             return TernaryTensor(info.name, "i2_s", codes, scale, note=f"layout {self.layout}")
         if dtype in ("TQ1_0", "TQ2_0"):
             decode = _bits.decode_tq1_0 if dtype == "TQ1_0" else _bits.decode_tq2_0
@@ -339,8 +351,8 @@ class GGUFCheckpoint(Checkpoint):
             scale = float(np.median(nonzero)) if nonzero.size else 0.0
             return TernaryTensor(info.name, dtype.lower(), codes, scale, scales, 256)
         if dtype in ("TL1", "TL2") and self._tl_reader is not None:
-            extent = bytes(self.file.array(np.uint8, self._extent(info.name), start))
-            return self._tl_reader(dtype, extent, shape, self._tl_scale(info.name))
+            extent = self.file.array(np.uint8, self._extent(info.name), start)
+            return self._tl_reader(info.name, dtype, extent, shape, self._tl_scale(info.name))
         raise ReadError(f"{printable(info.name)}: {dtype} cannot be read")  # pragma: no cover
 
     def release(self, info: TensorInfo) -> None:
