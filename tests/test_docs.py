@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
+import bitnet_obs
 from bitnet_obs import _instruments, _tally
 from bitnet_obs._instruments import CATALOGUE, Kind, prometheus_name
 
@@ -23,7 +25,12 @@ def test_generated_docs_are_fresh() -> None:
     assert proc.returncode == 0, f"run `nox -s docs`: {proc.stdout}{proc.stderr}"
 
 
-def test_catalogue_prometheus_names_match_the_real_exporter() -> None:
+def test_catalogue_prometheus_names_match_the_real_exporter(tmp_path: Path) -> None:
+    np.savez(tmp_path / "m.npz", w=np.ones((2, 2), np.float32))
+    with bitnet_obs.monitor_model_load(  # feeds bitnet.model.info
+        model="docs", path=tmp_path / "m.npz", hash_content=False, mark_ready=False
+    ):
+        pass
     registry = CollectorRegistry()
     reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
@@ -44,6 +51,7 @@ def test_catalogue_prometheus_names_match_the_real_exporter() -> None:
             continue  # nothing feeds it in this test
         assert f"# TYPE {prometheus_name(spec)} " in text, spec.name
     provider.shutdown()
+    bitnet_obs.unload_model(model="docs")
     _tally.reset_all()
 
 

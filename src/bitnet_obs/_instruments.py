@@ -647,6 +647,22 @@ CATALOGUE: tuple[Spec, ...] = (
         "Bytes held by a cache (block caches report blocks x block size).",
         ("bitnet.cache.name",),
     ),
+    # --- model provenance (monitor_model_load(path=...); _provenance.py) ---
+    Spec(
+        "bitnet.model.info",
+        Kind.OBSERVABLE_GAUGE,
+        "1",
+        "A loaded model file (value 1): its format, stored types with tensor counts, size "
+        "in bytes and SHA-256 (computed off the request path); gone at unload_model.",
+        (
+            *_MODEL,
+            "bitnet.model.file.name",
+            "bitnet.model.file.format",
+            "bitnet.model.file.quant_types",
+            "bitnet.model.file.size",
+            "bitnet.model.file.sha256",
+        ),
+    ),
 )
 
 BY_NAME: dict[str, Spec] = {spec.name: spec for spec in CATALOGUE}
