@@ -138,7 +138,7 @@ def summary_lines(report: Report) -> list[str]:
         else:
             lines.append(f"faithful: codes differ at most {100 * worst:.3f}% in every tensor")
     wraps = overflow_total(report)
-    if wraps is not None:
+    if wraps is not None and wraps[0]:
         lines.append(
             f"AVX2 I2_S kernel: a constant activation token (int8 127) wraps the int16 lanes of "
             f"{wraps[0]} of {wraps[1]} rows (bitnet.cpp computes those rows wrong for it)"
