@@ -647,6 +647,15 @@ CATALOGUE: tuple[Spec, ...] = (
         "Bytes held by a cache (block caches report blocks x block size).",
         ("bitnet.cache.name",),
     ),
+    # --- quantization: bitnet.cpp's x86 I2_S kernel overflows (quant-exact) ---
+    Spec(
+        "bitnet.quant.kernel_overflows",
+        Kind.OBSERVABLE_COUNTER,
+        "{output}",
+        "Outputs (token x row) of sampled fidelity checks where bitnet.cpp's x86 AVX2 I2_S "
+        "kernel wraps a 16-bit lane, so its result differs from the exact dot product.",
+        ("bitnet.quant.format", "bitnet.tensor"),
+    ),
     # --- model provenance (monitor_model_load(path=...); _provenance.py) ---
     Spec(
         "bitnet.model.info",

@@ -17,6 +17,7 @@ from bitnet_obs.quant import (
     FORMATS,
     I2S_BLOCK,
     TL2_DEFAULT_BK,
+    QuantInputError,
     Tl2Packed,
     accuracy,
     code_fractions,
@@ -472,3 +473,27 @@ def test_tiny_row_is_reported_only_where_the_lut_scale_overflows() -> None:
         warnings.simplefilter("error")
         assert matmul_report(x, codes, 1.0, "tl1").zero_rows.tolist() == [0]
         assert matmul_report(x, codes, 1.0, "i2_s").zero_rows.tolist() == []
+
+
+@given(st.sampled_from(["x86", "arm"]), st.integers(1, 6), st.integers(1, 700), st.data())
+@FAST
+def test_i2s_shapes_the_kernel_cannot_run_are_refused(
+    layout: str, m: int, k: int, data: st.DataObject
+) -> None:
+    block = I2S_BLOCK[layout]  # type: ignore[index]
+    codes = data.draw(codes_of(st.just((m, k))))
+    if k % block == 0:
+        packed = pack_i2s(codes, 0.5, layout)  # type: ignore[arg-type]
+        assert np.array_equal(unpack_i2s(packed, (m, k), layout)[0], codes)  # type: ignore[arg-type]
+    else:
+        message = rf"I2_S \({layout}\) rows must hold whole {block}-value blocks: .*K={k}"
+        with pytest.raises(QuantInputError, match=message):
+            pack_i2s(codes, 0.5, layout)  # type: ignore[arg-type]
+        with pytest.raises(QuantInputError, match=message):
+            unpack_i2s(bytes(m * k // 4 + 32), (m, k), layout)  # type: ignore[arg-type]
+
+
+def test_i2s_reads_the_zero_scale_llama_quantize_writes() -> None:
+    data = pack_i2s(np.zeros((2, 128), np.int8), 0.0)
+    codes, s = unpack_i2s(data, (2, 128))
+    assert s == 0.0 and not codes.any()

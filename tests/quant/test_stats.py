@@ -446,7 +446,7 @@ def test_accuracy_memory_stays_below_one_copy() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < r.nbytes / 4  # a few chunk buffers, nowhere near a float64 copy
+    assert peak < r.nbytes / 2  # two workers' chunk buffers, nowhere near a float64 copy
 
 
 # --- logits ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ._chunked import chunks, map_chunks, workers_for
 from ._unpack import spread_2bit
 from ._validate import (
     Layout,
@@ -51,45 +52,47 @@ _CHUNK = 1 << 16
 # The ternary codes pass has only byte-sized buffers: larger chunks (fewer calls) measure faster.
 _TERNARY_CHUNK = 1 << 18
 _F32_MAX = float(np.finfo(np.float32).max)
-# The absmean sum takes each chunk as rows of _SUM_WIDTH values and adds the rows up with one
-# float64 BLAS dgemv (a column sum); the per-chunk columns are totalled at the end.
+# The absmean sum adds each chunk up as rows of _SUM_WIDTH values (one float64 dot per row).
 _SUM_WIDTH = 256
 
 
 def _chunks(n: int, size: int = _CHUNK) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(start + size, n)
+    return chunks(n, size)
 
 
-@np.errstate(over="ignore", invalid="ignore")  # an overflowing or NaN sum is reported below
 def _absmean_sum(flat: npt.NDArray[np.floating[Any]], whole: npt.NDArray[Any], name: str) -> float:
     """sum |fl32(W)| in float64 over the whole tensor.  The float64 sum is finite exactly when
     every element is (and fits float32), so the NaN/Inf check comes free with it.
 
     Each chunk is cast to float64 while taking |W| (float16/float32 convert exactly; float64 is
-    rounded to float32 first, as the converter does) and added up as 256 column sums by one
-    dgemv.  All terms are >= 0, so whatever order the BLAS adds in, the total is within
-    300 * 2**-53 (3.3e-14) of exact, relative (up to 2**32 values: 255 additions in a column,
-    under 40 levels of pairwise summation above): the float32 mean is the correctly rounded one
-    unless that mean lies within 3.3e-14 of a float32 rounding boundary (a float32 step is 6e-8
+    rounded to float32 first, as the converter does) and added up as rows of 256 values by
+    per-row float64 dots (``np.vecdot``, single-threaded in OpenBLAS, so two chunks can run on
+    two threads).  All terms are >= 0, so whatever order the BLAS adds in, the total is within
+    300 * 2**-53 (3.3e-14) of exact, relative (up to 2**32 values: 255 additions in a row, under
+    40 levels of pairwise summation above): the float32 mean is the correctly rounded one unless
+    that mean lies within 3.3e-14 of a float32 rounding boundary (a float32 step is 6e-8
     relative), where it can come out one float32 step off.
     """
     n = flat.size
+    spans = list(_chunks(n))
     width = min(_CHUNK, n)
-    rows = width // _SUM_WIDTH
-    buf = np.empty(width)
-    b32 = np.empty(width, np.float32) if flat.dtype == np.float64 else None
-    ones = np.ones(rows)
-    columns = np.zeros((-(-n // _CHUNK), _SUM_WIDTH))
-    rest = 0.0  # chunks that are not whole rows: only ever the last one, or a small tensor
-    for k, (i, j) in enumerate(_chunks(n)):
-        b = buf[: j - i]
-        np.abs(_f32_view(flat[i:j], b32), out=b)
-        if j - i == rows * _SUM_WIDTH and rows:
-            np.matmul(ones, b.reshape(rows, _SUM_WIDTH), out=columns[k])
-        else:
-            rest += float(b.sum())
-    total = float(columns.sum()) + rest
+    ones = np.ones(_SUM_WIDTH)
+    need32 = flat.dtype == np.float64
+
+    def buffers() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32] | None]:
+        return np.empty(width), (np.empty(width, np.float32) if need32 else None)
+
+    @np.errstate(over="ignore", invalid="ignore")  # an overflowing or NaN sum is reported below
+    def chunk_sum(k: int, bufs: tuple[npt.NDArray[np.float64], Any]) -> float:
+        i, j = spans[k]
+        b = bufs[0][: j - i]
+        np.abs(_f32_view(flat[i:j], bufs[1]), out=b)
+        whole_rows = (j - i) // _SUM_WIDTH * _SUM_WIDTH
+        rows = np.vecdot(b[:whole_rows].reshape(-1, _SUM_WIDTH), ones)
+        return float(np.add.reduce(rows)) + float(b[whole_rows:].sum())
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = math.fsum(map_chunks(chunk_sum, len(spans), buffers, workers_for(n)))
     if not math.isfinite(total):
         finite_or_raise(whole, name)
         raise QuantInputError(
@@ -193,12 +196,19 @@ def quantize_weights(w: object) -> tuple[npt.NDArray[np.int8], float]:
     am = _absmean(flat, a, "w")
     codes = np.empty(a.size, np.int8)
     size = min(_TERNARY_CHUNK, a.size)
-    pos, neg = np.empty(size, np.bool_), np.empty(size, np.bool_)
-    b32 = np.empty(size, np.float32) if a.dtype == np.float64 else None
-    any_code = False
-    for i, j in _chunks(a.size, _TERNARY_CHUNK):
+    spans = list(_chunks(a.size, _TERNARY_CHUNK))
+
+    def buffers() -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Any]:
+        f32 = np.empty(size, np.float32) if a.dtype == np.float64 else None
+        return np.empty(size, np.bool_), np.empty(size, np.bool_), f32
+
+    def ternarize(k: int, bufs: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Any]) -> bool:
+        i, j = spans[k]
+        pos, neg, b32 = bufs
         _ternarize(_f32_view(flat[i:j], b32), am.threshold, codes[i:j], pos[: j - i], neg[: j - i])
-        any_code = any_code or bool(codes[i:j].any())
+        return bool(codes[i:j].any())
+
+    any_code = any(map_chunks(ternarize, len(spans), buffers, workers_for(a.size)))
     return codes.reshape(a.shape), stored_scale(am, any_code, a.dtype)
 
 

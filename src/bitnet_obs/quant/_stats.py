@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._chunked import map_chunks, workers_for
 from ._formats import _CHUNK, Absmean, _absmean, _chunks, _f32_view, _ternarize, stored_scale
 from ._lut import TL2_DEFAULT_BK
 from ._validate import (
@@ -478,53 +479,59 @@ def _weight32(
     the scale's pass read last is still in the last-level cache."""
     n = flat.size
     rows = -(-min(n, _CHUNK32) // _BLOCK)
-    stacked = np.empty((2, rows * _BLOCK), np.float32)  # u, e
-    mbuf = np.empty((rows, _BLOCK), np.bool_)
     s32, b = np.float32(scale), am.threshold
     band = _band(b, s32)
-    correction = 0.0
     sums = _Sums32(n)
     counts.clear()
-    peaks: list[np.floating[Any]] = []
-    chunks = list(_chunks32(n, flat))
-    with np.errstate(over="ignore", invalid="ignore"):
-        for row, i, _, (x,) in reversed(chunks):
-            r, w = x.shape
-            pair = stacked[:, : r * w].reshape(2, r, w)
-            mask = _buffer(mbuf, x)
-            np.abs(x, out=pair[0])
-            np.greater(x, b, out=mask)  # the codes' rule, as in _ternarize: t = +1
-            n_pos = int(np.count_nonzero(mask))
-            _weight_errors(pair[0], s32, pair[1])
-            np.vecdot(pair, pair, out=sums.parts[_RR : _DD + 1, row : row + r])
-            np.greater(pair[0], b, out=mask)  # t != 0
-            n_nz = int(np.count_nonzero(mask))
-            counts[i] = n_nz - n_pos, n_pos
-            peaks.append(np.maximum.reduce(pair[0], axis=None))
-            if band is not None:
-                other = n_nz - int(np.count_nonzero(np.greater(pair[0], band[1], out=mask)))
-                if band[0] != b:
-                    other = int(np.count_nonzero(np.greater(pair[0], band[0], out=mask))) - n_nz
-                if other:
-                    u = pair[0]
-                    inside = u[(u > band[0]) & (u <= band[1])]
-                    correction += _band_correction(inside, s32, b)
-        top = np.float32(np.max(peaks)) - s32  # the error at the largest |w| (rounded as e)
-        if top >= max(b, s32 - b):
-            sums.peaks.append(top)
-        else:  # no weight reaches 1.5 s: the largest error may sit anywhere
-            for _, _, _, (x,) in chunks:
-                r, w = x.shape
-                u, e = stacked[:, : r * w].reshape(2, r, w)
-                _weight_errors(np.abs(x, out=u), s32, e)
-                np.abs(e, out=e)
-                if band is not None:  # the weights whose code follows b, not s/2
-                    inside = (u > band[0]) & (u <= band[1])
-                    e[inside] = np.where(u[inside] > b, np.abs(s32 - u[inside]), u[inside])
-                sums.peaks.append(np.maximum.reduce(e, axis=None))
-    nonzero = sum(c[0] + c[1] for c in counts.values())
-    dd = sums.total(_DD) + correction
-    return _finish32(sums, sums.total(_RR), scale * scale * nonzero, dd, pairs)
+    chunks = list(_chunks32(n, flat))[::-1]
+    workers = workers_for(n)
+
+    def buffers() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        return np.empty((2, rows * _BLOCK), np.float32), np.empty((rows, _BLOCK), np.bool_)
+
+    @np.errstate(over="ignore", invalid="ignore")
+    def stats(k: int, bufs: tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]) -> Any:
+        row, i, _, (x,) = chunks[k]
+        r, w = x.shape
+        pair = bufs[0][:, : r * w].reshape(2, r, w)  # u, e
+        mask = _buffer(bufs[1], x)
+        u = np.abs(x, out=pair[0])
+        n_pos = int(np.count_nonzero(np.greater(x, b, out=mask)))  # t = +1, as in _ternarize
+        _weight_errors(u, s32, pair[1])
+        np.vecdot(pair, pair, out=sums.parts[_RR : _DD + 1, row : row + r])
+        n_nz = int(np.count_nonzero(np.greater(u, b, out=mask)))  # t != 0
+        correction = 0.0
+        if band is not None:
+            edge = band[1] if band[0] == b else band[0]
+            beyond = int(np.count_nonzero(np.greater(u, edge, out=mask)))
+            if beyond != n_nz:  # weights between b and s/2: their error takes the other branch
+                correction = _band_correction(u[(u > band[0]) & (u <= band[1])], s32, b)
+        return i, n_nz - n_pos, n_pos, np.maximum.reduce(u, axis=None), correction
+
+    results = map_chunks(stats, len(chunks), buffers, workers)
+    for i, n_neg, n_pos, _, _ in results:
+        counts[i] = n_neg, n_pos
+    top = np.float32(max(r[3] for r in results)) - s32  # the error at the largest |w|
+    if top >= max(b, s32 - b):
+        sums.peaks.append(top)
+    else:  # no weight reaches 1.5 s: the largest error may sit anywhere
+
+        @np.errstate(over="ignore", invalid="ignore")
+        def peak(k: int, bufs: tuple[npt.NDArray[np.float32], Any]) -> np.floating[Any]:
+            x = chunks[k][3][0]
+            u, e = bufs[0][:, : x.size].reshape(2, *x.shape)
+            _weight_errors(np.abs(x, out=u), s32, e)
+            np.abs(e, out=e)
+            if band is not None:  # the weights whose code follows b, not s/2
+                inside = (u > band[0]) & (u <= band[1])
+                e[inside] = np.where(u[inside] > b, np.abs(s32 - u[inside]), u[inside])
+            return np.maximum.reduce(e, axis=None)  # type: ignore[no-any-return]
+
+        sums.peaks.extend(map_chunks(peak, len(chunks), buffers, workers))
+    nonzero = sum(r[1] + r[2] for r in results)
+    dd = sums.total(_DD) + math.fsum(r[4] for r in results)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        return _finish32(sums, sums.total(_RR), scale * scale * nonzero, dd, pairs)
 
 
 @dataclass(frozen=True)

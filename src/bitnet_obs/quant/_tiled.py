@@ -410,7 +410,8 @@ def pack_tl2(codes: object, scale: object, config: Tiling) -> bytes:
     if body.size > size:
         raise QuantInputError(
             f"TL2 cannot store shape {m}x{k}: {body.size} bytes of codes exceed the converter's "
-            f"size formula ({size}); accepted: K >= 256"
+            f"size formula ({size}), which allows for at most 256 remainder columns; accepted: "
+            "K % bk <= 256"
         )
     return _with_tail(body, _tl2_scale_offset(m, k), s)
 
@@ -432,7 +433,7 @@ def unpack_tl2(
     need = mag_n + sign_n + m * two_k // 4
     size = _tl2_data_nbytes(m, k)
     if need > size:
-        raise QuantInputError(f"TL2 cannot store shape {m}x{k}; accepted: K >= 256")
+        raise QuantInputError(f"TL2 cannot store shape {m}x{k}; accepted: K % bk <= 256")
     body, s = _body_and_scale(data, "TL2", (m, k), size, _tl2_scale_offset(m, k), scale)
     mags = _tl2_untile(body[:mag_n], m, triples, cfg.bm, cfg.bk, 3)
     _check_range(mags, 13, "TL2 magnitude")
