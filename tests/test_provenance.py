@@ -133,5 +133,5 @@ def test_the_info_series_is_an_observable_gauge() -> None:
     """The catalogue entry: an observable gauge whose name Prometheus accepts."""
     from bitnet_obs._instruments import BY_NAME, Kind, prometheus_name
 
-    spec = BY_NAME["bitnet.model.info"]
+    spec = BY_NAME["bitnet.model.info"]  # the catalogue entry (read, not patched)
     assert spec.kind is Kind.OBSERVABLE_GAUGE and prometheus_name(spec) == "bitnet_model_info"

@@ -216,8 +216,11 @@ def test_control_characters_in_names_are_escaped(
     assert report["tensors"][0]["name"] == "evil\x1b[2J\rname.q_proj.weight"
 
 
-def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, env_extra: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "bitnet_obs", "quant-report", *args],
         cwd=ROOT,
@@ -372,3 +375,14 @@ def test_rows_where_the_avx2_kernel_wraps_are_counted(
     assert "wraps the int16 lanes of 3 of 8 rows" in capsys.readouterr().out
     q = np.full((1, 4096), 127, np.int8)
     assert quant.kernel_overflows(q, codes)[0].tolist() == [True] * 3 + [False] * 5
+
+
+def test_export_sends_the_figures_as_metrics(files: dict[str, Path]) -> None:
+    proc = _cli(
+        str(files["master"]),
+        "--export",
+        env_extra={"OTEL_METRICS_EXPORTER": "console", "OTEL_TRACES_EXPORTER": "none"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"name": "bitnet.quant.accuracy"' in proc.stdout
+    assert '"bitnet.tensor": "model.layers.1.mlp.up_proj.weight"' in proc.stdout
