@@ -5,8 +5,8 @@ Reads GGUF (bitnet.cpp's I2_S, llama.cpp's TQ1_0/TQ2_0, float types), safetensor
 bf16, sharded, Hugging Face packed) and ``.npz`` through :mod:`bitnet_obs.quant.io`, one tensor
 at a time.  Exit status: 0 done (and faithful, with ``--reference``), 2 bad input (a file or a
 tensor that cannot be read, a bad argument), 3 a conversion that is not faithful (codes differing
-beyond ``--max-code-mismatch``, or projections missing on either side), 141 when the output
-pipe was closed (``| head``), as a tool stopped by SIGPIPE.
+beyond ``--max-code-mismatch``, or projections missing on either side), 130 when interrupted
+(Ctrl-C), 141 when the output pipe was closed (``| head``), as a tool stopped by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TextIO
 __all__ = ["add_arguments", "run"]
 
 _PROG = "bitnet-obs quant-report"
-EXIT_OK, EXIT_BAD_INPUT, EXIT_UNFAITHFUL, EXIT_PIPE = 0, 2, 3, 141
+EXIT_OK, EXIT_BAD_INPUT, EXIT_UNFAITHFUL, EXIT_INTERRUPTED, EXIT_PIPE = 0, 2, 3, 130, 141
 
 
 def _fraction(text: str) -> float:
@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     except (io.ReadError, QuantInputError) as exc:
         print(f"{_PROG}: {io.printable(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"\n{_PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.html:
         from ._html import render_html
 

@@ -19,9 +19,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bitnet_obs.quant import Accuracy, QuantInputError, io, kernel_overflows, weight_report
-from bitnet_obs.quant._formats import I2S_BLOCK
-from bitnet_obs.quant._lut import TL2_DEFAULT_BK
+from bitnet_obs.quant import (
+    I2S_BLOCK,
+    TL2_DEFAULT_BK,
+    Accuracy,
+    QuantInputError,
+    io,
+    kernel_overflows,
+    weight_report,
+)
 from bitnet_obs.quant._validate import check_tiling
 
 from . import _compare

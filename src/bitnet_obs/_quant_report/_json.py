@@ -50,7 +50,11 @@ def _mean(values: list[float]) -> float | None:
 def report_json(report: Report) -> dict[str, Any]:
     opts = report.options
     measured = report.measured()
-    cos = [r.accuracy.cosine for r in measured if r.accuracy is not None]
+    cos = [
+        v
+        for r in measured
+        if r.accuracy is not None and (v := finite(r.accuracy.cosine)) is not None
+    ]
     sqnr = [
         v
         for r in measured
