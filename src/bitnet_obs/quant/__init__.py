@@ -12,10 +12,14 @@ Two different questions, never to be confused:
 >>> rep = weight_report(w, "i2_s")
 >>> round(rep.accuracy.cosine, 2)
 0.89
->>> codes, s = quantize_weights(w)
+>>> codes, s = quantize_weights(w)  # bitnet.cpp's converter to the bit; s is the stored scale
 >>> data = pack_i2s(codes, s)
 >>> (unpack_i2s(data, codes.shape)[0] == codes).all()
 np.True_
+
+TL1/TL2 bytes follow the converter's tiling for a ``kernel_config.ini`` entry
+(:func:`read_kernel_config`, :func:`pack_tl2` / :func:`unpack_tl2`), and ``kernel="avx2"``
+reproduces the 16-bit wrap of bitnet.cpp's x86 I2_S kernel (:func:`kernel_overflows`).
 """
 
 from __future__ import annotations

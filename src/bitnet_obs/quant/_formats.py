@@ -2,7 +2,8 @@
 
 All three bitnet.cpp formats (I2_S, TL1, TL2) store the same ternary codes and the same float32
 per-tensor scale; they differ only in how the codes are packed and how the kernel sums them.
-TL1/TL2 packing lives in ``_lut``, the kernels in ``_kernels``.
+The quantizer here is bitnet.cpp's converter to the bit (docs/quantization.md, "Exactness").
+TL1/TL2 values live in ``_lut``, their file layout in ``_tiled``, the kernels in ``_kernels``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _CHUNK = 1 << 16
 # The ternary codes pass has only byte-sized buffers: larger chunks (fewer calls) measure faster.
 _TERNARY_CHUNK = 1 << 18
 _F32_MAX = float(np.finfo(np.float32).max)
-# The absmean sum adds each chunk up as rows of _SUM_WIDTH values (one float64 dot per row).
+# The absmean sum adds each chunk up as rows of _SUM_WIDTH values in float64.
 _SUM_WIDTH = 256
 
 
@@ -64,32 +65,30 @@ def _absmean_sum(flat: npt.NDArray[np.floating[Any]], whole: npt.NDArray[Any], n
     """sum |fl32(W)| in float64 over the whole tensor.  The float64 sum is finite exactly when
     every element is (and fits float32), so the NaN/Inf check comes free with it.
 
-    Each chunk is cast to float64 while taking |W| (float16/float32 convert exactly; float64 is
-    rounded to float32 first, as the converter does) and added up as rows of 256 values by
-    per-row float64 dots (``np.vecdot``, single-threaded in OpenBLAS, so two chunks can run on
-    two threads).  All terms are >= 0, so whatever order the BLAS adds in, the total is within
-    300 * 2**-53 (3.3e-14) of exact, relative (up to 2**32 values: 255 additions in a row, under
-    40 levels of pairwise summation above): the float32 mean is the correctly rounded one unless
-    that mean lies within 3.3e-14 of a float32 rounding boundary (a float32 step is 6e-8
-    relative), where it can come out one float32 step off.
+    Each chunk's |W| (float16/float32 as they are, float64 rounded to float32 first, as the
+    converter does) is added up in float64 as rows of 256 values (``np.einsum`` with a float64
+    accumulator: every float16/float32 converts exactly), then pairwise.  All terms are >= 0, so
+    whatever order the additions take, the total is within 300 * 2**-53 (3.3e-14) of exact,
+    relative (up to 2**32 values: 255 additions in a row, under 40 levels of pairwise summation
+    above): the float32 mean is the correctly rounded one unless that mean lies within 3.3e-14
+    of a float32 rounding boundary (a float32 step is 6e-8 relative), where it can come out one
+    float32 step off.
     """
     n = flat.size
-    spans = list(_chunks(n))
-    width = min(_CHUNK, n)
-    ones = np.ones(_SUM_WIDTH)
+    spans = list(_chunks(n, _TERNARY_CHUNK))
+    width = min(_TERNARY_CHUNK, n)
     need32 = flat.dtype == np.float64
 
-    def buffers() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32] | None]:
-        return np.empty(width), (np.empty(width, np.float32) if need32 else None)
+    def buffers() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        return np.empty(width, np.float32), (np.empty(width, np.float32) if need32 else None)
 
     @np.errstate(over="ignore", invalid="ignore")  # an overflowing or NaN sum is reported below
-    def chunk_sum(k: int, bufs: tuple[npt.NDArray[np.float64], Any]) -> float:
+    def chunk_sum(k: int, bufs: tuple[npt.NDArray[np.float32], Any]) -> float:
         i, j = spans[k]
-        b = bufs[0][: j - i]
-        np.abs(_f32_view(flat[i:j], bufs[1]), out=b)
-        whole_rows = (j - i) // _SUM_WIDTH * _SUM_WIDTH
-        rows = np.vecdot(b[:whole_rows].reshape(-1, _SUM_WIDTH), ones)
-        return float(np.add.reduce(rows)) + float(b[whole_rows:].sum())
+        u = np.abs(_f32_view(flat[i:j], bufs[1]), out=bufs[0][: j - i])
+        cut = (j - i) // _SUM_WIDTH * _SUM_WIDTH
+        rows = np.einsum("ij->i", u[:cut].reshape(-1, _SUM_WIDTH), dtype=np.float64)
+        return float(np.add.reduce(rows)) + float(u[cut:].sum(dtype=np.float64))
 
     with np.errstate(over="ignore", invalid="ignore"):
         total = math.fsum(map_chunks(chunk_sum, len(spans), buffers, workers_for(n)))
