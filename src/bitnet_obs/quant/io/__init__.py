@@ -35,6 +35,7 @@ from ._common import (
     TensorInfo,
     TernaryTensor,
     map_file,
+    open_regular,
     printable,
 )
 from ._gguf import GGUF_MAGIC, GGUFCheckpoint, TLReader
@@ -153,8 +154,9 @@ def summarize(path: str | os.PathLike[str]) -> FileSummary:
 
 def content_hash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """SHA-256 of a file (or, for a checkpoint directory, of its safetensors shards and index in
-    name order), read in 1 MiB chunks; hashlib releases the GIL, so a thread doing this does not
-    hold up the interpreter."""
+    name order).  Read with ``readinto`` into one reused buffer, not mapped: hashing a 2 GB model
+    beside a serving process must not add 2 GB to its resident set.  hashlib releases the GIL,
+    so a thread doing this does not hold up the interpreter."""
     p = Path(path)
     files = [p]
     if p.is_dir():
@@ -162,13 +164,13 @@ def content_hash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
             q for q in p.iterdir() if q.name.endswith((".safetensors", INDEX_NAME)) and q.is_file()
         )
     digest = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
     for q in files:
-        f = map_file(q)
-        try:
-            view = memoryview(f.buf)
-            for i in range(0, f.size, chunk):
-                digest.update(view[i : i + chunk])
-            view.release()
-        finally:
-            f.close()
+        fd, _ = open_regular(q)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while n := f.readinto(view):
+                digest.update(view[:n])
     return digest.hexdigest()

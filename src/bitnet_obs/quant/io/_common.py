@@ -29,6 +29,7 @@ __all__ = [
     "TernaryTensor",
     "bf16_to_f32",
     "map_file",
+    "open_regular",
     "printable",
 ]
 
@@ -192,8 +193,9 @@ class MappedFile:
             self.buf.close()
 
 
-def map_file(path: str | os.PathLike[str]) -> MappedFile:
-    """Open and map *path*, refusing anything that is not a non-empty regular file."""
+def open_regular(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(fd, size)`` of *path* opened read-only, refusing anything but a non-empty regular file
+    (opened with O_NONBLOCK, so a FIFO is refused instead of waiting for a writer)."""
     p = Path(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -213,6 +215,17 @@ def map_file(path: str | os.PathLike[str]) -> MappedFile:
             )
         if st.st_size == 0:
             raise ReadError(f"{p}: the file is empty")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def map_file(path: str | os.PathLike[str]) -> MappedFile:
+    """Open and map *path*, refusing anything that is not a non-empty regular file."""
+    p = Path(path)
+    fd, _ = open_regular(p)
+    try:
         try:
             buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
