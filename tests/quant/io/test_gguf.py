@@ -285,3 +285,21 @@ def test_a_kernel_config_without_the_tensors_shape(tmp_path: Path) -> None:
     (tmp_path / "bad.ini").write_text("[Kernels_0]\nm = x\n")
     with pytest.raises(io.ReadError, match="kernel"):
         io.open_checkpoint(path, kernel_config=tmp_path / "bad.ini")
+
+
+def test_a_vocabulary_is_skipped_not_decoded_and_a_cut_one_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "bitnet")
+    writer.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(5000)])
+    writer.add_tensor("x", np.ones((4, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with io.open_checkpoint(path) as ckpt:
+        assert ckpt.metadata["tokenizer.ggml.tokens"] == "[5000 strings]"
+        assert [t.name for t in ckpt.tensors] == ["x"]
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:20000])
+    with pytest.raises(io.ReadError, match="cut short in the 5000 strings"):
+        io.open_checkpoint(cut)

@@ -98,6 +98,7 @@ _SCALARS: dict[int, tuple[str, int]] = {
     12: ("<d", 8),
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 #: Decodes a TL1/TL2 tensor: (name, "TL1" | "TL2", its bytes up to the next tensor, (M, K), the
 #: value of its ``<name>_scale`` tensor).
 TLReader = Callable[[str, str, npt.NDArray[np.uint8], tuple[int, ...], float], TernaryTensor]
@@ -137,6 +138,22 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
+    def skip_strings(self, count: int, key: str) -> None:
+        buf, pos, size = self.f.buf, self.pos, self.f.size
+        length = _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                break
+            pos += 8 + length(buf, pos)[0]
+        else:
+            if pos <= size:
+                self.pos = pos
+                return
+        raise ReadError(
+            f"{self.f.path}: the GGUF header is cut short in the {count} strings of "
+            f"{printable(key)!r} (file is {size} bytes): truncated or corrupt"
+        )
+
     def remaining(self) -> int:
         return self.f.size - self.pos
 
@@ -159,8 +176,10 @@ def _value(cur: _Cursor, vtype: int, key: str) -> Any:
             return [_value(cur, etype, key) for _ in range(count)]
         if etype == _STRING:
             checked_count(count, cur.remaining() // 8, "array strings", str(cur.f.path))
-            items = [cur.string(f"an element of {key!r}") for _ in range(count)]
-            return items if count <= _KEEP_ARRAY else f"[{count} strings]"
+            if count <= _KEEP_ARRAY:
+                return [cur.string(f"an element of {key!r}") for _ in range(count)]
+            cur.skip_strings(count, key)  # a vocabulary: lengths only, nothing decoded
+            return f"[{count} strings]"
         raise ReadError(
             f"{cur.f.path}: metadata {printable(key)!r} is an array of type {etype}; accepted: "
             "scalar or string elements (nested arrays are not written by llama.cpp)"
