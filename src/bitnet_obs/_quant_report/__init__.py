@@ -37,6 +37,17 @@ def _fraction(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommand's flags (kept here so cli.py stays a table of subcommands)."""
+    parser.description = (
+        "Report the ternary weights of a checkpoint: the attention and MLP projections "
+        "bitnet.cpp ternarises (the rest is listed as kept in float). With --reference, "
+        "check that a conversion (GGUF or HF packed) holds the codes a faithful quantization "
+        "of its master weights gives."
+    )
+    parser.epilog = (
+        "exit status: 0 done (and faithful with --reference); 2 bad input (a file or tensor "
+        "that cannot be read, a bad argument); 3 not faithful; 130 interrupted; 141 output "
+        "pipe closed"
+    )
     parser.add_argument(
         "path",
         help=".gguf, .safetensors, model.safetensors.index.json, a checkpoint directory or .npz",
