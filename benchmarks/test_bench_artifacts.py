@@ -74,7 +74,35 @@ def _checkpoint(directory: Path) -> tuple[int, int, int]:
     return params, measured, largest
 
 
-def _report_process(path: Path) -> tuple[float, int, dict[str, object]]:
+def _gguf_conversion(master: Path, out: Path) -> Path:
+    """What bitnet.cpp's converter writes for *master*: I2_S projections (``quantize_weights``,
+    ``pack_i2s``, type id 36 as its gguf-py fork writes), F32 norms, an F16 embedding."""
+    gguf = pytest.importorskip("gguf")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BITNET, LAYERS)
+    writer = gguf.GGUFWriter(str(out), "bitnet")
+    with io.open_checkpoint(master) as ckpt:
+        for info in ckpt.weights():
+            values = ckpt.read(info).values  # type: ignore[union-attr]
+            name = names.get_name(info.name, try_suffixes=(".weight",))
+            if info.name.endswith("_proj.weight"):
+                codes, scale = quant.quantize_weights(values)
+                data = np.frombuffer(quant.pack_i2s(codes, scale), np.uint8)
+                writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType.I8)
+                ti = writer.tensors[-1][name]
+                ti.shape, ti.dtype = info.shape, 36
+            elif values.ndim == 1:
+                writer.add_tensor(name, np.asarray(values, np.float32))
+            else:
+                writer.add_tensor(name, np.asarray(values, np.float16))
+            ckpt.release(info)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def _report_process(path: Path, *extra: str) -> tuple[float, int, dict[str, object]]:
     """(seconds, peak RSS bytes, JSON summary) of ``bitnet-obs quant-report PATH --json``."""
     # VmHWM (peak resident set of this address space), not ru_maxrss: Linux carries ru_maxrss
     # over from the forking parent, here a pytest process holding torch.
@@ -82,14 +110,14 @@ def _report_process(path: Path) -> tuple[float, int, dict[str, object]]:
         "import re, sys, time\n"
         "from bitnet_obs.cli import main\n"
         "t = time.perf_counter()\n"
-        "status = main(['quant-report', sys.argv[1], '--json'])\n"
+        "status = main(['quant-report', *sys.argv[1:], '--json'])\n"
         "seconds = time.perf_counter() - t\n"
         "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
         "sys.stderr.write(f'{seconds} {hwm}\\n')\n"
         "sys.exit(status)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(path)],
+        [sys.executable, "-c", code, str(path), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -154,6 +182,34 @@ def test_quant_report_on_a_500m_bf16_checkpoint(  # type: ignore[no-untyped-def]
         )
 
 
+def test_quant_report_reference_check_at_scale(  # type: ignore[no-untyped-def]
+    benchmark, checkpoint: tuple[Path, int, int, int], tmp_path: Path, capsys
+) -> None:
+    """A 446M-parameter I2_S GGUF checked against its bf16 master (every projection read from
+    both files, quantized again, compared code by code, drift summed in float64)."""
+    directory, _, measured, _ = checkpoint
+    converted = _gguf_conversion(directory, tmp_path / "ggml-model-i2_s.gguf")
+    runs: list[tuple[float, int]] = []
+
+    def run() -> None:
+        seconds, rss, summary = _report_process(converted, "--reference", str(directory))
+        assert summary["faithful"] is True and summary["measured"] == LAYERS * len(SHAPES)
+        runs.append((seconds, rss))
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    seconds, peak = runs[0]
+    RESULTS["reference/seconds"] = seconds
+    RESULTS["reference/params_per_s"] = measured / seconds
+    RESULTS["reference/peak_rss_mib"] = peak / 2**20
+    benchmark.extra_info.update({"seconds": seconds, "peak_rss_mib": peak / 2**20})
+    with capsys.disabled():
+        print(
+            f"\nquant-report GGUF --reference bf16 master, {measured / 1e6:.0f}M projection "
+            f"params: {seconds:.1f} s, {measured / seconds / 1e6:.1f} M params/s, peak RSS "
+            f"{peak / 2**20:.0f} MiB"
+        )
+
+
 def test_gguf_i2s_read_and_unpack(benchmark, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     gguf = pytest.importorskip("gguf")
     m, k = 6912, 2560  # a BitNet-2B MLP projection
@@ -206,6 +262,11 @@ def report(_: dict[str, float]) -> list[str]:
             f"- quant-report, {r['report/params'] / 1e6:.0f}M bf16 params: "
             f"{r['report/params_per_s'] / 1e6:.1f} M params/s, peak RSS "
             f"{r['report/peak_rss_mib']:.0f} MiB (bound {r['report/bound_mib']:.0f} MiB)"
+        )
+    if "reference/seconds" in r:
+        lines.append(
+            f"- quant-report GGUF --reference master: {r['reference/params_per_s'] / 1e6:.1f} M "
+            f"params/s, peak RSS {r['reference/peak_rss_mib']:.0f} MiB"
         )
     if "gguf/gb_per_s" in r:
         lines.append(
