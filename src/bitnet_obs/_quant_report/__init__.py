@@ -3,7 +3,8 @@ conversion is faithful to its master weights.
 
 Reads GGUF (bitnet.cpp's I2_S, llama.cpp's TQ1_0/TQ2_0, float types), safetensors (f32, f16,
 bf16, sharded, Hugging Face packed) and ``.npz`` through :mod:`bitnet_obs.quant.io`, one tensor
-at a time.  Exit status: 0 done (and faithful, with ``--reference``), 2 bad input (a file or a
+at a time.  Exit status: 0 done (and faithful, with ``--reference``), 1 an internal error (a
+bug of ours, reported in one line), 2 bad input (a file or a
 tensor that cannot be read, a bad argument), 3 a conversion that is not faithful (codes differing
 beyond ``--max-code-mismatch``, or projections missing on either side), 130 when interrupted
 (Ctrl-C), 141 when the output pipe was closed (``| head``), as a tool stopped by SIGPIPE.
@@ -22,7 +23,8 @@ from typing import TextIO
 __all__ = ["add_arguments", "run"]
 
 _PROG = "bitnet-obs quant-report"
-EXIT_OK, EXIT_BAD_INPUT, EXIT_UNFAITHFUL, EXIT_INTERRUPTED, EXIT_PIPE = 0, 2, 3, 130, 141
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_UNFAITHFUL = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 
 
 def _fraction(text: str) -> float:
@@ -44,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "of its master weights gives."
     )
     parser.epilog = (
-        "exit status: 0 done (and faithful with --reference); 2 bad input (a file or tensor "
+        "exit status: 0 done (and faithful with --reference); 1 internal error; 2 bad input "
+        "(a file or tensor "
         "that cannot be read, a bad argument); 3 not faithful; 130 interrupted; 141 output "
         "pipe closed"
     )
@@ -107,6 +110,13 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\n{_PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug of ours: one line, not a traceback, and say so
+        print(
+            f"{_PROG}: internal error {type(exc).__name__}: {io.printable(str(exc))} "
+            "(please report it with the file's header)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
     if args.html:
         from ._html import render_html
 

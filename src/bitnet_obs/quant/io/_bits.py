@@ -78,7 +78,8 @@ def decode_q8_0(data: _U8, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
     n = int(np.prod(shape))
     rows = _block_rows(data, n, 32, 34, "Q8_0")
     q = rows[:, 2:].view(np.int8).astype(np.float32)
-    q *= _f16_scales(rows, 0)[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN/Inf scale: reported downstream
+        q *= _f16_scales(rows, 0)[:, None]
     return q.reshape(shape)
 
 
