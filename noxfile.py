@@ -18,7 +18,7 @@ LINTED = ["src", "tests", "examples", "benchmarks", "tools", "noxfile.py"]
 def tests(session: nox.Session) -> None:
     """The whole suite, with the real prometheus/promtool/alertmanager binaries."""
     session.install("torch==2.13.0")  # the local CPU wheel; a bare torch pulls a CUDA build
-    session.install(".[test,gpu,safetensors,hf,docs]")
+    session.install(".[test,gpu,safetensors,hf,gguf,report,docs]")
     session.run("python", "tools/ensure_tools.py")
     session.run("pytest", *session.posargs)
 

@@ -89,6 +89,7 @@ _HEAVY = ("opentelemetry.sdk", "psutil", "http.server", "bitnet_obs._server", "g
     [
         ("bitnet_obs", (*_HEAVY, "opentelemetry", "numpy")),
         ("bitnet_obs.quant", (*_HEAVY, "opentelemetry")),
+        ("bitnet_obs.quant.io", (*_HEAVY, "opentelemetry", "bitnet_obs._instruments")),
         ("bitnet_obs.logs", _HEAVY),
         ("bitnet_obs._inference", _HEAVY),
         ("bitnet_obs.sla", _HEAVY),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -12,99 +11,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from bitnet_obs import quant
 from bitnet_obs.cli import main
 from tests._support.prometheus import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    path = tmp_path / "model.npz"
-    np.savez(
-        path,
-        **{
-            "layers.0.q_proj.weight": rng.standard_normal((64, 128)).astype(np.float32),
-            "layers.0.odd.weight": rng.standard_normal((8, 33)).astype(np.float32),
-            "layers.0.norm.weight": np.ones(128, np.float32),
-            "tok_ids": np.arange(10, dtype=np.int64),
-        },
-    )
-    return path
-
-
-def test_quant_report_table(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["quant-report", str(checkpoint)]) == 0
-    out = capsys.readouterr().out
-    assert "layers.0.q_proj.weight" in out
-    assert "skipped: dtype int64 is not float" in out
-    assert "skipped: 1-D" in out
-    assert "2 tensors measured, 2 skipped" in out
-    expected = quant.weight_report(np.load(checkpoint)["layers.0.q_proj.weight"], "i2_s")
-    assert f"{expected.accuracy.cosine:.4f}" in out
-
-
-def test_quant_report_json(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["quant-report", str(checkpoint), "--json"]) == 0
-    records = json.loads(capsys.readouterr().out)
-    measured = [r for r in records if "cosine" in r]
-    assert {(r["tensor"], r["format"]) for r in measured} >= {
-        ("layers.0.q_proj.weight", "i2_s"),
-        ("layers.0.q_proj.weight", "tl1"),
-        ("layers.0.q_proj.weight", "tl2"),
-    }
-    for record in measured:
-        assert set(record) >= {"tensor", "format", "cosine", "sqnr_db", "rel_l2", "scale"}
-    skipped = {r["tensor"]: r["skipped"] for r in records if "skipped" in r}
-    assert "tok_ids" in skipped and "layers.0.norm.weight" in skipped
-    assert any(
-        r["tensor"] == "layers.0.odd.weight" and r.get("format") == "tl1"
-        for r in records
-        if "skipped" in r
-    )
-
-
-def test_quant_report_safetensors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    path = tmp_path / "m.safetensors"
-    w = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
-    safetensors_numpy.save_file({"w": w}, str(path))
-    assert main(["quant-report", str(path), "--json", "--formats", "i2_s"]) == 0
-    (record,) = json.loads(capsys.readouterr().out)
-    assert record["cosine"] == pytest.approx(quant.weight_report(w).accuracy.cosine)
-
-
-@pytest.mark.parametrize(
-    ("content", "suffix", "fragment"),
-    [
-        (b"not a zip at all", ".npz", "not a readable .npz"),
-        (None, ".npz", "corrupt"),
-        (b"\x00\x01", ".safetensors", "not a readable .safetensors"),
-        (b"x", ".pt", "accepted: .npz, .safetensors"),
-    ],
-)
-def test_quant_report_bad_files(
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    content: bytes | None,
-    suffix: str,
-    fragment: str,
-) -> None:
-    path = tmp_path / f"bad{suffix}"
-    if content is None:  # a truncated archive
-        np.savez(path, w=np.ones((64, 64), np.float32))
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2] + data[-200:])
-    else:
-        path.write_bytes(content)
-    assert main(["quant-report", str(path)]) == 2
-    assert fragment in capsys.readouterr().err
-    assert main(["quant-report", str(tmp_path / "missing.npz")]) == 2
 
 
 @pytest.mark.parametrize(

@@ -665,6 +665,20 @@ MODEL_SIZE = Gauge(
     _MODEL,
     seed="bitnet_model_size_bytes",
 )
+MODEL_INFO = ObservedGauge(
+    "bitnet.model.info",
+    "1",
+    "A loaded model file (value 1): its format, stored types with tensor counts, size "
+    "in bytes and SHA-256 (computed off the request path); gone at unload_model.",
+    (
+        *_MODEL,
+        "bitnet.model.file.name",
+        "bitnet.model.file.format",
+        "bitnet.model.file.quant_types",
+        "bitnet.model.file.size",
+        "bitnet.model.file.sha256",
+    ),
+)
 QUEUE_DEPTH = UpDownCounter(
     "bitnet.queue.depth",
     "{request}",

@@ -13,6 +13,12 @@ re-raises the caller's exception unchanged::
     with bitnet_obs.monitor_model_load(model="m") as loading:
         weights = read_weights(path)
         loading.add_tensors(weights.values())
+
+``path=`` names the file (or checkpoint directory) the load reads: its format, stored types,
+size and content hash are recorded too (``bitnet.model.info``; see ``_provenance``)::
+
+    with bitnet_obs.monitor_model_load(model="m", path="ggml-model-i2_s.gguf"):
+        model = load_gguf("ggml-model-i2_s.gguf")
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
@@ -27,7 +34,7 @@ from typing import Any, TypeVar, cast
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from bitnet_obs import _instruments, health
+from bitnet_obs import _instruments, _provenance, health
 from bitnet_obs._attributes import check_device, check_model, check_quant_format, error_type
 from bitnet_obs._config import ConfigError
 from bitnet_obs._instruments import MODEL_LOAD_DURATION, MODEL_LOADED, MODEL_LOADS, MODEL_SIZE
@@ -73,6 +80,7 @@ class ModelLoad:
         self.start = time.perf_counter()
         self.span: trace.Span | None = None
         self.token: contextvars.Token[ModelLoad | None] | None = None
+        self.file = _provenance.begin(monitor.path, monitor.hash_content)
 
     def set_size(self, nbytes: int) -> None:
         if isinstance(nbytes, int) and not isinstance(nbytes, bool) and nbytes >= 0:
@@ -106,10 +114,16 @@ class ModelLoadMonitor:
         device: str = "cpu",
         size_bytes: int | None = None,
         mark_ready: bool = True,
+        path: str | os.PathLike[str] | None = None,
+        hash_content: bool = True,
     ) -> None:
         check_model(model)
         check_quant_format(quant_format)
         check_device(device)
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise ConfigError(f"path={path!r} is not valid; accepted: a str or os.PathLike")
+        self.path = path
+        self.hash_content = bool(hash_content)
         if size_bytes is not None and (
             not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes < 0
         ):
@@ -174,6 +188,7 @@ class ModelLoadMonitor:
                     # model that serves keeps the process in rotation (the alert still fires).
                     health.mark_not_ready(f"model {model} failed to load: {err}")
             span = load.span
+            _provenance.finish(load.file, self.attrs, span, ok=exc is None)
             if span is not None:
                 if load.size_bytes is not None:
                     span.set_attribute("bitnet.model.size", load.size_bytes)
@@ -223,14 +238,22 @@ def monitor_model_load(
     device: str = "cpu",
     size_bytes: int | None = None,
     mark_ready: bool = True,
+    path: str | os.PathLike[str] | None = None,
+    hash_content: bool = True,
 ) -> ModelLoadMonitor:
-    """Monitor loading a model; decorator or context manager (see the module docstring)."""
+    """Monitor loading a model; decorator or context manager (see the module docstring).
+
+    *path* records what was loaded (format, stored types, size, content hash: see the module
+    docstring); ``hash_content=False`` skips the hash (a background read of the whole file).
+    """
     return ModelLoadMonitor(
         model=model,
         quant_format=quant_format,
         device=device,
         size_bytes=size_bytes,
         mark_ready=mark_ready,
+        path=path,
+        hash_content=hash_content,
     )
 
 
@@ -245,5 +268,6 @@ def unload_model(*, model: str, quant_format: str = "i2_s", device: str = "cpu")
         }
         if not _LOADED.tally.add_if_positive(key_of(attrs), -1):
             internal_error("unload_not_loaded", detail="unload_model() of a model not loaded")
+        _provenance.forget(attrs)
     except Exception as exc:
         internal_error("model_unload", exc)

@@ -74,16 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=2,
         help=f"concurrent request loops, 1 to {DEMO_MAX_WORKERS} (default: 2)",
     )
-    report = sub.add_parser("quant-report", help="I2_S/TL1/TL2 accuracy of a checkpoint's weights")
-    report.add_argument("path", help="a .npz or .safetensors file")
-    report.add_argument("--json", action="store_true", help="machine-readable output")
-    report.add_argument("--export", action="store_true", help="also send the figures as metrics")
-    report.add_argument("--formats", default="i2_s,tl1,tl2", help="comma list (default: all)")
+    from bitnet_obs import _quant_report
+
+    report = sub.add_parser(
+        "quant-report",
+        help="ternary weights of a checkpoint (GGUF, safetensors, npz), faithful to its master?",
+    )
+    _quant_report.add_arguments(report)
     args = parser.parse_args(argv)
     if args.command == "quant-report":
-        from bitnet_obs import _quant_report
-
-        return _quant_report.run(args.path, args.formats.split(","), args.json, args.export)
+        return _quant_report.run(args)
     if args.command == "demo":
         from bitnet_obs import _demo
 

@@ -9,8 +9,10 @@ counted), drives every feature through the public API (GPUs through the fake NVM
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -50,8 +52,10 @@ def main() -> int:
     health.register("always_failing", lambda: False, critical=False)
     health.evaluate()
     w = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
-    with bitnet_obs.monitor_model_load(model="every-model") as loading:
-        loading.add_tensors([w])
+    checkpoint = Path(tempfile.mkdtemp()) / "every-model.npz"
+    np.savez(checkpoint, w=w)
+    with bitnet_obs.monitor_model_load(model="every-model", path=checkpoint) as loading:
+        loading.add_tensors([w])  # bitnet.model.info once the background hash is done
     quant.record_weight_quantization("layers.0.q_proj", w)
     quant.record_activation_quantization("layers.0.x", w[:4])
     quant.compare_outputs("lm_head", w[:2, :16], w[:2, :16] * 1.01, kind="logits")

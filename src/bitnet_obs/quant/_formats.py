@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._chunked import chunks, map_chunks, workers_for
+from ._unpack import spread_2bit
 from ._validate import (
     Layout,
     QuantInputError,
@@ -357,20 +358,11 @@ def unpack_i2s(
             f"I2_S data for shape {dims}: expected {expected} bytes ({n // 4} code bytes + "
             f"{I2S_TAIL_BYTES}-byte scale tail), got {buf.size} (truncated or corrupt)"
         )
-    b = buf[: n // 4].reshape(-1, 1, group)
-    shifts = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 4, 1)
-    v = (b >> shifts) & 3
-    if np.any(v == 3):
-        blk, grp, pos = (int(i) for i in np.unravel_index(int(np.argmax(v == 3)), v.shape))
-        raise QuantInputError(
-            f"corrupt I2_S data: byte {blk * group + pos} holds the unused 2-bit value 3 at "
-            f"shift {6 - 2 * grp}; accepted: 2-bit codes 0/1/2 for -1/0/+1"
-        )
+    codes = spread_2bit(buf[: n // 4].reshape(-1, group), (6, 4, 2, 0), "I2_S").reshape(dims)
     scale = float(np.frombuffer(buf[n // 4 : n // 4 + 4].tobytes(), dtype="<f4")[0])
     if not (math.isfinite(scale) and scale >= 0):
         raise QuantInputError(
             f"corrupt I2_S tail: scale is {scale!r}; accepted: a finite float32 >= 0 (0.0 is "
             "what llama-quantize writes for an all-zero tensor)"
         )
-    codes = (v.astype(np.int8) - 1).reshape(dims)
     return codes, scale
