@@ -1,0 +1,603 @@
+"""Is this output degenerate? Content-free checks on token ids, and next-token logits signals.
+
+A broken 1-bit kernel rarely crashes: it answers fast and wrong -- "!!!!", "GGGG", a few tokens
+cycling, or nonsense from a handful of ids. These checks see only token ids (never text) and
+judge one output sequence by three measures:
+
+* ``longest_run``: the longest run of one repeated token ("!!!!" is a run);
+* ``cycle_span``: how many tokens the longest short-period cycle covers (the output repeating
+  a pattern of 2..``max_period`` tokens, "of the of the of the"); a run of one token is not a
+  cycle, so the two reasons never describe the same stretch;
+* ``distinct_fraction``: distinct ids / tokens, in aligned windows of ``window`` tokens (the
+  lowest window counts), so a long healthy answer does not drift low as its vocabulary
+  saturates, and a healthy start cannot hide a collapse later on.
+
+An output shorter than ``min_tokens`` is measured (its run and distinct fraction, not its
+cycles) but never judged. The verdict's reason is the first that applies of ``repeat_run``,
+``cycle``, ``low_diversity``. Whole sequences::
+
+    >>> from bitnet_obs import output
+    >>> output.detect_degenerate([7] * 40).reason
+    'repeat_run'
+    >>> output.detect_degenerate(list(range(40))).degenerate
+    False
+
+and streams, a token or a chunk at a time, in bounded memory (ids are buffered in a compact
+``array('q')`` and judged a chunk at a time with numpy; only a few numbers and the last
+``max_period`` ids are carried between chunks)::
+
+    >>> detector = output.DegenerateDetector()
+    >>> for token in [5, 6] * 40:
+    ...     detector.add(token)
+    >>> detector.result().reason, detector.result().cycle_period
+    ('cycle', 2)
+
+The default thresholds were tuned on real token streams (bytes with ByT5, code points with
+Canine, and BPEs trained on the texts) of public-domain prose, code, Markdown and deliberately
+repetitive answers (``tests/fixtures/text``): every healthy text stays at least 1.5x away from
+every threshold (:class:`DegenerateThresholds` gives the figures). Settings
+``BITNET_OBS_DEGENERATE_*`` map onto its fields (:data:`ENV_VARS`, :func:`thresholds_from_env`).
+
+:func:`logits_stats` gives the other early sign of a broken model: next-token entropy
+collapsing (or flattening to uniform) and the top-1 margin.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from bitnet_obs._config import ConfigError
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "ENV_VARS",
+    "REASONS",
+    "DegenerateDetector",
+    "DegenerateThresholds",
+    "LogitsStats",
+    "OutputInputError",
+    "OutputVerdict",
+    "detect_degenerate",
+    "logits_stats",
+    "thresholds_from_env",
+]
+
+REASONS: Final = ("repeat_run", "cycle", "low_diversity")
+_CHUNK_TOKENS = 4096  # ids buffered before a numpy pass: 32 KiB
+_LOGITS_BLOCK = 1 << 20  # logits per float64 block (8 MiB)
+_I = npt.NDArray[np.int64]
+
+
+class OutputInputError(ValueError):
+    """Ids or logits that cannot be judged; the message says what is accepted."""
+
+
+@dataclass(frozen=True)
+class DegenerateThresholds:
+    """When an output counts as degenerate. ``0`` switches a reason off.
+
+    The worst healthy figure of the texts in ``tests/fixtures/text`` is given for each; the
+    byte-level tokenizers are the hard case (BitNet models use BPE vocabularies, where healthy
+    text is much further away).
+
+    * ``repeat_run`` (32): a run of one token this long -- "!!!!" collapse. Healthy: 21 (code
+      indentation and a table of contents' dot leaders, byte level); 4 with a BPE.
+    * ``cycle_span`` (64): a cycle of period 2..``max_period`` covering this many tokens.
+      Healthy: 41 (a 10-column Markdown table rule, byte level); 14 with a BPE.
+    * ``max_period`` (8): longest cycle period looked for.
+    * ``min_distinct_fraction`` (0.03): a window whose fraction of distinct ids is below this.
+      Healthy: 0.047 (counting "1, 2, 3, ..." byte by byte: 12 symbols); prose 0.098 byte
+      level, 0.15-0.6 with a BPE. With a BPE vocabulary, 0.1 is still safe and catches more.
+    * ``window`` (256): tokens per distinct-fraction window.
+    * ``min_tokens`` (32): shorter outputs are measured but never judged; also the shortest
+      trailing window that counts.
+
+    >>> DegenerateThresholds(repeat_run=64).repeat_run
+    64
+    """
+
+    repeat_run: int = 32
+    cycle_span: int = 64
+    max_period: int = 8
+    min_distinct_fraction: float = 0.03
+    window: int = 256
+    min_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        def whole(name: str, low: int, high: int, zero_ok: bool = False) -> int:
+            value = getattr(self, name)
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if not ok or not (low <= value <= high or (zero_ok and value == 0)):
+                off = " or 0 (off)" if zero_ok else ""
+                raise ConfigError(
+                    f"degenerate thresholds: {name}={value!r}; accepted: an integer "
+                    f"{low}..{high}{off}"
+                )
+            return int(value)
+
+        whole("repeat_run", 2, 1 << 40, zero_ok=True)
+        period = whole("max_period", 2, 64)
+        whole("cycle_span", period + 1, 1 << 40, zero_ok=True)
+        window = whole("window", 8, 1 << 16)
+        whole("min_tokens", 1, window)
+        fraction = self.min_distinct_fraction
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not 0.0 <= fraction < 1.0
+        ):
+            raise ConfigError(
+                f"degenerate thresholds: min_distinct_fraction={fraction!r}; accepted: a number "
+                "0 <= f < 1 (0: off)"
+            )
+
+
+DEFAULT_THRESHOLDS: Final = DegenerateThresholds()
+
+# Setting name -> (field, documentation): the lead's settings table reads this.
+ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
+    "BITNET_OBS_DEGENERATE_REPEAT_RUN": (
+        "repeat_run",
+        "Run of one repeated token that makes an output degenerate (repeat_run); 0: off.",
+    ),
+    "BITNET_OBS_DEGENERATE_CYCLE_SPAN": (
+        "cycle_span",
+        "Tokens a short-period cycle must cover to make an output degenerate (cycle); 0: off.",
+    ),
+    "BITNET_OBS_DEGENERATE_MAX_PERIOD": ("max_period", "Longest cycle period looked for (2..64)."),
+    "BITNET_OBS_DEGENERATE_MIN_DISTINCT_FRACTION": (
+        "min_distinct_fraction",
+        "Distinct ids / tokens in a window below which an output is degenerate (low_diversity).",
+    ),
+    "BITNET_OBS_DEGENERATE_WINDOW": ("window", "Tokens per distinct-fraction window."),
+    "BITNET_OBS_DEGENERATE_MIN_TOKENS": (
+        "min_tokens",
+        "Outputs shorter than this are measured but never judged.",
+    ),
+}
+
+
+def thresholds_from_env(environ: Mapping[str, str]) -> DegenerateThresholds:
+    """Thresholds from ``BITNET_OBS_DEGENERATE_*`` (unset or empty: the default); a malformed
+    value raises :class:`ConfigError` naming the variable::
+
+        thresholds = output.thresholds_from_env(os.environ)
+    """
+    types = {f.name: f.type for f in fields(DegenerateThresholds)}
+    values: dict[str, Any] = {}
+    for var, (name, _doc) in ENV_VARS.items():
+        raw = environ.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            values[name] = float(raw) if types[name] == "float" else int(raw)
+        except ValueError:
+            kind = "a number" if types[name] == "float" else "an integer"
+            raise ConfigError(f"{var}={raw!r}; accepted: {kind}") from None
+    try:
+        return DegenerateThresholds(**values)
+    except ConfigError as exc:
+        names = {name: var for var, (name, _) in ENV_VARS.items()}
+        message = str(exc)
+        for name, var in names.items():
+            message = message.replace(f": {name}=", f": {var}=")
+        raise ConfigError(message) from None
+
+
+@dataclass(frozen=True)
+class OutputVerdict:
+    """The measures of one output and the verdict. ``reason`` is None when healthy or not
+    judged (``judged`` is False below ``min_tokens``)."""
+
+    tokens: int
+    longest_run: int
+    distinct_fraction: float
+    cycle_span: int
+    cycle_period: int
+    judged: bool
+    reason: str | None
+
+    @property
+    def degenerate(self) -> bool:
+        return self.reason is not None
+
+    def span_attributes(self) -> dict[str, int | float | str]:
+        """Content-free span attributes (numbers and the reason; never ids)."""
+        attrs: dict[str, int | float | str] = {
+            "bitnet.output.repeat_run": self.longest_run,
+            "bitnet.output.distinct_fraction": round(self.distinct_fraction, 4),
+            "bitnet.output.cycle_span": self.cycle_span,
+        }
+        if self.reason is not None:
+            attrs["bitnet.degenerate.reason"] = self.reason
+        return attrs
+
+
+class _State:
+    """What is carried between chunks: a few numbers and the last ``max_period`` ids."""
+
+    __slots__ = ("best_run", "cyc", "cyc_best", "hist", "min_frac", "n", "run")
+
+    def __init__(self, periods: int) -> None:
+        self.n = 0  # ids judged so far (always a whole number of windows until the end)
+        self.hist: _I = np.zeros(0, np.int64)
+        self.run = 0  # length of the current run of one token
+        self.best_run = 0
+        self.cyc: _I = np.zeros(periods, np.int64)  # current cycle stretch, per period
+        self.cyc_best: _I = np.zeros(periods, np.int64)
+        self.min_frac = math.inf  # lowest distinct fraction of a counted window
+
+    def copy(self) -> _State:
+        other = _State(0)
+        other.n, other.hist, other.run, other.best_run = self.n, self.hist, self.run, self.best_run
+        other.cyc, other.cyc_best, other.min_frac = self.cyc, self.cyc_best, self.min_frac
+        return other  # arrays are replaced, never mutated, by _advance
+
+
+def _stretches(rows: npt.NDArray[np.bool_], carry: _I) -> tuple[_I, _I]:
+    """Per row of ``rows`` (each padded with a False column at both ends): the longest stretch
+    of True and the one ending the chunk, a stretch starting it continuing the row's carry.
+    Works on the stretch boundaries only, so healthy text (few, short stretches) is cheap."""
+    r, width = rows.shape
+    d = np.diff(rows.reshape(-1).view(np.int8))
+    starts = np.flatnonzero(d == 1)  # a stretch begins at flat index start + 1
+    ends = np.flatnonzero(d == -1)  # ... and ends at flat index end (inclusive)
+    lengths = ends - starts
+    row = ends // width
+    lead = starts - row * width == 0
+    lengths[lead] += carry[row[lead]]
+    best = np.zeros(r, np.int64)
+    np.maximum.at(best, row, lengths)
+    last = np.zeros(r, np.int64)
+    tail = ends - row * width == width - 2
+    last[row[tail]] = lengths[tail]
+    return best, last
+
+
+def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
+    """Fold ids ``x`` (starting at a window boundary) into the state."""
+    m = x.shape[0]
+    if m == 0:
+        return
+    top = th.max_period
+    k = st.hist.shape[0]
+    pad = top - k  # > 0 only at the start of a stream: no ids before the first
+    ext = np.empty(top + m, np.int64)
+    ext[:pad] = 0
+    ext[pad:top] = st.hist
+    ext[top:] = x
+    eq = np.empty(top + m, np.bool_)  # eq[i]: ext[i] repeats the id before it
+    eq[0] = False
+    np.equal(ext[1:], ext[:-1], out=eq[1:])
+    eq[: pad + 1] = False
+    # rows[0]: repeats; rows[p - 1]: x[j] equals the id p before it (a cycle of period p)
+    # and the p ids ending at j are not all one token (a run is not a cycle)
+    rows = np.zeros((top, m + 2), np.bool_)
+    rows[0, 1:-1] = eq[top:]
+    shifted = np.ndarray((top + 1, m), np.int64, ext, 0, (8, 8))  # shifted[i] = ext[i : i + m]
+    cyc = rows[1:, 1:-1]
+    np.equal(shifted[top - 2 :: -1][: top - 1], x, out=cyc)
+    for p in range(k + 1, top + 1):  # stream start: no id p positions back
+        cyc[p - 2, : p - k] = False
+    const = eq[top:].copy()  # the last p ids ending at j are one token, for p = 2, 3, ...
+    for p in range(2, top + 1):
+        if p > 2:
+            const &= eq[top + 2 - p : top + 2 - p + m]
+        np.greater(cyc[p - 2], const, out=cyc[p - 2])  # a cycle, and not a run
+    carry = np.empty(top, np.int64)
+    carry[0] = max(st.run - 1, 0)
+    carry[1:] = st.cyc
+    best, last = _stretches(rows, carry)
+    st.best_run = max(st.best_run, int(best[0]) + 1)
+    st.run = int(last[0]) + 1
+    st.cyc_best = np.maximum(st.cyc_best, best[1:])
+    st.cyc = last[1:]
+    # distinct fraction per aligned window; a trailing partial window counts if long enough
+    w = th.window
+    whole = m // w
+    if whole:
+        s = np.sort(x[: whole * w].reshape(whole, w), axis=1)
+        distinct = np.count_nonzero(s[:, 1:] != s[:, :-1], axis=1) + 1
+        st.min_frac = min(st.min_frac, int(distinct.min()) / w)
+    tail = m - whole * w
+    if tail >= th.min_tokens:
+        st.min_frac = min(st.min_frac, np.unique(x[whole * w :]).shape[0] / tail)
+    st.hist = ext[max(pad, m) :].copy()
+    st.n += m
+
+
+def _short(ids: Sequence[int]) -> OutputVerdict:
+    """An output shorter than ``min_tokens``: not judged, so only the two measures that are
+    recorded as histograms, in plain Python (a numpy pass would cost more than the output)."""
+    best = run = 0
+    prev: object = None
+    for token in ids:
+        if token == prev:
+            run += 1
+        else:
+            run, prev = 1, token
+        if run > best:
+            best = run
+    n = len(ids)
+    return OutputVerdict(n, best, len(set(ids)) / n if n else 1.0, 0, 0, False, None)
+
+
+def _verdict(st: _State, th: DegenerateThresholds) -> OutputVerdict:
+    n, fraction = st.n, st.min_frac
+    span, period = 0, 0
+    for i, best in enumerate(st.cyc_best.tolist()):
+        if best and best + i + 2 > span:
+            span, period = best + i + 2, i + 2
+    reason = None
+    if n >= th.min_tokens:
+        if th.repeat_run and st.best_run >= th.repeat_run:
+            reason = "repeat_run"
+        elif th.cycle_span and span >= th.cycle_span:
+            reason = "cycle"
+        elif fraction < th.min_distinct_fraction:
+            reason = "low_diversity"
+    return OutputVerdict(n, st.best_run, fraction, span, period, True, reason)
+
+
+def _chunk_size(th: DegenerateThresholds, chunk_tokens: int | None) -> int:
+    if chunk_tokens is None:
+        return -(-_CHUNK_TOKENS // th.window) * th.window
+    if (
+        isinstance(chunk_tokens, bool)
+        or not isinstance(chunk_tokens, int)
+        or chunk_tokens <= 0
+        or chunk_tokens % th.window
+    ):
+        raise ConfigError(
+            f"chunk_tokens={chunk_tokens!r}; accepted: a positive multiple of the window "
+            f"({th.window})"
+        )
+    return chunk_tokens
+
+
+def _thresholds(thresholds: DegenerateThresholds | None) -> DegenerateThresholds:
+    if thresholds is None:
+        return DEFAULT_THRESHOLDS
+    if not isinstance(thresholds, DegenerateThresholds):
+        raise ConfigError(
+            f"thresholds={thresholds!r}; accepted: a DegenerateThresholds or None (defaults)"
+        )
+    return thresholds
+
+
+def _as_array(x: object, name: str) -> npt.NDArray[Any]:
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        if hasattr(x, "__dlpack__"):
+            try:
+                return np.from_dlpack(x)
+            except (TypeError, ValueError, RuntimeError, BufferError):
+                pass
+        raise OutputInputError(
+            f"{name}: cannot read {type(x).__name__} as an array ({exc}); accepted: a sequence "
+            "or numpy array (or CPU tensor)"
+        ) from None
+
+
+def _ids(x: object, ndims: tuple[int, ...]) -> _I:
+    a = _as_array(x, "ids")
+    if a.ndim not in ndims:
+        accepted = "one sequence (1-D)" + (" or one per row (2-D)" if 2 in ndims else "")
+        raise OutputInputError(f"ids: {a.ndim}-D shape {a.shape}; accepted: {accepted}")
+    if a.size == 0:
+        return np.zeros(a.shape, np.int64)
+    if a.dtype.kind not in "iu":
+        raise OutputInputError(f"ids have dtype {a.dtype}; accepted: integer token ids")
+    if a.dtype == np.uint64 and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise OutputInputError("ids: a value above 2**63-1; accepted: token ids")
+    return a.astype(np.int64, copy=False)
+
+
+class DegenerateDetector:
+    """Judges one output as it streams: :meth:`add` one id (the hot path: an append to a
+    compact buffer, with a numpy pass every ``chunk_tokens`` ids), :meth:`extend` a chunk,
+    :meth:`result` at any time (it does not consume). Memory stays bounded for any length::
+
+        detector = DegenerateDetector()
+        for token in stream:
+            detector.add(token)
+        verdict = detector.result()
+
+    ``add`` raises TypeError or OverflowError for something that is not an int64 id; callers
+    on an inference path catch it.
+    """
+
+    __slots__ = ("_buf", "_chunk", "_state", "add", "thresholds")
+
+    add: Callable[[int], None]
+
+    def __init__(
+        self, thresholds: DegenerateThresholds | None = None, *, chunk_tokens: int | None = None
+    ) -> None:
+        th = self.thresholds = _thresholds(thresholds)
+        self._chunk = _chunk_size(th, chunk_tokens)
+        self._buf = array("q")
+        self._state = _State(th.max_period - 1)
+        self.add = self._make_add()
+
+    def _make_add(self) -> Callable[[int], None]:
+        # A closure over the buffer and the state, not over self: no reference cycle, and
+        # two cell loads per id instead of attribute lookups.
+        buf, chunk, st, th = self._buf, self._chunk, self._state, self.thresholds
+        append = buf.append
+
+        def add(token: int) -> None:
+            append(token)
+            if len(buf) >= chunk:
+                _flush(buf, st, th)
+
+        return add
+
+    def extend(self, ids: Sequence[int] | npt.NDArray[Any]) -> None:
+        """Add a chunk of ids (a sequence or 1-D integer array); raises OutputInputError."""
+        a = _ids(ids, (1,))
+        buf, chunk, st = self._buf, self._chunk, self._state
+        start = 0
+        if len(buf):
+            start = min(a.shape[0], chunk - len(buf))
+            buf.frombytes(a[:start].tobytes())
+            if len(buf) < chunk:
+                return
+            _flush(buf, st, self.thresholds)
+        whole = (a.shape[0] - start) // chunk * chunk
+        for i in range(start, start + whole, chunk):
+            _advance(st, a[i : i + chunk], self.thresholds)
+        buf.frombytes(a[start + whole :].tobytes())
+
+    @property
+    def tokens(self) -> int:
+        return self._state.n + len(self._buf)
+
+    def result(self) -> OutputVerdict:
+        """The verdict on the ids so far."""
+        buf, th = self._buf, self.thresholds
+        if self._state.n + len(buf) < th.min_tokens:
+            return _short(buf)
+        st = self._state.copy()
+        _advance(st, np.frombuffer(buf, np.int64).copy() if len(buf) else _EMPTY, th)
+        return _verdict(st, th)
+
+    def reset(self) -> None:
+        """Start a new output (keeps the thresholds)."""
+        del self._buf[:]
+        self._state = _State(self.thresholds.max_period - 1)
+        self.add = self._make_add()
+
+
+_EMPTY: Final[_I] = np.zeros(0, np.int64)
+
+
+def _flush(buf: array[int], st: _State, th: DegenerateThresholds) -> None:
+    x = np.frombuffer(buf, np.int64).copy()  # a copy: the buffer cannot shrink while viewed
+    del buf[:]
+    _advance(st, x, th)
+
+
+def _judge(seq: _I, th: DegenerateThresholds, chunk: int, pad_id: int | None) -> OutputVerdict:
+    if pad_id is not None and seq.shape[0]:
+        keep = np.flatnonzero(seq != pad_id)
+        seq = seq[: keep[-1] + 1] if keep.shape[0] else seq[:0]
+    n = seq.shape[0]
+    if n < th.min_tokens:
+        return _short(seq.tolist())
+    st = _State(th.max_period - 1)
+    for i in range(0, n, chunk):
+        _advance(st, seq[i : i + chunk], th)
+    return _verdict(st, th)
+
+
+@overload
+def detect_degenerate(
+    ids: Sequence[int],
+    thresholds: DegenerateThresholds | None = ...,
+    *,
+    pad_id: int | None = ...,
+    chunk_tokens: int | None = ...,
+) -> OutputVerdict: ...
+@overload
+def detect_degenerate(
+    ids: Sequence[Sequence[int]],
+    thresholds: DegenerateThresholds | None = ...,
+    *,
+    pad_id: int | None = ...,
+    chunk_tokens: int | None = ...,
+) -> tuple[OutputVerdict, ...]: ...
+@overload
+def detect_degenerate(
+    ids: npt.NDArray[Any],
+    thresholds: DegenerateThresholds | None = ...,
+    *,
+    pad_id: int | None = ...,
+    chunk_tokens: int | None = ...,
+) -> OutputVerdict | tuple[OutputVerdict, ...]: ...
+def detect_degenerate(
+    ids: Sequence[int] | Sequence[Sequence[int]] | npt.NDArray[Any],
+    thresholds: DegenerateThresholds | None = None,
+    *,
+    pad_id: int | None = None,
+    chunk_tokens: int | None = None,
+) -> OutputVerdict | tuple[OutputVerdict, ...]:
+    """Judge a whole output (1-D), or each row of a batch (2-D: one verdict per row).
+    ``pad_id`` strips trailing padding from each row first. Same answer as streaming the ids
+    through a :class:`DegenerateDetector`, for any chunking::
+
+        verdicts = detect_degenerate(model.generate(batch), pad_id=tokenizer.pad_token_id)
+    """
+    th = _thresholds(thresholds)
+    chunk = _chunk_size(th, chunk_tokens)
+    a = _ids(ids, (1, 2))
+    if a.ndim == 1:
+        return _judge(a, th, chunk, pad_id)
+    return tuple(_judge(row, th, chunk, pad_id) for row in a)
+
+
+# --- logits ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogitsStats:
+    """Per decoding step: next-token ``entropy`` in nats (0: certain, log(vocab): uniform) and
+    ``top1_margin``, p(top-1) - p(top-2) in [0, 1]."""
+
+    entropy: npt.NDArray[np.float64]
+    top1_margin: npt.NDArray[np.float64]
+
+
+def logits_stats(logits: object) -> LogitsStats:
+    """Entropy and top-1 margin of the softmax of each row of ``logits`` ((steps, vocab), or
+    (vocab,) for one step), in float64 with the max subtracted first, a block of rows at a
+    time; ``-inf`` (masked ids) is allowed, NaN and ``+inf`` are not::
+
+        stats = logits_stats(out.logits[0, -8:])   # the last 8 steps of a HF forward pass
+        stats.entropy.mean()
+    """
+    a = _as_array(logits, "logits")
+    if a.ndim not in (1, 2) or a.shape[-1] < 2 or a.size == 0:
+        raise OutputInputError(
+            f"logits: shape {a.shape}; accepted: (steps, vocab) or (vocab,) with vocab >= 2"
+        )
+    if a.dtype.kind not in "fiu":
+        raise OutputInputError(f"logits have dtype {a.dtype}; accepted: real numbers")
+    rows = a.reshape(-1, a.shape[-1])
+    step = max(1, _LOGITS_BLOCK // rows.shape[1])
+    entropy = np.empty(rows.shape[0], np.float64)
+    margin = np.empty(rows.shape[0], np.float64)
+    for i in range(0, rows.shape[0], step):
+        entropy[i : i + step], margin[i : i + step] = _block_stats(rows[i : i + step], i)
+    return LogitsStats(entropy, margin)
+
+
+def _block_stats(
+    block: npt.NDArray[Any], first_row: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    z = block.astype(np.float64)  # a copy, worked on in place
+    top = z.max(axis=1, keepdims=True)
+    if not np.isfinite(top).all():  # max() propagates NaN, so this catches NaN too
+        bad = first_row + int(np.flatnonzero(~np.isfinite(top[:, 0]))[0])
+        raise OutputInputError(
+            f"logits row {bad} has NaN, +inf or only -inf; accepted: finite logits (-inf masks)"
+        )
+    z -= top
+    np.maximum(z, -1e300, out=z)  # -inf -> a finite floor: exp() is 0 and 0 * z stays 0
+    e = np.exp(z)
+    total = e.sum(axis=1)
+    weighted = np.einsum("ij,ij->i", e, z)
+    entropy = np.maximum(np.log(total) - weighted / total, 0.0)
+    second = np.partition(z, -2, axis=1)[:, -2]  # the top one is 0 after the shift
+    margin = (1.0 - np.exp(second)) / total
+    return entropy, margin
