@@ -14,7 +14,7 @@ quantization-accuracy and device telemetry::
 
 from __future__ import annotations
 
-from bitnet_obs import devices, health, logs, quant, sla
+from bitnet_obs import crossval, devices, health, logs, output, quant, runtime, sla
 from bitnet_obs._cache import observe_cache_usage, record_cache
 from bitnet_obs._config import ConfigError, Settings
 from bitnet_obs._inference import (
@@ -44,6 +44,7 @@ __all__ = [
     "Telemetry",
     "__version__",
     "configure",
+    "crossval",
     "current_inference",
     "devices",
     "force_flush",
@@ -54,9 +55,11 @@ __all__ = [
     "monitor_model_load",
     "monitored_inference",
     "observe_cache_usage",
+    "output",
     "quant",
     "record_cache",
     "record_fallback",
+    "runtime",
     "shutdown",
     "sla",
     "unload_model",

@@ -1,4 +1,4 @@
-"""The ``bitnet-obs`` command: ``demo`` and ``quant-report``."""
+"""The ``bitnet-obs`` command: ``demo``, ``quant-report`` and ``crossval``."""
 
 from __future__ import annotations
 
@@ -33,7 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--export", action="store_true", help="also send the figures as metrics")
     report.add_argument("--formats", default="i2_s,tl1,tl2", help="comma list (default: all)")
+    # --- crossval (bitnet_obs._crossval_cli): record golden outputs, check a build ---
+    from bitnet_obs import _crossval_cli
+
+    _crossval_cli.add_parser(sub)
+    # --- end crossval ---
     args = parser.parse_args(argv)
+    if args.command == "crossval":
+        return _crossval_cli.run(args)
     if args.command == "quant-report":
         from bitnet_obs import _quant_report
 
