@@ -12,7 +12,7 @@ from typing import Any
 
 from bitnet_obs import health
 from bitnet_obs._config import ConfigError
-from bitnet_obs._crossval import CrossvalReport, Implementation, check
+from bitnet_obs._crossval import CrossvalReport, Implementation, check, emit_metrics
 from bitnet_obs._golden import GoldenSet, load
 from bitnet_obs._selfmon import internal_error, logger
 
@@ -159,6 +159,7 @@ class Canary:
                     self.golden,
                     self.reference,
                     budget_s=self.budget_s,
+                    record_metrics=False,
                     **self._judge,
                 )
             finally:
@@ -167,6 +168,7 @@ class Canary:
             with self._lock:
                 self._last = report
                 self._runs += 1
+            emit_metrics(report)  # after the state: a scrape never runs ahead of a probe
         if not report.passed:
             logger.warning("canary %r failed: %s", self.name, report.reason)
         return report

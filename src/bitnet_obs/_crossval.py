@@ -326,7 +326,7 @@ def check(
         results.append(_run_case(index, case, gs.max_new_tokens, candidate, reference))
     report = _judge(gs, results, time.monotonic() - started, min_agreement, max_kl, model)
     if record_metrics:
-        _record(report)
+        emit_metrics(report)
     return report
 
 
@@ -377,7 +377,7 @@ def _judge(
     )
 
 
-def _record(report: CrossvalReport) -> None:
+def emit_metrics(report: CrossvalReport) -> None:
     """The bitnet.crossval.* metrics of one run; never raises."""
     try:
         model = {"gen_ai.request.model": report.model}

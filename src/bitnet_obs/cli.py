@@ -28,6 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="/metrics port (default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)",
     )
     demo.add_argument("--workers", type=int, default=2, help="concurrent request loops")
+    demo.add_argument(
+        "--inject-fault",
+        choices=("sign", "constant"),
+        default=None,
+        help="break the I2_S kernel (flipped sign, or one token) so the canary catches it",
+    )
+    demo.add_argument(
+        "--fault-after", type=_positive, default=20.0, help="seconds after the first canary run"
+    )
     report = sub.add_parser("quant-report", help="I2_S/TL1/TL2 accuracy of a checkpoint's weights")
     report.add_argument("path", help="a .npz or .safetensors file")
     report.add_argument("--json", action="store_true", help="machine-readable output")
@@ -48,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from bitnet_obs import _demo
 
-        return _demo.run(args.duration, args.port, args.workers)
+        return _demo.run(
+            args.duration, args.port, args.workers, args.inject_fault, args.fault_after
+        )
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 
