@@ -44,6 +44,7 @@ collapsing (or flattening to uniform) and the top-1 margin.
 
 from __future__ import annotations
 
+import functools
 import math
 from array import array
 from collections.abc import Callable, Mapping, Sequence
@@ -261,6 +262,15 @@ def _stretches(rows: npt.NDArray[np.bool_], carry: _I) -> tuple[_I, _I]:
     return best, last
 
 
+@functools.lru_cache(maxsize=64)
+def _first_ids_valid(top: int, k: int) -> npt.NDArray[np.bool_]:
+    """[p - 2, j]: position j of a stream's first chunk has an id p positions back, with ``k``
+    ids carried before the chunk (read-only, cached: the same shape for every stream)."""
+    valid = np.arange(top)[None, :] >= (np.arange(2, top + 1) - k)[:, None]
+    valid.flags.writeable = False
+    return valid
+
+
 def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
     """Fold ids ``x`` (starting at a window boundary) into the state."""
     m = x.shape[0]
@@ -284,9 +294,12 @@ def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
     shifted = np.ndarray((top + 1, m), np.int64, ext, 0, (8, 8))  # shifted[i] = ext[i : i + m]
     cyc = rows[1:, 1:-1]
     np.equal(shifted[top - 2 :: -1][: top - 1], x, out=cyc)
-    for p in range(k + 1, top + 1):  # stream start: no id p positions back
-        cyc[p - 2, : p - k] = False
-    const = eq[top:].copy()  # the last p ids ending at j are one token, for p = 2, 3, ...
+    if pad:  # stream start: no id p positions back for the first p - k positions
+        span = min(top, m)
+        cyc[:, :span] &= _first_ids_valid(top, k)[:, :span]
+    # const: the p ids ending at j are one token (eq at j, j - 1, ..., j - p + 2); a loop of
+    # row operations (logical_and.accumulate over rows is ten times slower)
+    const = eq[top:].copy()
     for p in range(2, top + 1):
         if p > 2:
             const &= eq[top + 2 - p : top + 2 - p + m]
@@ -598,6 +611,8 @@ def _block_stats(
     total = e.sum(axis=1)
     weighted = np.einsum("ij,ij->i", e, z)
     entropy = np.maximum(np.log(total) - weighted / total, 0.0)
-    second = np.partition(z, -2, axis=1)[:, -2]  # the top one is 0 after the shift
-    margin = (1.0 - np.exp(second)) / total
+    # the runner-up: the top (0 after the shift) masked out; a tie at the top gives margin 0
+    rows = np.arange(z.shape[0])
+    z[rows, z.argmax(axis=1)] = -np.inf
+    margin = (1.0 - np.exp(z.max(axis=1))) / total
     return entropy, margin
