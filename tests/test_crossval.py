@@ -110,7 +110,7 @@ def test_record_rejects_bad_arguments(
 def test_record_reports_a_failing_or_misbehaving_implementation(tmp_path: Path) -> None:
     with pytest.raises(CrossvalError, match="prompt 0: the implementation raised RuntimeError"):
         crossval.record(tiny_model.Broken.generate, PROMPTS, tmp_path / "g.npz")
-    with pytest.raises(CrossvalError, match="returned 1-D <U3"):
+    with pytest.raises(CrossvalError, match="returned ids 1-D <U3"):
         crossval.record(tiny_model.generate_noisy, PROMPTS, tmp_path / "g.npz")
 
     def echo_prompt(prompt: list[int], n: int) -> list[int]:
@@ -284,7 +284,7 @@ def test_a_candidate_that_raises_or_returns_garbage_fails_without_raising(
     assert report.reason == "case 0: the candidate raised RuntimeError"
     assert report.token_agreement == 0.0 and report.candidate_tokens_per_s is None
     garbage = crossval.check(tiny_model.generate_noisy, golden, record_metrics=False)
-    assert "returned 1-D" in garbage.reason
+    assert "returned ids 1-D" in garbage.reason
 
     def wrong_vocab(prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
         ids, logits = tiny_model.generate(prompt, n)

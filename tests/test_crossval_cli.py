@@ -75,7 +75,7 @@ def test_json_report(golden: Path, capsys: pytest.CaptureFixture[str]) -> None:
     )
     captured = capsys.readouterr()
     report = json.loads(captured.out)
-    assert report["passed"] is False and "returned 1-D" in report["reason"]
+    assert report["passed"] is False and "returned ids 1-D" in report["reason"]
     assert "loading weights..." in captured.err
 
 

@@ -36,31 +36,32 @@ class CrossvalError(Exception):
 # --- running an implementation ---------------------------------------------------------------
 
 
-def _as_ids(value: Any, who: str) -> npt.NDArray[np.int64]:
+def _array(value: Any, who: str, what: str, ndim: int, kinds: str) -> npt.NDArray[Any]:
+    """``value`` as an ``ndim``-D array of dtype kind ``kinds`` (a batch of one is unwrapped)."""
     try:
         a = np.asarray(value)
     except Exception as exc:
-        raise CrossvalError(f"{who} returned {type(value).__name__}, not token ids") from exc
-    if a.ndim == 2 and a.shape[0] == 1:
+        raise CrossvalError(f"{who} returned {what} of type {type(value).__name__}") from exc
+    if a.ndim == ndim + 1 and a.shape[0] == 1:
         a = a[0]
-    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
-        raise CrossvalError(
-            f"{who} returned {a.ndim}-D {a.dtype} {tuple(a.shape)}; accepted: 1-D integer ids"
-        )
-    return a.astype(np.int64)
+    if a.ndim != ndim or (a.size and a.dtype.kind not in kinds):
+        shape = f"{a.ndim}-D {a.dtype} {tuple(a.shape)}"
+        raise CrossvalError(f"{who} returned {what} {shape}; accepted: {_ACCEPTED[what]}")
+    return a
+
+
+_ACCEPTED = {"ids": "1-D integer ids", "logits": "floats of shape (steps, vocab)"}
+
+
+def _as_ids(value: Any, who: str) -> npt.NDArray[np.int64]:
+    return _array(value, who, "ids", 1, "iu").astype(np.int64)
 
 
 def _as_logits(value: Any, who: str) -> npt.NDArray[np.floating[Any]]:
-    try:
-        a = np.asarray(value)
-    except Exception as exc:
-        raise CrossvalError(f"{who}: logits of type {type(value).__name__} unreadable") from exc
-    if a.ndim == 3 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 2 or a.dtype.kind != "f" or a.shape[1] < 2:
-        raise CrossvalError(
-            f"{who} returned logits {a.dtype} {tuple(a.shape)}; accepted: floats (steps, vocab)"
-        )
+    a = _array(value, who, "logits", 2, "f")
+    if a.dtype.kind != "f" or a.shape[1] < 2:
+        raise CrossvalError(f"{who} returned logits {a.dtype} {tuple(a.shape)}; accepted: "
+                            f"{_ACCEPTED['logits']}")  # fmt: skip
     return a
 
 
