@@ -303,13 +303,18 @@ def test_streaming_and_whole_sequence_agree_with_the_definitions(
         one_by_one.add(token)
     in_pieces = DegenerateDetector(th, chunk_tokens=chunk)  # lists, arrays and single ids
     for i, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(ids)], strict=True)):
-        if i % 3 == 0:
+        if i % 4 == 0:
             in_pieces.extend(ids[a:b])
-        elif i % 3 == 1:
+        elif i % 4 == 1:
             in_pieces.extend(np.array(ids[a:b], np.int64))
-        else:
+        elif i % 4 == 2:
             for token in ids[a:b]:
                 in_pieces.add(token)
+        else:  # the raw append, pumped only now and then (late: more than a chunk waits)
+            for token in ids[a:b]:
+                in_pieces.append(token)
+            if b % 2:
+                in_pieces.pump()
     assert one_by_one.result() == expected
     assert in_pieces.result() == expected
     assert one_by_one.tokens == in_pieces.tokens == len(ids)
@@ -333,14 +338,21 @@ def test_2d_batches_are_judged_row_by_row_and_padding_is_stripped() -> None:
 
 def test_reset_starts_a_new_output() -> None:
     detector = DegenerateDetector(chunk_tokens=256)
+    add, append = detector.add, detector.append
     for _ in range(600):
-        detector.add(1)
+        add(1)
     assert detector.result().reason == "repeat_run"
     detector.reset()
     assert detector.tokens == 0
     for token in range(600):
-        detector.add(token)
+        add(token)  # still valid after reset()
     assert not detector.result().degenerate
+    detector.reset()
+    for _ in range(300):
+        append(2)
+    assert detector.tokens == 300
+    detector.pump()
+    assert detector.tokens == 300 and detector.result().longest_run == 300
 
 
 # ------------------------------------------------------------------ bounded memory
@@ -354,8 +366,13 @@ def test_three_million_tokens_stream_in_bounded_memory() -> None:
     try:
         for _ in range(3_000):
             detector.extend(chunk)
-        for token in chunk[:700].tolist() * 300:  # and 210k ids one at a time
-            detector.add(token)
+        for i, token in enumerate(chunk[:700].tolist() * 300):  # 210k ids one at a time
+            if i % 2:
+                detector.add(token)
+            else:  # the raw append, pumped as its callers do
+                detector.append(token)
+                if i % 4096 == 0:
+                    detector.pump()
         verdict = detector.result()
         _, peak = tracemalloc.get_traced_memory()
     finally:

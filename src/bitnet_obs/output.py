@@ -74,6 +74,8 @@ REASONS: Final = ("repeat_run", "cycle", "low_diversity")
 _CHUNK_TOKENS = 4096  # ids buffered before a numpy pass: 32 KiB
 _LOGITS_BLOCK = 1 << 20  # logits per float64 block (8 MiB)
 _I = npt.NDArray[np.int64]
+_EMPTY: Final[_I] = np.zeros(0, np.int64)
+_ZEROS: Final[_I] = np.zeros(64, np.int64)  # left padding of a stream's first ids
 
 
 class OutputInputError(ValueError):
@@ -226,14 +228,22 @@ class _State:
 
     __slots__ = ("best_run", "cyc", "cyc_best", "hist", "min_frac", "n", "run")
 
+    n: int  # ids judged so far (always a whole number of windows until the end)
+    hist: _I
+    run: int  # length of the current run of one token
+    best_run: int
+    cyc: _I  # current cycle stretch, per period
+    cyc_best: _I
+    min_frac: float  # lowest distinct fraction of a counted window
+
     def __init__(self, periods: int) -> None:
-        self.n = 0  # ids judged so far (always a whole number of windows until the end)
-        self.hist: _I = np.zeros(0, np.int64)
-        self.run = 0  # length of the current run of one token
-        self.best_run = 0
-        self.cyc: _I = np.zeros(periods, np.int64)  # current cycle stretch, per period
-        self.cyc_best: _I = np.zeros(periods, np.int64)
-        self.min_frac = math.inf  # lowest distinct fraction of a counted window
+        self.reset(periods)
+
+    def reset(self, periods: int) -> None:
+        self.n, self.run, self.best_run, self.min_frac = 0, 0, 0, math.inf
+        self.hist = _EMPTY
+        self.cyc = np.zeros(periods, np.int64)
+        self.cyc_best = np.zeros(periods, np.int64)
 
     def copy(self) -> _State:
         other = _State(0)
@@ -279,12 +289,8 @@ def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
     top = th.max_period
     k = st.hist.shape[0]
     pad = top - k  # > 0 only at the start of a stream: no ids before the first
-    ext = np.empty(top + m, np.int64)
-    ext[:pad] = 0
-    ext[pad:top] = st.hist
-    ext[top:] = x
+    ext = np.concatenate((_ZEROS[:pad], st.hist, x)) if pad else np.concatenate((st.hist, x))
     eq = np.empty(top + m, np.bool_)  # eq[i]: ext[i] repeats the id before it
-    eq[0] = False
     np.equal(ext[1:], ext[:-1], out=eq[1:])
     eq[: pad + 1] = False
     # rows[0]: repeats; rows[p - 1]: x[j] equals the id p before it (a cycle of period p)
@@ -304,10 +310,7 @@ def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
         if p > 2:
             const &= eq[top + 2 - p : top + 2 - p + m]
         np.greater(cyc[p - 2], const, out=cyc[p - 2])  # a cycle, and not a run
-    carry = np.empty(top, np.int64)
-    carry[0] = max(st.run - 1, 0)
-    carry[1:] = st.cyc
-    best, last = _stretches(rows, carry)
+    best, last = _stretches(rows, np.concatenate(((max(st.run - 1, 0),), st.cyc)))
     st.best_run = max(st.best_run, int(best[0]) + 1)
     st.run = int(last[0]) + 1
     st.cyc_best = np.maximum(st.cyc_best, best[1:])
@@ -321,7 +324,8 @@ def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
         st.min_frac = min(st.min_frac, int(distinct.min()) / w)
     tail = m - whole * w
     if tail >= th.min_tokens:
-        st.min_frac = min(st.min_frac, np.unique(x[whole * w :]).shape[0] / tail)
+        s = np.sort(x[whole * w :])
+        st.min_frac = min(st.min_frac, (int(np.count_nonzero(s[1:] != s[:-1])) + 1) / tail)
     st.hist = ext[max(pad, m) :].copy()
     st.n += m
 
@@ -417,59 +421,64 @@ def _ids(x: object, ndims: tuple[int, ...]) -> _I:
 
 
 class DegenerateDetector:
-    """Judges one output as it streams: :meth:`add` one id (the hot path: an append to a
-    compact buffer, with a numpy pass every ``chunk_tokens`` ids), :meth:`extend` a chunk,
-    :meth:`result` at any time (it does not consume). Memory stays bounded for any length::
+    """Judges one output as it streams: :meth:`add` one id (an append to a compact buffer, with
+    a numpy pass every ``chunk_tokens`` ids), :meth:`extend` a chunk, :meth:`result` at any
+    time (it does not consume). Memory stays bounded for any length::
 
         detector = DegenerateDetector()
         for token in stream:
             detector.add(token)
         verdict = detector.result()
 
-    ``add`` raises TypeError or OverflowError for something that is not an int64 id; callers
-    on an inference path catch it.
+    The cheapest path per id is :attr:`append`, the buffer's own append (a C call): whoever
+    uses it calls :meth:`pump` at least every ``chunk_tokens`` ids to keep memory bounded (a
+    token counter they keep anyway tells when). ``add``/``append`` raise TypeError or
+    OverflowError for something that is not an int64 id; callers on an inference path catch it.
     """
 
-    __slots__ = ("_buf", "_chunk", "_state", "add", "thresholds")
+    __slots__ = ("_buf", "_chunk", "_state", "add", "append", "thresholds")
 
     add: Callable[[int], None]
+    append: Callable[[int], None]
 
     def __init__(
         self, thresholds: DegenerateThresholds | None = None, *, chunk_tokens: int | None = None
     ) -> None:
         th = self.thresholds = _thresholds(thresholds)
-        self._chunk = _chunk_size(th, chunk_tokens)
-        self._buf = array("q")
-        self._state = _State(th.max_period - 1)
-        self.add = self._make_add()
+        chunk = self._chunk = _chunk_size(th, chunk_tokens)
+        buf = self._buf = array("q")
+        st = self._state = _State(th.max_period - 1)
+        append = self.append = buf.append
 
-    def _make_add(self) -> Callable[[int], None]:
         # A closure over the buffer and the state, not over self: no reference cycle, and
-        # two cell loads per id instead of attribute lookups.
-        buf, chunk, st, th = self._buf, self._chunk, self._state, self.thresholds
-        append = buf.append
-
+        # cell loads instead of attribute lookups.
         def add(token: int) -> None:
             append(token)
             if len(buf) >= chunk:
-                _flush(buf, st, th)
+                _flush(buf, st, th, chunk)
 
-        return add
+        self.add = add
+
+    def pump(self) -> None:
+        """Judge the whole chunks :attr:`append` buffered (cheap when there are none)."""
+        if len(self._buf) >= self._chunk:
+            _flush(self._buf, self._state, self.thresholds, self._chunk)
 
     def extend(self, ids: Sequence[int] | npt.NDArray[Any]) -> None:
         """Add a chunk of ids (a sequence or 1-D integer array); raises OutputInputError."""
         a = _ids(ids, (1,))
-        buf, chunk, st = self._buf, self._chunk, self._state
+        buf, chunk, st, th = self._buf, self._chunk, self._state, self.thresholds
+        self.pump()
         start = 0
         if len(buf):
             start = min(a.shape[0], chunk - len(buf))
             buf.frombytes(a[:start].tobytes())
             if len(buf) < chunk:
                 return
-            _flush(buf, st, self.thresholds)
+            _flush(buf, st, th, chunk)
         whole = (a.shape[0] - start) // chunk * chunk
         for i in range(start, start + whole, chunk):
-            _advance(st, a[i : i + chunk], self.thresholds)
+            _advance(st, a[i : i + chunk], th)
         buf.frombytes(a[start + whole :].tobytes())
 
     @property
@@ -478,27 +487,28 @@ class DegenerateDetector:
 
     def result(self) -> OutputVerdict:
         """The verdict on the ids so far."""
-        buf, th = self._buf, self.thresholds
+        buf, th, chunk = self._buf, self.thresholds, self._chunk
         if self._state.n + len(buf) < th.min_tokens:
             return _short(buf)
         st = self._state.copy()
-        _advance(st, np.frombuffer(buf, np.int64).copy() if len(buf) else _EMPTY, th)
+        rest = np.frombuffer(buf, np.int64).copy() if len(buf) else _EMPTY
+        for i in range(0, rest.shape[0], chunk):  # more than a chunk if pump() came late
+            _advance(st, rest[i : i + chunk], th)
         return _verdict(st, th)
 
     def reset(self) -> None:
-        """Start a new output (keeps the thresholds)."""
+        """Start a new output (keeps the thresholds; ``add`` and ``append`` stay valid)."""
         del self._buf[:]
-        self._state = _State(self.thresholds.max_period - 1)
-        self.add = self._make_add()
+        self._state.reset(self.thresholds.max_period - 1)
 
 
-_EMPTY: Final[_I] = np.zeros(0, np.int64)
-
-
-def _flush(buf: array[int], st: _State, th: DegenerateThresholds) -> None:
-    x = np.frombuffer(buf, np.int64).copy()  # a copy: the buffer cannot shrink while viewed
-    del buf[:]
-    _advance(st, x, th)
+def _flush(buf: array[int], st: _State, th: DegenerateThresholds, chunk: int) -> None:
+    """Judge the whole chunks in ``buf``; the rest stays buffered."""
+    whole = len(buf) // chunk * chunk
+    x = np.frombuffer(buf, np.int64)[:whole].copy()  # copied: a viewed buffer cannot shrink
+    del buf[:whole]
+    for i in range(0, whole, chunk):
+        _advance(st, x[i : i + chunk], th)
 
 
 def _judge(seq: _I, th: DegenerateThresholds, chunk: int, pad_id: int | None) -> OutputVerdict:
