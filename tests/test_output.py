@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -539,3 +540,28 @@ def test_logits_stats_known_values_and_shapes() -> None:
 def test_bad_logits_raise(logits: np.ndarray, match: str) -> None:
     with pytest.raises(OutputInputError, match=match):
         logits_stats(logits)
+
+
+def test_imports_numpy_and_the_standard_library_only() -> None:
+    """Usable without OpenTelemetry: output.py reaches only numpy, the stdlib and ConfigError
+    (whose module reads the environment table, stdlib only)."""
+    import ast
+
+    def imported(module: object) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text())  # type: ignore[attr-defined]
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+        return names
+
+    from bitnet_obs import _config, _env
+
+    allowed = set(sys.stdlib_module_names) | {"numpy", "numpy.typing"}
+    own = {"bitnet_obs._config", "bitnet_obs._env", "bitnet_obs"}
+    for module in (output, _config, _env):
+        names = imported(module)
+        assert {n.split(".")[0] for n in names - own} <= allowed, (module, names)
+    assert imported(output) & own == {"bitnet_obs._config"}
