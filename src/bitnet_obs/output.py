@@ -257,9 +257,10 @@ def _stretches(rows: npt.NDArray[np.bool_], carry: _I) -> tuple[_I, _I]:
     of True and the one ending the chunk, a stretch starting it continuing the row's carry.
     Works on the stretch boundaries only, so healthy text (few, short stretches) is cheap."""
     r, width = rows.shape
-    d = np.diff(rows.reshape(-1).view(np.int8))
-    starts = np.flatnonzero(d == 1)  # a stretch begins at flat index start + 1
-    ends = np.flatnonzero(d == -1)  # ... and ends at flat index end (inclusive)
+    flat = rows.reshape(-1).view(np.int8)
+    d = np.subtract(flat[1:], flat[:-1])
+    starts = (d == 1).nonzero()[0]  # a stretch begins at flat index start + 1 ...
+    ends = (d == -1).nonzero()[0]  # ... and ends at flat index end (inclusive)
     lengths = ends - starts
     row = ends // width
     lead = starts - row * width == 0
@@ -281,6 +282,14 @@ def _first_ids_valid(top: int, k: int) -> npt.NDArray[np.bool_]:
     return valid
 
 
+@functools.lru_cache(maxsize=64)
+def _run_limits(top: int) -> _I:
+    """[p - 2]: p - 1, the run (in repeats) at which the last p ids are all one token."""
+    limits = np.arange(1, top, dtype=np.int64)[:, None]
+    limits.flags.writeable = False
+    return limits
+
+
 def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
     """Fold ids ``x`` (starting at a window boundary) into the state."""
     m = x.shape[0]
@@ -293,28 +302,28 @@ def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
     eq = np.empty(top + m, np.bool_)  # eq[i]: ext[i] repeats the id before it
     np.equal(ext[1:], ext[:-1], out=eq[1:])
     eq[: pad + 1] = False
-    # rows[0]: repeats; rows[p - 1]: x[j] equals the id p before it (a cycle of period p)
-    # and the p ids ending at j are not all one token (a run is not a cycle)
-    rows = np.zeros((top, m + 2), np.bool_)
-    rows[0, 1:-1] = eq[top:]
+    # reps[j]: how many times the id at j repeats the one before, counting into the past
+    pos = np.arange(1, m + 1, dtype=np.int64)
+    last_new = np.where(eq[top:], 0, pos)
+    np.maximum.accumulate(last_new, out=last_new)
+    reps = pos - last_new
+    if st.run > 1:  # the run the previous chunk ended with goes on
+        reps[: int(np.searchsorted(last_new, 0, side="right"))] += st.run - 1
+    st.best_run = max(st.best_run, int(reps.max()) + 1)
+    st.run = int(reps[-1]) + 1
+    # rows[p - 2]: x[j] equals the id p before it (a cycle of period p) and the p ids ending
+    # at j are not all one token (a run is not a cycle); padded for _stretches
+    rows = np.zeros((top - 1, m + 2), np.bool_)
+    cyc = rows[:, 1:-1]
     shifted = np.ndarray((top + 1, m), np.int64, ext, 0, (8, 8))  # shifted[i] = ext[i : i + m]
-    cyc = rows[1:, 1:-1]
     np.equal(shifted[top - 2 :: -1][: top - 1], x, out=cyc)
     if pad:  # stream start: no id p positions back for the first p - k positions
         span = min(top, m)
         cyc[:, :span] &= _first_ids_valid(top, k)[:, :span]
-    # const: the p ids ending at j are one token (eq at j, j - 1, ..., j - p + 2); a loop of
-    # row operations (logical_and.accumulate over rows is ten times slower)
-    const = eq[top:].copy()
-    for p in range(2, top + 1):
-        if p > 2:
-            const &= eq[top + 2 - p : top + 2 - p + m]
-        np.greater(cyc[p - 2], const, out=cyc[p - 2])  # a cycle, and not a run
-    best, last = _stretches(rows, np.concatenate(((max(st.run - 1, 0),), st.cyc)))
-    st.best_run = max(st.best_run, int(best[0]) + 1)
-    st.run = int(last[0]) + 1
-    st.cyc_best = np.maximum(st.cyc_best, best[1:])
-    st.cyc = last[1:]
+    cyc &= reps < _run_limits(top)
+    best, last = _stretches(rows, st.cyc)
+    st.cyc_best = np.maximum(st.cyc_best, best)
+    st.cyc = last
     # distinct fraction per aligned window; a trailing partial window counts if long enough
     w = th.window
     whole = m // w
