@@ -545,8 +545,8 @@ def test_bad_logits_raise(logits: np.ndarray, match: str) -> None:
 
 
 def test_imports_numpy_and_the_standard_library_only() -> None:
-    """Usable without OpenTelemetry: output.py reaches only numpy, the stdlib and ConfigError
-    (whose module reads the environment table, stdlib only)."""
+    """Usable without OpenTelemetry: output.py and its measures reach only numpy, the stdlib
+    and ConfigError (whose module reads the environment table, stdlib only)."""
     import ast
 
     def imported(module: object) -> set[str]:
@@ -559,11 +559,12 @@ def test_imports_numpy_and_the_standard_library_only() -> None:
                 names.add(node.module)
         return names
 
-    from bitnet_obs import _config, _env
+    from bitnet_obs import _config, _degenerate, _env
 
     allowed = set(sys.stdlib_module_names) | {"numpy", "numpy.typing"}
-    own = {"bitnet_obs._config", "bitnet_obs._env", "bitnet_obs"}
-    for module in (output, _config, _env):
+    own = {"bitnet_obs._config", "bitnet_obs._env", "bitnet_obs._degenerate", "bitnet_obs"}
+    for module in (output, _degenerate, _config, _env):
         names = imported(module)
         assert {n.split(".")[0] for n in names - own} <= allowed, (module, names)
-    assert imported(output) & own == {"bitnet_obs._config"}
+    assert imported(output) & own == {"bitnet_obs._config", "bitnet_obs._degenerate"}
+    assert imported(_degenerate) & own == {"bitnet_obs._config"}

@@ -44,8 +44,6 @@ collapsing (or flattening to uniform) and the top-1 margin.
 
 from __future__ import annotations
 
-import functools
-import math
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -55,6 +53,20 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_obs._config import ConfigError
+from bitnet_obs._degenerate import (
+    DEFAULT_THRESHOLDS,
+    EMPTY,
+    I64,
+    REASONS,
+    DegenerateThresholds,
+    OutputVerdict,
+    State,
+    advance,
+    flush,
+    judge,
+    short,
+    verdict,
+)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -70,79 +82,13 @@ __all__ = [
     "thresholds_from_env",
 ]
 
-REASONS: Final = ("repeat_run", "cycle", "low_diversity")
 _CHUNK_TOKENS = 4096  # ids buffered before a numpy pass: 32 KiB
 _LOGITS_BLOCK = 1 << 20  # logits per float64 block (8 MiB)
-_I = npt.NDArray[np.int64]
-_EMPTY: Final[_I] = np.zeros(0, np.int64)
-_ZEROS: Final[_I] = np.zeros(64, np.int64)  # left padding of a stream's first ids
 
 
 class OutputInputError(ValueError):
     """Ids or logits that cannot be judged; the message says what is accepted."""
 
-
-@dataclass(frozen=True)
-class DegenerateThresholds:
-    """When an output counts as degenerate. ``0`` switches a reason off.
-
-    The worst healthy figure of the texts in ``tests/fixtures/text`` is given for each; the
-    byte-level tokenizers are the hard case (BitNet models use BPE vocabularies, where healthy
-    text is much further away).
-
-    * ``repeat_run`` (32): a run of one token this long -- "!!!!" collapse. Healthy: 21 (code
-      indentation and a table of contents' dot leaders, byte level); 4 with a BPE.
-    * ``cycle_span`` (64): a cycle of period 2..``max_period`` covering this many tokens.
-      Healthy: 41 (a 10-column Markdown table rule, byte level); 14 with a BPE.
-    * ``max_period`` (8): longest cycle period looked for.
-    * ``min_distinct_fraction`` (0.03): a window whose fraction of distinct ids is below this.
-      Healthy: 0.047 (counting "1, 2, 3, ..." byte by byte: 12 symbols); prose 0.098 byte
-      level, 0.15-0.6 with a BPE. With a BPE vocabulary, 0.1 is still safe and catches more.
-    * ``window`` (256): tokens per distinct-fraction window.
-    * ``min_tokens`` (32): shorter outputs are measured but never judged; also the shortest
-      trailing window that counts.
-
-    >>> DegenerateThresholds(repeat_run=64).repeat_run
-    64
-    """
-
-    repeat_run: int = 32
-    cycle_span: int = 64
-    max_period: int = 8
-    min_distinct_fraction: float = 0.03
-    window: int = 256
-    min_tokens: int = 32
-
-    def __post_init__(self) -> None:
-        def whole(name: str, low: int, high: int, zero_ok: bool = False) -> int:
-            value = getattr(self, name)
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            if not ok or not (low <= value <= high or (zero_ok and value == 0)):
-                off = " or 0 (off)" if zero_ok else ""
-                raise ConfigError(
-                    f"degenerate thresholds: {name}={value!r}; accepted: an integer "
-                    f"{low}..{high}{off}"
-                )
-            return int(value)
-
-        whole("repeat_run", 2, 1 << 40, zero_ok=True)
-        period = whole("max_period", 2, 64)
-        whole("cycle_span", period + 1, 1 << 40, zero_ok=True)
-        window = whole("window", 8, 1 << 16)
-        whole("min_tokens", 1, window)
-        fraction = self.min_distinct_fraction
-        if (
-            isinstance(fraction, bool)
-            or not isinstance(fraction, (int, float))
-            or not 0.0 <= fraction < 1.0
-        ):
-            raise ConfigError(
-                f"degenerate thresholds: min_distinct_fraction={fraction!r}; accepted: a number "
-                "0 <= f < 1 (0: off)"
-            )
-
-
-DEFAULT_THRESHOLDS: Final = DegenerateThresholds()
 
 # Setting name -> (field, documentation): the lead's settings table reads this.
 ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
@@ -194,184 +140,6 @@ def thresholds_from_env(environ: Mapping[str, str]) -> DegenerateThresholds:
         raise ConfigError(message) from None
 
 
-@dataclass(frozen=True)
-class OutputVerdict:
-    """The measures of one output and the verdict. ``reason`` is None when healthy or not
-    judged (``judged`` is False below ``min_tokens``)."""
-
-    tokens: int
-    longest_run: int
-    distinct_fraction: float
-    cycle_span: int
-    cycle_period: int
-    judged: bool
-    reason: str | None
-
-    @property
-    def degenerate(self) -> bool:
-        return self.reason is not None
-
-    def span_attributes(self) -> dict[str, int | float | str]:
-        """Content-free span attributes (numbers and the reason; never ids)."""
-        attrs: dict[str, int | float | str] = {
-            "bitnet.output.repeat_run": self.longest_run,
-            "bitnet.output.distinct_fraction": round(self.distinct_fraction, 4),
-            "bitnet.output.cycle_span": self.cycle_span,
-        }
-        if self.reason is not None:
-            attrs["bitnet.degenerate.reason"] = self.reason
-        return attrs
-
-
-class _State:
-    """What is carried between chunks: a few numbers and the last ``max_period`` ids."""
-
-    __slots__ = ("best_run", "cyc", "cyc_best", "hist", "min_frac", "n", "run")
-
-    n: int  # ids judged so far (always a whole number of windows until the end)
-    hist: _I
-    run: int  # length of the current run of one token
-    best_run: int
-    cyc: _I  # current cycle stretch, per period
-    cyc_best: _I
-    min_frac: float  # lowest distinct fraction of a counted window
-
-    def __init__(self, periods: int) -> None:
-        self.reset(periods)
-
-    def reset(self, periods: int) -> None:
-        self.n, self.run, self.best_run, self.min_frac = 0, 0, 0, math.inf
-        self.hist = _EMPTY
-        self.cyc = np.zeros(periods, np.int64)
-        self.cyc_best = np.zeros(periods, np.int64)
-
-    def copy(self) -> _State:
-        other = _State(0)
-        other.n, other.hist, other.run, other.best_run = self.n, self.hist, self.run, self.best_run
-        other.cyc, other.cyc_best, other.min_frac = self.cyc, self.cyc_best, self.min_frac
-        return other  # arrays are replaced, never mutated, by _advance
-
-
-def _stretches(rows: npt.NDArray[np.bool_], carry: _I) -> tuple[_I, _I]:
-    """Per row of ``rows`` (each padded with a False column at both ends): the longest stretch
-    of True and the one ending the chunk, a stretch starting it continuing the row's carry.
-    Works on the stretch boundaries only, so healthy text (few, short stretches) is cheap."""
-    r, width = rows.shape
-    flat = rows.reshape(-1).view(np.int8)
-    d = np.subtract(flat[1:], flat[:-1])
-    starts = (d == 1).nonzero()[0]  # a stretch begins at flat index start + 1 ...
-    ends = (d == -1).nonzero()[0]  # ... and ends at flat index end (inclusive)
-    lengths = ends - starts
-    row = ends // width
-    lead = starts - row * width == 0
-    lengths[lead] += carry[row[lead]]
-    best = np.zeros(r, np.int64)
-    np.maximum.at(best, row, lengths)
-    last = np.zeros(r, np.int64)
-    tail = ends - row * width == width - 2
-    last[row[tail]] = lengths[tail]
-    return best, last
-
-
-@functools.lru_cache(maxsize=64)
-def _first_ids_valid(top: int, k: int) -> npt.NDArray[np.bool_]:
-    """[p - 2, j]: position j of a stream's first chunk has an id p positions back, with ``k``
-    ids carried before the chunk (read-only, cached: the same shape for every stream)."""
-    valid = np.arange(top)[None, :] >= (np.arange(2, top + 1) - k)[:, None]
-    valid.flags.writeable = False
-    return valid
-
-
-@functools.lru_cache(maxsize=64)
-def _run_limits(top: int) -> _I:
-    """[p - 2]: p - 1, the run (in repeats) at which the last p ids are all one token."""
-    limits = np.arange(1, top, dtype=np.int64)[:, None]
-    limits.flags.writeable = False
-    return limits
-
-
-def _advance(st: _State, x: _I, th: DegenerateThresholds) -> None:
-    """Fold ids ``x`` (starting at a window boundary) into the state."""
-    m = x.shape[0]
-    if m == 0:
-        return
-    top = th.max_period
-    k = st.hist.shape[0]
-    pad = top - k  # > 0 only at the start of a stream: no ids before the first
-    ext = np.concatenate((_ZEROS[:pad], st.hist, x)) if pad else np.concatenate((st.hist, x))
-    eq = np.empty(top + m, np.bool_)  # eq[i]: ext[i] repeats the id before it
-    np.equal(ext[1:], ext[:-1], out=eq[1:])
-    eq[: pad + 1] = False
-    # reps[j]: how many times the id at j repeats the one before, counting into the past
-    pos = np.arange(1, m + 1, dtype=np.int64)
-    last_new = np.where(eq[top:], 0, pos)
-    np.maximum.accumulate(last_new, out=last_new)
-    reps = pos - last_new
-    if st.run > 1:  # the run the previous chunk ended with goes on
-        reps[: int(np.searchsorted(last_new, 0, side="right"))] += st.run - 1
-    st.best_run = max(st.best_run, int(reps.max()) + 1)
-    st.run = int(reps[-1]) + 1
-    # rows[p - 2]: x[j] equals the id p before it (a cycle of period p) and the p ids ending
-    # at j are not all one token (a run is not a cycle); padded for _stretches
-    rows = np.zeros((top - 1, m + 2), np.bool_)
-    cyc = rows[:, 1:-1]
-    shifted = np.ndarray((top + 1, m), np.int64, ext, 0, (8, 8))  # shifted[i] = ext[i : i + m]
-    np.equal(shifted[top - 2 :: -1][: top - 1], x, out=cyc)
-    if pad:  # stream start: no id p positions back for the first p - k positions
-        span = min(top, m)
-        cyc[:, :span] &= _first_ids_valid(top, k)[:, :span]
-    cyc &= reps < _run_limits(top)
-    best, last = _stretches(rows, st.cyc)
-    st.cyc_best = np.maximum(st.cyc_best, best)
-    st.cyc = last
-    # distinct fraction per aligned window; a trailing partial window counts if long enough
-    w = th.window
-    whole = m // w
-    if whole:
-        s = np.sort(x[: whole * w].reshape(whole, w), axis=1)
-        distinct = np.count_nonzero(s[:, 1:] != s[:, :-1], axis=1) + 1
-        st.min_frac = min(st.min_frac, int(distinct.min()) / w)
-    tail = m - whole * w
-    if tail >= th.min_tokens:
-        s = np.sort(x[whole * w :])
-        st.min_frac = min(st.min_frac, (int(np.count_nonzero(s[1:] != s[:-1])) + 1) / tail)
-    st.hist = ext[max(pad, m) :].copy()
-    st.n += m
-
-
-def _short(ids: Sequence[int]) -> OutputVerdict:
-    """An output shorter than ``min_tokens``: not judged, so only the two measures that are
-    recorded as histograms, in plain Python (a numpy pass would cost more than the output)."""
-    best = run = 0
-    prev: object = None
-    for token in ids:
-        if token == prev:
-            run += 1
-        else:
-            run, prev = 1, token
-        if run > best:
-            best = run
-    n = len(ids)
-    return OutputVerdict(n, best, len(set(ids)) / n if n else 1.0, 0, 0, False, None)
-
-
-def _verdict(st: _State, th: DegenerateThresholds) -> OutputVerdict:
-    n, fraction = st.n, st.min_frac
-    span, period = 0, 0
-    for i, best in enumerate(st.cyc_best.tolist()):
-        if best and best + i + 2 > span:
-            span, period = best + i + 2, i + 2
-    reason = None
-    if n >= th.min_tokens:
-        if th.repeat_run and st.best_run >= th.repeat_run:
-            reason = "repeat_run"
-        elif th.cycle_span and span >= th.cycle_span:
-            reason = "cycle"
-        elif fraction < th.min_distinct_fraction:
-            reason = "low_diversity"
-    return OutputVerdict(n, st.best_run, fraction, span, period, True, reason)
-
-
 def _chunk_size(th: DegenerateThresholds, chunk_tokens: int | None) -> int:
     if chunk_tokens is None:
         return -(-_CHUNK_TOKENS // th.window) * th.window
@@ -415,7 +183,7 @@ def _as_array(x: object, name: str) -> npt.NDArray[Any]:
         ) from None
 
 
-def _ids(x: object, ndims: tuple[int, ...]) -> _I:
+def _ids(x: object, ndims: tuple[int, ...]) -> I64:
     a = _as_array(x, "ids")
     if a.ndim not in ndims:
         accepted = "one sequence (1-D)" + (" or one per row (2-D)" if 2 in ndims else "")
@@ -456,7 +224,7 @@ class DegenerateDetector:
         th = self.thresholds = _thresholds(thresholds)
         chunk = self._chunk = _chunk_size(th, chunk_tokens)
         buf = self._buf = array("q")
-        st = self._state = _State(th.max_period - 1)
+        st = self._state = State(th.max_period - 1)
         append = self.append = buf.append
 
         # A closure over the buffer and the state, not over self: no reference cycle, and
@@ -464,14 +232,14 @@ class DegenerateDetector:
         def add(token: int) -> None:
             append(token)
             if len(buf) >= chunk:
-                _flush(buf, st, th, chunk)
+                flush(buf, st, th, chunk)
 
         self.add = add
 
     def pump(self) -> None:
         """Judge the whole chunks :attr:`append` buffered (cheap when there are none)."""
         if len(self._buf) >= self._chunk:
-            _flush(self._buf, self._state, self.thresholds, self._chunk)
+            flush(self._buf, self._state, self.thresholds, self._chunk)
 
     def extend(self, ids: Sequence[int] | npt.NDArray[Any]) -> None:
         """Add a chunk of ids (a sequence or 1-D integer array); raises OutputInputError."""
@@ -484,10 +252,10 @@ class DegenerateDetector:
             buf.frombytes(a[:start].tobytes())
             if len(buf) < chunk:
                 return
-            _flush(buf, st, th, chunk)
+            flush(buf, st, th, chunk)
         whole = (a.shape[0] - start) // chunk * chunk
         for i in range(start, start + whole, chunk):
-            _advance(st, a[i : i + chunk], th)
+            advance(st, a[i : i + chunk], th)
         buf.frombytes(a[start + whole :].tobytes())
 
     @property
@@ -498,39 +266,17 @@ class DegenerateDetector:
         """The verdict on the ids so far."""
         buf, th, chunk = self._buf, self.thresholds, self._chunk
         if self._state.n + len(buf) < th.min_tokens:
-            return _short(buf)
+            return short(buf)
         st = self._state.copy()
-        rest = np.frombuffer(buf, np.int64).copy() if len(buf) else _EMPTY
+        rest = np.frombuffer(buf, np.int64).copy() if len(buf) else EMPTY
         for i in range(0, rest.shape[0], chunk):  # more than a chunk if pump() came late
-            _advance(st, rest[i : i + chunk], th)
-        return _verdict(st, th)
+            advance(st, rest[i : i + chunk], th)
+        return verdict(st, th)
 
     def reset(self) -> None:
         """Start a new output (keeps the thresholds; ``add`` and ``append`` stay valid)."""
         del self._buf[:]
         self._state.reset(self.thresholds.max_period - 1)
-
-
-def _flush(buf: array[int], st: _State, th: DegenerateThresholds, chunk: int) -> None:
-    """Judge the whole chunks in ``buf``; the rest stays buffered."""
-    whole = len(buf) // chunk * chunk
-    x = np.frombuffer(buf, np.int64)[:whole].copy()  # copied: a viewed buffer cannot shrink
-    del buf[:whole]
-    for i in range(0, whole, chunk):
-        _advance(st, x[i : i + chunk], th)
-
-
-def _judge(seq: _I, th: DegenerateThresholds, chunk: int, pad_id: int | None) -> OutputVerdict:
-    if pad_id is not None and seq.shape[0]:
-        keep = np.flatnonzero(seq != pad_id)
-        seq = seq[: keep[-1] + 1] if keep.shape[0] else seq[:0]
-    n = seq.shape[0]
-    if n < th.min_tokens:
-        return _short(seq.tolist())
-    st = _State(th.max_period - 1)
-    for i in range(0, n, chunk):
-        _advance(st, seq[i : i + chunk], th)
-    return _verdict(st, th)
 
 
 @overload
@@ -574,8 +320,8 @@ def detect_degenerate(
     chunk = _chunk_size(th, chunk_tokens)
     a = _ids(ids, (1, 2))
     if a.ndim == 1:
-        return _judge(a, th, chunk, pad_id)
-    return tuple(_judge(row, th, chunk, pad_id) for row in a)
+        return judge(a, th, chunk, pad_id)
+    return tuple(judge(row, th, chunk, pad_id) for row in a)
 
 
 # --- logits ------------------------------------------------------------------------------
