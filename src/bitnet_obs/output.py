@@ -90,7 +90,7 @@ class OutputInputError(ValueError):
     """Ids or logits that cannot be judged; the message says what is accepted."""
 
 
-# Setting name -> (field, documentation): the lead's settings table reads this.
+# Setting name -> (field, documentation), for the settings table and its generated docs.
 ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     "BITNET_OBS_DEGENERATE_REPEAT_RUN": (
         "repeat_run",
