@@ -12,14 +12,25 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_obs._config import ConfigError
+if TYPE_CHECKING:
+    from bitnet_obs._config import ConfigError
 
 REASONS: Final = ("repeat_run", "cycle", "low_diversity")
+
+
+def config_error(message: str) -> ConfigError:
+    """A :class:`ConfigError`, its module imported only when one is raised: importing the
+    measures stays numpy-only (the configuration module reaches the self-monitoring counters)."""
+    from bitnet_obs._config import ConfigError
+
+    return ConfigError(message)
+
+
 I64 = npt.NDArray[np.int64]
 EMPTY: Final[I64] = np.zeros(0, np.int64)
 _ZEROS: Final[I64] = np.zeros(64, np.int64)  # left padding of a stream's first ids
@@ -62,7 +73,7 @@ class DegenerateThresholds:
             ok = isinstance(value, int) and not isinstance(value, bool)
             if not ok or not (low <= value <= high or (zero_ok and value == 0)):
                 off = " or 0 (off)" if zero_ok else ""
-                raise ConfigError(
+                raise config_error(
                     f"degenerate thresholds: {name}={value!r}; accepted: an integer "
                     f"{low}..{high}{off}"
                 )
@@ -79,7 +90,7 @@ class DegenerateThresholds:
             or not isinstance(fraction, (int, float))
             or not 0.0 <= fraction < 1.0
         ):
-            raise ConfigError(
+            raise config_error(
                 f"degenerate thresholds: min_distinct_fraction={fraction!r}; accepted: a number "
                 "0 <= f < 1 (0: off)"
             )

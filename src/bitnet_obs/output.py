@@ -52,7 +52,6 @@ from typing import Any, Final, overload
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_obs._config import ConfigError
 from bitnet_obs._degenerate import (
     DEFAULT_THRESHOLDS,
     EMPTY,
@@ -62,6 +61,7 @@ from bitnet_obs._degenerate import (
     OutputVerdict,
     State,
     advance,
+    config_error,
     flush,
     judge,
     short,
@@ -129,7 +129,9 @@ def thresholds_from_env(environ: Mapping[str, str]) -> DegenerateThresholds:
             values[name] = float(raw) if types[name] == "float" else int(raw)
         except ValueError:
             kind = "a number" if types[name] == "float" else "an integer"
-            raise ConfigError(f"{var}={raw!r}; accepted: {kind}") from None
+            raise config_error(f"{var}={raw!r}; accepted: {kind}") from None
+    from bitnet_obs._config import ConfigError  # configure() time only
+
     try:
         return DegenerateThresholds(**values)
     except ConfigError as exc:
@@ -137,7 +139,7 @@ def thresholds_from_env(environ: Mapping[str, str]) -> DegenerateThresholds:
         message = str(exc)
         for name, var in names.items():
             message = message.replace(f": {name}=", f": {var}=")
-        raise ConfigError(message) from None
+        raise config_error(message) from None
 
 
 def _chunk_size(th: DegenerateThresholds, chunk_tokens: int | None) -> int:
@@ -149,7 +151,7 @@ def _chunk_size(th: DegenerateThresholds, chunk_tokens: int | None) -> int:
         or chunk_tokens <= 0
         or chunk_tokens % th.window
     ):
-        raise ConfigError(
+        raise config_error(
             f"chunk_tokens={chunk_tokens!r}; accepted: a positive multiple of the window "
             f"({th.window})"
         )
@@ -160,7 +162,7 @@ def _thresholds(thresholds: DegenerateThresholds | None) -> DegenerateThresholds
     if thresholds is None:
         return DEFAULT_THRESHOLDS
     if not isinstance(thresholds, DegenerateThresholds):
-        raise ConfigError(
+        raise config_error(
             f"thresholds={thresholds!r}; accepted: a DegenerateThresholds or None (defaults)"
         )
     return thresholds
