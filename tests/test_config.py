@@ -227,6 +227,12 @@ def test_every_documented_variable_is_parsed(tmp_path: Path) -> None:
         "BITNET_OBS_TLS_KEY_FILE": str(FIXTURES / "server.key"),
         "BITNET_OBS_BASIC_AUTH": "scraper:s3cret",
         "BITNET_OBS_BASIC_AUTH_FILE": str(auth_file),
+        "BITNET_OBS_DEGENERATE_REPEAT_RUN": "40",
+        "BITNET_OBS_DEGENERATE_CYCLE_SPAN": "70",
+        "BITNET_OBS_DEGENERATE_MAX_PERIOD": "6",
+        "BITNET_OBS_DEGENERATE_MIN_DISTINCT_FRACTION": "0.1",
+        "BITNET_OBS_DEGENERATE_WINDOW": "512",
+        "BITNET_OBS_DEGENERATE_MIN_TOKENS": "16",
     }
     # A variable that only means something next to another one is checked with it.
     companions = {

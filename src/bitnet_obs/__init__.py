@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 from bitnet_obs._version import __version__
 
 if TYPE_CHECKING:
-    from bitnet_obs import devices, health, logs, quant, sla, testing
+    from bitnet_obs import crossval, devices, health, logs, output, quant, runtime, sla, testing
     from bitnet_obs._cache import observe_cache_usage, record_cache
-    from bitnet_obs._config import ConfigError, Settings
+    from bitnet_obs._config import Settings
     from bitnet_obs._context import InferenceContext
+    from bitnet_obs._errors import ConfigError
     from bitnet_obs._inference import (
         InferenceMonitor,
         bind_context,
@@ -54,6 +55,7 @@ __all__ = [
     "__version__",
     "bind_context",
     "configure",
+    "crossval",
     "current_inference",
     "devices",
     "force_flush",
@@ -64,9 +66,11 @@ __all__ = [
     "monitor_model_load",
     "monitored_inference",
     "observe_cache_usage",
+    "output",
     "quant",
     "record_cache",
     "record_fallback",
+    "runtime",
     "shutdown",
     "sla",
     "testing",
@@ -76,7 +80,7 @@ __all__ = [
 
 # public name -> the module that defines it (a submodule when the name is one)
 _WHERE = {
-    "ConfigError": "_config",
+    "ConfigError": "_errors",
     "Settings": "_config",
     "InferenceContext": "_context",
     "InferenceMonitor": "_inference",
@@ -101,7 +105,17 @@ _WHERE = {
     "observe_cache_usage": "_cache",
     "record_cache": "_cache",
 }
-_SUBMODULES = ("devices", "health", "logs", "quant", "sla", "testing")
+_SUBMODULES = (
+    "crossval",
+    "devices",
+    "health",
+    "logs",
+    "output",
+    "quant",
+    "runtime",
+    "sla",
+    "testing",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,7 @@ where OpenTelemetry has no variable for the job.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -26,16 +27,26 @@ import types
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from bitnet_obs import _state
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._selfmon import internal_error
+
+if TYPE_CHECKING:
+    from bitnet_obs._degenerate import DegenerateThresholds
 
 T = TypeVar("T")
 
-
-class ConfigError(ValueError):
-    """A configuration value is malformed; the message says which, what it was, what works."""
+#: DegenerateThresholds' fields, each a ``degenerate_<name>`` setting.
+DEGENERATE_FIELDS = (
+    "repeat_run",
+    "cycle_span",
+    "max_period",
+    "min_distinct_fraction",
+    "window",
+    "min_tokens",
+)
 
 
 def _bad(name: str, value: object, accepted: str) -> ConfigError:
@@ -641,6 +652,57 @@ class Settings:
         default_doc="`300`",
     )
 
+    # Degenerate-output thresholds (bitnet_obs.output.DegenerateThresholds; its docstring has
+    # the healthy figures each default keeps away from). Cross-checked together in _checked.
+    degenerate_repeat_run: int = setting(
+        32,
+        Integer(0, 1_000_000),
+        "A run of one repeated token id this long makes an output degenerate (`repeat_run`); "
+        "0: off, else at least 2.",
+        env="BITNET_OBS_DEGENERATE_REPEAT_RUN",
+    )
+    degenerate_cycle_span: int = setting(
+        64,
+        Integer(0, 1_000_000),
+        "A cycle of period 2 to `BITNET_OBS_DEGENERATE_MAX_PERIOD` covering this many tokens "
+        "makes an output degenerate (`cycle`); 0: off, else above the max period.",
+        env="BITNET_OBS_DEGENERATE_CYCLE_SPAN",
+    )
+    degenerate_max_period: int = setting(
+        8,
+        Integer(2, 64),
+        "Longest cycle period looked for.",
+        env="BITNET_OBS_DEGENERATE_MAX_PERIOD",
+    )
+    degenerate_min_distinct_fraction: float = setting(
+        0.03,
+        Number(0.0, 0.99),
+        "A window whose fraction of distinct token ids is below this makes an output "
+        "degenerate (`low_diversity`); 0: off.",
+        env="BITNET_OBS_DEGENERATE_MIN_DISTINCT_FRACTION",
+    )
+    degenerate_window: int = setting(
+        256,
+        Integer(8, 65_536),
+        "Tokens per distinct-fraction window.",
+        env="BITNET_OBS_DEGENERATE_WINDOW",
+    )
+    degenerate_min_tokens: int = setting(
+        32,
+        Integer(1, 65_536),
+        "Outputs shorter than this are measured but never judged (at most the window).",
+        env="BITNET_OBS_DEGENERATE_MIN_TOKENS",
+    )
+
+    @functools.cached_property
+    def degenerate_thresholds(self) -> DegenerateThresholds:
+        """The ``BITNET_OBS_DEGENERATE_*`` settings as the detector's thresholds."""
+        from bitnet_obs._degenerate import DegenerateThresholds
+
+        return DegenerateThresholds(
+            **{name: getattr(self, f"degenerate_{name}") for name in DEGENERATE_FIELDS}
+        )
+
     @property
     def server_enabled(self) -> bool:
         if self.server == "auto":
@@ -790,9 +852,27 @@ def _check_otlp(name: str, value: object) -> OTLPSettings:
     return value
 
 
+def _check_degenerate(settings: Settings) -> None:
+    """The thresholds' own cross-checks (cycle span above the max period, min tokens within
+    the window, no run of 1), named by variable; skipped when every one is its default."""
+    names = [f"degenerate_{name}" for name in DEGENERATE_FIELDS]
+    declared = {f.name: f.default for f in dataclasses.fields(Settings)}
+    if all(getattr(settings, n) == declared[n] for n in names):
+        return
+    try:
+        settings.degenerate_thresholds  # noqa: B018 - built (and cached) for its checks
+    except ConfigError as exc:
+        message = str(exc)
+        for name in DEGENERATE_FIELDS:
+            var = row(f"degenerate_{name}").env
+            message = message.replace(f" {name}=", f" {var} (degenerate_{name})=")
+        raise ConfigError(message) from None
+
+
 def _checked(settings: Settings) -> Settings:
     """Cross-field checks shared by env and overrides."""
     _check_security(settings)
+    _check_degenerate(settings)
     if "prometheus" in settings.metrics_exporters and settings.server == "off":
         raise ConfigError(
             "BITNET_OBS_SERVER='off' but the prometheus exporter needs the HTTP server; "

@@ -679,6 +679,97 @@ MODEL_INFO = ObservedGauge(
         "bitnet.model.file.sha256",
     ),
 )
+# Output health (bitnet_obs.output; the request path's add_output_ids / observe_logits).
+DEGENERATE_OUTPUTS = Counter(
+    "bitnet.output.degenerate",
+    "{output}",
+    "Outputs judged degenerate (bitnet_obs.output), by bitnet.degenerate.reason: "
+    "repeat_run, cycle, low_diversity.",
+    (*_REQ, "bitnet.degenerate.reason"),
+    shared=True,
+)
+OUTPUT_REPEAT_RUN = Histogram(
+    "bitnet.output.repeat_run",
+    "{token}",
+    "Longest run of one repeated token id in each output.",
+    _REQ,
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 1024, 4096),
+)
+OUTPUT_DISTINCT_FRACTION = Histogram(
+    "bitnet.output.distinct_fraction",
+    "1",
+    "Lowest fraction of distinct token ids in a window of each output.",
+    _REQ,
+    buckets=(0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1),
+)
+LOGITS_ENTROPY = Histogram(
+    "bitnet.output.logits.entropy",
+    "{nat}",
+    "Next-token entropy of sampled decoding steps: 0 certain, log(vocab) uniform.",
+    _REQ,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12),
+)
+LOGITS_TOP1_MARGIN = Histogram(
+    "bitnet.output.logits.top1_margin",
+    "1",
+    "p(top-1) - p(top-2) of sampled decoding steps.",
+    _REQ,
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1),
+)
+# Cross-validation against golden outputs (bitnet_obs.crossval, canaries).
+CROSSVAL_RUNS = Counter(
+    "bitnet.crossval.runs",
+    "{run}",
+    "Cross-validation runs against golden outputs (crossval.check, canaries), by "
+    "bitnet.crossval.outcome (pass, fail).",
+    ("gen_ai.request.model", "bitnet.crossval.outcome"),
+    seed="bitnet_crossval_test_failures_total (outcome=fail)",
+)
+CROSSVAL_PASSING = Gauge(
+    "bitnet.crossval.passing",
+    "1",
+    "1 if the last cross-validation run passed, 0 if it failed.",
+    ("gen_ai.request.model",),
+)
+CROSSVAL_TOKEN_AGREEMENT = Gauge(
+    "bitnet.crossval.token_agreement",
+    "1",
+    "Fraction of golden output tokens the candidate reproduced in the last run.",
+    ("gen_ai.request.model",),
+    seed="bitnet_crossval_accuracy_difference (as 1 - agreement)",
+)
+CROSSVAL_KL = Gauge(
+    "bitnet.crossval.kl",
+    "{nat}",
+    "Mean KL(golden || candidate) of next-token distributions in the last run.",
+    ("gen_ai.request.model",),
+)
+CROSSVAL_THROUGHPUT = Gauge(
+    "bitnet.crossval.throughput",
+    "{token}/s",
+    "Tokens/s on the golden cases in the last run, by bitnet.crossval.implementation "
+    "(candidate, reference).",
+    ("gen_ai.request.model", "bitnet.crossval.implementation"),
+    seed="per-implementation throughput (candidate / reference)",
+)
+RUNTIME_INFO = ObservedGauge(
+    "bitnet.runtime.info",
+    "1",
+    "1 per process; the attributes say what it runs on: CPU model and BitNet-relevant "
+    "ISA features, OS/arch, Python, numpy, torch and transformers versions.",
+    (
+        "host.arch",
+        "os.type",
+        "host.cpu.model.name",
+        "host.cpu.vendor.id",
+        "bitnet.cpu.features",
+        "bitnet.cpu.simd",
+        "process.runtime.version",
+        "bitnet.numpy.version",
+        "bitnet.torch.version",
+        "bitnet.transformers.version",
+    ),
+)
 QUEUE_DEPTH = UpDownCounter(
     "bitnet.queue.depth",
     "{request}",

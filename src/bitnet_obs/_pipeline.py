@@ -37,7 +37,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from bitnet_obs import _config, _export, _instruments, _state, devices, health, sla
+from bitnet_obs import _config, _export, _instruments, _state, devices, health, runtime, sla
 from bitnet_obs._aggregate import Store
 from bitnet_obs._config import ConfigError, Number, Settings
 from bitnet_obs._export import Guard, GuardedSpanExporter
@@ -150,10 +150,12 @@ def _build(
 
 
 def _enable_features(settings: Settings) -> None:
-    """System/GPU metrics, the health probes and BITNET_OBS_SLA_* objectives; never raises."""
+    """System/GPU metrics, the health probes, the runtime fingerprint and BITNET_OBS_SLA_*
+    objectives; never raises."""
     try:
         devices.enable(settings.device_metrics)
         health.enable()
+        runtime.enable()
         objectives = sla.Objectives.from_settings(settings)
         if objectives is not None:
             sla.set_objectives(objectives)

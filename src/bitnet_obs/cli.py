@@ -1,4 +1,4 @@
-"""The ``bitnet-obs`` command: ``demo`` and ``quant-report``."""
+"""The ``bitnet-obs`` command: ``demo``, ``quant-report`` and ``crossval``."""
 
 from __future__ import annotations
 
@@ -74,20 +74,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=2,
         help=f"concurrent request loops, 1 to {DEMO_MAX_WORKERS} (default: 2)",
     )
-    from bitnet_obs import _quant_report
+    demo.add_argument(
+        "--inject-fault",
+        choices=("sign", "constant"),
+        default=None,
+        help="break the I2_S kernel (flipped sign, or one token) so the canary catches it",
+    )
+    demo.add_argument(
+        "--fault-after",
+        type=_demo_duration,
+        default=20.0,
+        help=f"seconds after the first canary run, above 0 and at most {DEMO_MAX_DURATION_S} "
+        "(default: 20)",
+    )
+    from bitnet_obs import _crossval_cli, _quant_report
 
     report = sub.add_parser(
         "quant-report",
         help="ternary weights of a checkpoint (GGUF, safetensors, npz), faithful to its master?",
     )
     _quant_report.add_arguments(report)
+    _crossval_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "crossval":
+        return _crossval_cli.run(args)
     if args.command == "quant-report":
         return _quant_report.run(args)
     if args.command == "demo":
         from bitnet_obs import _demo
 
-        return _demo.run(args.duration, args.port, args.workers)
+        return _demo.run(
+            args.duration, args.port, args.workers, args.inject_fault, args.fault_after
+        )
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 

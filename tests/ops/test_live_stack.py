@@ -10,7 +10,8 @@ One stack for the module (starting it costs the ~6 s before Prometheus' first sc
   simulated GPU on ~5% of requests, over the rule's 1% -- to reach the webhook through the
   ``warning`` route. The rule is ours, unchanged but for ``for: 10m`` set to ``0s``;
 * the rule tests evaluate recording rules (error ratio, cache hit ratio) against plain queries
-  of the raw series, and the serving-lifecycle rules against what the demo does.
+  of the raw series, and the serving-lifecycle rules against what the demo does; the demo's
+  cross-validation canary passes, so its failure alert stays silent.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ NO_DATA_IN_DEMO = {
     "GPU utilization": "no GPU here: NVML is absent, so no hw.gpu.* series exist",
     "GPU memory": "no GPU here: NVML is absent, so no hw.gpu.* series exist",
     "GPU temperature and power": "no GPU here: NVML is absent, so no hw.* series exist",
+    # Recorded by the hot-path hooks (add_output_ids / streamed ids, observe_logits).
+    "Degenerate outputs by reason": "the series appears with the first degenerate output",
+    "Repeat run and distinct fraction": "recorded by the hot-path hook (add_output_ids)",
+    "Next-token entropy and top-1 margin": "recorded by the hot-path hook (observe_logits)",
 }
 # The demo's SLA objectives: all met but TTFT, which is set impossibly tight so that the
 # violations counter and a missed objective show on the dashboard.
@@ -419,3 +424,36 @@ def test_serving_lifecycle_rules_against_the_demo(stack: Stack) -> None:
     (loaded,) = prom.wait_for(f'bitnet_model_loaded{{instance="{stack.instance}"}}', timeout=60)
     assert float(loaded["value"][1]) == 1
     assert "BitNetModelLoadFailure" not in {a["labels"]["alertname"] for a in prom.alerts()}
+
+
+def test_correctness_rules_against_the_demo(stack: Stack) -> None:
+    """The demo's canary reproduces its golden outputs (the I2_S kernel against the float64
+    reference) and is timed against TL2: the throughput ratio rule equals the raw series'
+    ratio, and BitNetCrossValidationFailure stays silent."""
+    prom = stack.prom
+    (passing,) = prom.wait_for(f'bitnet_crossval_passing{{instance="{stack.instance}"}}', 40)
+    assert float(passing["value"][1]) == 1
+    assert passing["metric"]["gen_ai_request_model"] == stack.model
+    name = "instance_model:bitnet_crossval_throughput:ratio"
+    (recorded,) = prom.wait_for(name, timeout=40)
+    assert recorded["metric"] == {
+        "__name__": name,
+        "job": "bitnet",
+        "instance": stack.instance,
+        "gen_ai_request_model": stack.model,
+    }
+    throughput = "bitnet_crossval_throughput_per_second"
+    plain = (
+        f'sum({throughput}{{bitnet_crossval_implementation="candidate"}})'
+        f' / sum({throughput}{{bitnet_crossval_implementation="reference"}})'
+    )
+    (rule,) = [r for r in recording_rules() if r.get("record") == name]
+    at = time.time() - 2
+    (by_hand,) = prom.query(plain, at)
+    (by_rule,) = prom.query(rule["expr"], at)
+    assert float(by_rule["value"][1]) == pytest.approx(float(by_hand["value"][1]), rel=1e-12)
+    (ratio,) = prom.wait_for("instance_model:bitnet_output_degenerate:ratio_rate10m", 40)
+    assert float(ratio["value"][1]) == 0  # healthy outputs: 0, not "no data"
+    (info,) = prom.wait_for(f'bitnet_runtime_info{{instance="{stack.instance}"}}', 40)
+    assert info["metric"]["bitnet_cpu_simd"] != ""
+    assert "BitNetCrossValidationFailure" not in {a["labels"]["alertname"] for a in prom.alerts()}
