@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from bitnet_obs._config import ConfigError
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._names import label_name
 from bitnet_obs._tally import AttrValue
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from bitnet_obs import _state
-from bitnet_obs._config import ConfigError
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._instruments import CACHE_HITS, CACHE_MISSES, CACHE_USAGE
 from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._tally import AttrValue, key_of

@@ -11,8 +11,8 @@ import weakref
 from typing import Any
 
 from bitnet_obs import _state, health
-from bitnet_obs._config import ConfigError
 from bitnet_obs._crossval import CrossvalReport, Implementation, check, emit_metrics
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._golden import GoldenSet, load
 from bitnet_obs._selfmon import internal_error, logger
 

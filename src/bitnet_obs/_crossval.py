@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_obs import _instruments, runtime
-from bitnet_obs._config import ConfigError
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._golden import GoldenCase, GoldenSet, load, save
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._version import __version__

@@ -45,8 +45,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitnet_obs._config import ConfigError
     from bitnet_obs._crossval import CrossvalError
+    from bitnet_obs._errors import ConfigError
 
     try:
         if args.action == "record":

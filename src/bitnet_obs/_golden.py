@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bitnet_obs._config import ConfigError
+from bitnet_obs._errors import ConfigError
 
 FORMAT = "bitnet-obs-golden"
 VERSION = 1

@@ -38,8 +38,8 @@ from bitnet_obs._attributes import (
     check_quant_format,
 )
 from bitnet_obs._call import GAP_CHUNK, OUTSIDE, Call, Site, TokenCounter, record_fallback
-from bitnet_obs._config import ConfigError
 from bitnet_obs._context import InferenceContext
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._instruments import REQUEST_DURATION, REQUESTS, TOKENS
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tally import AttrValue

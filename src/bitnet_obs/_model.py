@@ -36,7 +36,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from bitnet_obs import _instruments, _provenance, health
 from bitnet_obs._attributes import check_device, check_model, check_quant_format, error_type
-from bitnet_obs._config import ConfigError
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._instruments import MODEL_LOAD_DURATION, MODEL_LOADED, MODEL_LOADS, MODEL_SIZE
 from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._tally import AttrValue, key_of

@@ -39,7 +39,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from bitnet_obs import _config, _export, _instruments, _state, devices, health, runtime, sla
 from bitnet_obs._aggregate import Store
-from bitnet_obs._config import ConfigError, Number, Settings
+from bitnet_obs._config import Number, Settings
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._export import Guard, GuardedSpanExporter
 from bitnet_obs._exposition import PullReader
 from bitnet_obs._selfmon import count_dropped, declare_watched, internal_error, logger

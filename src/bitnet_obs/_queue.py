@@ -32,7 +32,7 @@ from typing import Any
 
 from bitnet_obs import _state
 from bitnet_obs._attributes import PRIORITIES
-from bitnet_obs._config import ConfigError
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._instruments import (
     BATCH_FORMATION_DURATION,
     BATCH_SIZE,

@@ -55,7 +55,8 @@ import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from bitnet_obs import _state
-from bitnet_obs._config import ConfigError, Number
+from bitnet_obs._config import Number
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._gpu import (
     GPU_INSTRUMENTS,
     SAMPLE_TTL_S,

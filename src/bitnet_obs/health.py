@@ -58,7 +58,8 @@ from typing import Any, Literal
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from bitnet_obs import _server, _state
-from bitnet_obs._config import ConfigError, Number
+from bitnet_obs._config import Number
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._health_checks import (
     DEGRADED,
     HEALTHY,

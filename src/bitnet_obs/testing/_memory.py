@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from bitnet_obs import _instruments
 from bitnet_obs._aggregate import Store
-from bitnet_obs._config import ConfigError
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._export import INSTRUMENT_TYPES, aggregate_into
 from bitnet_obs._instruments import DEFAULT_CARDINALITY_LIMIT
 
