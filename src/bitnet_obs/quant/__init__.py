@@ -31,7 +31,12 @@ from ._formats import (
 )
 from ._kernels import MatmulReport, integer_dot, kernel_dot, matmul, matmul_report
 from ._lut import TL2_DEFAULT_BK, Tl2Packed, decode_tl1, decode_tl2, encode_tl1, encode_tl2
-from ._record import compare_outputs, record_activation_quantization, record_weight_quantization
+from ._record import (
+    admit_runtime_sample,
+    compare_outputs,
+    record_activation_quantization,
+    record_weight_quantization,
+)
 from ._stats import (
     Accuracy,
     LogitsAgreement,
@@ -57,6 +62,7 @@ __all__ = [
     "Tl2Packed",
     "WeightReport",
     "accuracy",
+    "admit_runtime_sample",
     "code_fractions",
     "compare_outputs",
     "decode_tl1",
