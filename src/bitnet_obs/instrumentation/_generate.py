@@ -9,9 +9,11 @@ The usual streaming pattern runs ``generate`` in a thread of its own::
     Thread(target=model.generate, kwargs=dict(..., streamer=streamer)).start()
     for text in streamer: ...
 
-A new thread starts with an empty context, so the request's span would be lost. A streamer
-remembers the context it was created in, and a ``generate`` call that has no current span of
-its own makes that context its parent.
+A new thread starts with an empty context, so the request's span would be lost. A
+``TextStreamer`` (so ``TextIteratorStreamer`` and ``AsyncTextIteratorStreamer`` too) remembers
+the context it was created in, and a ``generate`` call that has no current span of its own makes
+that context its parent. (Patching ``BaseStreamer.__new__`` would cover every streamer, but
+CPython cannot put a deleted ``__new__`` back exactly: subclasses then reject their arguments.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from transformers.generation.streamers import BaseStreamer
+from transformers.generation.streamers import TextStreamer
 from transformers.generation.utils import GenerationMixin
 
 from bitnet_obs import ConfigError, InferenceMonitor, quant
@@ -73,37 +75,39 @@ class Instrumentation:
         )
         self._original: Callable[..., Any] = GenerationMixin.__dict__["generate"]
         self._generate = self._wrap(self._original)
-        self._new = staticmethod(self._streamer_new)
+        self._original_init: Callable[..., None] = TextStreamer.__dict__["__init__"]
+        self._init = self._wrap_init(self._original_init)
         self.active = False
 
     # ----- install / uninstall -----
     def install(self) -> None:
         self.active = True
         GenerationMixin.generate = self._generate  # type: ignore[method-assign]
-        if "__new__" not in BaseStreamer.__dict__:
-            BaseStreamer.__new__ = self._new  # type: ignore[method-assign]
+        TextStreamer.__init__ = self._init  # type: ignore[method-assign]
 
     def uninstall(self, timeout: float = 5.0) -> None:
         """Put back the originals (unless someone patched over us: then we only go inert)."""
         self.active = False
         if GenerationMixin.__dict__.get("generate") is self._generate:
             GenerationMixin.generate = self._original  # type: ignore[method-assign]
-        if BaseStreamer.__dict__.get("__new__") is self._new:
-            del BaseStreamer.__new__
+        if TextStreamer.__dict__.get("__init__") is self._init:
+            TextStreamer.__init__ = self._original_init  # type: ignore[method-assign]
         with self._lock:
             self._models.clear()
             self._streamers.clear()
         self.worker.stop(timeout)
 
-    def _streamer_new(self, cls: type, *args: Any, **kwargs: Any) -> Any:
-        parent = super(BaseStreamer, cls).__new__  # type: ignore[misc]
-        streamer = parent(cls) if parent is object.__new__ else parent(cls, *args, **kwargs)
-        try:
-            if self.active and trace.get_current_span().get_span_context().is_valid:
-                self._streamers[streamer] = otel_context.get_current()
-        except Exception as exc:  # e.g. a streamer class that cannot be weakly referenced
-            internal_error("hf_streamer_context", exc)
-        return streamer
+    def _wrap_init(self, original: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(original)
+        def __init__(streamer: Any, *args: Any, **kwargs: Any) -> None:
+            original(streamer, *args, **kwargs)
+            try:
+                if self.active and trace.get_current_span().get_span_context().is_valid:
+                    self._streamers[streamer] = otel_context.get_current()
+            except Exception as exc:  # e.g. a subclass that cannot be weakly referenced
+                internal_error("hf_streamer_context", exc)
+
+        return __init__
 
     # ----- per call -----
     def _wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from transformers import BitNetForCausalLM, LlamaForCausalLM
+    from transformers import BitNetForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
 
 LINEAR_KINDS = ("bitlinear", "autobitlinear-offline", "autobitlinear-online")
 
@@ -40,6 +40,35 @@ def _hf() -> Any:
             "pip install 'bitnet-obs[hf]'"
         ) from None
     return torch, transformers
+
+
+def tiny_tokenizer(vocab_size: int = 128) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer for the tiny models: token ``i`` is the word ``t{i}``.
+
+    ``t0`` pads (on the left, as batched generation needs), ``t1``/``t2`` are BOS/EOS (the tiny
+    models' ids), ``t3`` is unknown; no special tokens are added, so a prompt of n words is n
+    tokens::
+
+        tok = tiny_tokenizer()
+        pipe = transformers.pipeline("text-generation", model=tiny_bitnet_model(), tokenizer=tok)
+        pipe("t5 t6 t7", max_new_tokens=4)
+    """
+    _hf()
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t3"))
+    words.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=words,
+        pad_token="t0",
+        bos_token="t1",
+        eos_token="t2",
+        unk_token="t3",
+        padding_side="left",
+    )
 
 
 def tiny_llama_model(*, seed: int = 0, **config: Any) -> LlamaForCausalLM:
