@@ -111,7 +111,7 @@ class Sampler:
             if handle is not None:
                 handle.remove()
             try:
-                x, y = _capture(module, args, output)
+                x, y = capture(module, args, output)
                 if not self._submit(lambda: check(layer, x, y, self._fmt)):
                     internal_error("hf_fidelity_backlog", detail="background queue full")
             except Exception as exc:
@@ -121,7 +121,7 @@ class Sampler:
         return handle
 
 
-def _capture(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> tuple[Floats, Floats]:
+def capture(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> tuple[Floats, Floats]:
     """Copies of a few evenly spaced tokens' input (after the layer's RMSNorm) and output."""
     x, y = args[0], output
     x2 = x.reshape(-1, x.shape[-1])
