@@ -83,14 +83,16 @@ def main() -> None:
         rate = len(text.split()) / (time.perf_counter() - started)
         print(f"streamed {len(prompt.split()):2d} prompt tokens -> {text!r} ({rate:.0f} tokens/s)")
 
-    batch = tokenizer(["t5 t6 t7 t8 t9", "t11 t12", "t20 t21 t22"], padding=True, return_tensors="pt")
+    prompts = ["t5 t6 t7 t8 t9", "t11 t12", "t20 t21 t22"]
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
     out = model.generate(**batch, max_new_tokens=args.new_tokens, eos_token_id=EOS)
     rows = [row.tolist() for row in out[:, batch["input_ids"].shape[1] :]]
     lengths = [row.index(EOS) + 1 if EOS in row else len(row) for row in rows]
     print(f"batch: generated tokens per row {lengths}")
 
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
-    result = generator("t40 t41 t42", max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    new = args.new_tokens
+    result = generator("t40 t41 t42", max_new_tokens=new, min_new_tokens=new)
     print(f"pipeline: {result[0]['generated_text']!r}")
 
     TransformersInstrumentor().flush()  # the background layer checks, before exporting
