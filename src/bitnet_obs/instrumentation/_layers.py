@@ -154,40 +154,56 @@ def unpack_packed(packed: npt.NDArray[np.uint8], out_features: int) -> npt.NDArr
     return codes  # a stored 3 becomes 2: quant.matmul rejects it as corrupt (counted skip)
 
 
-def check(layer: Layer, x: Floats, y: Floats, fmt: str) -> None:
-    """Record the layer's fidelity (and quantization error) on one captured sample."""
+def quantized_reference(layer: Layer, x: Floats) -> Floats:
+    """The layer's output for ``x`` by the bitnet.cpp I2_S emulation of its ternary weights."""
     module = layer.module
-    name = layer.name
     bias = _float(getattr(module, "bias", None))
-
-    def quantized() -> Floats:
-        if layer.kind == "packed":
-            packed = module.weight.detach().cpu().numpy()
-            codes = unpack_packed(packed, int(module.out_features))
-            scale = 1.0 / float(module.weight_scale.reshape(-1)[0])
-            out = quant.matmul(x, codes, scale)
-            return out if bias is None else out + bias
-        if layer.kind == "offline":
-            values = _numpy(module.weight)
-            codes = np.rint(values).astype(np.int8)
-            if not np.array_equal(codes, values):
-                raise quant.QuantInputError(f"{name}: offline weights are not ternary values")
-            scale = float(module.weight_scale.reshape(-1)[0])
-            out = quant.matmul(x, codes, scale)
-            return out if bias is None else out + bias * np.float32(scale)
-        codes, scale = quant.quantize_weights(_numpy(module.weight))
+    if layer.kind == "packed":
+        codes = unpack_packed(module.weight.detach().cpu().numpy(), int(module.out_features))
+        scale = 1.0 / float(module.weight_scale.reshape(-1)[0])  # BitLinear divides by it
         out = quant.matmul(x, codes, scale)
         return out if bias is None else out + bias
+    if layer.kind == "offline":
+        values = _numpy(module.weight)
+        codes = np.rint(values).astype(np.int8)
+        if not np.array_equal(codes, values):
+            raise quant.QuantInputError(f"{layer.name}: offline weights are not ternary values")
+        scale = float(module.weight_scale.reshape(-1)[0])  # scales the biased output
+        out = quant.matmul(x, codes, scale)
+        return out if bias is None else out + bias * np.float32(scale)
+    codes, scale = quant.quantize_weights(_numpy(module.weight))  # online: as a converter would
+    out = quant.matmul(x, codes, scale)
+    return out if bias is None else out + bias
 
+
+def float_reference(layer: Layer, x: Floats) -> Floats:
+    """The unquantized product with the master weights (online layers only)."""
+    bias = _float(getattr(layer.module, "bias", None))
+    out: Floats = x @ _numpy(layer.module.weight).T
+    return out if bias is None else out + bias
+
+
+def check(layer: Layer, x: Floats, y: Floats, fmt: str) -> None:
+    """Record the layer's fidelity (and quantization error) on one captured sample.
+
+    The references are callables: their cost counts against the quant time budget.
+    """
     quant.compare_outputs(
-        name, quantized, y, format=fmt, reference_kind="quantized", kind="output", admitted=True
+        layer.name,
+        lambda: quantized_reference(layer, x),
+        y,
+        format=fmt,
+        reference_kind="quantized",
+        kind="output",
+        admitted=True,
     )
     if layer.kind == "online":
-
-        def float_product() -> Floats:
-            out: Floats = x @ _numpy(module.weight).T
-            return out if bias is None else out + bias
-
         quant.compare_outputs(
-            name, float_product, y, format=fmt, reference_kind="fp32", kind="output", admitted=True
+            layer.name,
+            lambda: float_reference(layer, x),
+            y,
+            format=fmt,
+            reference_kind="fp32",
+            kind="output",
+            admitted=True,
         )
