@@ -40,6 +40,9 @@ class FirstToken(StoppingCriteria):
     def __init__(self) -> None:
         self.call: InferenceContext | None = None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> FirstToken:
+        return self  # a copied criteria list must not copy the monitored call
+
     def __call__(
         self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any
     ) -> torch.BoolTensor:
