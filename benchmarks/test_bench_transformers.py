@@ -30,7 +30,7 @@ import pytest
 
 from benchmarks.conftest import REPORTERS
 from benchmarks.test_bench_inference import _providers
-from bitnet_obs import _instruments, _pipeline, quant
+from bitnet_obs import _config, _instruments, quant
 
 torch = pytest.importorskip("torch", reason="needs the [hf] extra")
 pytest.importorskip("transformers", reason="needs the [hf] extra")
@@ -111,7 +111,7 @@ def _measure(results: dict[str, float]) -> None:
         results[f"hf/{name}/plain"], results[f"hf/{name}/default"] = base, ours
         a1, a2 = _median_pair(plain, plain, 100, clock)
         results[f"hf/{name}/aa"] = a2 / a1 - 1
-    results["hf/rate"] = _pipeline.settings().quant_sample_rate
+    results["hf/rate"] = _config.current().quant_sample_rate
     instrumentor.uninstrument()
     results["hf/own"] = _own_cost(model)
 

@@ -16,7 +16,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from bitnet_obs import _gpu, _instruments, _selfmon, devices, health
+from bitnet_obs import _gpu, _selfmon, devices, health
 from bitnet_obs._config import from_env, with_overrides
 from bitnet_obs._gpu import NvmlSampler
 from bitnet_obs.testing import TelemetryCapture, capture_telemetry
@@ -271,11 +271,10 @@ def test_a_failing_psutil_call_is_counted_and_others_still_reported(
 def test_disabled_groups_leave_no_callbacks(cap: TelemetryCapture) -> None:
     devices.enable(["system"])
     assert devices.enabled() == {"system"}
-    assert _instruments._gauge_callbacks["system.cpu.utilization"]
+    assert cap.points("system.memory.usage")
     devices.disable()
-    assert not _instruments._gauge_callbacks["system.cpu.utilization"]
-    assert not _instruments._counter_callbacks["system.disk.io"]
-    assert cap.points("system.memory.usage") == []
+    for name in ("system.memory.usage", "system.cpu.utilization", "system.network.io"):
+        assert cap.points(name) == [], name
     with pytest.raises(ValueError, match="tpu"):
         devices.enable(["tpu"])
 

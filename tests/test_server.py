@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from bitnet_obs import _server
 from bitnet_obs._server import MetricsServer, Response
 
 
@@ -81,13 +80,14 @@ def test_a_trickling_client_does_not_block_scrapes(server: MetricsServer) -> Non
     slow.close()
 
 
-def test_basic_auth_guards_everything_but_the_probe_status(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(
-        _server, "_health_renderer", lambda path: (503, "application/json", DETAILED)
+def test_basic_auth_guards_everything_but_the_probe_status() -> None:
+    srv = MetricsServer(
+        "127.0.0.1",
+        0,
+        _render,
+        basic_auth=("u", "p:w"),
+        render_health=lambda path: (503, "application/json", DETAILED),
     )
-    srv = MetricsServer("127.0.0.1", 0, _render, basic_auth=("u", "p:w"))
     try:
         good = {"Authorization": "Basic " + base64.b64encode(b"u:p:w").decode()}
         bad = {"Authorization": "Basic " + base64.b64encode(b"u:nope").decode()}

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 import bitnet_obs
 from bitnet_obs import quant, sla
-from bitnet_obs._instruments import TALLIES
+from bitnet_obs._instruments import FALLBACKS, REQUESTS, TOKENS
 
 MODEL = "bitnet-demo-tiny"
 
@@ -228,8 +228,8 @@ def _prompt(rng: random.Random, model: TinyBitNet) -> list[int]:
 
 
 def _summary(stats: _Stats, started: float) -> str:
-    requests = TALLIES["bitnet.inference.requests"]
-    tokens = TALLIES["bitnet.inference.tokens"].value(**{"gen_ai.token.type": "output"})
+    requests = REQUESTS
+    tokens = TOKENS.value(**{"gen_ai.token.type": "output"})
     elapsed = max(time.monotonic() - started, 1e-9)
     return (
         f"requests {requests.value():6d} "
@@ -237,7 +237,7 @@ def _summary(stats: _Stats, started: float) -> str:
         f"error {requests.value(**{'bitnet.outcome': 'error'})}, "
         f"cancelled {requests.value(**{'bitnet.outcome': 'cancelled'})}) | "
         f"{tokens / elapsed:7.1f} tok/s | p50 {stats.p50() * 1000:6.1f} ms | "
-        f"fallbacks {TALLIES['bitnet.device.fallbacks'].value()} | SLA {_sla_text()}"
+        f"fallbacks {FALLBACKS.value()} | SLA {_sla_text()}"
     )
 
 

@@ -31,8 +31,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bitnet_obs._instruments import TALLIES
-from bitnet_obs._selfmon import internal_error, logger
+from bitnet_obs._selfmon import count_dropped, internal_error, logger
 
 # (status, content type, body) for one route
 Response = tuple[int, str, bytes]
@@ -44,7 +43,6 @@ MAX_HEAD = 32 * 1024  # all header lines of one request, bytes
 MAX_CONNECTIONS = 64  # concurrent connections (threads)
 REQUEST_DEADLINE_S = 10.0  # Prometheus' default scrape_timeout
 PROBES = ("/health/live", "/health/ready")
-_DROPPED = TALLIES["bitnet.obs.dropped"]
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 20\r\nConnection: close\r\n\r\ntoo many connections"
@@ -104,6 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.connection.settimeout(self.server.deadline_s)  # per operation; the reaper: total
         self.rfile = _HeadReader(self.rfile)  # type: ignore[assignment]
 
     def handle_one_request(self) -> None:
@@ -155,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/metrics":
                 status, ctype, body = self.server.render_metrics(self.headers.get("Accept", ""))
             elif path in ("/health", *PROBES):
-                status, ctype, body = _health_renderer(path)
+                status, ctype, body = self.server.health(path)
             elif path == "/":
                 status, ctype = 200, "text/plain; charset=utf-8"
                 body = b"bitnet-obs: /metrics /health /health/live /health/ready\n"
@@ -204,10 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(b"unauthorized\n")
 
-    @staticmethod
-    def _probe_status_only(path: str) -> Response:
+    def _probe_status_only(self, path: str) -> Response:
         try:
-            status, _, body = _health_renderer(path)
+            status, _, body = self.server.health(path)
             state = str(json.loads(body).get("status", ""))
         except Exception as exc:
             internal_error("server_route", exc)
@@ -241,7 +239,11 @@ class _Server(ThreadingHTTPServer):
         render_metrics: MetricsRenderer,
         tls: ssl.SSLContext | None,
         credentials: tuple[bytes, bytes] | None,
+        deadline_s: float,
+        render_health: HealthRenderer | None,
     ) -> None:
+        self.deadline_s = deadline_s
+        self.render_health = render_health
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.render_metrics = render_metrics
@@ -251,6 +253,10 @@ class _Server(ThreadingHTTPServer):
         self._deadlines: dict[int, tuple[socket.socket, float]] = {}
         self._deadlines_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def health(self, path: str) -> Response:
+        """This server's health renderer, else the one the health module registered."""
+        return (self.render_health or _health_renderer)(path)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that resets or times out is not our failure; don't print tracebacks.
@@ -262,11 +268,10 @@ class _Server(ThreadingHTTPServer):
         with self._deadlines_lock:
             busy = len(self._deadlines) >= MAX_CONNECTIONS
             if not busy:
-                deadline = time.monotonic() + REQUEST_DEADLINE_S
+                deadline = time.monotonic() + self.deadline_s
                 self._deadlines[request.fileno()] = (request, deadline)
         if busy:
-            _DROPPED.add((("bitnet.obs.drop_reason", "connection_limit"),
-                          ("bitnet.obs.signal", "http")))  # fmt: skip
+            count_dropped("http", "connection_limit")
             try:
                 if self.tls is None:
                     request.setblocking(False)
@@ -283,7 +288,7 @@ class _Server(ThreadingHTTPServer):
         with self._deadlines_lock:
             entry = self._deadlines.get(fd)
             if entry is not None:
-                self._deadlines[fd] = (entry[0], time.monotonic() + REQUEST_DEADLINE_S)
+                self._deadlines[fd] = (entry[0], time.monotonic() + self.deadline_s)
 
     def service_actions(self) -> None:
         """Cut connections past their deadline (runs every poll interval of serve_forever)."""
@@ -317,7 +322,7 @@ class _Server(ThreadingHTTPServer):
         # A second socket object on the same fd: the accepted one keeps owning (and closing)
         # the fd, and the handshake runs here, on the connection's thread, under its deadline.
         raw = socket.socket(fileno=request.fileno())
-        raw.settimeout(REQUEST_DEADLINE_S)
+        raw.settimeout(self.deadline_s)
         try:
             conn = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError):
@@ -343,11 +348,16 @@ class MetricsServer:
         *,
         tls: ssl.SSLContext | None = None,
         basic_auth: tuple[str, str] | None = None,
+        request_deadline_s: float = REQUEST_DEADLINE_S,
+        render_health: HealthRenderer | None = None,
     ) -> None:
         credentials = None
         if basic_auth is not None:
             credentials = (basic_auth[0].encode(), basic_auth[1].encode())
-        self._server = _Server((host, port), render_metrics, tls, credentials)
+        server = _Server(
+            (host, port), render_metrics, tls, credentials, request_deadline_s, render_health
+        )
+        self._server = server
         self.host = host
         self.port: int = self._server.server_address[1]
         self.scheme = "https" if tls is not None else "http"

@@ -10,13 +10,14 @@ A tally holds at most ``limit`` distinct attribute sets; more are folded into on
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Iterable
 from typing import Union
 
 from opentelemetry.metrics import CallbackOptions, Observation
+
+from bitnet_obs import _state
 
 AttrValue = Union[str, bool, int, float]  # noqa: UP007 - a runtime alias on 3.10
 AttrKey = tuple[tuple[str, AttrValue], ...]
@@ -46,6 +47,21 @@ class Tally:
     def add(self, key: AttrKey, amount: int = 1) -> None:
         with self._lock:
             self._add_locked(key, amount)
+
+    def declare(self, key: AttrKey) -> None:
+        """Report this series at 0 until its first event (so ``rate()`` sees that event)."""
+        with self._lock:
+            if key not in self._values and len(self._values) < self.limit:
+                self._values[key] = 0
+
+    def add_if_positive(self, key: AttrKey, amount: int) -> bool:
+        """Subtract ``-amount`` only while the series stays >= 0 (e.g. unloading a model that
+        was never loaded must not go negative); False when refused."""
+        with self._lock:
+            if self._values.get(key, 0) + amount < 0:
+                return False
+            self._add_locked(key, amount)
+            return True
 
     def add_many(self, items: Iterable[tuple[AttrKey, int]]) -> None:
         """Several updates under one lock acquisition (the hot path's end of call)."""
@@ -91,20 +107,13 @@ class Tally:
         self.overflowed = 0
 
 
-def set_limit(limit: int) -> None:
-    for tally in list(_ALL):
-        tally.limit = limit
-
-
+@_state.on_reset(phase=_state.CLEAR)
 def reset_all() -> None:
     for tally in list(_ALL):
         tally.reset()
 
 
+@_state.on_fork
 def _reset_after_fork() -> None:
     for tally in list(_ALL):
         tally._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -53,9 +53,9 @@ from typing import Any
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from bitnet_obs import _instruments
+from bitnet_obs import _state
 from bitnet_obs._gpu import GPU_INSTRUMENTS, GpuStatus, NvmlSampler
-from bitnet_obs._instruments import BY_NAME, Kind
+from bitnet_obs._instruments import BY_NAME, Counter, ObservedGauge
 from bitnet_obs._selfmon import internal_error
 
 __all__ = ["GROUPS", "GpuStatus", "disable", "enable", "enabled", "gpu_status"]
@@ -247,12 +247,15 @@ _CALLBACKS: dict[str, list[tuple[str, Callback]]] = {
 }
 
 
+def _instrument(name: str) -> ObservedGauge | Counter:
+    instrument = BY_NAME[name]
+    assert isinstance(instrument, (ObservedGauge, Counter))
+    return instrument
+
+
 def _register(group: str) -> None:
     for name, callback in _CALLBACKS[group]:
-        if BY_NAME[name].kind is Kind.OBSERVABLE_GAUGE:
-            _instruments.register_gauge_callback(name, callback)
-        else:
-            _instruments.register_counter_callback(name, callback)
+        _instrument(name).register(callback)
 
 
 def enable(groups: Iterable[str] = GROUPS) -> None:
@@ -290,7 +293,7 @@ def disable(groups: Iterable[str] = GROUPS) -> None:
         for group in GROUPS:
             if group in wanted and group in _enabled:
                 for name, callback in _CALLBACKS[group]:
-                    _instruments.unregister_callback(name, callback)
+                    _instrument(name).unregister(callback)
                 _enabled.discard(group)
     if "gpu" in wanted:
         _gpu.shutdown()
@@ -316,10 +319,14 @@ def gpu_status() -> GpuStatus:
         return GpuStatus(False, f"gpu: status unknown ({type(exc).__name__})")
 
 
+@_state.on_fork
 def _after_fork_in_child() -> None:
     global _system
     _system = _SystemReader()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+@_state.on_reset
+def _reset() -> None:
+    global _configured
+    disable()
+    _configured = False

@@ -15,7 +15,7 @@ else:
     import torch
 
     from bitnet_obs.instrumentation.transformers import TransformersInstrumentor
-    from bitnet_obs.testing import TelemetryCapture, capture_telemetry
+    from bitnet_obs.testing import TelemetryCapture, capture_telemetry, override_settings
 
     @pytest.fixture(autouse=True, scope="session")
     def _eager_one_thread() -> Iterator[None]:
@@ -36,7 +36,9 @@ else:
 
     @pytest.fixture
     def instrument(cap: TelemetryCapture) -> Iterator[Instrument]:
-        """``instrument(**options)`` inside a telemetry capture; undone at teardown."""
+        """``instrument(**options)`` inside a telemetry capture, with an ample quant time budget
+        (the sample rate is each test's ``fidelity_sample_rate``, 0 unless given); undone at
+        teardown."""
         instrumentor = TransformersInstrumentor()
 
         def start(**options: Any) -> TransformersInstrumentor:
@@ -44,7 +46,8 @@ else:
             instrumentor.instrument(**options)
             return instrumentor
 
-        yield start
-        if instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.flush(60)
-            instrumentor.uninstrument()
+        with override_settings(quant_budget=1.0):
+            yield start
+            if instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.flush(60)
+                instrumentor.uninstrument()

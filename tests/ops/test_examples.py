@@ -171,8 +171,9 @@ def test_multiprocess_workers_have_their_own_instance_ids(
     for p in points:
         instance = p.resource["service.instance.id"]
         by_worker[instance] = by_worker.get(instance, 0) + (p.value or 0)
-    assert len(by_worker) == 3, by_worker  # three workers, three ids, none shared
-    assert set(by_worker.values()) == {4}
+    served = {k: v for k, v in by_worker.items() if v}  # the parent reports its counters at 0
+    assert len(served) == 3, by_worker  # three workers, three ids, none shared
+    assert set(served.values()) == {4}
 
 
 @pytest.mark.slow

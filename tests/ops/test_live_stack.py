@@ -55,8 +55,6 @@ NO_DATA_IN_DEMO = {
     "GPU utilization": "no GPU here: NVML is absent, so no hw.gpu.* series exist",
     "GPU memory": "no GPU here: NVML is absent, so no hw.gpu.* series exist",
     "GPU temperature and power": "no GPU here: NVML is absent, so no hw.* series exist",
-    "Health check failures": "the series appears with the first failed check; the demo's pass",
-    "bitnet-obs internal errors": "the series appears with the first swallowed error; none",
 }
 # The demo's SLA objectives: all met but TTFT, which is set impossibly tight so that the
 # violations counter and a missed objective show on the dashboard.

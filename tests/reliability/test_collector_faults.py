@@ -35,7 +35,7 @@ PROTOCOLS = ("grpc", "http/protobuf")
 def workload(calls: int, pause_s: float, wait_success_s: float = 0.0) -> dict[str, Any]:
     """In the child: monitored calls against whatever collector the environment names."""
     import bitnet_obs
-    from bitnet_obs import _pipeline
+    from bitnet_obs import _selfmon
 
     telemetry = bitnet_obs.configure()
 
@@ -78,7 +78,7 @@ def workload(calls: int, pause_s: float, wait_success_s: float = 0.0) -> dict[st
         "shutdown_ok": ok,
         "shutdown_s": round(shutdown_s, 3),
         "dropped": {
-            signal: {r: _pipeline.dropped(signal, r) for r in reasons}
+            signal: {r: _selfmon.dropped(signal, r) for r in reasons}
             for signal in ("traces", "metrics")
         },
         "exports": {g.health.name: g.health.consecutive_failures for g in telemetry.guards},

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from bitnet_obs import _server
-from bitnet_obs._instruments import TALLIES
+from bitnet_obs._instruments import DROPPED
 from bitnet_obs._server import MetricsServer, Response, tls_context
 from bitnet_obs.testing import OTLPReceiver
 from tests._support.prometheus import PrometheusFactory, ScrapeJob, free_port
@@ -35,7 +35,7 @@ from tests.reliability._harness import FIXTURES, Child, run_child
 CERT, KEY = str(FIXTURES / "server.crt"), str(FIXTURES / "server.key")
 USER, PASSWORD = "scraper", "correct horse battery staple"
 DEADLINE_S = 1.5  # the request deadline, shortened for the test (10 s in production)
-_DROPPED = TALLIES["bitnet.obs.dropped"]
+_DROPPED = DROPPED
 
 
 def _render(accept: str) -> Response:
@@ -52,19 +52,22 @@ def _auth(user: str = USER, password: str = PASSWORD) -> dict[str, str]:
 
 
 @pytest.fixture
-def secure(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetricsServer]:
-    monkeypatch.setattr(_server, "REQUEST_DEADLINE_S", DEADLINE_S)
+def secure() -> Iterator[MetricsServer]:
     server = MetricsServer(
-        "127.0.0.1", 0, _render, tls=tls_context(CERT, KEY), basic_auth=(USER, PASSWORD)
+        "127.0.0.1",
+        0,
+        _render,
+        tls=tls_context(CERT, KEY),
+        basic_auth=(USER, PASSWORD),
+        request_deadline_s=DEADLINE_S,
     )
     yield server
     server.stop()
 
 
 @pytest.fixture
-def plain(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetricsServer]:
-    monkeypatch.setattr(_server, "REQUEST_DEADLINE_S", DEADLINE_S)
-    server = MetricsServer("127.0.0.1", 0, _render)
+def plain() -> Iterator[MetricsServer]:
+    server = MetricsServer("127.0.0.1", 0, _render, request_deadline_s=DEADLINE_S)
     yield server
     server.stop()
 
@@ -193,10 +196,8 @@ def _recv_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def test_connections_are_capped_and_refusals_counted(
-    plain: MetricsServer, figures: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_server, "REQUEST_DEADLINE_S", 30.0)  # held ones must not be cut here
+def test_connections_are_capped_and_refusals_counted(figures: Any) -> None:
+    plain = MetricsServer("127.0.0.1", 0, _render, request_deadline_s=30.0)  # held: not cut
     before = _DROPPED.value(**{"bitnet.obs.signal": "http"})
     held = [
         socket.create_connection(("127.0.0.1", plain.port), timeout=5)
@@ -224,6 +225,7 @@ def test_connections_are_capped_and_refusals_counted(
         refused_answer="503",
         refused_in_ms=round(refused_in * 1000, 1),
     )
+    plain.stop()
 
 
 @pytest.mark.parametrize(
@@ -285,7 +287,9 @@ def test_prometheus_scrapes_over_tls_with_basic_auth_from_a_file(
             target, name="bad", scheme="https", ca_file=CERT, basic_auth=(USER, "wrong")
         )
         prom = prometheus_factory(jobs=[good, bad])
-        result = prom.wait_for('bitnet_inference_requests_total{job="good"}', timeout=30)
+        result = prom.wait_for(
+            'bitnet_inference_requests_total{job="good",bitnet_outcome="ok"}', timeout=30
+        )
         assert float(result[0]["value"][1]) == 3
         health = {t["labels"]["job"]: t for t in _settled_targets(prom)}
         child.send("")

@@ -23,6 +23,8 @@ from tests.reliability._harness import (
     run_script,
 )
 
+OK = {"bitnet.outcome": "ok"}  # (series of other outcomes start at 0)
+
 TARGET = "tests.reliability.test_lifecycle:"
 
 
@@ -131,7 +133,7 @@ def test_collector_down_at_start_up_then_up(protocol: str, figures: Any) -> None
             child.send("")
             result = child.finish(30).result
             assert rx.wait_for(
-                lambda r: r.latest_value("bitnet.inference.requests") == result["calls"], 5
+                lambda r: r.latest_value("bitnet.inference.requests", **OK) == result["calls"], 5
             )
     finally:
         child.kill()
@@ -148,7 +150,7 @@ def test_collector_down_at_start_up_then_up(protocol: str, figures: Any) -> None
 def shutdown_in_flight(threads: int, before_s: float, after_s: float) -> dict[str, Any]:
     """In the child: ``threads`` callers keep calling across ``shutdown()``."""
     import bitnet_obs
-    from bitnet_obs import _pipeline
+    from bitnet_obs import _selfmon
 
     bitnet_obs.configure()
 
@@ -192,7 +194,7 @@ def shutdown_in_flight(threads: int, before_s: float, after_s: float) -> dict[st
         "shutdown_ok": ok,
         "shutdown_s": round(shutdown_s, 3),
         "dropped": {
-            r: _pipeline.dropped("traces", r)
+            r: _selfmon.dropped("traces", r)
             for r in (
                 "queue_full",
                 "export_failed",
@@ -238,11 +240,11 @@ def test_shutdown_while_requests_are_in_flight(figures: Any) -> None:
 
 EXIT_SCRIPT = """
 import atexit, json, time
-from bitnet_obs import _pipeline
+from bitnet_obs import _selfmon
 
 # Registered before configure(), so it runs after bitnet-obs's own exit flush (LIFO).
 atexit.register(lambda: print("AFTER_FLUSH", json.dumps({
-    r: _pipeline.dropped("traces", r) for r in
+    r: _selfmon.dropped("traces", r) for r in
     ("queue_full", "export_failed", "shutdown", "shutdown_in_flight", "after_shutdown")}),
     time.time(), flush=True))
 
@@ -276,7 +278,7 @@ def test_interpreter_exit_with_pending_data(collector: str, figures: Any) -> Non
         ended = time.time()
         assert proc.returncode == 0, proc.stderr
         received = len(rx.spans())
-        total = rx.latest_value("bitnet.inference.requests")
+        total = rx.latest_value("bitnet.inference.requests", **OK)
     exiting = float(next(x for x in proc.stdout.splitlines() if x.startswith("EXITING")).split()[1])
     after = next(x for x in proc.stdout.splitlines() if x.startswith("AFTER_FLUSH"))
     dropped = json.loads(after.split(" ", 1)[1].rsplit(" ", 1)[0])

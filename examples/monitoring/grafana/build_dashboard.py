@@ -373,9 +373,9 @@ def quantization() -> list[Panel]:
             [
                 (
                     "sum by (bitnet_quant_format, bitnet_quant_reference) "
-                    f"(bitnet_quant_sqnr_dB_sum{{{INST}}}) / sum by "
+                    f"(bitnet_quant_sqnr_sum{{{INST}}}) / sum by "
                     "(bitnet_quant_format, bitnet_quant_reference) "
-                    f"(bitnet_quant_sqnr_dB_count{{{INST}}})",
+                    f"(bitnet_quant_sqnr_count{{{INST}}})",
                     "{{bitnet_quant_format}} vs {{bitnet_quant_reference}}",
                 )
             ],

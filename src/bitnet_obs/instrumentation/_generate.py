@@ -191,23 +191,17 @@ class Instrumentation:
             return info
 
     def _monitor(self, info: _Model, device: str) -> InferenceMonitor:
-        options = self.options
+        # Checked at runtime by InferenceMonitor (and the options by instrument()).
+        fixed: dict[str, Any] = {
+            "model": info.name,
+            "operation": self.options.operation,
+            "provider": self.options.provider,
+            "quant_format": info.fmt,
+        }
         try:
-            monitor = InferenceMonitor(
-                model=info.name,
-                operation=options.operation,
-                provider=options.provider,
-                quant_format=info.fmt,
-                device=device,
-            )
+            monitor = InferenceMonitor(device=device, **fixed)
         except ConfigError:  # a device name outside the accepted pattern
-            monitor = InferenceMonitor(
-                model=info.name,
-                operation=options.operation,
-                provider=options.provider,
-                quant_format=info.fmt,
-                device="other",
-            )
+            monitor = InferenceMonitor(device="other", **fixed)
         info.monitors[device] = monitor
         return monitor
 

@@ -20,6 +20,8 @@ np.True_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._formats import (
     I2S_BLOCK,
     I2S_TAIL_BYTES,
@@ -31,12 +33,6 @@ from ._formats import (
 )
 from ._kernels import MatmulReport, integer_dot, kernel_dot, matmul, matmul_report
 from ._lut import TL2_DEFAULT_BK, Tl2Packed, decode_tl1, decode_tl2, encode_tl1, encode_tl2
-from ._record import (
-    admit_runtime_sample,
-    compare_outputs,
-    record_activation_quantization,
-    record_weight_quantization,
-)
 from ._stats import (
     Accuracy,
     LogitsAgreement,
@@ -46,6 +42,33 @@ from ._stats import (
     weight_report,
 )
 from ._validate import FORMATS, LAYOUTS, Format, Layout, QuantInputError
+
+if TYPE_CHECKING:
+    from ._record import (
+        admit_runtime_sample,
+        compare_outputs,
+        record_activation_quantization,
+        record_weight_quantization,
+    )
+
+# Recording needs OpenTelemetry: loaded on first use, so the math stays numpy only.
+_RECORDING = (
+    "admit_runtime_sample",
+    "compare_outputs",
+    "record_activation_quantization",
+    "record_weight_quantization",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RECORDING:
+        from . import _record
+
+        value = getattr(_record, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FORMATS",

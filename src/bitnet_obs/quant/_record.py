@@ -14,17 +14,24 @@ inference call it becomes a counted skip (reason ``bad_input``) and never reache
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from bitnet_obs import _instruments, _pipeline
-from bitnet_obs._instruments import TALLIES
+from bitnet_obs import _config, _context, _state
+from bitnet_obs._instruments import (
+    QUANT_ACCURACY,
+    QUANT_DURATION,
+    QUANT_OPERATIONS,
+    QUANT_RELATIVE_ERROR,
+    QUANT_SAMPLES_SKIPPED,
+    QUANT_SCALE,
+    QUANT_SQNR,
+)
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tally import AttrValue, key_of
 from bitnet_obs.quant._lut import TL2_DEFAULT_BK
@@ -50,17 +57,18 @@ MAX_TENSOR_NAMES = 512  # more distinct names fold into "_other"
 REFERENCES = ("fp32", "quantized")
 KINDS = ("weight", "activation", "output", "logits")
 
-_OPERATIONS = TALLIES["bitnet.quant.operations"]
-_SKIPPED = TALLIES["bitnet.quant.samples_skipped"]
+_OPERATIONS = QUANT_OPERATIONS
+_SKIPPED = QUANT_SAMPLES_SKIPPED
 
 
 class _Budget:
     """Token bucket over wall time: at most ``fraction`` of it spent on statistics."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._credit: float | None = None
-        self._last = time.monotonic()
+        self._last = clock()
         self._rng = random.Random()
 
     def admit(self, rate: float, fraction: float) -> str | None:
@@ -69,7 +77,7 @@ class _Budget:
             return "sampling"
         cap = max(0.05, fraction * 60.0)
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             credit = cap if self._credit is None else self._credit
             credit = min(cap, credit + max(0.0, now - self._last) * fraction)
             self._last = now
@@ -107,11 +115,10 @@ def _attrs(fmt: str, kind: str, reference: str, name: str) -> dict[str, AttrValu
 
 
 def _emit(acc: Accuracy, attrs: dict[str, AttrValue], seconds: float) -> None:
-    inst = _instruments.active()
-    inst.quant_accuracy.record(acc.accuracy_ratio, attrs)
-    inst.quant_sqnr.record(min(acc.sqnr_db, SQNR_CAP_DB), attrs)
-    inst.quant_rel_error.record(acc.rel_l2, attrs)
-    inst.quant_duration.record(seconds, attrs)
+    QUANT_ACCURACY.record(acc.accuracy_ratio, attrs)
+    QUANT_SQNR.record(min(acc.sqnr_db, SQNR_CAP_DB), attrs)
+    QUANT_RELATIVE_ERROR.record(acc.rel_l2, attrs)
+    QUANT_DURATION.record(seconds, attrs)
     _OPERATIONS.add(key_of(attrs), 1)
 
 
@@ -120,9 +127,7 @@ def skip(kind: str, reason: str) -> None:
 
 
 def _in_monitored_call() -> bool:
-    from bitnet_obs._inference import _current
-
-    return _current.get() is not None
+    return _context.in_call()
 
 
 def _check_choice(name: str, value: object, accepted: Sequence[str]) -> str:
@@ -177,11 +182,10 @@ def emit_weight_report(
     name: str, report: WeightReport, formats: Sequence[str], seconds: float
 ) -> None:
     """Record one weight report under each format label (shared by the CLI's --export)."""
-    inst = _instruments.active()
     for fmt in formats:
         attrs = _attrs(fmt, "weight", "fp32", name)
         _emit(report.accuracy, attrs, seconds / max(1, len(formats)))
-        inst.quant_scale.set(report.scale, attrs)
+        QUANT_SCALE.set(report.scale, attrs)
 
 
 def _row_sample(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -205,7 +209,7 @@ def _runtime(
     try:
         fmt = check_format(fmt) if fmt not in ("fp32", "int8") else fmt
         reference_kind = _check_choice("reference_kind", reference_kind, REFERENCES)
-        settings = _pipeline.settings()
+        settings = _config.current()
         # An admitted sample was drawn by admit_runtime_sample(); only the budget is checked.
         rate = 1.0 if admitted else settings.quant_sample_rate
         reason = _budget.admit(rate, settings.quant_budget)
@@ -227,8 +231,10 @@ def _runtime(
             skip(kind, "bad_input")
             return None
         raise
-    except Exception as exc:
-        internal_error("quant_record", exc)
+    except Exception as exc:  # e.g. a lazy reference that raised: a skip, counted as such
+        skip(kind if kind in KINDS else "output", "error")
+        internal_error("quant_record", exc if _config.current().capture_content else None,
+                       f"{type(exc).__name__} while measuring {kind}")  # fmt: skip
         return None
 
 
@@ -314,7 +320,7 @@ def admit_runtime_sample(kind: str = "output", *, rate: float | None = None) -> 
     """
     try:
         kind = kind if kind in KINDS else "output"
-        settings = _pipeline.settings()
+        settings = _config.current()
         if rate is None or not 0.0 <= rate <= 1.0:
             rate = settings.quant_sample_rate
         reason = _budget.admit(rate, settings.quant_budget)
@@ -327,10 +333,16 @@ def admit_runtime_sample(kind: str = "output", *, rate: float | None = None) -> 
         return False
 
 
+@_state.on_fork
 def _reinit_after_fork() -> None:
     global _names_lock
     _names_lock = threading.Lock()
     _budget._lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reinit_after_fork)
+@_state.on_reset(phase=_state.CLEAR)
+def _reset() -> None:
+    global _budget
+    with _names_lock:
+        _names.clear()
+    _budget = _Budget()

@@ -18,6 +18,7 @@ from bitnet_obs.testing._otlp_decode import (
     SpanEvent,
 )
 from bitnet_obs.testing._receiver import OTLPReceiver, ReceivedRequest
+from bitnet_obs.testing._reset import override_settings, reset
 
 __all__ = [
     "CapturedPoint",
@@ -29,6 +30,8 @@ __all__ = [
     "ReceivedRequest",
     "ReceivedSpan",
     "SpanEvent",
+    "override_settings",
+    "reset",
     "tiny_bitnet_model",
     "tiny_llama_model",
     "tiny_tokenizer",

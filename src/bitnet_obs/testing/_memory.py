@@ -1,8 +1,9 @@
 """In-memory capture of bitnet-obs telemetry for your own tests.
 
 It binds bitnet-obs to private in-memory SDK providers (never the global ones, which
-OpenTelemetry lets you set only once), zeroes the running totals, and restores the previous
-binding on exit::
+OpenTelemetry lets you set only once), zeroes the running event counts (requests, tokens,
+errors; not what is in progress now, such as active requests or queue depth) and restores the
+previous binding on exit::
 
     from bitnet_obs.testing import capture_telemetry
 
@@ -29,7 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bitnet_obs import _instruments, _tally
+from bitnet_obs import _instruments
 
 
 @dataclass(frozen=True)
@@ -55,21 +56,25 @@ class TelemetryCapture:
         self.meter_provider = MeterProvider(metric_readers=[self.reader], shutdown_on_exit=False)
         self.tracer_provider = TracerProvider(shutdown_on_exit=False)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
-        self._previous: _instruments.Instruments | None = None
+        self._previous: tuple[Any, Any] | None = None
         self._limit = cardinality_limit
+        self._previous_limit = 2000
 
     def __enter__(self) -> TelemetryCapture:
-        self._previous = _instruments._active
-        _tally.reset_all()
+        self._previous = _instruments.binding()
+        for counter in _instruments.COUNTERS:
+            if type(counter) is _instruments.Counter:  # events, not what is in flight now
+                counter.tally.reset()
         if self._limit is not None:
-            _tally.set_limit(self._limit)
+            self._previous_limit = _instruments.COUNTERS[0].tally.limit
+            _instruments.set_cardinality_limit(self._limit)
         _instruments.bind(self.meter_provider, self.tracer_provider)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _instruments._active = self._previous
+        _instruments.restore(self._previous)
         if self._limit is not None:
-            _tally.set_limit(2000)
+            _instruments.set_cardinality_limit(self._previous_limit)
         self.meter_provider.shutdown(timeout_millis=1000)
         self.tracer_provider.shutdown()
 
