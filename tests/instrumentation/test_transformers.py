@@ -292,3 +292,25 @@ def test_streamer_in_a_thread(instrument: Instrument, cap: TelemetryCapture) -> 
     assert tokens(cap, "output") == 6
     assert cap.points("gen_ai.server.time_to_first_token")[0].count == 1
     assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left attached
+
+
+def test_a_request_monitored_by_the_caller_is_counted_once(
+    instrument: Instrument, cap: TelemetryCapture
+) -> None:
+    """generate() inside the caller's own monitored call reports into it: one request, with
+    the exact tokens and the first token's time."""
+    model = tiny_bitnet_model()
+    instrument()
+
+    @bitnet_obs.monitored_inference(model="my-handler")
+    def handle(prompt: list[int]) -> str:
+        model.generate(torch.tensor([prompt]), max_new_tokens=4, min_new_tokens=4)
+        return "text"  # the caller's result says nothing about tokens
+
+    handle([5, 6, 7])
+    assert cap.value("bitnet.inference.requests") == 1
+    assert [span.name for span in cap.spans()] == ["text_completion my-handler"]
+    output = {"gen_ai.token.type": "output", "gen_ai.request.model": "my-handler"}
+    assert cap.value("bitnet.inference.tokens", **output) == 4
+    assert cap.value("bitnet.inference.tokens", **{"gen_ai.token.type": "input"}) == 3
+    assert cap.points("gen_ai.server.time_to_first_token")[0].count == 1

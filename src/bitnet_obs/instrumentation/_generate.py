@@ -1,8 +1,10 @@
 """The patch itself: ``GenerationMixin.generate`` wrapped, streamers remembering their context.
 
 Per model, once: its name, format and BitNet layers, and one :class:`InferenceMonitor` per
-device. Per call: a monitored inference around the original ``generate``; nothing of ours
-runs for a nested ``generate`` (an assistant model's, or ``generate`` calling itself).
+device. Per call: a monitored inference around the original ``generate``; inside a request the
+caller monitors already (``@monitored_inference``), the call reports into that one instead of
+counting the request twice; nothing of ours runs for a nested ``generate`` (an assistant
+model's, or ``generate`` calling itself).
 
 The usual streaming pattern runs ``generate`` in a thread of its own::
 
@@ -32,7 +34,7 @@ from opentelemetry import trace
 from transformers.generation.streamers import TextStreamer
 from transformers.generation.utils import GenerationMixin
 
-from bitnet_obs import ConfigError, InferenceMonitor, quant
+from bitnet_obs import ConfigError, InferenceContext, InferenceMonitor, current_inference, quant
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs.instrumentation._calls import Call
 from bitnet_obs.instrumentation._layers import (
@@ -138,24 +140,37 @@ class Instrumentation:
 
     def _run(self, original: Callable[..., Any], model: Any, call: Call, info: _Model) -> Any:
         inside = _inside.set(True)
+        outer = current_inference()
         parent = None
         if call.streamer is not None and not trace.get_current_span().get_span_context().is_valid:
             context = self._streamers.get(call.streamer)
             parent = otel_context.attach(context) if context is not None else None
         try:
+            if outer.recording:  # the caller monitors this request already: report into it
+                return self._call(original, model, call, info, outer)
             with call.monitor as inference:
-                handles = call.begin(inference, lambda: self._attach(info))
-                try:
-                    result = original(model, *call.args, **call.kwargs)
-                finally:
-                    for handle in handles:
-                        handle.remove()
-                call.finish(inference, result)
-            return result
+                return self._call(original, model, call, info, inference)
         finally:
             if parent is not None:
                 otel_context.detach(parent)
             _inside.reset(inside)
+
+    def _call(
+        self,
+        original: Callable[..., Any],
+        model: Any,
+        call: Call,
+        info: _Model,
+        inference: InferenceContext,
+    ) -> Any:
+        handles = call.begin(inference, lambda: self._attach(info))
+        try:
+            result = original(model, *call.args, **call.kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        call.finish(inference, result)
+        return result
 
     def _attach(self, info: _Model) -> list[Any]:
         """Inside the call: queue the weight report once; hook layers if this call is sampled."""
