@@ -64,3 +64,14 @@ def test_every_instrument_has_description_and_unit() -> None:
         assert spec.unit, spec.name
         if spec.kind is Kind.HISTOGRAM:
             assert spec.buckets, f"{spec.name} needs advisory buckets fitting its unit"
+
+
+def test_the_api_reference_builds_without_a_warning(tmp_path: Path) -> None:
+    """What ``nox -s docs`` builds; docutils warnings (a broken literal block, an undefined
+    substitution) fail it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+         "docs/api", str(tmp_path / "api")],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -525,11 +525,13 @@ if TYPE_CHECKING:
 else:
 
     def monitor_inference(**options: Any) -> InferenceMonitor:
-        """The same monitor as a context manager (the keywords of :class:`InferenceMonitor`)::
+        """The same monitor as a context manager (the keywords of :class:`InferenceMonitor`).
 
-        with bitnet_obs.monitor_inference(model="m") as inf:
-            ids = generate(...)
-            inf.add_output_tokens(len(ids))
+        For example::
+
+            with bitnet_obs.monitor_inference(model="m") as inf:
+                ids = generate(...)
+                inf.add_output_tokens(len(ids))
         """
         return _monitor(options)
 

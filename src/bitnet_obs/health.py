@@ -273,7 +273,7 @@ def register(
     check runs on a private event loop in its worker thread (to look at your own loop's
     objects, use a sync check with ``asyncio.run_coroutine_threadsafe``)::
 
-    health.register("db", lambda: db.ping(), critical=True, probe="readiness", timeout=0.3)
+        health.register("db", lambda: db.ping(), critical=True, probe="readiness", timeout=0.3)
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"health check name={name!r} is not valid; accepted: 1-64 of "
@@ -324,10 +324,12 @@ def _refresh(name: str) -> None:
 
 
 def evaluate(scope: Scope = "all") -> HealthReport:
-    """Run (or reuse cached) checks in scope and combine them; for your own web framework::
+    """Run (or reuse cached) checks in scope and combine them.
 
-    report = health.evaluate("readiness")
-    return JSONResponse(report.to_dict(), status_code=report.http_status)
+    For your own web framework::
+
+        report = health.evaluate("readiness")
+        return JSONResponse(report.to_dict(), status_code=report.http_status)
     """
     if scope not in ("all", "liveness", "readiness"):
         raise ValueError(f"scope={scope!r}; accepted: 'all', 'liveness', 'readiness'")

@@ -304,9 +304,11 @@ def _observe(_options: CallbackOptions) -> Iterable[Observation]:
 
 
 def set_objectives(new: Objectives | None) -> None:
-    """Track these objectives from now on, with a fresh window; ``None`` stops tracking::
+    """Track these objectives from now on, with a fresh window; ``None`` stops tracking.
 
-    sla.set_objectives(sla.Objectives(latency_s=2.0, max_error_rate=0.01))
+    For example::
+
+        sla.set_objectives(sla.Objectives(latency_s=2.0, max_error_rate=0.01))
     """
     global _tracker
     if new is not None and not isinstance(new, Objectives):
@@ -340,9 +342,11 @@ def snapshot() -> dict[str, ObjectiveState]:
 def record(
     duration_s: float, ttft_s: float | None = None, output_tokens: int = 0, outcome: str = "ok"
 ) -> None:
-    """Count one request that ``monitored_inference`` did not see (it feeds the SLA itself)::
+    """Count one request that ``monitored_inference`` did not see (it feeds the SLA itself).
 
-    sla.record(1.7, ttft_s=0.2, output_tokens=64)          # outcome: ok, error, cancelled
+    For example::
+
+        sla.record(1.7, ttft_s=0.2, output_tokens=64)      # outcome: ok, error, cancelled
     """
     _on_request(duration_s, ttft_s, output_tokens, outcome)
 

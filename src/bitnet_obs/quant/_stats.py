@@ -338,10 +338,10 @@ def accuracy(reference: object, candidate: object) -> Accuracy:
 
     Precision.  With a float64 tensor on either side every sum (Σr², Σa², Σra, Σ(r-a)²) is
     taken in float64, float16/float32 values converting exactly: each is within 1e-11 of its sum
-    of |terms| at worst, about 1e-15 in practice.  When both sides are float16/float32 the sums
+    of ``|terms|`` at worst, about 1e-15 in practice.  When both sides are float16/float32 the sums
     are float32 BLAS dots over blocks of 256 values, the block results totalled in float64.
     Whatever order the BLAS kernel adds in (OpenBLAS core type, SIMD width), each sum is then
-    within ``GAMMA32 = 259 * 2**-24 ≈ 1.54e-5`` of its sum of |terms|, which guarantees (to
+    within ``GAMMA32 = 259 * 2**-24 ≈ 1.54e-5`` of its sum of ``|terms|``, which guarantees (to
     first order in GAMMA32):
 
     - ``mse`` and ``rel_l2`` within 1.6e-5 relative, ``sqnr_db`` within 1.4e-4 dB; ``max_abs``

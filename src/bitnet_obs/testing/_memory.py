@@ -79,7 +79,7 @@ class TelemetryCapture:
         self.tracer_provider.shutdown()
 
     def points(self, name: str, **attributes: Any) -> list[CapturedPoint]:
-        """Points of one metric whose attributes include the given ones (dots: use **{...})."""
+        """Points of one metric whose attributes include the given ones (dots: ``**{"a.b": 1}``)."""
         data = self.reader.get_metrics_data()
         found: list[CapturedPoint] = []
         if data is None:
