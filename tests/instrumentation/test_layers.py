@@ -13,7 +13,13 @@ from transformers import BitNetConfig, BitNetForCausalLM
 from transformers.integrations.bitnet import AutoBitLinear, BitLinear, unpack_weights
 
 from bitnet_obs import quant
-from bitnet_obs.instrumentation._layers import ROWS_PER_CHECK, capture, unpack_packed
+from bitnet_obs.instrumentation._layers import (
+    MAX_CHECK_WEIGHTS,
+    ROWS_PER_CHECK,
+    capture,
+    output_channels,
+    unpack_packed,
+)
 from bitnet_obs.testing import TelemetryCapture, tiny_bitnet_model, tiny_llama_model
 from tests.instrumentation.conftest import Instrument
 
@@ -41,12 +47,26 @@ def fidelity(cap: TelemetryCapture, reference: str = "quantized") -> dict[str, t
 @settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 6), k=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
 def test_unpacking_matches_transformers(rows: int, k: int, seed: int) -> None:
-    fields = np.random.default_rng(seed).integers(0, 3, (4, rows, k), dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    fields = rng.integers(0, 3, (4, rows, k), dtype=np.uint8)
     packed = fields[0] | fields[1] << 2 | fields[2] << 4 | fields[3] << 6
     theirs = unpack_weights(torch.from_numpy(packed), dtype=torch.float32).numpy()
-    for out_features in (4 * rows, 4 * rows - 1):
-        ours = unpack_packed(packed, out_features)
-        np.testing.assert_array_equal(ours, theirs[:out_features].astype(np.int8))
+    every = np.arange(4 * rows)
+    some = np.sort(rng.choice(every, size=int(rng.integers(1, 4 * rows + 1)), replace=False))
+    for channels in (every, some):
+        ours = unpack_packed(packed[channels % rows], channels, rows)
+        np.testing.assert_array_equal(ours, theirs[channels].astype(np.int8))
+
+
+def test_large_layers_check_a_stripe_of_output_channels() -> None:
+    k = 2560
+    for _ in range(20):
+        channels = output_channels(6912, k)
+        assert len(channels) == MAX_CHECK_WEIGHTS // k
+        assert len(set(channels.tolist())) == len(channels)
+        assert channels.min() >= 0 and channels.max() < 6912
+        assert channels.min() < 6912 / len(channels)  # evenly spread from the start
+    assert output_channels(128, 64).tolist() == list(range(128))  # small: every channel
 
 
 @pytest.mark.parametrize("linear", ["bitlinear", "autobitlinear-offline", "autobitlinear-online"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ from bitnet_obs._selfmon import internal_error
 
 #: Tokens (rows) of one forward pass recomputed per check: bounds its cost for long prompts.
 ROWS_PER_CHECK = 16
+#: Weight elements recomputed per check at most: bounds its cost for large layers.
+MAX_CHECK_WEIGHTS = 1 << 20
 
 Submit = Callable[[Callable[[], object]], bool]
 Floats = npt.NDArray[np.float32]
@@ -142,45 +145,73 @@ def _numpy(t: torch.Tensor) -> Floats:
     return out
 
 
-def _float(t: torch.Tensor | None) -> Floats | None:
-    return None if t is None else _numpy(t)
+def output_channels(out_features: int, in_features: int) -> npt.NDArray[np.intp]:
+    """The output channels one check recomputes: all of them when the weights are small, else
+    ``MAX_CHECK_WEIGHTS // K`` evenly spaced ones, at a random offset so that over many checks
+    every channel is covered (each output is its own dot product: a subset checks the same
+    kernel path, at a fraction of the cost)."""
+    n = max(1, min(out_features, MAX_CHECK_WEIGHTS // max(1, in_features)))
+    if n == out_features:
+        return np.arange(out_features, dtype=np.intp)
+    step = out_features / n
+    picked: npt.NDArray[np.intp] = np.floor(random.random() * step + np.arange(n) * step).astype(
+        np.intp
+    )
+    return np.minimum(picked, out_features - 1)
 
 
-def unpack_packed(packed: npt.NDArray[np.uint8], out_features: int) -> npt.NDArray[np.int8]:
-    """BitLinear's 2-bit layout: byte row ``r % rows``, bits ``2 * (r // rows)``, code + 1."""
-    shifts = np.array([0, 2, 4, 6], np.uint8).reshape(4, 1, 1)
-    values = (packed[None] >> shifts) & 3
-    rows, k = packed.shape
-    codes: npt.NDArray[np.int8] = values.reshape(4 * rows, k)[:out_features].astype(np.int8) - 1
+def unpack_packed(
+    byte_rows: npt.NDArray[np.uint8], channels: npt.NDArray[np.intp], stored_rows: int
+) -> npt.NDArray[np.int8]:
+    """Ternary codes of output ``channels`` from their bytes ``packed[channels % stored_rows]``:
+    BitLinear keeps output row ``r`` in byte row ``r % rows`` at bits ``2 * (r // rows)``, as
+    code + 1."""
+    shifts = (2 * (channels // stored_rows)).astype(np.uint8)[:, None]
+    codes: npt.NDArray[np.int8] = ((byte_rows >> shifts) & 3).astype(np.int8) - 1
     return codes  # a stored 3 becomes 2: quant.matmul rejects it as corrupt (counted skip)
 
 
-def quantized_reference(layer: Layer, x: Floats) -> Floats:
-    """The layer's output for ``x`` by the bitnet.cpp I2_S emulation of its ternary weights."""
+def _rows(t: torch.Tensor, rows: npt.NDArray[np.intp]) -> torch.Tensor:
+    """``t[rows]``, gathered where ``t`` lives (only those rows travel to the CPU)."""
+    return t.detach()[torch.as_tensor(rows, device=t.device)]
+
+
+def _bias(module: Any, channels: npt.NDArray[np.intp]) -> Floats | None:
+    bias = getattr(module, "bias", None)
+    return None if bias is None else _numpy(_rows(bias, channels))
+
+
+def quantized_reference(layer: Layer, x: Floats, channels: npt.NDArray[np.intp]) -> Floats:
+    """The layer's ``channels`` outputs for ``x`` by the bitnet.cpp I2_S emulation of its
+    ternary weights."""
     module = layer.module
-    bias = _float(getattr(module, "bias", None))
+    bias = _bias(module, channels)
     if layer.kind == "packed":
-        codes = unpack_packed(module.weight.detach().cpu().numpy(), int(module.out_features))
+        stored = int(module.weight.shape[0])
+        byte_rows = _rows(module.weight, channels % stored).cpu().numpy()
+        codes = unpack_packed(byte_rows, channels, stored)
         scale = 1.0 / float(module.weight_scale.reshape(-1)[0])  # BitLinear divides by it
         out = quant.matmul(x, codes, scale)
         return out if bias is None else out + bias
     if layer.kind == "offline":
-        values = _numpy(module.weight)
+        values = _numpy(_rows(module.weight, channels))
         codes = np.rint(values).astype(np.int8)
         if not np.array_equal(codes, values):
             raise quant.QuantInputError(f"{layer.name}: offline weights are not ternary values")
         scale = float(module.weight_scale.reshape(-1)[0])  # scales the biased output
         out = quant.matmul(x, codes, scale)
         return out if bias is None else out + bias * np.float32(scale)
-    codes, scale = quant.quantize_weights(_numpy(module.weight))  # online: as a converter would
-    out = quant.matmul(x, codes, scale)
+    # online: quantized from the master weights as a converter would (the scale is the whole
+    # tensor's mean, so the whole tensor is quantized)
+    codes, scale = quant.quantize_weights(_numpy(module.weight))
+    out = quant.matmul(x, codes[channels], scale)
     return out if bias is None else out + bias
 
 
-def float_reference(layer: Layer, x: Floats) -> Floats:
+def float_reference(layer: Layer, x: Floats, channels: npt.NDArray[np.intp]) -> Floats:
     """The unquantized product with the master weights (online layers only)."""
-    bias = _float(getattr(layer.module, "bias", None))
-    out: Floats = x @ _numpy(layer.module.weight).T
+    bias = _bias(layer.module, channels)
+    out: Floats = x @ _numpy(_rows(layer.module.weight, channels)).T
     return out if bias is None else out + bias
 
 
@@ -189,14 +220,16 @@ def check(layer: Layer, x: Floats, y: Floats, fmt: str) -> None:
 
     The references are callables: their cost counts against the quant time budget.
     """
+    channels = output_channels(y.shape[1], x.shape[1])
+    candidate = y if len(channels) == y.shape[1] else y[:, channels]
     references = [("quantized", quantized_reference)]
     if layer.kind == "online":
         references.append(("fp32", float_reference))
     for kind, reference in references:
         quant.compare_outputs(
             layer.name,
-            functools.partial(reference, layer, x),
-            y,
+            functools.partial(reference, layer, x, channels),
+            candidate,
             format=fmt,
             reference_kind=kind,
             kind="output",
