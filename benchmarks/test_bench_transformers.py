@@ -12,7 +12,7 @@
    layer (the hook copies a few tokens' input and output and queues the check).
 3. The background check per layer (unpack the ternary weights, emulate the I2_S matmul, compare),
    for a tiny layer and for one of bitnet-b1.58-2B-4T's shapes (2560 -> 6912, of which a check
-   recomputes a stripe of 409 output channels).
+   recomputes a stripe of 102 output channels).
 
 torch.compile is off (``force_eager``; BitLinear's compile takes ~30 s here) and torch runs on
 one thread. Nothing here asserts on time: the figures are reported.

@@ -36,7 +36,7 @@ from bitnet_obs._selfmon import internal_error
 #: Tokens (rows) of one forward pass recomputed per check: bounds its cost for long prompts.
 ROWS_PER_CHECK = 16
 #: Weight elements recomputed per check at most: bounds its cost for large layers.
-MAX_CHECK_WEIGHTS = 1 << 20
+MAX_CHECK_WEIGHTS = 1 << 18
 
 Submit = Callable[[Callable[[], object]], bool]
 Floats = npt.NDArray[np.float32]
