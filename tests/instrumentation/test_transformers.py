@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -314,3 +317,49 @@ def test_a_request_monitored_by_the_caller_is_counted_once(
     assert cap.value("bitnet.inference.tokens", **output) == 4
     assert cap.value("bitnet.inference.tokens", **{"gen_ai.token.type": "input"}) == 3
     assert cap.points("gen_ai.server.time_to_first_token")[0].count == 1
+
+
+FORK_SCRIPT = """
+import multiprocessing as mp
+import torch
+torch.set_num_threads(1)
+torch.compiler.set_stance("force_eager")
+from bitnet_obs.instrumentation.transformers import TransformersInstrumentor
+from bitnet_obs.testing import capture_telemetry, override_settings, tiny_bitnet_model
+
+instrumentor = TransformersInstrumentor()
+model = tiny_bitnet_model()
+
+def generate_and_check():
+    with capture_telemetry() as cap:
+        model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2)
+        assert instrumentor.flush(60), "background checks stuck"
+        assert len(cap.points("bitnet.quant.accuracy")) == 14
+
+def child():
+    with override_settings(quant_budget=1.0):
+        generate_and_check()
+
+if __name__ == "__main__":
+    instrumentor.instrument(fidelity_sample_rate=1.0, fidelity_layers=None)
+    with override_settings(quant_budget=1.0):
+        generate_and_check()  # the parent's background thread is running now
+    process = mp.get_context("fork").Process(target=child)
+    process.start()
+    process.join(120)
+    assert process.exitcode == 0, process.exitcode
+    instrumentor.uninstrument()
+    print("DONE")
+"""
+
+
+@pytest.mark.slow
+def test_forked_worker_runs_its_own_background_checks(tmp_path: Any) -> None:
+    script = tmp_path / "fork_app.py"
+    script.write_text(FORK_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_OBS_"))}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DONE" in done.stdout

@@ -34,7 +34,14 @@ from opentelemetry import trace
 from transformers.generation.streamers import TextStreamer
 from transformers.generation.utils import GenerationMixin
 
-from bitnet_obs import ConfigError, InferenceContext, InferenceMonitor, current_inference, quant
+from bitnet_obs import (
+    ConfigError,
+    InferenceContext,
+    InferenceMonitor,
+    _state,
+    current_inference,
+    quant,
+)
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs.instrumentation._calls import Call
 from bitnet_obs.instrumentation._layers import (
@@ -70,7 +77,8 @@ class Instrumentation:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.worker = Worker()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # re-created in a forked child (see _after_fork_in_child)
+        _instances.add(self)
         self._models: weakref.WeakKeyDictionary[Any, _Model] = weakref.WeakKeyDictionary()
         self._streamers: weakref.WeakKeyDictionary[Any, otel_context.Context] = (
             weakref.WeakKeyDictionary()
@@ -262,3 +270,12 @@ def quant_format(model: Any, layers: tuple[Layer, ...]) -> str:
         return TERNARY_FORMAT
     dtype = getattr(model, "dtype", None)
     return _DTYPE_FORMATS.get(dtype, "other") if isinstance(dtype, torch.dtype) else "other"
+
+
+_instances: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
+
+
+@_state.on_fork
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        instance._lock = threading.Lock()  # a parent thread may have held it at fork time

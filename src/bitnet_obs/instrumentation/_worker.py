@@ -3,19 +3,21 @@
 Layer-fidelity recomputations and the once-per-model weight accuracy run here, each in the
 context copied from the request that asked for it: a sample still belongs to its request
 (``current_inference()``, the span for exemplars), and bad input inside it is a counted skip.
-The queue is bounded; the thread starts on first use and again in a forked child.
+The queue is bounded; the thread starts on first use. A forked child gets fresh locks and an
+empty queue (through bitnet-obs's one fork registry), and starts its own thread when it needs one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
+from bitnet_obs import _state
 from bitnet_obs._selfmon import internal_error
 
 Task = tuple[contextvars.Context, Callable[[], object]]
@@ -28,20 +30,21 @@ class Worker:
 
     def __init__(self, name: str = "bitnet-obs-hf") -> None:
         self._name = name
+        self.stopping = threading.Event()
+        self._fresh()
+        _workers.add(self)
+
+    def _fresh(self) -> None:
+        """New locks, an empty queue, no thread: at construction and in a forked child."""
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._queue: queue.Queue[Task | None] = queue.Queue(MAX_QUEUED)
         self._thread: threading.Thread | None = None
-        self._pid = 0
         self._pending = 0
-        self.stopping = threading.Event()
 
     def submit(self, fn: Callable[[], object]) -> bool:
         """Queue ``fn`` to run in a copy of the caller's context; False when the queue is full."""
         with self._lock:
-            if self._pid != os.getpid():  # first use, or a forked child: no thread here yet
-                self._thread = None
-                self._pid = os.getpid()
             if self._thread is None or not self._thread.is_alive():
                 self._queue = queue.Queue(MAX_QUEUED)  # what an earlier thread left is dropped
                 self._pending = 0
@@ -79,7 +82,7 @@ class Worker:
         """Wait until every queued task has run; False if ``timeout`` seconds passed first."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending > 0 and self._pid == os.getpid():
+            while self._pending > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -90,7 +93,7 @@ class Worker:
         """Drop what is queued, let the running task end (it may check ``stopping``), join."""
         self.stopping.set()
         with self._lock:
-            thread = self._thread if self._pid == os.getpid() else None
+            thread = self._thread
             self._thread = None
             tasks, self._queue = self._queue, queue.Queue(MAX_QUEUED)
             self._pending = 0
@@ -100,3 +103,12 @@ class Worker:
         with contextlib.suppress(queue.Full):  # still ends: queued tasks are skipped now
             tasks.put(None, timeout=timeout)
         thread.join(timeout)
+
+
+_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+@_state.on_fork
+def _after_fork_in_child() -> None:
+    for worker in list(_workers):
+        worker._fresh()  # the parent's thread does not exist here; its locks may be held
