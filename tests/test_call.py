@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics.export import MetricExportResult
 
@@ -169,6 +170,7 @@ def test_interleaved_with_blocks_of_two_generators(cap: TelemetryCapture) -> Non
     with pytest.raises(StopIteration):
         next(b)
     assert not current_inference().recording
+    assert not trace.get_current_span().get_span_context().is_valid  # no span left behind
     assert cap.value("bitnet.inference.requests", **OK) == 2
     assert cap.value("bitnet.inference.tokens", **OUT) == 5
     assert active(cap) == 0
@@ -215,3 +217,85 @@ def test_a_lazy_reference_that_raises_is_a_counted_skip(cap: TelemetryCapture) -
     skipped = cap.value("bitnet.quant.samples_skipped", **{"bitnet.quant.skip_reason": "error"})
     assert skipped == 1
     assert cap.value("bitnet.quant.operations") == 0
+
+
+def test_inter_token_gaps_prefill_decode_and_queue_wait(cap: TelemetryCapture) -> None:
+    import time
+
+    @monitored_inference(model="m")
+    def stream(n: int) -> Iterator[int]:
+        time.sleep(0.03)  # prefill
+        for i in range(n):
+            if i:
+                time.sleep(0.01 if i != 3 else 0.05)  # one stall
+            yield i
+
+    queue = bitnet_obs.RequestQueue("q")
+    ticket = queue.enqueue()
+    time.sleep(0.04)
+    queue.dequeue(ticket)  # handed to the next call: its TTFT and duration count the wait
+    assert list(stream(6)) == list(range(6))
+    (gaps,) = cap.points("bitnet.inference.inter_token_latency")
+    assert gaps.count == 5 and gaps.min is not None and gaps.max is not None
+    assert gaps.min >= 0.01 and gaps.max >= 0.05  # the stall shows in the distribution
+    (prefill,) = cap.points("bitnet.inference.prefill.duration")
+    (ttft,) = cap.points("gen_ai.server.time_to_first_token")
+    (decode,) = cap.points("bitnet.inference.decode.duration")
+    (duration,) = cap.points("gen_ai.server.request.duration")
+    assert prefill.sum is not None and ttft.sum is not None and decode.sum is not None
+    assert prefill.sum >= 0.03 and ttft.sum >= prefill.sum + 0.04
+    assert decode.sum >= 0.09
+    assert duration.sum is not None and duration.sum >= ttft.sum + decode.sum - 1e-9
+    long_stream = monitored_inference(model="long")(lambda n: (i for i in range(n)))
+    assert sum(1 for _ in long_stream(3 * 4096 + 5)) == 3 * 4096 + 5  # flushed in chunks
+    (long_gaps,) = cap.points(
+        "bitnet.inference.inter_token_latency", **{"gen_ai.request.model": "long"}
+    )
+    assert long_gaps.count == 3 * 4096 + 4
+
+
+def test_kernel_fallback_finish_reason_and_stream_attributes(cap: TelemetryCapture) -> None:
+    @monitored_inference(model="m", kernel="i2_s_avx2")
+    def generate(path: str) -> Iterator[int]:
+        inf = current_inference()
+        inf.set_kernel(path)
+        inf.set_kernel("scalar")  # a second report changes the span, not the count
+        inf.set_finish_reason("length")
+        yield 1
+        yield 2
+
+    list(generate("i2_s_avx2"))
+    list(generate("scalar"))  # no AVX2 on this machine: a silent fallback, now counted
+    fallbacks = cap.points("bitnet.kernel.fallbacks")
+    assert [(p.attributes, p.value) for p in fallbacks if p.value] == [
+        (
+            {
+                "gen_ai.request.model": "m",
+                "bitnet.kernel.declared": "i2_s_avx2",
+                "bitnet.kernel.actual": "scalar",
+            },
+            1,
+        )
+    ]
+    length = {"gen_ai.response.finish_reason": "length", **OK}
+    assert cap.value("bitnet.inference.requests", **length) == 2
+    span = cap.spans()[-1]
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.response.finish_reasons"] == ("length",)
+    assert span.attributes["gen_ai.request.stream"] is True
+    assert span.attributes["gen_ai.response.time_to_first_chunk"] >= 0  # type: ignore[operator]
+    assert span.attributes["bitnet.kernel"] == "scalar"
+
+    @monitored_inference(model="m")
+    def plain() -> list[int]:
+        current_inference().set_finish_reason("made up")  # bounded: "other", counted
+        current_inference().set_kernel("Not A Kernel!")  # refused, counted
+        return [1]
+
+    before = internal_errors()
+    plain()
+    assert internal_errors() == before + 2
+    assert cap.value("bitnet.inference.requests", **{"gen_ai.response.finish_reason": "other"})
+    assert cap.spans()[-1].attributes["gen_ai.request.stream"] is False  # type: ignore[index]
+    with pytest.raises(bitnet_obs.ConfigError, match="kernel="):
+        monitored_inference(model="m", kernel="AVX 2")

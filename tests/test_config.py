@@ -199,6 +199,7 @@ def test_every_documented_variable_is_parsed(tmp_path: Path) -> None:
         "OTEL_METRICS_EXPORTER": "console",
         "OTEL_TRACES_EXPORTER": "console",
         "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta",
+        "OTEL_METRICS_EXEMPLAR_FILTER": "always_off",
         "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": (
             "base2_exponential_bucket_histogram"
         ),

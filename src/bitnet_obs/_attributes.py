@@ -23,6 +23,12 @@ OPERATIONS = (
 )
 QUANT_FORMATS = ("i2_s", "tl1", "tl2", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other")
 PRIORITIES = ("low", "normal", "high", "critical")
+#: ``gen_ai.response.finish_reason`` on the request counter; anything else counts as "other".
+FINISH_REASONS = (
+    "stop", "length", "content_filter", "tool_calls", "cancelled", "error", "other"
+)  # fmt: skip
+KERNEL_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,47}"
+_KERNEL = re.compile(KERNEL_PATTERN)
 DEVICE_PATTERN = r"[a-z][a-z0-9_.-]{0,31}(:[0-9]{1,3})?"
 _DEVICE = re.compile(DEVICE_PATTERN)
 _MODEL = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
@@ -131,6 +137,24 @@ def check_device(value: object, name: str = "device") -> str:
             "'cuda:0', 'gpu', 'npu:1'"
         )
     return str(value)
+
+
+def valid_kernel(value: object) -> bool:
+    return isinstance(value, str) and _KERNEL.fullmatch(value) is not None
+
+
+def check_kernel(value: object) -> str:
+    if not valid_kernel(value):
+        raise ConfigError(
+            f"kernel={value!r} is not valid; accepted: a lower-case kernel name such as "
+            "'i2_s_avx2', 'tl2', 'scalar' (1-48 of a-z 0-9 _ . -)"
+        )
+    return str(value)
+
+
+def finish_reason(value: object) -> str:
+    """A bounded finish reason: one of :data:`FINISH_REASONS` ("other" for the rest)."""
+    return value if isinstance(value, str) and value in FINISH_REASONS else "other"
 
 
 def check_priority(value: object) -> str:

@@ -18,17 +18,21 @@ import json
 import sys
 import time
 import traceback
+from array import array
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
-from bitnet_obs import _config, _context, _instruments
-from bitnet_obs._attributes import error_type, valid_device
+from bitnet_obs import _config, _context, _instruments, _tally
+from bitnet_obs._aggregate import Cell
+from bitnet_obs._attributes import error_type, finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
+from bitnet_obs._instruments import Bound
 from bitnet_obs._queue import take_pending
 from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._tally import AttrKey, AttrValue, key_of
@@ -40,6 +44,10 @@ from bitnet_obs._tokens import (
 )
 
 TokenCounter = Callable[[Any], int]
+
+_REQUESTS = _instruments.REQUESTS.tally
+_TOKENS = _instruments.TOKENS.tally
+_ACTIVE = _instruments.ACTIVE_REQUESTS.tally
 
 #: Most characters of prompt, response or exception text put on a span (content capture on).
 CONTENT_LIMIT = 8192
@@ -61,7 +69,7 @@ def cancelled(exc: BaseException) -> bool:
 class Variant:
     """Everything recorded for one outcome of a site, built once and reused by later calls."""
 
-    __slots__ = ("attrs", "base_key", "in_key", "out_key", "req_key")
+    __slots__ = ("_bound", "attrs", "base_attrs", "base_key", "in_key", "out_key", "req_key")
 
     def __init__(
         self,
@@ -70,13 +78,17 @@ class Variant:
         outcome: str,
         err: str,
         priority: str | None,
+        finish: str | None = None,
     ) -> None:
         base = dict(site_attrs)
         base["bitnet.device"] = device
         if priority is not None:
             base["bitnet.request.priority"] = priority
         self.attrs = dict(base)
+        self.base_attrs = dict(base)  # without error.type: streams' gaps, of every outcome
         req = dict(base, **{"bitnet.outcome": outcome})
+        if finish is not None:
+            req["gen_ai.response.finish_reason"] = finish
         if err:
             req["error.type"] = err
             self.attrs["error.type"] = err
@@ -84,6 +96,32 @@ class Variant:
         self.in_key: AttrKey = key_of(dict(base, **{"gen_ai.token.type": "input"}))
         self.out_key: AttrKey = key_of(dict(base, **{"gen_ai.token.type": "output"}))
         self.base_key: AttrKey = key_of(base)
+        self._bound: tuple[int, tuple[Bound, ...]] | None = None
+
+    def bound(self) -> tuple[Bound, ...]:
+        """The request histograms bound to this outcome's attributes in the binding in force:
+        duration, throughput, time to first token, time per output token, prefill, decode,
+        and the inter-token gaps (with the attributes of every outcome)."""
+        cached, generation = self._bound, _instruments.generation()
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        attrs = self.attrs
+        bound = (
+            *(h.bound(attrs) for h in _REQUEST_HISTOGRAMS),
+            _instruments.INTER_TOKEN_LATENCY.bound(self.base_attrs),
+        )
+        self._bound = (generation, bound)
+        return bound
+
+
+_REQUEST_HISTOGRAMS = (
+    _instruments.REQUEST_DURATION,
+    _instruments.THROUGHPUT,
+    _instruments.TIME_TO_FIRST_TOKEN,
+    _instruments.TIME_PER_OUTPUT_TOKEN,
+    _instruments.PREFILL_DURATION,
+    _instruments.DECODE_DURATION,
+)
 
 
 class Site:
@@ -96,6 +134,7 @@ class Site:
         "count_input",
         "count_item",
         "count_output",
+        "kernel",
         "span_name",
         "variants",
     )
@@ -109,21 +148,30 @@ class Site:
         count_item: TokenCounter | None,
         capture_content: bool | None,
         client_token_usage: bool,
+        kernel: str | None = None,
     ) -> None:
         self.attrs = attrs
+        self.kernel = kernel  # declared: a call that reports another one fell back
         self.span_name = span_name
         self.count_input = count_input
         self.count_output = count_output
         self.count_item = count_item
         self.capture_content = capture_content
         self.client_token_usage = client_token_usage
-        self.variants: dict[tuple[str, str, str, str | None], Variant] = {}
+        self.variants: dict[tuple[str, str, str, str | None, str | None], Variant] = {}
 
-    def variant(self, device: str, outcome: str, err: str, priority: str | None) -> Variant:
-        key = (device, outcome, err, priority)
+    def variant(
+        self,
+        device: str,
+        outcome: str,
+        err: str,
+        priority: str | None,
+        finish: str | None = None,
+    ) -> Variant:
+        key = (device, outcome, err, priority, finish)
         variant = self.variants.get(key)
         if variant is None:
-            variant = Variant(self.attrs, device, outcome, err, priority)
+            variant = Variant(self.attrs, device, outcome, err, priority, finish)
             if len(self.variants) < _MAX_VARIANTS:
                 self.variants[key] = variant
         return variant
@@ -156,14 +204,20 @@ class Call(InferenceContext):
         "device_name",
         "explicit_input",
         "explicit_output",
+        "finish_reason",
         "first_token_at",
+        "gap_last",
         "input_tokens",
+        "kernel",
+        "otel_before",
+        "otel_ctx",
         "output_tokens",
         "parent",
         "priority",
         "queue_wait",
         "site",
         "span",
+        "stamps",
         "start",
     )
 
@@ -181,10 +235,16 @@ class Call(InferenceContext):
         self.span: Span | None = None
         self.parent: InferenceContext | None = None
         self._otel_token: object = None
-        self._counted = False
+        self.otel_before: otel_context.Context | None = None
+        self.otel_ctx: otel_context.Context | None = None
+        self._counted: AttrKey | None = None  # the active-requests series, while counted
         self._done = False
         self.queue_wait: float | None = None
         self.priority = cast("str | None", site.attrs.get("bitnet.request.priority"))
+        self.finish_reason: str | None = None
+        self.kernel: str | None = None
+        self.stamps: array[float] | None = None  # a stream's item times, flushed as gaps
+        self.gap_last: float | None = None
         self.start = time.perf_counter()
 
     # ----- InferenceContext: what the call is -----
@@ -243,6 +303,28 @@ class Call(InferenceContext):
         record_fallback(from_device, to_device, reason, model=self.model or "", span=self.span)
         self.set_device(to_device)
 
+    def set_kernel(self, name: str) -> None:
+        if not valid_kernel(name):
+            internal_error("bad_kernel", detail=f"set_kernel({describe(name)})")
+            return
+        first = self.kernel is None
+        self.kernel = name
+        if self.span is not None:
+            self.span.set_attribute("bitnet.kernel", name)
+        declared = self.site.kernel
+        if first and declared is not None and name != declared:
+            attrs: dict[str, AttrValue] = {
+                "gen_ai.request.model": self.model or "",
+                "bitnet.kernel.declared": declared,
+                "bitnet.kernel.actual": name,
+            }
+            _instruments.KERNEL_FALLBACKS.add(key_of(attrs), 1)
+
+    def set_finish_reason(self, reason: str) -> None:
+        self.finish_reason = finish_reason(reason)
+        if self.finish_reason == "other" and reason != "other":
+            internal_error("bad_finish_reason", detail=f"set_finish_reason({describe(reason)})")
+
     def set_attribute(self, key: str, value: AttrValue) -> None:
         if not isinstance(key, str) or not isinstance(value, (str, bool, int, float)):
             internal_error("bad_attribute", detail=f"set_attribute({describe(key)}, ...)")
@@ -294,7 +376,7 @@ class Call(InferenceContext):
                 self.content_in = _prompt_text(args, kwargs)
             key = site.variant(self.device_name, "ok", "", self.priority).base_key
             _instruments.ACTIVE_REQUESTS.add(key, 1)
-            self._counted = True
+            self._counted = key  # uncounted from this series, whatever set_device() does
         except Exception as exc:
             internal_error("begin", exc)
 
@@ -318,6 +400,30 @@ class Call(InferenceContext):
             while isinstance(parent, Call) and parent._done:
                 parent = parent.parent
             _context.current.set(parent)
+
+    def enter_shared(self) -> None:
+        """Make this the current call and span in a context other calls share (``with``
+        blocks, which generators may interleave): see :meth:`leave_shared`."""
+        self.enter()
+        before = otel_context.get_current()
+        self.otel_before = before
+        if self.span is not None:
+            self.otel_ctx = trace.set_span_in_context(self.span, before)
+            otel_context.attach(self.otel_ctx)
+
+    def leave_shared(self) -> None:
+        """Undo :meth:`enter_shared` in any order: a token reset would bring back whatever span
+        was current at enter, even one whose block ended meanwhile; instead the nearest open
+        enclosing call's span (else what was current before the first of them) becomes
+        current, and only when this call's is current now."""
+        self.leave()
+        if self.otel_ctx is None or otel_context.get_current() is not self.otel_ctx:
+            return
+        target, parent = self.otel_before, self.parent
+        while isinstance(parent, Call) and parent._done:
+            target, parent = parent.otel_before, parent.parent
+        if target is not None:
+            otel_context.attach(target)
 
     def count_result(self, result: Any) -> None:
         site = self.site
@@ -346,8 +452,14 @@ class Call(InferenceContext):
 
     def count_item(self, item: Any) -> None:
         """One streamed item (the slow path: a counter, content capture or an odd shape)."""
+        now = time.perf_counter()
         if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+            self.first_token_at = now
+        stamps = self.stamps
+        if stamps is not None:
+            stamps.append(now)
+            if len(stamps) >= GAP_CHUNK:
+                self.flush_gaps()
         counter = self.site.count_item
         try:
             if counter is not None:
@@ -362,8 +474,26 @@ class Call(InferenceContext):
             internal_error("token_counter", _private(exc), f"{describe(item)} item")
 
     def start_stream(self) -> None:
+        self.stamps = array("d")
         if self.site.capture():
             self.content_out = []
+
+    def flush_gaps(self) -> None:
+        """Record the gaps between the items stamped so far (the stream loop calls this every
+        :data:`GAP_CHUNK` items, the end of the call for the rest). Never raises."""
+        stamps = self.stamps
+        if not stamps:
+            return
+        try:
+            previous, self.gap_last = self.gap_last, stamps[-1]
+            if previous is not None:
+                stamps.insert(0, previous)
+            if len(stamps) >= 2:
+                variant = self.site.variant(self.device_name, "ok", "", self.priority)
+                _record_gaps(variant.bound()[6], stamps, self.span)
+            del stamps[:]
+        except Exception as exc:
+            internal_error("inter_token_latency", exc)
 
     def end(self, exc: BaseException | None, result: Any = None, counted: bool = False) -> None:
         """Finish the call once; ``counted``: the result's tokens were counted already."""
@@ -382,13 +512,12 @@ class Call(InferenceContext):
     def _release(self) -> None:
         """Uncount active and end the span exactly once, whatever happened before."""
         self._done = True
-        if self._counted:
-            self._counted = False
+        key, self._counted = self._counted, None
+        if key is not None:
             try:
-                key = self.site.variant(self.device_name, "ok", "", self.priority).base_key
                 _instruments.ACTIVE_REQUESTS.add(key, -1)
             except Exception:
-                self._counted = True  # the next _release (GC) retries
+                self._counted = key  # the next _release (GC) retries
         self.detach()
         span, self.span = self.span, None
         if span is not None:
@@ -399,7 +528,7 @@ class Call(InferenceContext):
 
     def __del__(self) -> None:
         # A call whose end never ran (its frame was torn down mid-way): never leave it active.
-        if self._counted:
+        if self._counted is not None:
             self._release()
 
     def _finish(self, exc: BaseException | None) -> None:
@@ -410,33 +539,59 @@ class Call(InferenceContext):
             outcome, err = "cancelled", ""
         else:
             outcome, err = "error", error_type(exc)
-        variant = self.site.variant(self.device_name, outcome, err, self.priority)
+        if self.stamps:
+            self.flush_gaps()
+        variant = self.site.variant(
+            self.device_name, outcome, err, self.priority, self.finish_reason
+        )
         n_in, n_out = self.input_tokens, self.output_tokens
-        if n_in or n_out:
-            _instruments.TOKENS.tally.add_many(((variant.in_key, n_in), (variant.out_key, n_out)))
-        _instruments.REQUESTS.add(variant.req_key, 1)
-        elapsed = end - self.start
+        served = end - self.start
+        arrival = self.start - (self.queue_wait or 0.0)  # a RequestQueue's wait counts too
+        elapsed = end - arrival
         attrs = variant.attrs
-        _instruments.REQUEST_DURATION.record(elapsed, attrs)
+        duration, throughput, ttft_hist, tpot_hist, prefill, decode, _ = variant.bound()
+        records = [(duration, elapsed)]
         first = self.first_token_at
+        if outcome == "ok" and n_out:
+            if served > 0:
+                records.append((throughput, n_out / served))
+            if first is not None:
+                records.append((ttft_hist, first - arrival))
+                records.append((prefill, first - self.start))
+                records.append((decode, end - first))
+                if n_out > 1:
+                    records.append((tpot_hist, (end - first) / (n_out - 1)))
+        span = self.span
+        span_context = span.get_span_context() if span is not None else None
+        # Ours (bound cells): recorded under the tallies' lock; else through the SDK after it.
+        store = _instruments.store() if duration.cell is not None else None
+        ids = None
+        if store is not None and span_context is not None and span_context.trace_flags.sampled:
+            ids = (span_context.span_id, span_context.trace_id)
+        active, self._counted = self._counted, None
+        with _tally.REQUEST_LOCK:  # one lock for every count and record of the request
+            _REQUESTS.add_locked(variant.req_key, 1)
+            if n_in:
+                _TOKENS.add_locked(variant.in_key, n_in)
+            if n_out:
+                _TOKENS.add_locked(variant.out_key, n_out)
+            if active is not None:
+                _ACTIVE.add_locked(active, -1)
+            if store is not None:
+                for bound, value in records:
+                    store.add_locked(cast(Cell, bound.cell), value, ids)
+        if store is None:
+            _instruments.record_bound(records, span_context)
         if _context.observers:
-            ttft = None if first is None else first - self.start
+            ttft = None if first is None else first - arrival
             for observer in _context.observers:
                 observer(elapsed, ttft, n_out, outcome)
-        if outcome == "ok" and n_out:
-            if elapsed > 0:
-                _instruments.THROUGHPUT.record(n_out / elapsed, attrs)
-            if first is not None:
-                _instruments.TIME_TO_FIRST_TOKEN.record(first - self.start, attrs)
-                if n_out > 1:
-                    _instruments.TIME_PER_OUTPUT_TOKEN.record((end - first) / (n_out - 1), attrs)
         if self.site.client_token_usage:
             usage = _instruments.TOKEN_USAGE
             if n_in:
-                usage.record(n_in, dict(attrs, **{"gen_ai.token.type": "input"}))
+                usage.record(n_in, dict(attrs, **{"gen_ai.token.type": "input"}), span_context)
             if n_out:
-                usage.record(n_out, dict(attrs, **{"gen_ai.token.type": "output"}))
-        span = self.span
+                usage.record(n_out, dict(attrs, **{"gen_ai.token.type": "output"}), span_context)
         if span is not None and span.is_recording():
             self._annotate(span, outcome, err, exc, n_in, n_out)
 
@@ -456,6 +611,15 @@ class Call(InferenceContext):
             extra["gen_ai.usage.output_tokens"] = n_out
         if outcome != "ok":
             extra["bitnet.outcome"] = outcome
+        if self.finish_reason is not None:
+            span.set_attribute("gen_ai.response.finish_reasons", [self.finish_reason])
+        if self.stamps is not None:
+            extra["gen_ai.request.stream"] = True
+            if self.first_token_at is not None:
+                arrival = self.start - (self.queue_wait or 0.0)
+                extra["gen_ai.response.time_to_first_chunk"] = self.first_token_at - arrival
+        else:
+            extra["gen_ai.request.stream"] = False
         if err:
             extra["error.type"] = err
         if self.content_in is not None:
@@ -472,6 +636,24 @@ class Call(InferenceContext):
                 event["exception.stacktrace"] = clip(stack)
             span.add_event("exception", event)
             span.set_status(Status(StatusCode.ERROR, err))
+
+
+#: Stream items stamped before their gaps are recorded (8 bytes each: bounded memory).
+GAP_CHUNK = 4096
+
+
+def _record_gaps(bound: Bound, stamps: array[float], span: Span | None) -> None:
+    """The gaps between consecutive stamps into the inter-token histogram (one lock)."""
+    context = span.get_span_context() if span is not None else None
+    store = _instruments.store()
+    if bound.cell is None or store is None:  # the SDK's instrument: one record per gap
+        gaps = [b - a for a, b in pairwise(stamps)]
+        _instruments.record_bound([(bound, gap) for gap in gaps], context)
+        return
+    ids = None
+    if context is not None and context.trace_flags.sampled:
+        ids = (context.span_id, context.trace_id)
+    store.add_gaps(bound.cell, stamps, ids)
 
 
 def _private(exc: BaseException) -> BaseException | None:

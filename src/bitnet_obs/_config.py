@@ -480,6 +480,13 @@ class Settings:
         "exponential buckets (no bucket choice needed; Prometheus keeps explicit buckets).",
         env="OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
     )
+    metrics_exemplar_filter: str = setting(
+        "trace_based",
+        Choice("trace_based", "always_on", "always_off"),
+        "Which histogram records keep an exemplar (the last one per bucket and collection): "
+        "those made under a sampled span, all, or none.",
+        env="OTEL_METRICS_EXEMPLAR_FILTER",
+    )
     prometheus_host: str = setting(
         "127.0.0.1",
         _HOST,

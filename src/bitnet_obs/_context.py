@@ -80,6 +80,16 @@ class InferenceContext:
     def fallback(self, from_device: str, to_device: str, reason: str) -> None:
         """Record a device fallback (counter and span event) and switch the call's device."""
 
+    def set_kernel(self, name: str) -> None:
+        """The kernel path this call actually took (``i2_s_avx2``, ``tl2``, ``scalar``): a span
+        attribute, and a ``bitnet.kernel.fallbacks`` count when it is not the one declared on
+        the decorator (``kernel=``)."""
+
+    def set_finish_reason(self, reason: str) -> None:
+        """Why generation stopped: ``stop``, ``length``, ``content_filter``, ``tool_calls``,
+        ``cancelled``, ``error`` (anything else counts as ``other``). On the span
+        (``gen_ai.response.finish_reasons``) and the request counter."""
+
     def set_attribute(self, key: str, value: AttrValue) -> None:
         """A span attribute only: metric attributes stay fixed to bound cardinality."""
 

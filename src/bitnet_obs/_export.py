@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from opentelemetry.sdk.metrics import Counter as SdkCounter
+from opentelemetry.sdk.metrics import Histogram as SdkHistogram
 from opentelemetry.sdk.metrics import (
-    Counter,
-    Histogram,
     MeterProvider,
     ObservableCounter,
     ObservableGauge,
@@ -38,14 +39,20 @@ from opentelemetry.sdk.metrics import (
     UpDownCounter,
 )
 from opentelemetry.sdk.metrics import _Gauge as Gauge
+from opentelemetry.sdk.metrics._internal.exemplar import Exemplar as SdkExemplar
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     ConsoleMetricExporter,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
     MetricExporter,
     MetricExportResult,
     MetricReader,
     MetricsData,
     PeriodicExportingMetricReader,
+    ResourceMetrics,
+    ScopeMetrics,
 )
 from opentelemetry.sdk.metrics.view import Aggregation, ExponentialBucketHistogramAggregation
 from opentelemetry.sdk.resources import Resource
@@ -56,15 +63,19 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.sdk.version import __version__ as sdk_version
 
+from bitnet_obs._aggregate import Point, Store
 from bitnet_obs._config import OTLPSettings, Settings
+from bitnet_obs._instruments import BY_NAME, SCOPE
 from bitnet_obs._selfmon import count_dropped, exporter_health, internal_error, logger
+from bitnet_obs._version import __version__
 
 INSTRUMENT_TYPES: tuple[type, ...] = (
-    Counter,
+    SdkCounter,
     UpDownCounter,
-    Histogram,
+    SdkHistogram,
     Gauge,
     ObservableCounter,
     ObservableGauge,
@@ -295,14 +306,14 @@ TEMPORALITY: dict[str, dict[type, AggregationTemporality]] = {
     "cumulative": dict.fromkeys(INSTRUMENT_TYPES, _CUMULATIVE),
     "delta": {
         **dict.fromkeys(INSTRUMENT_TYPES, _CUMULATIVE),
-        Counter: _DELTA,
+        SdkCounter: _DELTA,
         ObservableCounter: _DELTA,
-        Histogram: _DELTA,
+        SdkHistogram: _DELTA,
     },
     "lowmemory": {
         **dict.fromkeys(INSTRUMENT_TYPES, _CUMULATIVE),
-        Counter: _DELTA,
-        Histogram: _DELTA,
+        SdkCounter: _DELTA,
+        SdkHistogram: _DELTA,
     },
 }
 
@@ -310,7 +321,7 @@ TEMPORALITY: dict[str, dict[type, AggregationTemporality]] = {
 def histogram_aggregation(settings: Settings) -> dict[type, Aggregation] | None:
     """OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION (None: the catalogue's buckets)."""
     if settings.otlp_metrics_histogram_aggregation == "base2_exponential_bucket_histogram":
-        return {Histogram: ExponentialBucketHistogramAggregation()}
+        return {SdkHistogram: ExponentialBucketHistogramAggregation()}
     return None
 
 
@@ -427,5 +438,118 @@ def build_resource(settings: Settings) -> Resource:
     return Resource(attributes)
 
 
-def meter_provider(readers: list[MetricReader], resource: Resource) -> MeterProvider:
-    return MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+def meter_provider(
+    readers: list[MetricReader], resource: Resource, exemplar_filter: str = "trace_based"
+) -> MeterProvider:
+    from opentelemetry.sdk.metrics import (
+        AlwaysOffExemplarFilter,
+        AlwaysOnExemplarFilter,
+        TraceBasedExemplarFilter,
+    )
+
+    filters: dict[str, Callable[[], Any]] = {
+        "trace_based": TraceBasedExemplarFilter,
+        "always_on": AlwaysOnExemplarFilter,
+        "always_off": AlwaysOffExemplarFilter,
+    }
+    return MeterProvider(
+        metric_readers=readers,
+        resource=resource,
+        shutdown_on_exit=False,
+        exemplar_filter=filters[exemplar_filter](),
+    )
+
+
+# --- our own histogram aggregation, merged into what readers collect ---------------------------
+
+
+def aggregatable(readers: Sequence[MetricReader]) -> bool:
+    """Whether every reader wants cumulative explicit-bucket histograms, which is what our own
+    aggregation produces (else histograms stay on the SDK's instruments)."""
+    from opentelemetry.sdk.metrics._internal.instrument import _Histogram
+    from opentelemetry.sdk.metrics.view import DefaultAggregation
+
+    for reader in readers:
+        temporality = getattr(reader, "_instrument_class_temporality", {}).get(_Histogram)
+        aggregation = getattr(reader, "_instrument_class_aggregation", {}).get(_Histogram)
+        if temporality is not _CUMULATIVE or not isinstance(aggregation, DefaultAggregation):
+            return False
+    return True
+
+
+def aggregate_into(readers: Sequence[MetricReader], store: Store, resource: Resource) -> None:
+    """Make every reader's collection carry the store's histograms, as the SDK would have.
+
+    Each reader is given ``_collect`` by its MeterProvider; ours wraps it. A reader keeps the
+    sequence number of its last collection, so it reports each bucket's exemplar once, as the
+    SDK's per-reader reservoirs do.
+    """
+    for reader in readers:
+        original = reader._collect
+        if original is None:
+            continue
+        since = [0]
+
+        def collect(
+            r: MetricReader,
+            timeout_millis: float = 10_000,
+            _original: Callable[..., Any] = original,
+            _since: list[int] = since,
+        ) -> Any:
+            data = _original(r, timeout_millis=timeout_millis)
+            try:
+                return merge(data, store, _since, resource)
+            except Exception as exc:  # our part must never cost the SDK's collection
+                internal_error("aggregate", exc)
+                return data
+
+        reader._collect = collect
+
+
+def merge(
+    data: MetricsData | None, store: Store, since: list[int], resource: Resource
+) -> MetricsData | None:
+    """``data`` with the store's histograms added to bitnet-obs's scope."""
+    points, since[0] = store.snapshot(since[0])
+    if not any(points.values()):
+        return data
+    now = time.time_ns()
+    ours = [_metric(name, found, now) for name, found in points.items() if found]
+    if data is None or not data.resource_metrics:
+        scope = InstrumentationScope(SCOPE, __version__)
+        return MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, ours, "")], "")])
+    first, *rest = data.resource_metrics
+    scopes = list(first.scope_metrics)
+    for i, scope_metrics in enumerate(scopes):
+        if scope_metrics.scope.name == SCOPE:
+            merged = [*scope_metrics.metrics, *ours]
+            scopes[i] = ScopeMetrics(scope_metrics.scope, merged, scope_metrics.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(InstrumentationScope(SCOPE, __version__), ours, ""))
+    return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
+
+
+def _metric(name: str, points: list[Point], now: int) -> Metric:
+    instrument = BY_NAME[name]
+    data_points = [
+        HistogramDataPoint(
+            attributes=p.attributes,
+            start_time_unix_nano=p.start_time_unix_nano,
+            time_unix_nano=now,
+            count=p.count,
+            sum=p.sum,
+            bucket_counts=p.bucket_counts,
+            explicit_bounds=p.explicit_bounds,
+            min=p.min,
+            max=p.max,
+            exemplars=[
+                SdkExemplar({}, e.value, e.time_unix_nano, e.span_id, e.trace_id)
+                for e in p.exemplars
+            ],
+        )
+        for p in points
+    ]
+    return Metric(
+        name, instrument.description, instrument.unit, Histogram(data_points, _CUMULATIVE)
+    )

@@ -29,6 +29,7 @@ from bitnet_obs import _context
 from bitnet_obs._attributes import (
     check_attribute_values,
     check_device,
+    check_kernel,
     check_label_keys,
     check_model,
     check_operation,
@@ -36,7 +37,7 @@ from bitnet_obs._attributes import (
     check_provider,
     check_quant_format,
 )
-from bitnet_obs._call import OUTSIDE, Call, Site, TokenCounter, record_fallback
+from bitnet_obs._call import GAP_CHUNK, OUTSIDE, Call, Site, TokenCounter, record_fallback
 from bitnet_obs._config import ConfigError
 from bitnet_obs._context import InferenceContext
 from bitnet_obs._instruments import REQUEST_DURATION, REQUESTS, TOKENS
@@ -149,6 +150,7 @@ class InferenceMonitor:
         capture_content: bool | None = None,
         client_token_usage: bool = False,
         priority: Priority | None = None,
+        kernel: str | None = None,
     ) -> None:
         attrs: dict[str, AttrValue] = {
             "gen_ai.operation.name": check_operation(operation),
@@ -188,6 +190,7 @@ class InferenceMonitor:
             count_stream_item,
             capture_content,
             bool(client_token_usage),
+            None if kernel is None else check_kernel(kernel),
         )
         self._site.declare()
         # open ``with`` blocks: (the frame that entered, its call), newest last
@@ -208,8 +211,8 @@ class InferenceMonitor:
 
     def _enter(self, frame: types.FrameType) -> InferenceContext:
         call = Call(self._site)
-        call.begin((), {}, attach=True)
-        call.enter()
+        call.begin((), {}, attach=False)
+        call.enter_shared()
         self._open.append((frame, call))
         return call
 
@@ -224,7 +227,7 @@ class InferenceMonitor:
             internal_error("context_mismatch", detail="monitor_inference exited without enter")
             return
         call.end(exc, counted=True)
-        call.leave()
+        call.leave_shared()
 
     # ----- decorator -----
     def __call__(self, fn: F) -> F:
@@ -304,6 +307,9 @@ def _wrap_gen(
         run = ctx.run
         send, throw = inner.send, inner.throw
         fast = call.site.count_item is None and call.content_out is None
+        clock = time.perf_counter
+        stamps = call.stamps
+        stamp = stamps.append if stamps is not None else _no_stamp
         n = 0  # items on the fast path
         value: Any = None
         thrown: BaseException | None = None
@@ -319,8 +325,12 @@ def _wrap_gen(
                 except StopIteration as stop:
                     return stop.value
                 if fast:
+                    now = clock()
+                    stamp(now)
                     if n == 0 and call.first_token_at is None:
-                        call.first_token_at = time.perf_counter()
+                        call.first_token_at = now
+                    elif stamps is not None and len(stamps) >= GAP_CHUNK:
+                        call.flush_gaps()
                     n += 1 if type(item) in _UNIT_ITEMS else _safe_item_count(item)
                 else:
                     call.count_item(item)
@@ -347,6 +357,10 @@ def _wrap_gen(
             run(_end_stream, call, ended)
 
     return wrapper
+
+
+def _no_stamp(_: float) -> None:
+    pass
 
 
 def _enter_stream(
@@ -487,6 +501,7 @@ def monitored_inference(
     capture_content: bool | None = None,
     client_token_usage: bool = False,
     priority: Priority | None = None,
+    kernel: str | None = None,
 ) -> InferenceMonitor: ...
 def monitored_inference(fn: F | None = None, /, **options: Any) -> F | InferenceMonitor:
     """Monitor an inference function: sync, async, generator or async generator.
@@ -519,6 +534,7 @@ if TYPE_CHECKING:
         capture_content: bool | None = None,
         client_token_usage: bool = False,
         priority: Priority | None = None,
+        kernel: str | None = None,
     ) -> InferenceMonitor:
         """The same monitor as a context manager."""
 

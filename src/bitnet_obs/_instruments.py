@@ -26,14 +26,16 @@ from __future__ import annotations
 import enum
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
-from opentelemetry.trace import Tracer, TracerProvider
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Tracer, TracerProvider
 
 from bitnet_obs import _state
+from bitnet_obs._aggregate import Cell, SpanIds, Store
 from bitnet_obs._tally import AttrKey, AttrValue, Tally
 from bitnet_obs._version import __version__
 
@@ -92,15 +94,44 @@ class Instrument:
 
 
 class Histogram(Instrument):
-    """A distribution recorded per event (durations, sizes, accuracy figures)."""
+    """A distribution recorded per event (durations, sizes, accuracy figures).
+
+    Recorded into our own aggregation (:mod:`bitnet_obs._aggregate`) when the binding in force
+    has a store, else into the SDK instrument of the meter in force.
+    """
 
     kind = Kind.HISTOGRAM
 
-    def record(self, value: float, attributes: Mapping[str, AttrValue]) -> None:
+    def record(
+        self, value: float, attributes: Mapping[str, AttrValue], span: SpanContext | None = None
+    ) -> None:
+        """One value; ``span``: the request's span (for exemplars) when it is not the current
+        one."""
         sdk = self._sdk
         if sdk is None:
             sdk = _bound_default(self)
-        sdk.record(value, attributes)
+        store = _store
+        if store is not None:
+            cell = store.cell(self.name, self._bounds, attributes)
+            store.record(cell, value, span_ids(span))
+        elif span is not None:
+            sdk.record(value, attributes, context=trace.set_span_in_context(NonRecordingSpan(span)))
+        else:
+            sdk.record(value, attributes)
+
+    def bound(self, attributes: Mapping[str, AttrValue]) -> Bound:
+        """This histogram for one attribute set in the binding in force (the hot path keeps it
+        per call site and outcome, and rebinds when :func:`generation` changes)."""
+        if self._sdk is None:
+            _bound_default(self)
+        store = _store
+        if store is not None:
+            return Bound(store.cell(self.name, self._bounds, attributes), None, attributes)
+        return Bound(None, self._sdk, dict(attributes))
+
+    @property
+    def _bounds(self) -> tuple[float, ...]:
+        return self.buckets or ()
 
     def _create(self, meter: Meter) -> Any:
         return meter.create_histogram(
@@ -109,6 +140,42 @@ class Histogram(Instrument):
             description=self.description,
             explicit_bucket_boundaries_advisory=list(self.buckets or ()),
         )
+
+
+class Bound(NamedTuple):
+    """A histogram bound to one attribute set: our cell, or the SDK instrument and attributes."""
+
+    cell: Cell | None
+    sdk: Any
+    attributes: Mapping[str, AttrValue]
+
+
+def span_ids(span: SpanContext | None) -> SpanIds:
+    """(span_id, trace_id) for an exemplar: the given span's, else the current span's; None
+    unless it is sampled (the SDK's trace-based exemplar filter)."""
+    context = span if span is not None else trace.get_current_span().get_span_context()
+    if context.is_valid and context.trace_flags.sampled:
+        return context.span_id, context.trace_id
+    return None
+
+
+def record_bound(pairs: Sequence[tuple[Bound, float]], span: SpanContext | None) -> None:
+    """Several records of one request, under one lock when they are ours; exemplars link to
+    ``span`` only (the request's own, if it has one), in both paths."""
+    store = _store
+    if store is not None and pairs and pairs[0][0].cell is not None:
+        ids = (
+            (span.span_id, span.trace_id) if span is not None and span.trace_flags.sampled else None
+        )
+        store.record_many([(b.cell, v) for b, v in pairs if b.cell is not None], ids)
+        return
+    context = trace.set_span_in_context(NonRecordingSpan(span)) if span is not None else _NO_SPAN
+    for b, value in pairs:
+        if b.sdk is not None:
+            b.sdk.record(value, b.attributes, context=context)
+
+
+_NO_SPAN = otel_context.Context()  # records without a span of ours: no exemplar, as ours
 
 
 class Gauge(Instrument):
@@ -166,9 +233,9 @@ class Counter(_Observed):
 
     kind = Kind.OBSERVABLE_COUNTER
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, shared: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.tally = Tally(self.name)
+        self.tally = Tally(self.name, shared=shared)  # shared: the request path's lock
 
     def add(self, key: AttrKey, amount: int = 1) -> None:
         """Add to the series of this attribute key (see :func:`~bitnet_obs._tally.key_of`)."""
@@ -212,6 +279,12 @@ TTFT_BUCKETS = (
 TPOT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
     2.5
+)
+# Inter-token gaps: a decode step of a 1-bit model on a CPU is a few ms to a few tens of ms;
+# stalls (a GC pause, a swap, a noisy neighbour) reach seconds.
+ITL_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0
 )
 THROUGHPUT_BUCKETS = (
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0
@@ -271,7 +344,7 @@ _CACHE = ("bitnet.cache.name", "gen_ai.request.model")
 REQUEST_DURATION = Histogram(
     "gen_ai.server.request.duration",
     "s",
-    "End-to-end duration of an inference request.",
+    "End-to-end duration of an inference request (with its wait in a RequestQueue, if any).",
     (*_REQ, "error.type"),
     buckets=DURATION_BUCKETS,
     seed="bitnet_inference_duration_seconds",
@@ -279,7 +352,8 @@ REQUEST_DURATION = Histogram(
 TIME_TO_FIRST_TOKEN = Histogram(
     "gen_ai.server.time_to_first_token",
     "s",
-    "Time from request start to the first output token.",
+    "Time from the request's arrival (with its wait in a RequestQueue, if any) to the first "
+    "output token.",
     _REQ,
     buckets=TTFT_BUCKETS,
 )
@@ -293,9 +367,11 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
 REQUESTS = Counter(
     "bitnet.inference.requests",
     "{request}",
-    "Finished inference requests by outcome (ok, error, cancelled).",
-    (*_REQ, "bitnet.outcome", "error.type"),
+    "Finished inference requests by outcome (ok, error, cancelled), error.type and, when the "
+    "code reports one, gen_ai.response.finish_reason (stop, length, ...).",
+    (*_REQ, "bitnet.outcome", "error.type", "gen_ai.response.finish_reason"),
     seed="bitnet_inference_requests_total",
+    shared=True,
 )
 ACTIVE_REQUESTS = UpDownCounter(
     "bitnet.inference.active_requests",
@@ -303,12 +379,36 @@ ACTIVE_REQUESTS = UpDownCounter(
     "Inference requests in progress.",
     _REQ,
     seed="bitnet_active_inference_requests",
+    shared=True,
 )
 TOKENS = Counter(
     "bitnet.inference.tokens",
     "{token}",
     "Tokens processed, by gen_ai.token.type (input, output); rate() gives tokens/s.",
     (*_REQ, "gen_ai.token.type"),
+    shared=True,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    "bitnet.inference.inter_token_latency",
+    "s",
+    "Time between consecutive streamed items of a request, each gap recorded: stalls show in "
+    "its high quantiles, which per-request means (time per output token) hide.",
+    _REQ,
+    buckets=ITL_BUCKETS,
+)
+PREFILL_DURATION = Histogram(
+    "bitnet.inference.prefill.duration",
+    "s",
+    "Prefill: from the start of the call to its first output token (no queue wait).",
+    _REQ,
+    buckets=TTFT_BUCKETS,
+)
+DECODE_DURATION = Histogram(
+    "bitnet.inference.decode.duration",
+    "s",
+    "Decode: from the first output token to the end of the call.",
+    _REQ,
+    buckets=DURATION_BUCKETS,
 )
 THROUGHPUT = Histogram(
     "bitnet.inference.throughput",
@@ -331,6 +431,13 @@ FALLBACKS = Counter(
     "Device fallbacks (e.g. GPU to CPU) and why.",
     ("bitnet.device.from", "bitnet.device.to", "bitnet.fallback.reason", "gen_ai.request.model"),
     seed="bitnet_device_fallback_events_total",
+)
+KERNEL_FALLBACKS = Counter(
+    "bitnet.kernel.fallbacks",
+    "{call}",
+    "Calls whose kernel (set_kernel) differs from the one declared on the decorator (kernel=): "
+    "a silent fall back to a slower or wrong path.",
+    ("gen_ai.request.model", "bitnet.kernel.declared", "bitnet.kernel.actual"),
 )
 QUANT_ACCURACY = Histogram(
     "bitnet.quant.accuracy",
@@ -611,46 +718,75 @@ COUNTERS: tuple[Counter, ...] = tuple(i for i in CATALOGUE if isinstance(i, Coun
 # --- binding -----------------------------------------------------------------------------------
 
 
-class _Binding:
-    """The meter and tracer in force; swapped whole by :func:`bind`."""
+class _Binding(NamedTuple):
+    """The meter, tracer and own-aggregation store in force; swapped whole by :func:`bind`."""
 
-    def __init__(
-        self, meter_provider: MeterProvider, tracer_provider: TracerProvider, generation: int
-    ) -> None:
-        self.meter_provider = meter_provider
-        self.tracer_provider = tracer_provider
-        self.tracer: Tracer = tracer_provider.get_tracer(SCOPE, __version__)
-        self.generation = generation
+    meter_provider: MeterProvider
+    tracer_provider: TracerProvider
+    store: Store | None
+    tracer: Tracer
+    generation: int
+    instruments: tuple[Any, ...]  # each catalogue instrument's SDK instrument, in order
 
 
 _lock = threading.Lock()
 _binding: _Binding | None = None
+_store: Store | None = None  # the binding's, read on every record
 _generation = 0
 
 
-def bind(meter_provider: MeterProvider, tracer_provider: TracerProvider) -> None:
-    """Point every instrument at these providers (``configure()`` and the testing helpers)."""
-    global _binding, _generation
+def bind(
+    meter_provider: MeterProvider, tracer_provider: TracerProvider, store: Store | None = None
+) -> None:
+    """Point every instrument at these providers (``configure()`` and the testing helpers).
+
+    With a ``store``, histograms are aggregated by us into it (the caller merges it into what
+    the providers' readers collect); without, they are recorded through the SDK instruments.
+    """
+    meter = meter_provider.get_meter(SCOPE, __version__)
+    made = tuple(instrument._create(meter) for instrument in CATALOGUE)
+    _install(meter_provider, tracer_provider, store, made)
+
+
+def _install(
+    meter_provider: MeterProvider,
+    tracer_provider: TracerProvider,
+    store: Store | None,
+    made: tuple[Any, ...],
+) -> None:
+    global _binding, _store, _generation
     with _lock:
-        meter = meter_provider.get_meter(SCOPE, __version__)
-        for instrument in CATALOGUE:
-            instrument._sdk = instrument._create(meter)
+        for instrument, sdk in zip(CATALOGUE, made, strict=True):
+            instrument._sdk = sdk
         _generation += 1
-        _binding = _Binding(meter_provider, tracer_provider, _generation)
+        tracer = tracer_provider.get_tracer(SCOPE, __version__)
+        _binding = _Binding(meter_provider, tracer_provider, store, tracer, _generation, made)
+        _store = store
 
 
-def binding() -> tuple[MeterProvider, TracerProvider]:
-    """The providers in force (binding to the global API providers on first use)."""
-    current = _binding or _bind_global()
-    return current.meter_provider, current.tracer_provider
+def store() -> Store | None:
+    """The own-aggregation store of the binding in force (None: histograms go to the SDK)."""
+    return _store
 
 
-def restore(providers: tuple[MeterProvider, TracerProvider] | None) -> None:
-    """Bind back to what :func:`binding` returned earlier (None: the global API providers)."""
-    if providers is None:
+def generation() -> int:
+    """Changes whenever the binding does (a cached :class:`Bound` is then stale)."""
+    return _generation
+
+
+def binding() -> _Binding:
+    """The binding in force (to the global API providers on first use); pass it to
+    :func:`restore` later."""
+    return _binding or _bind_global()
+
+
+def restore(previous: _Binding | None) -> None:
+    """Put back a binding :func:`binding` returned (None: the global API providers)."""
+    if previous is None:
         _bind_global(force=True)
     else:
-        bind(*providers)
+        _install(previous.meter_provider, previous.tracer_provider, previous.store,
+                 previous.instruments)  # fmt: skip
 
 
 def tracer() -> Tracer:
@@ -681,9 +817,10 @@ def _reinit_after_fork() -> None:
 
 @_state.on_reset(phase=_state.CLEAR)
 def _unbind() -> None:
-    global _binding
+    global _binding, _store, _generation
     with _lock:
-        _binding = None
+        _binding, _store = None, None
+        _generation += 1
         for instrument in CATALOGUE:
             instrument._sdk = None
     set_cardinality_limit(DEFAULT_CARDINALITY_LIMIT)

@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from bitnet_obs import _config, _export, _instruments, _state, devices, health, sla
+from bitnet_obs._aggregate import Store
 from bitnet_obs._config import ConfigError, Number, Settings
 from bitnet_obs._export import Guard, GuardedSpanExporter
 from bitnet_obs._selfmon import count_dropped, declare_watched, internal_error, logger
@@ -137,11 +138,12 @@ def _build(
     if not fork:
         _enable_features(settings)  # before the server answers its first probe
     resource = _export.build_resource(settings)
-    _install_metrics(telemetry, resource, readers, fork)
+    store = _install_metrics(telemetry, resource, readers, fork)
     _setup_traces(telemetry, resource, extra_exporters, fork)
     _instruments.bind(
         telemetry.meter_provider or metrics.get_meter_provider(),
         telemetry.tracer_provider or trace.get_tracer_provider(),
+        store,
     )
     return telemetry
 
@@ -199,17 +201,25 @@ def _metric_readers(
 
 def _install_metrics(
     telemetry: Telemetry, resource: Resource, readers: list[MetricReader], fork: bool
-) -> None:
+) -> Store | None:
+    """Our MeterProvider over these readers; the store of our own histogram aggregation when
+    every reader can take it (else None: histograms through the SDK's instruments)."""
     global _globals_ours
     if not readers:
-        return
+        return None
+    settings = telemetry.settings
     proxy = _proxy_meter_provider()
-    provider = _export.meter_provider(readers, resource)
+    provider = _export.meter_provider(readers, resource, settings.metrics_exemplar_filter)
+    store = None
+    if _export.aggregatable(readers):
+        store = Store(settings.cardinality_limit, settings.metrics_exemplar_filter)
+        _export.aggregate_into(readers, store, resource)
     if proxy and not fork:
         metrics.set_meter_provider(provider)
         _globals_ours = True
     telemetry.meter_provider = provider
     telemetry.readers = readers
+    return store
 
 
 def _setup_traces(

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from bitnet_obs import _state
 from bitnet_obs._attributes import PRIORITIES
 from bitnet_obs._config import ConfigError
 from bitnet_obs._instruments import (
@@ -50,6 +51,11 @@ _DEPTH = QUEUE_DEPTH
 pending: contextvars.ContextVar[tuple[float, str] | None] = contextvars.ContextVar(
     "bitnet_obs_queue_pending", default=None
 )
+
+
+@_state.on_reset(phase=_state.CLEAR)
+def _forget_handoff() -> None:
+    pending.set(None)
 
 
 def take_pending() -> tuple[float, str] | None:

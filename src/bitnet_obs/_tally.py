@@ -25,6 +25,10 @@ AttrKey = tuple[tuple[str, AttrValue], ...]
 OVERFLOW_KEY: AttrKey = (("otel.metric.overflow", True),)
 _ALL: weakref.WeakSet[Tally] = weakref.WeakSet()
 
+#: The request path's lock: the request tallies and our histogram store share it, so the end
+#: of a request takes one lock for all its updates.
+REQUEST_LOCK = threading.Lock()
+
 
 def key_of(attributes: dict[str, AttrValue]) -> AttrKey:
     """A hashable, order-independent key for one attribute set."""
@@ -34,12 +38,13 @@ def key_of(attributes: dict[str, AttrValue]) -> AttrKey:
 class Tally:
     """Totals per attribute set, safe under threads; reset in a forked child."""
 
-    __slots__ = ("__weakref__", "_lock", "_values", "limit", "name", "overflowed")
+    __slots__ = ("__weakref__", "_lock", "_values", "limit", "name", "overflowed", "shared")
 
-    def __init__(self, name: str, limit: int = 2000) -> None:
+    def __init__(self, name: str, limit: int = 2000, shared: bool = False) -> None:
         self.name = name
         self.limit = limit
-        self._lock = threading.Lock()
+        self.shared = shared  # uses REQUEST_LOCK
+        self._lock = REQUEST_LOCK if shared else threading.Lock()
         self._values: dict[AttrKey, int] = {}
         self.overflowed = 0
         _ALL.add(self)
@@ -69,6 +74,10 @@ class Tally:
             for key, amount in items:
                 if amount:
                     self._add_locked(key, amount)
+
+    def add_locked(self, key: AttrKey, amount: int) -> None:
+        """``add`` for a caller that holds REQUEST_LOCK (a shared tally only)."""
+        self._add_locked(key, amount)
 
     def _add_locked(self, key: AttrKey, amount: int) -> None:
         values = self._values
@@ -102,7 +111,7 @@ class Tally:
     def _after_fork(self) -> None:
         # The parent's lock may have been held by another thread at fork time, and its
         # totals belong to the parent's own series: start clean.
-        self._lock = threading.Lock()
+        self._lock = REQUEST_LOCK if self.shared else threading.Lock()
         self._values = {}
         self.overflowed = 0
 
@@ -115,5 +124,7 @@ def reset_all() -> None:
 
 @_state.on_fork
 def _reset_after_fork() -> None:
+    global REQUEST_LOCK
+    REQUEST_LOCK = threading.Lock()
     for tally in list(_ALL):
         tally._after_fork()

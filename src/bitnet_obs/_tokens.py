@@ -59,13 +59,18 @@ def id_array_size(value: Any) -> int | None:
 
 
 def _sequence_count(items: list[Any] | tuple[Any, ...]) -> int:
-    if items and all(isinstance(x, (list, tuple)) for x in items):
+    if items and type(items[0]) in (list, tuple) and all(type(x) in (list, tuple) for x in items):
         return sum(len(x) for x in items)  # a batch of id sequences
     return len(items)
 
 
 def default_output_count(result: Any) -> int | None:
     """Output tokens of a whole result (see the module docstring), or None."""
+    kind = type(result)
+    if kind is list or kind is tuple:  # the common shapes first
+        return _sequence_count(result)
+    if kind is int:
+        return result if 0 <= result < MAX_COUNT else None
     if result is None or isinstance(result, (bool, str, bytes, float)):
         return None
     count = as_count(result)
