@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bitnet_obs.instrumentation._calls import new_tokens
+from bitnet_obs.instrumentation._calls import finish_reason, new_tokens
 
 
 def expected(row: list[int], eos: list[int], pad: int | None) -> list[int]:
@@ -46,3 +46,15 @@ def test_the_usual_cases() -> None:
     assert [len(r) for r in new_tokens(torch.tensor([[7, 5, 2]]), [2, 5], 0)] == [2]
     # nothing generated
     assert [len(r) for r in new_tokens(torch.zeros((2, 0), dtype=torch.long), eos, pad)] == [0, 0]
+
+
+def test_finish_reason() -> None:
+    eos, pad = [2], 0
+    rows = new_tokens(torch.tensor([[7, 2, 0], [7, 8, 9]]), eos, pad)
+    assert finish_reason(rows, 3, eos, limit=3) == "length"  # the second row ran out
+    rows = new_tokens(torch.tensor([[7, 2, 0], [7, 8, 2]]), eos, pad)
+    assert finish_reason(rows, 3, eos, limit=3) == "stop"  # both ended on EOS
+    rows = new_tokens(torch.tensor([[7, 8, 0], [7, 2, 0]]), eos, pad)
+    assert finish_reason(rows, 3, eos, limit=3) == "stop"  # a stop string, then padding
+    rows = new_tokens(torch.tensor([[7, 8, 9]]), eos, pad)
+    assert finish_reason(rows, 3, eos, limit=10) == "stop"  # stopped before the limit

@@ -153,6 +153,10 @@ def test_exact_token_counts(
     assert span.attributes["gen_ai.request.model"] == kind
     assert span.attributes["bitnet.quant.format"] == ("i2_s" if kind == "bitnet" else "fp32")
     assert span.attributes["gen_ai.request.max_tokens"] == 10
+    reason = "stop" if all(row[-1] == eos for row in new) else "length"
+    assert span.attributes["gen_ai.response.finish_reasons"] == (reason,)
+    finished = {"bitnet.outcome": "ok", "gen_ai.response.finish_reason": reason}
+    assert cap.value("bitnet.inference.requests", **finished) == 1
     assert cap.value("bitnet.inference.requests", **{"bitnet.outcome": "ok"}) == 1
 
 

@@ -170,15 +170,36 @@ class Call:
         return 0
 
     def finish(self, call: InferenceContext, result: Any) -> None:
-        """Count (and report) the new tokens of every returned row."""
+        """Count (and report) the new tokens of every returned row, and why generation ended."""
         try:
             sequences = result if isinstance(result, torch.Tensor) else result.sequences
             if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2:
                 return
-            rows = new_tokens(sequences[:, self.prompt_len :], self.eos, self.pad)
+            new = sequences[:, self.prompt_len :]
+            rows = new_tokens(new, self.eos, self.pad)
             report_output(call, rows)
+            call.set_finish_reason(finish_reason(rows, int(new.shape[1]), self.eos, self._limit()))
         except Exception as exc:
             internal_error("hf_output_tokens", exc)
+
+    def _limit(self) -> int | None:
+        """New tokens allowed: ``max_new_tokens``, else what ``max_length`` leaves."""
+        max_new = self._setting("max_new_tokens")
+        if isinstance(max_new, int):
+            return max_new
+        max_length = self._setting("max_length")
+        return max_length - self.prompt_len if isinstance(max_length, int) else None
+
+
+def finish_reason(rows: list[Ids], width: int, eos: Sequence[int], limit: int | None) -> str:
+    """``length`` when a row ran to the token limit without an EOS, else ``stop`` (every row
+    ended on EOS, a stop string or another criterion). One reason per call: the semantic
+    conventions' per-choice list needs a list-valued report the monitored call does not take."""
+    for row in rows:
+        ended_on_eos = len(row) > 0 and int(row[-1]) in eos
+        if not ended_on_eos and len(row) == width and (limit is None or width >= limit):
+            return "length"
+    return "stop"
 
 
 def new_tokens(new: torch.Tensor, eos: Sequence[int], pad: int | None) -> list[Ids]:
