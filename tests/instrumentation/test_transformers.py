@@ -268,6 +268,12 @@ def test_first_token_and_per_token_time_follow_the_model(
     assert tpot.sum >= delay
     assert duration.sum >= new * delay
     assert ttft.sum + (new - 1) * tpot.sum == pytest.approx(duration.sum, rel=1e-9)
+    (prefill,) = cap.points("bitnet.inference.prefill.duration")
+    (decode,) = cap.points("bitnet.inference.decode.duration")
+    assert prefill.sum is not None and decode.sum is not None
+    assert prefill.sum >= delay  # the prompt's forward pass
+    assert decode.sum >= (new - 1) * delay  # one forward pass per later token
+    assert prefill.sum + decode.sum == pytest.approx(duration.sum, rel=1e-9)
 
 
 def test_streamer_in_a_thread(instrument: Instrument, cap: TelemetryCapture) -> None:
