@@ -47,6 +47,7 @@ from bitnet_obs.instrumentation._layers import (  # noqa: E402
     capture,
     output_channels,
     quantized_reference,
+    ternary_weights,
 )
 from bitnet_obs.instrumentation._options import Options  # noqa: E402
 from bitnet_obs.instrumentation.transformers import TransformersInstrumentor  # noqa: E402
@@ -159,7 +160,8 @@ def _check_cost(layer: Layer, x: Any, rounds: int) -> float:
     for _ in range(rounds):
         start = time.perf_counter()
         channels = output_channels(y.shape[1], x.shape[1])
-        quant.accuracy(quantized_reference(layer, x, channels), y[:, channels])
+        reference = quantized_reference(layer, x, ternary_weights(layer, channels))
+        quant.accuracy(reference, y[:, channels])
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

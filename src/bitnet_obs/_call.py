@@ -341,11 +341,15 @@ class Call(InferenceContext):
         format: str | None = None,
         reference_kind: str = "quantized",
         kind: str = "output",
+        activations: Any = None,
+        codes: Any = None,
     ) -> None:
         if format is None:
             site_format = self.site.attrs.get("bitnet.quant.format")
             format = str(site_format) if site_format in ("i2_s", "tl1", "tl2") else "i2_s"
-        record_quantization(name, reference, candidate, format, reference_kind, kind)
+        record_quantization(
+            name, reference, candidate, format, reference_kind, kind, activations, codes
+        )
 
     def record_cache(self, hits: int = 0, misses: int = 0, *, cache: str = "kv") -> None:
         _record_cache(hits, misses, cache=cache, model=self.model or "")
@@ -707,6 +711,8 @@ def record_quantization(
     fmt: str | None,
     reference_kind: str,
     kind: str,
+    activations: Any = None,
+    codes: Any = None,
 ) -> None:
     """``record_quantization`` of a call or of the stand-in: a sample, never raising."""
     from bitnet_obs.quant import _record  # numpy: loaded only by code that compares tensors
@@ -714,7 +720,7 @@ def record_quantization(
     try:
         _record.compare_outputs(
             name, reference, candidate, format=fmt or "i2_s", reference_kind=reference_kind,
-            kind=kind,
+            kind=kind, activations=activations, codes=codes,
         )  # fmt: skip
     except Exception as exc:  # bad input inside inference: counted, never raised
         _record.skip(kind if kind in _record.KINDS else "output", "bad_input")
@@ -740,8 +746,12 @@ class Outside(InferenceContext):
         format: str | None = None,
         reference_kind: str = "quantized",
         kind: str = "output",
+        activations: Any = None,
+        codes: Any = None,
     ) -> None:
-        record_quantization(name, reference, candidate, format, reference_kind, kind)
+        record_quantization(
+            name, reference, candidate, format, reference_kind, kind, activations, codes
+        )
 
     def record_cache(self, hits: int = 0, misses: int = 0, *, cache: str = "kv") -> None:
         _record_cache(hits, misses, cache=cache)

@@ -102,12 +102,16 @@ class InferenceContext:
         format: str | None = None,
         reference_kind: str = "quantized",
         kind: str = "output",
+        activations: Any = None,
+        codes: Any = None,
     ) -> None:
         """Compare a tensor with its reference as a sampled, budgeted quantization sample.
 
         Defaults to kernel fidelity (against the quantized reference) in the call's format.
         ``reference``/``candidate`` may be zero-argument callables: they run only when the
-        sample is taken. Bad input is a counted skip.
+        sample is taken. With the layer's ``activations`` and ternary ``codes``, an I2_S sample
+        also counts where bitnet.cpp's AVX2 kernel wraps (``bitnet.quant.kernel_overflows``).
+        Bad input is a counted skip.
         """
 
     def record_cache(self, hits: int = 0, misses: int = 0, *, cache: str = "kv") -> None:

@@ -469,6 +469,13 @@ QUANT_OPERATIONS = Counter(
     _QUANT,
     seed="bitnet_quantization_operations_total",
 )
+QUANT_KERNEL_OVERFLOWS = Counter(
+    "bitnet.quant.kernel_overflows",
+    "{output}",
+    "Outputs (token x row) of sampled fidelity checks where bitnet.cpp's x86 AVX2 I2_S kernel "
+    "wraps a 16-bit lane, so its result differs from the exact dot product.",
+    ("bitnet.quant.format", "bitnet.tensor"),
+)
 QUANT_DURATION = Histogram(
     "bitnet.quant.duration",
     "s",

@@ -34,8 +34,11 @@ def call(n: int) -> list[int]:
     return list(range(n))
 
 
-@bitnet_obs.monitored_inference(model="every-model", operation="chat")
+@bitnet_obs.monitored_inference(model="every-model", operation="chat", kernel="i2_s_avx2")
 def stream(n: int) -> Iterator[int]:
+    inf = bitnet_obs.current_inference()
+    inf.set_kernel("scalar")
+    inf.set_finish_reason("stop")
     for i in range(n):
         time.sleep(0.002)
         yield i
@@ -52,6 +55,10 @@ def main() -> int:
     quant.record_weight_quantization("layers.0.q_proj", w)
     quant.record_activation_quantization("layers.0.x", w[:4])
     quant.compare_outputs("lm_head", w[:2, :16], w[:2, :16] * 1.01, kind="logits")
+    ones = np.ones((4, 4096), np.float32)  # all-+1 codes and activations: the AVX2 kernel wraps
+    exact = quant.matmul(ones[:1], ones.astype(np.int8), 1.0)
+    quant.compare_outputs("wrapping", exact, exact, reference_kind="quantized",
+                          activations=ones[:1], codes=ones.astype(np.int8))  # fmt: skip
     queue = bitnet_obs.RequestQueue("every")
     ticket = queue.enqueue(priority="high")
     queue.dequeue(ticket)

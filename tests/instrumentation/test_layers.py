@@ -219,3 +219,16 @@ def test_weight_accuracy_can_be_turned_off(instrument: Instrument, cap: Telemetr
     model.generate(PROMPT, max_new_tokens=2)
     assert instrumentor.flush(60)
     assert cap.points("bitnet.quant.accuracy") == []
+
+
+def test_checks_count_avx2_kernel_overflows(instrument: Instrument, cap: TelemetryCapture) -> None:
+    """With K a multiple of 128 (bitnet.cpp's x86 I2_S block), each check also counts the
+    outputs where the AVX2 kernel would wrap on these activations: counted, none here."""
+    model = tiny_bitnet_model(hidden_size=128, intermediate_size=256)
+    instrumentor = instrument(fidelity_sample_rate=1.0, fidelity_layers=None)
+    model.generate(PROMPT, max_new_tokens=2)
+    assert instrumentor.flush(60)
+    counted = {p.attributes["bitnet.tensor"]: p.value for p in cap.points(
+        "bitnet.quant.kernel_overflows")}  # fmt: skip
+    assert sorted(counted) == sorted(bitnet_layers(model))
+    assert set(counted.values()) == {0}

@@ -197,6 +197,33 @@ def test_callable_references_run_only_for_taken_samples(cap: TelemetryCapture) -
     assert calls == [1]
 
 
+def test_fidelity_samples_count_avx2_kernel_overflows(cap: TelemetryCapture, always: None) -> None:
+    codes = np.ones((4, 4096), np.int8)
+    x = np.ones((2, 4096), np.float32)
+    x[1, ::2] = -1.0  # the second token's lanes cancel: no overflow there
+    exact = quant.matmul(x, codes, 0.5)
+    wrapped = quant.matmul(x, codes, 0.5, kernel="avx2")
+    quant.compare_outputs(
+        "layers.0.mlp.down_proj", exact, wrapped, reference_kind="quantized",
+        activations=lambda: x, codes=codes,
+    )  # fmt: skip
+    attrs = {"bitnet.quant.format": "i2_s", "bitnet.tensor": "layers.0.mlp.down_proj"}
+    assert cap.value("bitnet.quant.kernel_overflows", **attrs) == 4
+    rng = np.random.default_rng(0)
+    gauss = rng.standard_normal((3, 4096)).astype(np.float32)
+    codes = rng.integers(-1, 2, (8, 4096)).astype(np.int8)
+    y = quant.matmul(gauss, codes, 0.5)
+    quant.compare_outputs("layers.1.q", y, y, activations=gauss, codes=codes)
+    attrs["bitnet.tensor"] = "layers.1.q"
+    assert cap.value("bitnet.quant.kernel_overflows", **attrs) == 0  # sampled, none wrapped
+    # TL formats and shapes the x86 kernel cannot run are not counted
+    quant.compare_outputs("tl", y, y, format="tl2", activations=gauss, codes=codes)
+    quant.compare_outputs("k96", y[:, :2], y[:, :2], activations=gauss[:, :96],
+                          codes=codes[:2, :96])  # fmt: skip
+    assert not cap.points("bitnet.quant.kernel_overflows", **{"bitnet.tensor": "tl"})
+    assert not cap.points("bitnet.quant.kernel_overflows", **{"bitnet.tensor": "k96"})
+
+
 def test_one_draw_for_a_group_of_samples(cap: TelemetryCapture) -> None:
     """admit_runtime_sample() draws once; the group's samples, admitted, are not drawn again."""
     ref = _w(8, 16)

@@ -181,30 +181,36 @@ def _bias(module: Any, channels: npt.NDArray[np.intp]) -> Floats | None:
     return None if bias is None else _numpy(_rows(bias, channels))
 
 
-def quantized_reference(layer: Layer, x: Floats, channels: npt.NDArray[np.intp]) -> Floats:
-    """The layer's ``channels`` outputs for ``x`` by the bitnet.cpp I2_S emulation of its
-    ternary weights."""
+Ternary = tuple[npt.NDArray[np.int8], float, "Floats | None"]  # codes, scale, bias to add
+
+
+def ternary_weights(layer: Layer, channels: npt.NDArray[np.intp]) -> Ternary:
+    """The ternary codes of the layer's ``channels`` outputs, the float32 scale bitnet.cpp
+    would store, and the bias as it adds to the output."""
     module = layer.module
     bias = _bias(module, channels)
     if layer.kind == "packed":
         stored = int(module.weight.shape[0])
         byte_rows = _rows(module.weight, channels % stored).cpu().numpy()
         codes = unpack_packed(byte_rows, channels, stored)
-        scale = 1.0 / float(module.weight_scale.reshape(-1)[0])  # BitLinear divides by it
-        out = quant.matmul(x, codes, scale)
-        return out if bias is None else out + bias
+        return codes, 1.0 / float(module.weight_scale.reshape(-1)[0]), bias  # BitLinear divides
     if layer.kind == "offline":
         values = _numpy(_rows(module.weight, channels))
         codes = np.rint(values).astype(np.int8)
         if not np.array_equal(codes, values):
             raise quant.QuantInputError(f"{layer.name}: offline weights are not ternary values")
-        scale = float(module.weight_scale.reshape(-1)[0])  # scales the biased output
-        out = quant.matmul(x, codes, scale)
-        return out if bias is None else out + bias * np.float32(scale)
+        scale = float(module.weight_scale.reshape(-1)[0])  # it scales the biased output
+        return codes, scale, None if bias is None else bias * np.float32(scale)
     # online: quantized from the master weights as a converter would (the scale is the whole
     # tensor's mean, so the whole tensor is quantized)
-    codes, scale = quant.quantize_weights(_numpy(module.weight))
-    out = quant.matmul(x, codes[channels], scale)
+    all_codes, scale = quant.quantize_weights(_numpy(module.weight))
+    return all_codes[channels], scale, bias
+
+
+def quantized_reference(layer: Layer, x: Floats, weights: Ternary) -> Floats:
+    """The layer's outputs for ``x`` by the bitnet.cpp I2_S emulation of its ternary weights."""
+    codes, scale, bias = weights
+    out = quant.matmul(x, codes, scale)
     return out if bias is None else out + bias
 
 
@@ -218,20 +224,31 @@ def float_reference(layer: Layer, x: Floats, channels: npt.NDArray[np.intp]) -> 
 def check(layer: Layer, x: Floats, y: Floats, fmt: str) -> None:
     """Record the layer's fidelity (and quantization error) on one captured sample.
 
-    The references are callables: their cost counts against the quant time budget.
+    The references are callables: their cost counts against the quant time budget. The
+    fidelity sample also counts the outputs where bitnet.cpp's AVX2 kernel would overflow on
+    these activations (``bitnet.quant.kernel_overflows``, for K a multiple of 128).
     """
     channels = output_channels(y.shape[1], x.shape[1])
     candidate = y if len(channels) == y.shape[1] else y[:, channels]
-    references = [("quantized", quantized_reference)]
+    weights = functools.cache(functools.partial(ternary_weights, layer, channels))
+    quant.compare_outputs(
+        layer.name,
+        lambda: quantized_reference(layer, x, weights()),
+        candidate,
+        format=fmt,
+        reference_kind="quantized",
+        kind="output",
+        activations=x,
+        codes=lambda: weights()[0],
+        admitted=True,
+    )
     if layer.kind == "online":
-        references.append(("fp32", float_reference))
-    for kind, reference in references:
         quant.compare_outputs(
             layer.name,
-            functools.partial(reference, layer, x, channels),
+            functools.partial(float_reference, layer, x, channels),
             candidate,
             format=fmt,
-            reference_kind=kind,
+            reference_kind="fp32",
             kind="output",
             admitted=True,
         )

@@ -26,6 +26,7 @@ from bitnet_obs import _config, _context, _state
 from bitnet_obs._instruments import (
     QUANT_ACCURACY,
     QUANT_DURATION,
+    QUANT_KERNEL_OVERFLOWS,
     QUANT_OPERATIONS,
     QUANT_RELATIVE_ERROR,
     QUANT_SAMPLES_SKIPPED,
@@ -34,6 +35,8 @@ from bitnet_obs._instruments import (
 )
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tally import AttrValue, key_of
+from bitnet_obs.quant._formats import I2S_BLOCK, quantize_activations
+from bitnet_obs.quant._kernels import kernel_overflows
 from bitnet_obs.quant._lut import TL2_DEFAULT_BK
 from bitnet_obs.quant._stats import (
     Accuracy,
@@ -59,6 +62,7 @@ KINDS = ("weight", "activation", "output", "logits")
 
 _OPERATIONS = QUANT_OPERATIONS
 _SKIPPED = QUANT_SAMPLES_SKIPPED
+_OVERFLOWS = QUANT_KERNEL_OVERFLOWS
 
 
 class _Budget:
@@ -253,7 +257,6 @@ def record_activation_quantization(name: str, x: object) -> Accuracy | None:
 
     A runtime sample (subject to sampling and budget); returns None when skipped.
     """
-    from bitnet_obs.quant._formats import quantize_activations
 
     def measure() -> tuple[Accuracy, bool]:
         q, scales = quantize_activations(x)
@@ -266,6 +269,19 @@ def record_activation_quantization(name: str, x: object) -> Accuracy | None:
     return result
 
 
+def _count_overflows(name: str, fmt: str, activations: object, codes: object) -> None:
+    """Count the outputs where bitnet.cpp's x86 AVX2 kernel would wrap (I2_S with K a
+    multiple of 128; other formats and shapes never run that kernel)."""
+    x = _as_array(activations() if callable(activations) else activations, "activations")
+    c = _as_array(codes() if callable(codes) else codes, "codes")
+    if fmt != "i2_s" or c.ndim != 2 or c.shape[1] % I2S_BLOCK["x86"]:
+        return
+    q, _ = quantize_activations(x)
+    n = int(np.count_nonzero(kernel_overflows(q, c)))
+    attrs: dict[str, AttrValue] = {"bitnet.quant.format": fmt, "bitnet.tensor": _tensor_name(name)}
+    _OVERFLOWS.add(key_of(attrs), n)
+
+
 def compare_outputs(
     name: str,
     reference: object,
@@ -274,6 +290,8 @@ def compare_outputs(
     format: str = "i2_s",
     reference_kind: str = "fp32",
     kind: str = "output",
+    activations: object = None,
+    codes: object = None,
     admitted: bool = False,
 ) -> Accuracy | None:
     """Compare a layer output (or logits) with a reference and record it.
@@ -284,6 +302,14 @@ def compare_outputs(
     ``reference_kind="quantized"``: kernel fidelity against the quantized reference (or a
     second implementation); should be ~1.0, drift here is a bug. ``kind="logits"`` records
     the top-1 agreement as the accuracy ratio. A runtime sample; None when skipped.
+
+    With the layer's float ``activations`` (tokens, K) and ternary ``codes`` (M, K) (arrays or
+    callables, like the others), an I2_S sample also counts the outputs where bitnet.cpp's x86
+    AVX2 kernel overflows in ``bitnet.quant.kernel_overflows``::
+
+        quant.compare_outputs("layers.3.mlp.down_proj", ref, y, reference_kind="quantized",
+                              activations=x, codes=codes)
+
     ``admitted=True``: the sample belongs to a group already drawn by
     :func:`admit_runtime_sample`, so it is not drawn again (the time budget still applies).
     """
@@ -292,6 +318,8 @@ def compare_outputs(
     def measure() -> tuple[Accuracy, bool]:
         # A callable is only called for a sample that is taken: expensive references cost
         # nothing on skipped calls.
+        if activations is not None and codes is not None:
+            _count_overflows(name, str(format).lower(), activations, codes)
         ref = _as_array(reference() if callable(reference) else reference, "reference")
         cand = _as_array(candidate() if callable(candidate) else candidate, "candidate")
         r, c, sampled = _row_sample(ref, cand)
