@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from bitnet_obs._attributes import label_name
-from bitnet_obs._instruments import CATALOGUE, Kind
+from bitnet_obs._instruments import CATALOGUE, Instrument, Kind
 from tests._support.prometheus import promtool_check_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +52,16 @@ def _exposition() -> str:
         assert line.startswith("READY "), line + (proc.stderr.read() if proc.stderr else "")
         url = line.split()[1]
         request = urllib.request.Request(url, headers={"Accept": "text/plain; version=0.0.4"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            text: str = response.read().decode()
+        # A utilization needs two readings some time apart: scrape until every family shows.
+        deadline = time.monotonic() + 60
+        while True:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                text: str = response.read().decode()
+            families = {f.name for f in text_string_to_metric_families(text)}
+            missing = {_family(i) for i in CATALOGUE} - families
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         proc.stdin.write("\n")
         proc.stdin.flush()
         proc.wait(30)
@@ -62,15 +71,19 @@ def _exposition() -> str:
             proc.kill()
 
 
+def _family(inst: Instrument) -> str:
+    """The family name the exposition parser gives an instrument (counters without _total)."""
+    name = inst.prometheus_name
+    return name.removesuffix("_total") if inst.kind is Kind.OBSERVABLE_COUNTER else name
+
+
 def test_every_instrument_once_promtool_clean_and_attributes_declared() -> None:
     text = _exposition()
     code, output = promtool_check_metrics(text)
     assert (code, output) == (0, ""), output
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for inst in CATALOGUE:
-        name = inst.prometheus_name
-        if inst.kind in (Kind.COUNTER, Kind.OBSERVABLE_COUNTER):
-            name = name.removesuffix("_total")  # the parser names the family without it
+        name = _family(inst)
         assert name in families, f"{inst.name} ({inst.prometheus_name}) was never recorded"
         declared = {label_name(a) for a in inst.attributes} | {"otel_metric_overflow"}
         for sample in families[name].samples:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -23,7 +22,7 @@ class _Stuck(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.entered.set()
-        self.release.wait(10)
+        self.release.wait(60)
         self.exported += len(spans)
         return SpanExportResult.SUCCESS
 
@@ -34,8 +33,10 @@ class _Stuck(SpanExporter):
 def test_span_queue_drops_are_counted_exactly() -> None:
     stuck = _Stuck()
     guard = GuardedSpanExporter("test_stuck", stuck)
+    # No timed flush: the worker wakes only for a full batch of 4, never for a partial one
+    # that a slow (busy) test thread would leave it with.
     processor = span_processor(
-        guard, max_queue_size=8, max_export_batch_size=4, schedule_delay_millis=10
+        guard, max_queue_size=8, max_export_batch_size=4, schedule_delay_millis=600_000
     )
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(processor)
@@ -43,10 +44,8 @@ def test_span_queue_drops_are_counted_exactly() -> None:
     before = dropped("traces", "queue_full")
     for _ in range(4):  # the first batch goes to the stuck exporter
         tracer.start_span("s").end()
-    queue = processor._batch_processor._queue
-    deadline = time.monotonic() + 10
-    while queue and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert stuck.entered.wait(60)  # the worker holds those 4 now; the queue is empty
+    assert not processor._batch_processor._queue
     for _ in range(20):  # 8 fit in the queue, 12 push the oldest out
         tracer.start_span("s").end()
     assert dropped("traces", "queue_full") - before == 12
@@ -72,13 +71,13 @@ def test_failed_and_abandoned_exports_are_counted_once() -> None:
     guard = GuardedSpanExporter("test_abandoned", stuck)
     worker = threading.Thread(target=guard.export, args=([object()] * 5,))
     worker.start()
-    assert stuck.entered.wait(10)  # the export is in flight
+    assert stuck.entered.wait(60)  # the export is in flight
     assert guard.flight.abandon() == 5  # the shutdown counts these as shutdown_in_flight
     shutdown_before = dropped("traces", "shutdown")
     assert guard.export([object()] * 2) is SpanExportResult.FAILURE  # type: ignore[list-item]
     assert dropped("traces", "shutdown") == shutdown_before + 2
     stuck.release.set()
-    worker.join(5)
+    worker.join(60)
     assert dropped("traces", "export_failed") == before + 3  # nothing twice
 
 

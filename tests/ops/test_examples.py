@@ -27,7 +27,7 @@ def receiver() -> Iterator[OTLPReceiver]:
         yield rx
 
 
-def run_example(rx: OTLPReceiver, script: str, *args: str, timeout: float = 60, **env: str) -> str:
+def run_example(rx: OTLPReceiver, script: str, *args: str, timeout: float = 180, **env: str) -> str:
     """Run ``examples/<script>`` exporting OTLP to ``rx``; return its stdout."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
     full_env.update(
