@@ -220,7 +220,7 @@ def report(results: dict[str, float]) -> list[str]:
         f"| the instrumentation's own work per call | | +{results['hf/own'] * 1e6:.0f} µs "
         f"| **{own * 100:+.2f}%** of the original's wall time | |",
         f"| a sampled call (one layer checked, in the background meanwhile) "
-        f"| | +{results['hf/sampled_call'] * 1e3:.2f} ms | | |",
+        f"| | {results['hf/sampled_call'] * 1e3:+.2f} ms | | |",
         f"| the hook on the request path, tiny layer (8-token prompt) "
         f"| | {results['hf/hook_tiny'] * 1e6:.0f} µs | | |",
         f"| the hook on the request path, 2B-4T shape (512-token prompt) "
