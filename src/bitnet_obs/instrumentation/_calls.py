@@ -52,9 +52,9 @@ class FirstToken(StoppingCriteria):
             try:
                 if input_ids.device.type not in ("cpu", "meta"):
                     torch.accelerator.synchronize(input_ids.device)
-                call.first_token()
-            except Exception as exc:
+            except Exception as exc:  # a device the accelerator API does not know: no wait
                 internal_error("hf_first_token", exc)
+            call.first_token()  # never raises
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         return cast(torch.BoolTensor, done)
 

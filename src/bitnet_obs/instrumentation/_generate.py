@@ -182,9 +182,11 @@ class Instrumentation:
 
     def _attach(self, info: _Model) -> list[Any]:
         """Inside the call: queue the weight report once; hook layers if this call is sampled."""
-        weights = info.weights
+        weights = None
+        if info.weights is not None:  # once per model: the first call takes them
+            with self._lock:
+                weights, info.weights = info.weights, None
         if weights is not None:
-            info.weights = None
             stopping = self.worker.stopping.is_set
             job = functools.partial(record_weight_accuracy, weights, TERNARY_FORMAT, stopping)
             if not self.worker.submit(job):
