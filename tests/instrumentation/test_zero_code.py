@@ -85,3 +85,22 @@ def test_plain_script_under_opentelemetry_instrument(tmp_path: Path) -> None:
         assert rx.latest_value("bitnet.inference.tokens", **output) == 10
         assert rx.latest_value("bitnet.inference.requests", **{"bitnet.outcome": "ok"}) == 1
         assert rx.metric_points("gen_ai.server.time_to_first_token")
+
+
+def test_without_torch_the_error_names_the_extra() -> None:
+    """torch made unimportable: instrument() says which extra to install (the
+    opentelemetry-instrument loader takes a ModuleNotFoundError as "library absent: skip")."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None  # as if it were not installed
+        from bitnet_obs.instrumentation.transformers import TransformersInstrumentor
+        try:
+            TransformersInstrumentor().instrument(skip_dep_check=True)
+        except ModuleNotFoundError as exc:
+            print("MISSING:", exc)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "MISSING:" in done.stdout and "bitnet-obs[hf]" in done.stdout

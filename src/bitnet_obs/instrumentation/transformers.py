@@ -71,7 +71,7 @@ class TransformersInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _state: Any = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        return ("transformers >= 4.52", "torch >= 2.4")
+        return ("transformers >= 4.52", "torch >= 2.6")
 
     def _instrument(self, **kwargs: Any) -> None:
         options = _options(kwargs)
