@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from bitnet_obs._config import ConfigError
+from bitnet_obs._names import label_name
 from bitnet_obs._tally import AttrValue
 
 OPERATIONS = (
@@ -42,15 +43,7 @@ _RESERVED_LABELS = frozenset(
     {"le", "quantile", "job", "instance", "otel_scope_name", "otel_scope_version",
      "otel_metric_overflow"}
 )  # fmt: skip
-_SANITIZE = re.compile(r"[^a-zA-Z0-9]+")
 MAX_ATTRIBUTE_KEY = 128
-
-
-def label_name(key: str) -> str:
-    """The Prometheus label a key becomes (as the OTel Prometheus exporter sanitises it)."""
-    if key and key[0].isdigit():
-        key = "_" + key[1:]
-    return _SANITIZE.sub("_", key)
 
 
 def check_label_keys(keys: Iterable[str], ours: Iterable[str], where: str) -> None:

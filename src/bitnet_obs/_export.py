@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.sdk.metrics import Counter as SdkCounter
 from opentelemetry.sdk.metrics import Histogram as SdkHistogram
@@ -68,6 +68,7 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 
 from bitnet_obs._aggregate import Point, Store
 from bitnet_obs._config import OTLPSettings, Settings
+from bitnet_obs._exposition import PullReader
 from bitnet_obs._instruments import BY_NAME, SCOPE
 from bitnet_obs._selfmon import count_dropped, exporter_health, internal_error, logger
 from bitnet_obs._version import __version__
@@ -378,27 +379,13 @@ def _console_metric_reader(settings: Settings) -> tuple[MetricReader, GuardedMet
     return _periodic(settings, "console_metrics", ConsoleMetricExporter())
 
 
-def prometheus_reader(settings: Settings) -> tuple[MetricReader, Any]:
-    """The Prometheus reader and the prometheus_client registry our server renders."""
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from prometheus_client import CollectorRegistry
-
-    class PullReader(PrometheusMetricReader):
-        """Pulled by scrapes only. The SDK's ``force_flush`` collects into the exporter's
-        queue, and the next scrape then rendered both collections: every family twice, which
-        Prometheus rejects as a whole ("second HELP line")."""
-
-        def force_flush(self, timeout_millis: float = 10_000) -> bool:
-            return True
-
-    registry = CollectorRegistry(auto_describe=True)
-    reader = PullReader(
-        scope_info_enabled=False, registry=registry, cardinality_limits=cardinality_limits(settings)
-    )
-    return reader, registry
+def prometheus_reader(settings: Settings) -> tuple[MetricReader, PullReader]:
+    """The reader each scrape of ``/metrics`` collects and renders (it is its own renderer)."""
+    reader = PullReader(cardinality_limits(settings))
+    return reader, reader
 
 
-#: (metric reader, its guard; for prometheus: its registry) per metrics exporter name.
+#: (metric reader, its guard; for prometheus: the reader again) per metrics exporter name.
 METRIC_BUILDERS: dict[str, Callable[[Settings], tuple[MetricReader, Any]]] = {
     "otlp": _otlp_metric_reader,
     "console": _console_metric_reader,
@@ -522,12 +509,55 @@ def merge(
     scopes = list(first.scope_metrics)
     for i, scope_metrics in enumerate(scopes):
         if scope_metrics.scope.name == SCOPE:
-            merged = [*scope_metrics.metrics, *ours]
+            merged = _combine(scope_metrics.metrics, ours)
             scopes[i] = ScopeMetrics(scope_metrics.scope, merged, scope_metrics.schema_url)
             break
     else:
         scopes.append(ScopeMetrics(InstrumentationScope(SCOPE, __version__), ours, ""))
     return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
+
+
+def _combine(sdk: Sequence[Metric], ours: list[Metric]) -> list[Metric]:
+    """One metric per name: a histogram the SDK also holds (records made while a thread still
+    used the previous binding, around ``configure()``) is summed with ours, point by point."""
+    by_name = {m.name: m for m in ours}
+    out: list[Metric] = []
+    for metric in sdk:
+        mine = by_name.pop(metric.name, None)
+        if mine is None or not isinstance(metric.data, Histogram):
+            out.append(metric)
+            continue
+        points: dict[tuple[tuple[str, Any], ...], HistogramDataPoint] = {
+            _attrs_key(p.attributes): cast(HistogramDataPoint, p) for p in mine.data.data_points
+        }
+        for p in metric.data.data_points:
+            key = _attrs_key(p.attributes)
+            other = points.get(key)
+            point = p
+            points[key] = point if other is None else _sum_points(other, point)
+        data = Histogram(list(points.values()), _CUMULATIVE)
+        out.append(Metric(mine.name, mine.description, mine.unit, data))
+    out.extend(m for m in ours if m.name in by_name)
+    return out
+
+
+def _attrs_key(attributes: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((attributes or {}).items()))
+
+
+def _sum_points(a: HistogramDataPoint, b: HistogramDataPoint) -> HistogramDataPoint:
+    return HistogramDataPoint(
+        attributes=a.attributes,
+        start_time_unix_nano=min(a.start_time_unix_nano, b.start_time_unix_nano),
+        time_unix_nano=max(a.time_unix_nano, b.time_unix_nano),
+        count=a.count + b.count,
+        sum=a.sum + b.sum,
+        bucket_counts=[x + y for x, y in zip(a.bucket_counts, b.bucket_counts, strict=True)],
+        explicit_bounds=a.explicit_bounds,
+        min=min(a.min, b.min),
+        max=max(a.max, b.max),
+        exemplars=[*a.exemplars, *b.exemplars],
+    )
 
 
 def _metric(name: str, points: list[Point], now: int) -> Metric:

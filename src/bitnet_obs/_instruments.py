@@ -24,7 +24,6 @@ the first use binds them to the global API providers, so bitnet-obs reports thro
 from __future__ import annotations
 
 import enum
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
@@ -34,7 +33,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Tracer, TracerProvider
 
-from bitnet_obs import _state
+from bitnet_obs import _names, _state
 from bitnet_obs._aggregate import Cell, SpanIds, Store
 from bitnet_obs._tally import AttrKey, AttrValue, Tally
 from bitnet_obs._version import __version__
@@ -842,34 +841,11 @@ def set_cardinality_limit(limit: int) -> None:
         counter.tally.limit = limit
 
 
-# --- Prometheus names --------------------------------------------------------------------------
-
-_PROM_UNITS = {
-    "s": "seconds",
-    "By": "bytes",
-    "1": "",
-    "%": "percent",
-    "Cel": "celsius",
-    "W": "watts",
-    "J": "joules",
-    "Hz": "hertz",
-}
+# --- Prometheus names ------------------------------------------------------------------------
 
 
 def prometheus_name(instrument: Instrument) -> str:
-    """The name the OTel Prometheus exporter gives this instrument (a test checks it)."""
-    name = re.sub(r"[^a-zA-Z0-9:]+", "_", instrument.name)
-    unit = re.sub(r"\{.*?\}", "", instrument.unit)
-    if "/" in unit:
-        top, bottom = unit.split("/", 1)
-        per = {"s": "second", "m": "minute", "h": "hour"}.get(bottom, bottom)
-        top = _PROM_UNITS.get(top, top)
-        unit = f"{top}_per_{per}" if top else f"per_{per}"
-    else:
-        unit = _PROM_UNITS.get(unit, unit)
-    unit = re.sub(r"[^a-zA-Z0-9:]+", "_", unit).strip("_")
-    if unit and not name.endswith("_" + unit):
-        name = f"{name}_{unit}"
-    if instrument.kind in (Kind.COUNTER, Kind.OBSERVABLE_COUNTER):
-        name += "_total"
-    return name
+    """The name Prometheus shows for this instrument's samples (a test checks it against the
+    OTel exporter)."""
+    counter = instrument.kind in (Kind.COUNTER, Kind.OBSERVABLE_COUNTER)
+    return _names.prometheus_name(instrument.name, instrument.unit, counter)

@@ -41,6 +41,7 @@ from bitnet_obs import _config, _export, _instruments, _state, devices, health, 
 from bitnet_obs._aggregate import Store
 from bitnet_obs._config import ConfigError, Number, Settings
 from bitnet_obs._export import Guard, GuardedSpanExporter
+from bitnet_obs._exposition import PullReader
 from bitnet_obs._selfmon import count_dropped, declare_watched, internal_error, logger
 from bitnet_obs._server import MetricsServer, Response, tls_context
 
@@ -129,14 +130,12 @@ def _build(
         _config.use(settings)
         logger.info("OTEL_SDK_DISABLED=true: bitnet-obs records nothing")
         return telemetry
-    readers, registry, ours = _metric_readers(telemetry, extra_readers, fork)
+    readers, pull, ours = _metric_readers(telemetry, extra_readers, fork)
     if settings.server_enabled and not fork:  # first: a busy port changes nothing else
-        telemetry.server = _start_server(settings, _metrics_renderer(registry, ours))
+        telemetry.server = _start_server(settings, _metrics_renderer(pull, ours))
     _config.use(settings)
     _instruments.set_cardinality_limit(settings.cardinality_limit)
     declare_watched()
-    if not fork:
-        _enable_features(settings)  # before the server answers its first probe
     resource = _export.build_resource(settings)
     store = _install_metrics(telemetry, resource, readers, fork)
     _setup_traces(telemetry, resource, extra_exporters, fork)
@@ -145,6 +144,8 @@ def _build(
         telemetry.tracer_provider or trace.get_tracer_provider(),
         store,
     )
+    if not fork:  # the health module answered probes since its import; its checks start now
+        _enable_features(settings)
     return telemetry
 
 
@@ -178,7 +179,7 @@ def _install(kind: str, proxy: bool, installed: object, exporters: tuple[str, ..
 def _metric_readers(
     telemetry: Telemetry, extra: list[MetricReader], fork: bool
 ) -> tuple[list[MetricReader], Any, bool]:
-    """(readers, the Prometheus registry or None, whether the MeterProvider will be ours)."""
+    """(readers, the pull reader of /metrics or None, whether the MeterProvider will be ours)."""
     settings = telemetry.settings
     exporters = settings.metrics_exporters
     if fork:  # the Prometheus pull model has no multi-process mode: workers push
@@ -186,17 +187,17 @@ def _metric_readers(
     proxy = _proxy_meter_provider()
     ours = fork or _install("MeterProvider", proxy, metrics.get_meter_provider(), exporters)
     readers: list[MetricReader] = []
-    registry = None
+    pull = None
     if ours:
         for name in exporters:
             reader, part = _export.METRIC_BUILDERS[name](settings)
             readers.append(reader)
             if name == "prometheus":
-                registry = part
+                pull = part
             else:
                 telemetry.guards.append(part)
         readers.extend(extra)
-    return readers, registry, ours
+    return readers, pull, ours
 
 
 def _install_metrics(
@@ -283,9 +284,9 @@ def _start_server(settings: Settings, renderer: Callable[[str], Response]) -> Me
         raise ConfigError(what) from None
 
 
-def _metrics_renderer(registry: Any, ours: bool) -> Callable[[str], Response]:
+def _metrics_renderer(reader: PullReader | None, ours: bool) -> Callable[[str], Response]:
     def render(accept: str) -> Response:
-        if registry is None:
+        if reader is None:
             where = (
                 "metrics are exported over OTLP or console; no Prometheus exporter is set\n"
                 if ours
@@ -293,10 +294,8 @@ def _metrics_renderer(registry: Any, ours: bool) -> Callable[[str], Response]:
                 "exporters decide where metrics go\n"
             )
             return 404, "text/plain; charset=utf-8", where.encode()
-        from prometheus_client.exposition import choose_encoder
-
-        encoder, content_type = choose_encoder(accept)
-        return 200, content_type, encoder(registry)
+        content_type, body = reader.render(accept)
+        return 200, content_type, body
 
     return render
 
