@@ -32,7 +32,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(MYPY, "types-PyYAML", ".[test]")
+    session.install("torch==2.13.0")  # the instrumentation is typed against torch/transformers
+    session.install(MYPY, "types-PyYAML", ".[test,hf]")
     session.run("mypy", "--strict")  # packages and paths come from pyproject.toml
 
 
@@ -56,6 +57,7 @@ def bench(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Regenerate the configuration reference and metric catalogue from the code, then build
     the API reference (Sphinx autodoc; any warning fails) into build/api."""
-    session.install(".[docs]")
+    session.install("torch==2.13.0")  # the local CPU wheel, for the [hf] extra
+    session.install(".[docs,hf]")  # the instrumentation page imports opentelemetry-instrumentation
     session.run("python", "tools/gen_docs.py")
     session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs/api", "build/api")

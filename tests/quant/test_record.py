@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -221,3 +222,26 @@ def test_fidelity_samples_count_avx2_kernel_overflows(cap: TelemetryCapture, alw
                           codes=codes[:2, :96])  # fmt: skip
     assert not cap.points("bitnet.quant.kernel_overflows", **{"bitnet.tensor": "tl"})
     assert not cap.points("bitnet.quant.kernel_overflows", **{"bitnet.tensor": "k96"})
+
+
+def test_one_draw_for_a_group_of_samples(cap: TelemetryCapture) -> None:
+    """admit_runtime_sample() draws once; the group's samples, admitted, are not drawn again."""
+    ref = _w(8, 16)
+    with override_settings(quant_sample_rate=0.0, quant_budget=1.0):
+        assert not quant.admit_runtime_sample()
+        assert quant.admit_runtime_sample(rate=1.0)  # the caller's own rate
+        assert quant.compare_outputs("x", ref, ref) is None  # drawn at the setting: 0
+        assert quant.compare_outputs("x", ref, ref, admitted=True) is not None
+    skipped = {"bitnet.quant.skip_reason": "sampling", "bitnet.quant.kind": "output"}
+    assert cap.value("bitnet.quant.samples_skipped", **skipped) == 2
+    assert cap.value("bitnet.quant.operations", **{"bitnet.tensor": "x"}) == 1
+
+
+def test_an_admitted_sample_still_honours_the_budget(cap: TelemetryCapture) -> None:
+    ref = _w(8, 16)
+    with override_settings(quant_sample_rate=1.0, quant_budget=1e-9):
+        quant.compare_outputs("x", ref, lambda: time.sleep(0.06) or ref, admitted=True)
+        assert not quant.admit_runtime_sample()  # the credit is spent
+        assert quant.compare_outputs("x", ref, ref, admitted=True) is None
+    budget = {"bitnet.quant.skip_reason": "budget", "bitnet.quant.kind": "output"}
+    assert cap.value("bitnet.quant.samples_skipped", **budget) == 2

@@ -67,13 +67,19 @@ from ._validate import FORMATS, LAYOUTS, Format, Layout, QuantInputError
 
 if TYPE_CHECKING:
     from ._record import (
+        admit_runtime_sample,
         compare_outputs,
         record_activation_quantization,
         record_weight_quantization,
     )
 
 # Recording needs OpenTelemetry: loaded on first use, so the math stays numpy only.
-_RECORDING = ("compare_outputs", "record_activation_quantization", "record_weight_quantization")
+_RECORDING = (
+    "admit_runtime_sample",
+    "compare_outputs",
+    "record_activation_quantization",
+    "record_weight_quantization",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -104,6 +110,7 @@ __all__ = [
     "Tl2Packed",
     "WeightReport",
     "accuracy",
+    "admit_runtime_sample",
     "code_fractions",
     "compare_outputs",
     "decode_tl1",

@@ -207,13 +207,16 @@ def _runtime(
     fmt: str,
     reference_kind: str,
     measure: Any,
+    admitted: bool = False,
 ) -> Any:
     """Shared path of the runtime samples: admission, measurement, emission, errors."""
     try:
         fmt = check_format(fmt) if fmt not in ("fp32", "int8") else fmt
         reference_kind = _check_choice("reference_kind", reference_kind, REFERENCES)
         settings = _config.current()
-        reason = _budget.admit(settings.quant_sample_rate, settings.quant_budget)
+        # An admitted sample was drawn by admit_runtime_sample(); only the budget is checked.
+        rate = 1.0 if admitted else settings.quant_sample_rate
+        reason = _budget.admit(rate, settings.quant_budget)
         if reason is not None:
             skip(kind, reason)
             return None
@@ -289,6 +292,7 @@ def compare_outputs(
     kind: str = "output",
     activations: object = None,
     codes: object = None,
+    admitted: bool = False,
 ) -> Accuracy | None:
     """Compare a layer output (or logits) with a reference and record it.
 
@@ -305,6 +309,9 @@ def compare_outputs(
 
         quant.compare_outputs("layers.3.mlp.down_proj", ref, y, reference_kind="quantized",
                               activations=x, codes=codes)
+
+    ``admitted=True``: the sample belongs to a group already drawn by
+    :func:`admit_runtime_sample`, so it is not drawn again (the time budget still applies).
     """
     kind = _check_choice("kind", kind, KINDS[1:])
 
@@ -324,8 +331,34 @@ def compare_outputs(
             )
         return acc, sampled
 
-    result: Accuracy | None = _runtime(kind, name, format, reference_kind, measure)
+    result: Accuracy | None = _runtime(kind, name, format, reference_kind, measure, admitted)
     return result
+
+
+def admit_runtime_sample(kind: str = "output", *, rate: float | None = None) -> bool:
+    """Draw once for a group of runtime samples, e.g. the layer checks of one request.
+
+    True at ``rate`` (default ``BITNET_OBS_QUANT_SAMPLE_RATE``) while the time budget
+    (``BITNET_OBS_QUANT_BUDGET``) has credit; False is counted as one skipped sample (reason
+    ``sampling`` or ``budget``). Record the group's samples with ``admitted=True`` so they are
+    not drawn a second time. Never raises::
+
+        if quant.admit_runtime_sample():
+            quant.compare_outputs("layers.0.q_proj", ref, out, admitted=True)
+    """
+    try:
+        kind = kind if kind in KINDS else "output"
+        settings = _config.current()
+        if rate is None or not 0.0 <= rate <= 1.0:
+            rate = settings.quant_sample_rate
+        reason = _budget.admit(rate, settings.quant_budget)
+        if reason is not None:
+            skip(kind, reason)
+            return False
+        return True
+    except Exception as exc:
+        internal_error("quant_admit", exc)
+        return False
 
 
 @_state.on_fork

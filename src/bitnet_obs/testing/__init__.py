@@ -9,6 +9,7 @@ Assert on what really leaves the process, over the OTLP wire:
 
 from __future__ import annotations
 
+from bitnet_obs.testing._hf import tiny_bitnet_model, tiny_llama_model, tiny_tokenizer
 from bitnet_obs.testing._memory import CapturedPoint, TelemetryCapture, capture_telemetry
 from bitnet_obs.testing._otlp_decode import (
     MetricPoint,
@@ -31,4 +32,7 @@ __all__ = [
     "SpanEvent",
     "override_settings",
     "reset",
+    "tiny_bitnet_model",
+    "tiny_llama_model",
+    "tiny_tokenizer",
 ]
