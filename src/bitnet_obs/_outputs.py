@@ -51,10 +51,12 @@ def ids_of(value: Any) -> tuple[list[Any], bool] | None:
             if all(type(x) is int for x in value):
                 return [value], False
             return None
-        rows = first is list or first is tuple
-        if rows and all(type(r) in (list, tuple) and all(type(x) is int for x in r) for r in value):
-            return [list(r) for r in value], True
-        return None
+        if first is list or first is tuple:
+            if all(type(r) in (list, tuple) and all(type(x) is int for x in r) for r in value):
+                return [list(r) for r in value], True
+            return None
+        rows = [_row(r) for r in value]  # a ragged batch: one 1-D array or tensor per row
+        return (rows, True) if all(r is not None for r in rows) else None
     if id_array_size(value) is None:  # not an integer array or tensor
         return None
     a = np.asarray(_as_numpy(value))
@@ -63,6 +65,14 @@ def ids_of(value: Any) -> tuple[list[Any], bool] | None:
     if a.ndim == 2:
         return list(a), True
     return None
+
+
+def _row(value: Any) -> Any:
+    """One row of a ragged batch as a 1-D integer array, or None."""
+    if id_array_size(value) is None:
+        return None
+    a = np.asarray(_as_numpy(value))
+    return a if a.ndim == 1 else None
 
 
 class OutputWatch:
