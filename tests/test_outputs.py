@@ -109,8 +109,8 @@ def test_a_stream_of_chunks_gets_the_verdict_of_the_whole_output(
                 yield ids[i : i + chunk]
 
         list(chunks())
-        if not ids:
-            assert outputs(cap) == 0
+        if len(ids) < 32:  # BITNET_OBS_DEGENERATE_MIN_TOKENS: not judged, nothing recorded
+            assert outputs(cap) == 0 and not expected.judged
             return
         assert outputs(cap) == 1
         for reason in REASONS:
@@ -127,10 +127,11 @@ def test_returned_ids_are_judged_one_output_per_row(cap: TelemetryCapture) -> No
     generate([5] * 40)  # a list of ids
     generate(np.array([CYCLE, [int(x) for x in HEALTHY[:120]]]))  # a batch of two rows
     generate(torch.tensor([[9] * 40]))  # a tensor, as transformers returns it
-    generate([[1, 2], [3, 4]])  # a batch of short rows: measured, never judged
+    generate([[1, 2], [3, 4]])  # a batch of short rows: never judged, nothing recorded
+    generate([1, 2, 3])  # a short answer: the same
     generate("text")  # not ids
     generate(np.zeros((2, 5), np.float32))  # logits, not ids
-    assert outputs(cap) == 1 + 2 + 1 + 2
+    assert outputs(cap) == 1 + 2 + 1
     assert (degenerate(cap, "repeat_run"), degenerate(cap, "cycle")) == (2, 1)
     assert cap.spans()[1].attributes["bitnet.output.degenerate_sequences"] == 1
 

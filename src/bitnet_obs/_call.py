@@ -14,6 +14,7 @@ once its begin completed, and it is uncounted exactly once, however its end went
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import sys
 import time
@@ -46,13 +47,15 @@ from bitnet_obs._tokens import (
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from bitnet_obs._outputs import OutputWatch
+    from bitnet_obs._degenerate import OutputVerdict
+    from bitnet_obs._outputs import Bounds, OutputWatch
 
 TokenCounter = Callable[[Any], int]
 
 _REQUESTS = _instruments.REQUESTS.tally
 _TOKENS = _instruments.TOKENS.tally
 _ACTIVE = _instruments.ACTIVE_REQUESTS.tally
+_DEGENERATE = _instruments.DEGENERATE_OUTPUTS.tally  # shares the request lock
 
 #: Most characters of prompt, response or exception text put on a span (content capture on).
 CONTENT_LIMIT = 8192
@@ -74,7 +77,16 @@ def cancelled(exc: BaseException) -> bool:
 class Variant:
     """Everything recorded for one outcome of a site, built once and reused by later calls."""
 
-    __slots__ = ("_bound", "attrs", "base_attrs", "base_key", "in_key", "out_key", "req_key")
+    __slots__ = (
+        "_bound",
+        "_outputs",
+        "attrs",
+        "base_attrs",
+        "base_key",
+        "in_key",
+        "out_key",
+        "req_key",
+    )
 
     def __init__(
         self,
@@ -102,6 +114,7 @@ class Variant:
         self.out_key: AttrKey = key_of(dict(base, **{"gen_ai.token.type": "output"}))
         self.base_key: AttrKey = key_of(base)
         self._bound: tuple[int, tuple[Bound, ...]] | None = None
+        self._outputs: tuple[int, Bounds] | None = None
 
     def bound(self) -> tuple[Bound, ...]:
         """The request histograms bound to this outcome's attributes in the binding in force:
@@ -117,6 +130,16 @@ class Variant:
         )
         self._bound = (generation, bound)
         return bound
+
+    def output_bounds(self) -> Bounds:
+        """The output-health instruments bound to this variant's attributes of every outcome
+        (built on the first request with ids or logits)."""
+        cached, generation = self._outputs, _instruments.generation()
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        bounds: Bounds = _outputs().Bounds(self.base_attrs)
+        self._outputs = (generation, bounds)
+        return bounds
 
 
 _REQUEST_HISTOGRAMS = (
@@ -164,6 +187,7 @@ class Site:
         self.capture_content = capture_content
         self.client_token_usage = client_token_usage
         self.variants: dict[tuple[str, str, str, str | None, str | None], Variant] = {}
+        preload_outputs()
 
     def variant(
         self,
@@ -510,18 +534,13 @@ class Call(InferenceContext):
                 self.content_out = [clip(result)]
         except Exception as exc:
             internal_error("token_counter", _private(exc), f"{describe(result)} result")
-        if not self.ids_reported and may_hold_ids(result):
-            self.judge_ids(result, "result")
-
-    def judge_ids(self, value: Any, where: str) -> None:
-        """Judge ``value`` for degenerate output when it holds token ids (a returned result,
-        a streamed chunk); anything else is left alone. Never raises."""
-        try:
-            found = _outputs().ids_of(value)
-            if found is not None:
-                self.output_watch().add(*found)
-        except Exception as exc:
-            internal_error("output_health", exc, f"{describe(value)} {where}")
+        if not self.ids_reported and may_hold_ids(result) and not _short_ids(result):
+            try:  # the returned ids are the whole output: judged now, row by row
+                found = _outputs().ids_of(result)
+                if found is not None:
+                    self.output_watch().add(found[0], found[1], whole=True)
+            except Exception as exc:
+                internal_error("output_health", exc, f"{describe(result)} result")
 
     def _add_counted(self, where: str, value: object, output: bool) -> None:
         count = as_count(value)
@@ -702,6 +721,17 @@ class Call(InferenceContext):
                 records.append((decode, end - first))
                 if n_out > 1:
                     records.append((tpot_hist, (end - first) / (n_out - 1)))
+        watch = self.watch
+        counts: list[tuple[AttrKey, int]] = []
+        verdicts: list[OutputVerdict] = []
+        if watch is not None:
+            try:
+                verdicts = watch.outputs() if outcome == "ok" else []
+                if verdicts or watch.entropy:
+                    pairs, counts = variant.output_bounds().records(watch, verdicts)
+                    records.extend(pairs)
+            except Exception as error:
+                internal_error("output_health", error)
         span = self.span
         span_context = span.get_span_context() if span is not None else None
         # Ours (bound cells): recorded under the tallies' lock; else through the SDK after it.
@@ -718,6 +748,8 @@ class Call(InferenceContext):
                 _TOKENS.add_locked(variant.out_key, n_out)
             if active is not None:
                 _ACTIVE.add_locked(active, -1)
+            for key, n in counts:
+                _DEGENERATE.add_locked(key, n)
             if store is not None:
                 for bound, value in records:
                     store.add_locked(cast(Cell, bound.cell), value, ids)
@@ -733,10 +765,10 @@ class Call(InferenceContext):
                 usage.record(n_in, dict(attrs, **{"gen_ai.token.type": "input"}), span_context)
             if n_out:
                 usage.record(n_out, dict(attrs, **{"gen_ai.token.type": "output"}), span_context)
-        if self.watch is not None:
-            self.watch.record(variant.base_attrs, span, outcome == "ok")
         if span is not None and span.is_recording():
             self._annotate(span, outcome, err, exc, n_in, n_out)
+            if verdicts:
+                span.set_attributes(_outputs().span_attributes(verdicts))
 
     def _annotate(
         self,
@@ -796,10 +828,30 @@ def may_hold_ids(value: Any) -> bool:
 
 
 def _outputs() -> ModuleType:
-    """The output-health glue, imported on the first ids or logits (it needs numpy)."""
-    from bitnet_obs import _outputs as module
-
+    """The output-health glue (it needs numpy): imported by ``configure()`` or at decoration
+    when numpy is loaded already, else on the first ids or logits."""
+    module = sys.modules.get("bitnet_obs._outputs")
+    if module is None:
+        importlib.import_module("bitnet_obs._outputs")
+        module = sys.modules["bitnet_obs._outputs"]
     return module
+
+
+def _short_ids(value: Any) -> bool:
+    """A list/tuple of ids too short to be judged (the common short answer: no glue at all)."""
+    kind = type(value)
+    return (
+        (kind is list or kind is tuple)
+        and type(value[0]) is int
+        and len(value) < _config.current().degenerate_min_tokens
+    )
+
+
+def preload_outputs() -> None:
+    """Import the output-health glue now, off the request path: a first import on it could
+    be interrupted by a fork in another thread, leaving the module lock held in the child."""
+    if "numpy" in sys.modules:
+        _outputs()
 
 
 def _discard(_: int) -> None:

@@ -697,7 +697,8 @@ class Settings:
     degenerate_min_tokens: int = setting(
         32,
         Integer(1, 65_536),
-        "Outputs shorter than this are measured but never judged (at most the window).",
+        "Outputs shorter than this are not judged (monitored calls record nothing for them; "
+        "at most the window).",
         env="BITNET_OBS_DEGENERATE_MIN_TOKENS",
     )
 

@@ -12,20 +12,19 @@ longest run, the lowest windowed distinct fraction, the reason, entropy and top-
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from bitnet_obs import _config, _instruments, _tally
-from bitnet_obs._degenerate import REASONS, DegenerateThresholds, OutputVerdict, short
+from bitnet_obs import _config, _instruments
+from bitnet_obs._degenerate import REASONS, DegenerateThresholds, OutputVerdict
 from bitnet_obs._instruments import Bound
-from bitnet_obs._selfmon import describe, internal_error
-from bitnet_obs._tally import AttrValue, key_of
+from bitnet_obs._tally import AttrKey, AttrValue, key_of
 from bitnet_obs._tokens import id_array_size
 from bitnet_obs.output import DegenerateDetector, detect_degenerate, logits_stats
 
-__all__ = ["OutputWatch", "ids_of"]
+__all__ = ["Bounds", "OutputWatch", "ids_of", "span_attributes"]
 
 #: Most decoding steps of one ``observe_logits`` measured (the last ones: the freshest).
 MAX_LOGIT_STEPS = 64
@@ -106,20 +105,18 @@ class OutputWatch:
         if self.detector is not None:
             self.detector.pump()
 
-    def add(self, rows: list[Any], batch: bool) -> None:
-        """Ids from :func:`ids_of`: a batch is judged row by row now; one sequence continues
-        the call's output."""
+    def add(self, rows: list[Any], batch: bool, whole: bool = False) -> None:
+        """Ids from :func:`ids_of`. A batch, or a ``whole`` output (a call's returned ids), is
+        judged row by row now; one sequence otherwise continues the call's output."""
         th = self.thresholds
         if th is None:
             return
-        if not batch:
+        if batch or whole:
+            for row in rows:
+                if len(row) >= th.min_tokens:  # shorter outputs are not judged: skipped
+                    self.verdicts.append(_judge(row, th))
+        else:
             self._stream().extend(rows[0])
-            return
-        for row in rows:
-            if len(row) < th.min_tokens:  # plain Python: a numpy pass costs more
-                self.verdicts.append(short(row.tolist() if isinstance(row, np.ndarray) else row))
-            else:
-                self.verdicts.append(detect_degenerate(row, th))
 
     # ----- logits -----
     def add_logits(self, logits: Any) -> float:
@@ -136,57 +133,64 @@ class OutputWatch:
 
     # ----- the end -----
     def outputs(self) -> list[OutputVerdict]:
-        verdicts = list(self.verdicts)
-        if self.detector is not None and self.detector.tokens:
-            verdicts.append(self.detector.result())
+        """Every judged output: the batches' rows and the streamed output (outputs shorter
+        than ``min_tokens`` are not judged, and not recorded)."""
+        verdicts = self.verdicts
+        detector = self.detector
+        if detector is not None and detector.tokens >= detector.thresholds.min_tokens:
+            verdicts = [*verdicts, detector.result()]
         return verdicts
 
-    def record(self, attrs: dict[str, AttrValue], span: Any, judged_ok: bool) -> None:
-        """Record the measures with the request's attributes (without outcome or error);
-        verdicts only for a call that ended well (``judged_ok``). Never raises."""
-        try:
-            context = span.get_span_context() if span is not None else None
-            pairs: list[tuple[Bound, float]] = []
-            verdicts = self.outputs() if judged_ok else []
-            if verdicts:
-                run = _instruments.OUTPUT_REPEAT_RUN.bound(attrs)
-                fraction = _instruments.OUTPUT_DISTINCT_FRACTION.bound(attrs)
-                for v in verdicts:
-                    pairs.append((run, v.longest_run))
-                    pairs.append((fraction, v.distinct_fraction))
-                _count(attrs, verdicts)
-            if self.entropy:
-                entropy = _instruments.LOGITS_ENTROPY.bound(attrs)
-                margin = _instruments.LOGITS_TOP1_MARGIN.bound(attrs)
-                pairs.extend((entropy, e) for e in self.entropy)
-                pairs.extend((margin, m) for m in self.margin)
-            if pairs:
-                _instruments.record_bound(pairs, context)
-            if verdicts and span is not None and span.is_recording():
-                span.set_attributes(_span_attributes(verdicts))
-        except Exception as exc:
-            internal_error("output_health", exc)
+
+class Bounds:
+    """The output instruments bound to one request variant's attributes (built once per
+    variant and binding by :class:`bitnet_obs._call.Variant`)."""
+
+    __slots__ = ("entropy", "fraction", "margin", "reasons", "run")
+
+    def __init__(self, attrs: Mapping[str, AttrValue]) -> None:
+        self.run = _instruments.OUTPUT_REPEAT_RUN.bound(attrs)
+        self.fraction = _instruments.OUTPUT_DISTINCT_FRACTION.bound(attrs)
+        self.entropy = _instruments.LOGITS_ENTROPY.bound(attrs)
+        self.margin = _instruments.LOGITS_TOP1_MARGIN.bound(attrs)
+        #: the degenerate counter's series of each reason
+        self.reasons = tuple(
+            key_of({**attrs, "bitnet.degenerate.reason": reason}) for reason in REASONS
+        )
+
+    def records(
+        self, watch: OutputWatch, verdicts: list[OutputVerdict]
+    ) -> tuple[list[tuple[Bound, float]], list[tuple[AttrKey, int]]]:
+        """The histogram records and the counter adds (every reason, 0s included: the series
+        start at 0 with the first judged output) of one request."""
+        pairs: list[tuple[Bound, float]] = []
+        counts: list[tuple[AttrKey, int]] = []
+        if verdicts:
+            run, fraction = self.run, self.fraction
+            for v in verdicts:
+                pairs.append((run, v.longest_run))
+                pairs.append((fraction, v.distinct_fraction))
+            found = [v.reason for v in verdicts if v.reason is not None]
+            for reason, key in zip(REASONS, self.reasons, strict=True):
+                counts.append((key, found.count(reason) if found else 0))
+        if watch.entropy:
+            pairs.extend((self.entropy, e) for e in watch.entropy)
+            pairs.extend((self.margin, m) for m in watch.margin)
+        return pairs, counts
+
+
+def _judge(row: Any, th: DegenerateThresholds) -> OutputVerdict:
+    verdict: OutputVerdict = detect_degenerate(row, th)  # a row is 1-D: one verdict
+    return verdict
 
 
 def _discard(_: int) -> None:
     pass
 
 
-def _count(attrs: dict[str, AttrValue], verdicts: list[OutputVerdict]) -> None:
-    """Degenerate outputs by reason; every reason's series starts at 0 with the first judged
-    output of these attributes, so a ratio has a denominator from the start."""
-    tally = _instruments.DEGENERATE_OUTPUTS.tally
-    counts = [
-        (key_of(dict(attrs, **{"bitnet.degenerate.reason": reason})),
-         sum(1 for v in verdicts if v.reason == reason))
-        for reason in REASONS
-    ]  # fmt: skip
-    with _tally.REQUEST_LOCK:  # a shared tally: the request path's one lock
-        for key, n in counts:
-            tally.add_locked(key, n)
-
-
-def _span_attributes(verdicts: list[OutputVerdict]) -> dict[str, AttrValue]:
+def span_attributes(verdicts: list[OutputVerdict]) -> dict[str, AttrValue]:
+    """The judged outputs on the request's span: numbers and the reason, never ids; for a
+    batch, the number of degenerate rows and the worst figures."""
     if len(verdicts) == 1:
         return dict(verdicts[0].span_attributes())
     worst: dict[str, AttrValue] = {
@@ -200,7 +204,3 @@ def _span_attributes(verdicts: list[OutputVerdict]) -> dict[str, AttrValue]:
     if reason is not None:
         worst["bitnet.degenerate.reason"] = reason
     return worst
-
-
-def bad_ids(where: str, value: object) -> None:
-    internal_error("bad_output_ids", detail=f"{where}({describe(value)})")

@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from bitnet_obs import _config, _export, _instruments, _state, devices, health, runtime, sla
 from bitnet_obs._aggregate import Store
+from bitnet_obs._call import preload_outputs
 from bitnet_obs._config import Number, Settings
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._export import Guard, GuardedSpanExporter
@@ -147,6 +148,7 @@ def _build(
     )
     if not fork:  # the health module answered probes since its import; its checks start now
         _enable_features(settings)
+    preload_outputs()  # numpy is loaded by now: the request path never imports it
     return telemetry
 
 
