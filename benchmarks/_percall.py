@@ -314,7 +314,7 @@ def _setup(kind: str) -> Mapping[str, Handler]:
     cases = KINDS[kind]()
 
     def run(request: dict[str, Any]) -> dict[str, Any]:
-        return {"s": time_batch(cases[request["case"]], int(request["n"]))}
+        return time_batch(cases[request["case"]], int(request["n"]))
 
     return {"run": run, "cases": lambda _request: {"cases": sorted(cases)}}
 
