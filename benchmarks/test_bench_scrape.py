@@ -75,17 +75,19 @@ def _scrape(models: int, results: dict[str, float]) -> None:
                     enc = "gzip" if accept_gzip else "identity"
                     worker.request("arm")
                     seconds, body, gzipped = _get(url, accept_gzip)
-                    samples[f"{who}/{enc}/stall"].append(worker.request("read")["max_stall"])
+                    probe = worker.request("read")
+                    samples[f"{who}/{enc}/stall"].append(probe["max_stall"])
                     if body is None:
                         samples[f"{who}/{enc}/cut_s"].append(seconds)
                         continue
                     samples[f"{who}/{enc}/s"].append(seconds)
+                    samples[f"{who}/{enc}/cpu_s"].append(probe["cpu"])
                     results[f"scrape/{models}/{who}/{enc}/bytes"] = len(body)
                     results[f"scrape/{models}/{who}/{enc}/gzipped"] = float(gzipped)
                     if not accept_gzip:
                         bodies[who] = body
         for name, values in samples.items():
-            reduce = statistics.median if name.endswith("/s") else max
+            reduce = statistics.median if name.endswith(("/s", "cpu_s")) else max
             results[f"scrape/{models}/{name}"] = reduce(values)
             if name.endswith("cut_s"):
                 results[f"scrape/{models}/{name[: -len('_s')]}"] = len(values)
@@ -124,7 +126,7 @@ def _get_cell(r: dict[str, float], enc: str, rounds: int) -> str:
     cut = int(r.get(f"{enc}/cut", 0))
     if f"{enc}/s" not in r:
         return f"cut by the server after {_dur(r[f'{enc}/cut_s'])} ({cut} of {rounds})"
-    cell = f"{_dur(r[f'{enc}/s'])}, {_size(r[f'{enc}/bytes'])}"
+    cell = f"{_dur(r[f'{enc}/s'])} (CPU {_dur(r[f'{enc}/cpu_s'])}), {_size(r[f'{enc}/bytes'])}"
     if enc == "gzip" and not r["gzip/gzipped"]:
         cell += " (not compressed)"
     if cut:
@@ -162,8 +164,9 @@ def report(results: dict[str, float]) -> list[str]:
                 f"| {_dur(stall)} |"
             )
     lines.append(
-        "Request stall: longest extra wait of a monitored call made every 1 ms in the served "
-        "process during a GET (max over rounds); idle: "
+        "GET: wall time of the whole response here (CPU: the served process's CPU time "
+        "meanwhile). Request stall: longest extra wait of a monitored call made every 1 ms in "
+        "the served process during a GET (max over rounds); idle: "
         + ", ".join(f"{_dur(results[f'scrape/{m}/idle_stall'])} ({m} models)" for m in MODELS)
         + "; populating took "
         + ", ".join(f"{results[f'scrape/{m}/populate_s']:.1f} s ({m})" for m in MODELS)
