@@ -18,7 +18,7 @@ LINTED = ["src", "tests", "examples", "benchmarks", "tools", "noxfile.py"]
 def tests(session: nox.Session) -> None:
     """The whole suite, with the real prometheus/promtool/alertmanager binaries."""
     session.install("torch==2.13.0")  # the local CPU wheel; a bare torch pulls a CUDA build
-    session.install(".[test,gpu,safetensors,hf]")
+    session.install(".[test,gpu,safetensors,hf,gguf,report,docs]")
     session.run("python", "tools/ensure_tools.py")
     session.run("pytest", *session.posargs)
 
@@ -32,7 +32,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(MYPY, "types-PyYAML", ".[test]")
+    session.install("torch==2.13.0")  # the instrumentation is typed against torch/transformers
+    session.install(MYPY, "types-PyYAML", ".[test,hf]")
     session.run("mypy", "--strict")  # packages and paths come from pyproject.toml
 
 
@@ -85,6 +86,9 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Regenerate the configuration reference and metric catalogue from the code."""
-    session.install(".")
+    """Regenerate the configuration reference and metric catalogue from the code, then build
+    the API reference (Sphinx autodoc; any warning fails) into build/api."""
+    session.install("torch==2.13.0")  # the local CPU wheel, for the [hf] extra
+    session.install(".[docs,hf]")  # the instrumentation page imports opentelemetry-instrumentation
     session.run("python", "tools/gen_docs.py")
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs/api", "build/api")

@@ -1,143 +1,103 @@
-"""A real model library: a tiny, randomly initialised Hugging Face BitNet causal LM, streamed.
+"""Hugging Face transformers under bitnet-obs with one line: every ``generate()`` monitored.
 
-    pip install 'bitnet-obs[hf]'          # CPU torch and transformers
+    pip install 'bitnet-obs[hf]'          # CPU torch, transformers, opentelemetry-instrument
     HF_HUB_OFFLINE=1 python examples/hf_transformers.py --requests 5
 
-Nothing is downloaded: the model is ``BitNetForCausalLM`` built from a small ``BitNetConfig``
-with random weights, and prompts are token ids (no tokenizer). Through the public API only:
+    # the same with no instrumentation code at all: the entry point loads the instrumentor
+    HF_HUB_OFFLINE=1 opentelemetry-instrument python examples/hf_transformers.py --zero-code
 
-- at load, the accuracy of every linear layer's weights, ternary (I2_S/TL1/TL2) vs FP32; the
-  LM head stays in high precision, as in BitNet b1.58;
-- the served model is the ternary one; ``generate()`` runs in a thread and feeds a streamer,
-  and the monitored generator yields each token as it arrives, so time to first token and
-  time per output token are the model's real ones;
-- per request, the top-1 agreement of the ternary model's next-token logits with the FP32
-  model's (``kind="logits"``, sampled at ``BITNET_OBS_QUANT_SAMPLE_RATE``). The FP32 forward
-  pass it needs costs as much as the real one: in production, do it for a few requests.
+Nothing is downloaded: the model is a tiny random ``BitNetForCausalLM`` whose linear layers are
+transformers' own ``BitLinear`` (packed ternary weights, as microsoft/bitnet-b1.58-2B-4T loads),
+the tokenizer a word-level one (``t0`` ... ``t127``). The calls are the ways people serve:
+
+- streaming: ``generate()`` in a thread feeding a ``TextIteratorStreamer`` that the request
+  handler iterates (the generate span is a child of the handler's);
+- a batch of prompts of different lengths, left-padded, whose rows stop at their own EOS;
+- ``pipeline("text-generation")``.
+
+Each call is a monitored inference: exact input and output tokens per row, time to first token
+and per output token from the decoding loop, and on sampled calls
+(``BITNET_OBS_QUANT_SAMPLE_RATE``) a BitNet layer's output checked against the bitnet.cpp I2_S
+emulation of its weights (``bitnet.quant.*`` with ``bitnet.quant.reference="quantized"``).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import queue
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import torch
-from transformers import BitNetConfig, BitNetForCausalLM
-from transformers.generation.streamers import BaseStreamer
+from opentelemetry import trace
+from transformers import TextIteratorStreamer, pipeline
 
 import bitnet_obs
-from bitnet_obs import quant
+from bitnet_obs.instrumentation.transformers import TransformersInstrumentor
+from bitnet_obs.testing import tiny_bitnet_model, tiny_tokenizer
 
-MODEL = "bitnet-tiny-random"
-
-
-class TokenStreamer(BaseStreamer):
-    """Token ids from ``generate()`` as an iterator: TextIteratorStreamer without a tokenizer."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[int | None] = queue.Queue()
-        self._prompt_seen = False
-        self.error: BaseException | None = None
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() puts the prompt first
-            self._prompt_seen = True
-            return
-        for token in value.reshape(-1).tolist():
-            self._queue.put(int(token))
-
-    def end(self) -> None:
-        self._queue.put(None)
-
-    def __iter__(self) -> Iterator[int]:
-        while (token := self._queue.get()) is not None:
-            yield token
+EOS = 2
 
 
-def load_models() -> tuple[BitNetForCausalLM, BitNetForCausalLM]:
-    """(the FP32 model, its ternary copy), recording each layer's weight accuracy."""
-    config = BitNetConfig(
-        vocab_size=512,
-        hidden_size=96,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    fp32 = BitNetForCausalLM(config)
-    fp32.train(False)  # inference mode (what .eval() does)
-    ternary = copy.deepcopy(fp32)
-    with torch.no_grad():
-        for name, module in ternary.named_modules():
-            if isinstance(module, torch.nn.Linear) and name != "lm_head":
-                w = module.weight.numpy()
-                quant.record_weight_quantization(name, w)
-                codes, scale = quant.quantize_weights(w)
-                module.weight.copy_(torch.from_numpy(codes.astype(np.float32) * scale))
-    return fp32, ternary
-
-
-@bitnet_obs.monitored_inference(model=MODEL, operation="text_completion", device="cpu")
-def stream(
-    model: BitNetForCausalLM, reference: BitNetForCausalLM, prompt: list[int], new_tokens: int
-) -> Iterator[int]:
-    inf = bitnet_obs.current_inference()
-    inf.add_input_tokens(len(prompt))
-    input_ids = torch.tensor([prompt])
-    with torch.no_grad():
-        logits = model(input_ids).logits[0, -1:].numpy()
-        fp32_logits = reference(input_ids).logits[0, -1:].numpy()
-    inf.record_quantization("lm_head", fp32_logits, logits, reference_kind="fp32", kind="logits")
-    streamer = TokenStreamer()
-
-    def run() -> None:
-        try:
-            model.generate(  # type: ignore[misc]  # transformers' self-type is too narrow
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                streamer=streamer,
-            )
-        except BaseException as exc:  # surfaced in the request below
-            streamer.error = exc
-            streamer.end()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    yield from streamer  # one token per item: TTFT and TPOT as the model produces them
-    thread.join()
-    if streamer.error is not None:
-        raise streamer.error
+def stream(model: torch.nn.Module, tokenizer: object, prompt: str, new_tokens: int) -> str:
+    """A request handler: generation in a thread, text handed on as it comes."""
+    tracer = trace.get_tracer("example")
+    with tracer.start_as_current_span("handle request"):
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)  # type: ignore[arg-type]
+        inputs = tokenizer(prompt, return_tensors="pt")  # type: ignore[operator]
+        thread = threading.Thread(
+            target=model.generate,  # type: ignore[arg-type]
+            kwargs=dict(
+                **inputs, streamer=streamer, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+            ),
+        )
+        thread.start()
+        text = "".join(streamer)
+        thread.join()
+        return text
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="A Hugging Face BitNet model under bitnet-obs.")
+    parser = argparse.ArgumentParser(description="Hugging Face generate() under bitnet-obs.")
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=12)
+    parser.add_argument(
+        "--zero-code",
+        action="store_true",
+        help="run under opentelemetry-instrument: no configure(), no instrument()",
+    )
     args = parser.parse_args()
-    telemetry = bitnet_obs.configure()
-    print(f"metrics: {telemetry.metrics_url or 'pushed (see OTEL_METRICS_EXPORTER)'}")
-    fp32, ternary = load_models()
+    if not args.zero_code:
+        telemetry = bitnet_obs.configure()
+        print(f"metrics: {telemetry.metrics_url or 'pushed (see OTEL_METRICS_EXPORTER)'}")
+        TransformersInstrumentor().instrument()  # the one line
+
+    torch.compiler.set_stance("force_eager")  # BitLinear's @torch.compile: skip a 30 s compile
+    model, tokenizer = tiny_bitnet_model(), tiny_tokenizer()
     rng = np.random.default_rng(0)
+
     for _ in range(args.requests):
-        prompt = rng.integers(3, 512, size=int(rng.integers(4, 16))).tolist()
+        prompt = " ".join(f"t{i}" for i in rng.integers(4, 128, size=int(rng.integers(4, 16))))
         started = time.perf_counter()
-        tokens = list(stream(ternary, fp32, prompt, args.new_tokens))
-        elapsed = time.perf_counter() - started
-        print(f"{len(prompt):2d} prompt tokens -> {tokens} ({len(tokens) / elapsed:.0f} tokens/s)")
-    bitnet_obs.shutdown()
+        text = stream(model, tokenizer, prompt, args.new_tokens)
+        rate = len(text.split()) / (time.perf_counter() - started)
+        print(f"streamed {len(prompt.split()):2d} prompt tokens -> {text!r} ({rate:.0f} tokens/s)")
+
+    prompts = ["t5 t6 t7 t8 t9", "t11 t12", "t20 t21 t22"]
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=args.new_tokens, eos_token_id=EOS)
+    rows = [row.tolist() for row in out[:, batch["input_ids"].shape[1] :]]
+    lengths = [row.index(EOS) + 1 if EOS in row else len(row) for row in rows]
+    print(f"batch: generated tokens per row {lengths}")
+
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    new = args.new_tokens
+    result = generator("t40 t41 t42", max_new_tokens=new, min_new_tokens=new)
+    print(f"pipeline: {result[0]['generated_text']!r}")
+
+    TransformersInstrumentor().flush()  # the background layer checks, before exporting
+    if not args.zero_code:
+        bitnet_obs.shutdown()
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ import pytest
 
 import bitnet_obs
 from bitnet_obs import ConfigError
-from bitnet_obs._instruments import _gauge_callbacks
-from bitnet_obs.testing import TelemetryCapture, capture_telemetry
+from bitnet_obs.testing import TelemetryCapture, capture_telemetry, reset
 
 
 @pytest.fixture
@@ -38,13 +37,12 @@ def test_counters_inside_and_outside_requests(cap: TelemetryCapture) -> None:
 
 
 def test_usage_gauge(cap: TelemetryCapture) -> None:
-    before = list(_gauge_callbacks.get("bitnet.cache.usage", []))
     try:
         bitnet_obs.observe_cache_usage("kv", lambda: 4096)
         bitnet_obs.observe_cache_usage("broken", lambda: 1 / 0)
         (point,) = cap.points("bitnet.cache.usage")
         assert point.attributes == {"bitnet.cache.name": "kv"} and point.value == 4096
     finally:
-        _gauge_callbacks["bitnet.cache.usage"] = before
+        reset()
     with pytest.raises(ConfigError):
         bitnet_obs.observe_cache_usage("bad name", lambda: 1)

@@ -10,6 +10,7 @@ import pytest
 
 import bitnet_obs
 from bitnet_obs import ConfigError, health
+from bitnet_obs._selfmon import errors as internal_errors
 from bitnet_obs.testing import TelemetryCapture, capture_telemetry
 
 OK = {"bitnet.outcome": "ok"}
@@ -114,3 +115,15 @@ def test_a_failed_hot_swap_keeps_the_process_ready(cap: TelemetryCapture) -> Non
         raise OSError("disk")
     assert _ready()[0] == 200
     assert cap.value("bitnet.model.loads", **ERR) == 1
+
+
+def test_unloading_a_model_that_was_never_loaded_stays_at_zero(cap: TelemetryCapture) -> None:
+    before = internal_errors("unload_not_loaded")
+    bitnet_obs.unload_model(model="never-loaded")
+    assert cap.value("bitnet.model.loaded", **{"gen_ai.request.model": "never-loaded"}) == 0
+    assert internal_errors("unload_not_loaded") == before + 1
+    with bitnet_obs.monitor_model_load(model="once", mark_ready=False):
+        pass
+    bitnet_obs.unload_model(model="once")
+    bitnet_obs.unload_model(model="once")  # a second unload: refused, not -1
+    assert cap.value("bitnet.model.loaded", **{"gen_ai.request.model": "once"}) == 0

@@ -16,11 +16,11 @@ import pytest
 import bitnet_obs
 from bitnet_obs import ConfigError, sla
 from bitnet_obs._config import from_env
-from bitnet_obs._instruments import TALLIES
+from bitnet_obs._instruments import SLA_VIOLATIONS
 from bitnet_obs.testing import TelemetryCapture, capture_telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
-VIOLATIONS = TALLIES["bitnet.sla.violations"]
+VIOLATIONS = SLA_VIOLATIONS
 
 
 @pytest.fixture
@@ -33,7 +33,8 @@ def cap() -> Iterator[TelemetryCapture]:
 def violations() -> dict[tuple[str, str], int]:
     return {
         (dict(key)["bitnet.sla.objective"], dict(key)["bitnet.sla.severity"]): value  # type: ignore[misc]
-        for key, value in VIOLATIONS.snapshot().items()
+        for key, value in VIOLATIONS.tally.snapshot().items()
+        if value  # the counters of each configured objective start at 0
     }
 
 
@@ -94,7 +95,7 @@ def test_hysteresis_one_violation_for_a_window_hovering_at_the_threshold(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def run() -> dict[tuple[str, str], int]:
-        VIOLATIONS.reset()
+        VIOLATIONS.tally.reset()
         sla.set_objectives(
             sla.Objectives(latency_s=1.0, percentile=90, window=20, window_s=None,
                            min_samples=20)
@@ -107,7 +108,7 @@ def test_hysteresis_one_violation_for_a_window_hovering_at_the_threshold(
     assert run() == {("latency", "warning"): 1}
     monkeypatch.setattr(sla, "RECOVERY", 1.0)  # without hysteresis: one per crossing
     assert run()[("latency", "warning")] > 10
-    VIOLATIONS.reset()
+    VIOLATIONS.tally.reset()
 
 
 def test_ttft_and_throughput_objectives(cap: TelemetryCapture) -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Make sure the real Prometheus tools used by the test-suite are installed.
+"""Make sure the real Prometheus tools (and the headless Chromium that renders the HTML
+quant-report) used by the test-suite are installed.
 
 Run by the nox test session before pytest (stdlib only, any Python >= 3.10)::
 
@@ -9,9 +10,10 @@ Run by the nox test session before pytest (stdlib only, any Python >= 3.10)::
 What it does:
 
 * Looks for ``prometheus``, ``promtool`` and ``prometheus-alertmanager`` (Debian's name) or
-  ``alertmanager`` (upstream name) on ``PATH``.
+  ``alertmanager`` (upstream name), and ``chromium``, on ``PATH``.
 * If any is missing and we are root on Debian/Ubuntu (``apt-get`` present), it runs
-  ``apt-get install -y --no-install-recommends prometheus prometheus-alertmanager``
+  ``apt-get install -y --no-install-recommends`` with the missing tools' packages
+  (``prometheus``, ``prometheus-alertmanager``, ``chromium``)
   (``apt-get update`` is run at most once: up front when there are no package lists,
   otherwise only if the first install attempt fails).  When not root, ``sudo -n`` is used
   only if ``CI`` is true or ``--sudo`` is given, so a developer's machine is never changed
@@ -52,8 +54,16 @@ TOOLS: dict[str, tuple[str, ...]] = {
     "prometheus": ("prometheus",),
     "promtool": ("promtool",),
     "alertmanager": ("prometheus-alertmanager", "alertmanager"),
+    "chromium": ("chromium", "chromium-browser"),
 }
-APT_PACKAGES = ("prometheus", "prometheus-alertmanager")
+#: logical tool -> the Debian package that provides it
+TOOL_PACKAGES = {
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "alertmanager": "prometheus-alertmanager",
+    "chromium": "chromium",
+}
+APT_PACKAGES = tuple(dict.fromkeys(TOOL_PACKAGES.values()))
 #: Debian service names whose daemons must not run (and hold well-known ports) on test machines
 SERVICES = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
 WATCHED_PORTS: dict[int, str] = {
@@ -342,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     installed_now = False
 
     if not missing:
-        say("all Prometheus tools present")
+        say("all tools present")
     else:
         say("missing: " + ", ".join(missing))
         apt = sys.platform.startswith("linux") and shutil.which("apt-get") and is_debian_like()
@@ -352,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warn(
                 "not a Debian/Ubuntu system with apt-get; install Prometheus "
                 "(prometheus, promtool, alertmanager) from https://prometheus.io/download/ "
-                "and put the binaries on PATH. Tests needing them will be skipped "
+                "and Chromium, and put the binaries on PATH. Tests needing them will be skipped "
                 "(or fail when CI=true)."
             )
         elif not is_root:
@@ -364,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "(or fail when CI=true)."
             )
         else:
-            installed_now = apt_install(APT_PACKAGES)
+            installed_now = apt_install(sorted({TOOL_PACKAGES[tool] for tool in missing}))
             found = find_tools()
             missing = [tool for tool, path in found.items() if path is None]
 

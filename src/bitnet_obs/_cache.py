@@ -14,31 +14,33 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from bitnet_obs._config import ConfigError
-from bitnet_obs._instruments import TALLIES, register_gauge_callback
-from bitnet_obs._selfmon import internal_error
+from bitnet_obs import _state
+from bitnet_obs._errors import ConfigError
+from bitnet_obs._instruments import CACHE_HITS, CACHE_MISSES, CACHE_USAGE
+from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._tally import AttrValue, key_of
+from bitnet_obs._tokens import as_count
 
-_HITS = TALLIES["bitnet.cache.hits"]
-_MISSES = TALLIES["bitnet.cache.misses"]
+_HITS = CACHE_HITS
+_MISSES = CACHE_MISSES
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 def record_cache(hits: int = 0, misses: int = 0, *, cache: str = "kv", model: str = "") -> None:
-    """Count cache hits and misses. Never raises: a bad value is a counted internal error."""
+    """Count cache hits and misses (both series exist from the first report, so a hit ratio
+    never lacks its other half). Never raises: a bad value is a counted internal error."""
     try:
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                   for n in (hits, misses)):  # fmt: skip
-            internal_error("bad_cache_count", detail=f"record_cache({hits!r}, {misses!r})")
+        n_hits, n_misses = as_count(hits), as_count(misses)
+        if n_hits is None or n_misses is None:
+            detail = f"record_cache({describe(hits)}, {describe(misses)})"
+            internal_error("bad_cache_count", detail=detail)
             return
         attrs: dict[str, AttrValue] = {"bitnet.cache.name": str(cache)[:64]}
         if model:
             attrs["gen_ai.request.model"] = str(model)[:128]
         key = key_of(attrs)
-        if hits:
-            _HITS.add(key, hits)
-        if misses:
-            _MISSES.add(key, misses)
+        _HITS.add(key, n_hits)
+        _MISSES.add(key, n_misses)
     except Exception as exc:
         internal_error("cache", exc)
 
@@ -58,4 +60,15 @@ def observe_cache_usage(cache: str, read_bytes: Callable[[], float]) -> None:
             internal_error("cache_usage", exc)
             return []
 
-    register_gauge_callback("bitnet.cache.usage", observe)
+    CACHE_USAGE.register(observe)
+    _observers.append(observe)
+
+
+_observers: list[Callable[[CallbackOptions], Iterable[Observation]]] = []
+
+
+@_state.on_reset
+def _reset() -> None:
+    for observe in _observers:
+        CACHE_USAGE.unregister(observe)
+    _observers.clear()

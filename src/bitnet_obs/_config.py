@@ -1,27 +1,383 @@
-"""Settings from the environment plus ``configure()`` overrides, validated once.
+"""Settings: declared once, parsed from the environment or ``configure()`` keywords, in force.
 
-A malformed value raises :class:`ConfigError` at ``configure()`` time, naming the variable,
-the value it got and what is accepted. Nothing downstream re-reads or re-validates.
+Every setting is one field of :class:`Settings` (or of :class:`OTLPSettings`) declared with
+:func:`setting`: its environment variable, the parser and range it accepts, its default and its
+doc. That one declaration drives env parsing, keyword-override validation (exactly the same
+checks as env values), the generated configuration reference (``tools/gen_docs.py``) and the
+limits of :class:`bitnet_obs.sla.Objectives`. Every number has a finite upper bound.
+
+This is the only module that reads ``os.environ``, and it holds the settings in force
+(:func:`current`, :func:`use`), so nothing below the pipeline needs the pipeline to know them.
+A malformed value raises :class:`ConfigError` naming the variable (or keyword), the value it
+got and what is accepted. Standard ``OTEL_*`` variables come first; ``BITNET_OBS_*`` exist only
+where OpenTelemetry has no variable for the job.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
+import re
 import ssl
 import stat
+import threading
+import types
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from bitnet_obs import _env
+from bitnet_obs import _state
+from bitnet_obs._errors import ConfigError
+from bitnet_obs._selfmon import internal_error
 
-METRIC_EXPORTERS = ("otlp", "prometheus", "console", "none")
-TRACE_EXPORTERS = ("otlp", "console", "none")
-PROTOCOLS = ("grpc", "http/protobuf")
-COMPRESSIONS = ("gzip", "none")
+if TYPE_CHECKING:
+    from bitnet_obs._degenerate import DegenerateThresholds
+
+T = TypeVar("T")
+
+#: DegenerateThresholds' fields, each a ``degenerate_<name>`` setting.
+DEGENERATE_FIELDS = (
+    "repeat_run",
+    "cycle_span",
+    "max_period",
+    "min_distinct_fraction",
+    "window",
+    "min_tokens",
+)
+
+
+def _bad(name: str, value: object, accepted: str) -> ConfigError:
+    shown = value[:200] + "…" if isinstance(value, str) and len(value) > 200 else value
+    return ConfigError(f"{name}={shown!r} is not valid; accepted: {accepted}")
+
+
+# --- parsers: one per kind of value; ``parse`` takes env text, ``check`` a Python value --------
+
+
+class Parser(Generic[T]):
+    """How one kind of setting is read and checked. ``accepted`` is shown in errors and docs."""
+
+    accepted = ""
+
+    def parse(self, name: str, raw: str) -> T:
+        return self.check(name, raw)
+
+    def check(self, name: str, value: object) -> T:
+        raise NotImplementedError
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+class Flag(Parser[bool]):
+    accepted = "`true`, `false`"
+
+    def parse(self, name: str, raw: str) -> bool:
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise _bad(name, raw, "true or false")
+
+    def check(self, name: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise _bad(name, value, "True or False")
+        return value
+
+
+def _fmt(x: float) -> str:
+    """1, 0.5, 600000, 86_400_000: what the docs and errors show of a number."""
+    if float(x).is_integer():
+        return f"{int(x):_}" if abs(x) >= 1e6 else str(int(x))
+    return f"{x:g}"
+
+
+class Number(Parser[float]):
+    """A finite float in ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``), in ``unit``.
+
+    ``env_scale`` converts the env value to the field's unit (milliseconds to seconds: 0.001).
+    """
+
+    def __init__(
+        self,
+        lo: float,
+        hi: float,
+        unit: str = "",
+        *,
+        lo_open: bool = False,
+        env_scale: float = 1.0,
+        env_unit: str | None = None,
+    ) -> None:
+        assert math.isfinite(hi), "every setting has a finite upper bound"
+        self.lo, self.hi, self.unit, self.lo_open = lo, hi, unit, lo_open
+        self.env_scale = env_scale
+        self.env_unit = unit if env_unit is None else env_unit
+        self.accepted = self._range(1.0, unit)
+        self.env_accepted = self._range(env_scale, self.env_unit)
+
+    def _range(self, scale: float, unit: str) -> str:
+        lo, hi = self.lo / scale, self.hi / scale
+        bracket = "(" if self.lo_open else "["
+        what = f"a number in {bracket}{_fmt(lo)}, {_fmt(hi)}]"
+        return f"{what} {unit}".rstrip()
+
+    def parse(self, name: str, raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise _bad(name, raw, self.env_accepted) from None
+        if not self._ok(value * self.env_scale):
+            raise _bad(name, raw, self.env_accepted)
+        return value * self.env_scale
+
+    def check(self, name: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(name, value, self.accepted)
+        if not self._ok(float(value)):
+            raise _bad(name, value, self.accepted)
+        return float(value)
+
+    def _ok(self, value: float) -> bool:
+        if math.isnan(value) or value > self.hi or value < self.lo:
+            return False
+        return not (self.lo_open and value == self.lo)
+
+
+class Integer(Parser[int]):
+    """An integer in ``[lo, hi]`` (decimal digits only in env text)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        self.accepted = f"an integer in [{_fmt(lo)}, {_fmt(hi)}]"
+
+    def parse(self, name: str, raw: str) -> int:
+        text = raw.strip()
+        if not (text.isascii() and text.isdigit()) or not self.lo <= int(text) <= self.hi:
+            raise _bad(name, raw, self.accepted)  # "²".isdigit() is True: ASCII digits only
+        return int(text)
+
+    def check(self, name: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not self.lo <= value <= self.hi:
+            raise _bad(name, value, self.accepted)
+        return value
+
+
+class Maybe(Parser[Any]):
+    """The inner parser's values, or ``None`` (unset)."""
+
+    def __init__(self, inner: Parser[Any]) -> None:
+        self.inner = inner
+        self.accepted = inner.accepted
+        self.env_accepted = getattr(inner, "env_accepted", inner.accepted)
+
+    def parse(self, name: str, raw: str) -> Any:
+        return self.inner.parse(name, raw)
+
+    def check(self, name: str, value: object) -> Any:
+        return None if value is None else self.inner.check(name, value)
+
+
+class Choice(Parser[str]):
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        self.accepted = ", ".join(f"`{c}`" for c in choices)
+
+    def parse(self, name: str, raw: str) -> str:
+        low = raw.strip().lower()
+        if low not in self.choices:
+            raise _bad(name, raw, ", ".join(self.choices))
+        return low
+
+    def check(self, name: str, value: object) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            raise _bad(name, value, ", ".join(self.choices))
+        return value
+
+
+class Names(Parser[tuple[str, ...]]):
+    """A comma list (env) or a name / list of names (keyword) from ``choices``; ``none`` alone
+    means the empty list."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        self.accepted = "comma list of " + ", ".join(f"`{c}`" for c in (*choices, "none"))
+
+    def parse(self, name: str, raw: str) -> tuple[str, ...]:
+        return self._names(name, raw, [i.strip().lower() for i in raw.split(",") if i.strip()])
+
+    def check(self, name: str, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return self.parse(name, value)
+        if isinstance(value, (list, tuple, set, frozenset)) and all(
+            isinstance(v, str) for v in value
+        ):
+            items = [v.strip().lower() for v in value]
+            return self._names(name, value, [i for i in items if i] or ["none"])
+        raise _bad(name, value, "a name or a list of names of " + ", ".join(self.choices))
+
+    def _names(self, name: str, raw: object, items: list[str]) -> tuple[str, ...]:
+        plain = self.accepted.replace("`", "")
+        if not items:
+            raise _bad(name, raw, plain)
+        for item in items:
+            if item not in (*self.choices, "none"):
+                raise ConfigError(f"{name}={raw!r}: unknown name {item!r}; accepted: {plain}")
+        if "none" in items:
+            if len(items) > 1:
+                raise ConfigError(f"{name}={raw!r}: 'none' cannot be combined with other names")
+            return ()
+        return tuple(c for c in self.choices if c in items)  # one canonical order
+
+
+_ATTR_VALUE = (str, bool, int, float)
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class KeyValues(Parser[Mapping[str, Any]]):
+    """``key=value`` pairs separated by ``,``, percent-decoded (W3C baggage style).
+
+    ``headers=True``: values are str without control characters and keys are lower-cased (gRPC
+    metadata keys must be; the SDK's own env path does the same; HTTP does not care).
+    """
+
+    def __init__(self, *, headers: bool = False, max_items: int = 128) -> None:
+        self.headers, self.max_items = headers, max_items
+        self.accepted = "`key=value` pairs separated by `,`; values percent-encoded"
+
+    def parse(self, name: str, raw: str) -> Mapping[str, Any]:
+        result: dict[str, str] = {}
+        for item in raw.split(","):
+            if not item.strip():
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise _bad(name, raw, "key=value pairs separated by ','")
+            result[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+        return self.check(name, result)
+
+    def check(self, name: str, value: object) -> Mapping[str, Any]:
+        plain = "a mapping of str to " + ("str" if self.headers else "str, bool, int or float")
+        if not isinstance(value, Mapping) or len(value) > self.max_items:
+            raise _bad(name, value, f"{plain}, at most {self.max_items} items")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            ok_type = isinstance(item, str) if self.headers else isinstance(item, _ATTR_VALUE)
+            if not isinstance(key, str) or not key or not ok_type:
+                raise _bad(name, value, plain)
+            if self.headers:
+                if _CTL.search(key) or _CTL.search(item) or not key.isascii() or " " in key:
+                    raise ConfigError(
+                        f"{name}: header {key!r} has a control character, a space or a non-ASCII "
+                        "character in its name or a control character (CR, LF, ...) in its "
+                        "value; accepted: printable header names and values"
+                    )
+                key = key.lower()
+            out[key] = item
+        return types.MappingProxyType(out)
+
+
+class Url(Parser[str]):
+    accepted = "an `http://` or `https://` URL"
+    _plain = "an http:// or https:// URL"
+
+    def check(self, name: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise _bad(name, value, "an http:// or https:// URL")
+        raw = value.strip()
+        try:
+            parsed = urllib.parse.urlparse(raw)
+            hostname = parsed.hostname
+            parsed.port  # noqa: B018 - raises on a malformed port
+        except ValueError:  # e.g. "http://[::1": an unclosed IPv6 literal
+            raise _bad(name, value, self._plain + " with a valid host and a valid port") from None
+        if parsed.scheme not in ("http", "https") or not hostname or _CTL.search(raw):
+            raise _bad(name, value, self._plain + " with a host, e.g. http://localhost:4318")
+        return raw
+
+
+class Text(Parser[str]):
+    """A string matching ``pattern`` (fully)."""
+
+    def __init__(self, pattern: str, accepted: str) -> None:
+        self.pattern = re.compile(pattern)
+        self.accepted = accepted
+
+    def parse(self, name: str, raw: str) -> str:
+        return self.check(name, raw.strip())
+
+    def check(self, name: str, value: object) -> str:
+        if not isinstance(value, str) or not self.pattern.fullmatch(value):
+            raise _bad(name, value, self.accepted)
+        return value
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One setting's declaration: how it is read and documented."""
+
+    env: str | None
+    parser: Parser[Any]
+    doc: str
+    default_doc: str
+    #: OTLP settings: ``env`` is the suffix of OTEL_EXPORTER_OTLP[_METRICS|_TRACES]_<suffix>
+    per_signal: bool = False
+
+
+def setting(
+    default: T,
+    parser: Parser[Any],
+    doc: str,
+    *,
+    env: str | None = None,
+    default_doc: str | None = None,
+    per_signal: bool = False,
+) -> T:
+    """Declare a settings field: its default, parser, doc and environment variable."""
+    if default_doc is not None:
+        shown = default_doc
+    elif isinstance(default, bool):
+        shown = f"`{str(default).lower()}`"
+    elif isinstance(default, (int, float)):
+        shown = f"`{_fmt(default)}`"
+    else:
+        shown = f"`{default}`"
+    row = Row(env, parser, doc, shown, per_signal)
+    if isinstance(default, Mapping):  # immutable, but unhashable: dataclasses want a factory
+        return dataclasses.field(default_factory=lambda: default, metadata={"row": row})
+    return dataclasses.field(default=default, metadata={"row": row})
+
+
+def rows(cls: type[Any]) -> Iterator[tuple[str, Row]]:
+    """(field name, row) of a settings class, in declaration order."""
+    for f in dataclasses.fields(cls):
+        row = f.metadata.get("row")
+        if isinstance(row, Row):
+            yield f.name, row
+
+
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+_HOST = Text(
+    r"(?![.-])[A-Za-z0-9_.:-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]",
+    "a host name or IP address (`0.0.0.0` or `::` bind every interface)",
+)
+_MS = "milliseconds"
+
+#: Exporters by name and the signals each can carry. The pipeline's builders
+#: (``bitnet_obs._export``) implement one per (name, signal): adding an exporter is one entry
+#: here plus its builder.
+EXPORTERS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {"otlp": ("metrics", "traces"), "prometheus": ("metrics",), "console": ("metrics", "traces")}
+)
+METRIC_EXPORTERS = tuple(n for n, signals in EXPORTERS.items() if "metrics" in signals)
+TRACE_EXPORTERS = tuple(n for n, signals in EXPORTERS.items() if "traces" in signals)
 SAMPLERS = (
     "always_on",
     "always_off",
@@ -30,62 +386,322 @@ SAMPLERS = (
     "parentbased_always_off",
     "parentbased_traceidratio",
 )
-SERVER_MODES = ("auto", "on", "off")
+PROTOCOLS = ("grpc", "http/protobuf")
 DEVICE_GROUPS = ("system", "process", "gpu")
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
-
-
-class ConfigError(ValueError):
-    """A configuration value is malformed; the message says which, what it was, what works."""
+SERVER_MODES = ("auto", "on", "off")
+TEMPORALITIES = ("cumulative", "delta", "lowmemory")
+HISTOGRAM_AGGREGATIONS = ("explicit_bucket_histogram", "base2_exponential_bucket_histogram")
 
 
 @dataclass(frozen=True)
 class OTLPSettings:
     """The OTLP exporter settings of one signal, after per-signal variables were applied."""
 
-    protocol: str = "http/protobuf"
-    endpoint: str = "http://localhost:4318"
+    protocol: str = setting(
+        "http/protobuf", Choice(*PROTOCOLS), "OTLP transport.", env="PROTOCOL", per_signal=True
+    )
+    endpoint: str = setting(
+        "http://localhost:4318",
+        Url(),
+        "OTLP collector address. For http/protobuf the base endpoint gets `/v1/metrics` or "
+        "`/v1/traces` appended; a per-signal endpoint is used as is.",
+        env="ENDPOINT",
+        per_signal=True,
+        default_doc="`http://localhost:4318` (http/protobuf), `http://localhost:4317` (grpc)",
+    )
     endpoint_is_signal_specific: bool = False
-    headers: Mapping[str, str] = field(default_factory=dict)
-    timeout_s: float = 10.0
-    compression: str = "none"
+    headers: Mapping[str, str] = setting(
+        _EMPTY,
+        KeyValues(headers=True),
+        "Headers sent with every export (e.g. authentication). Names are lower-cased (gRPC "
+        "requires it); a control character (CR, LF) is refused.",
+        env="HEADERS",
+        per_signal=True,
+        default_doc="(none)",
+    )
+    timeout_s: float = setting(
+        10.0,
+        Number(0.0, 600.0, "seconds", lo_open=True, env_scale=0.001, env_unit=_MS),
+        "Time limit for one export request, in milliseconds as the specification says.",
+        env="TIMEOUT",
+        per_signal=True,
+        default_doc="`10000`",
+    )
+    compression: str = setting(
+        "none", Choice("gzip", "none"), "Compression of export requests.", env="COMPRESSION",
+        per_signal=True,
+    )  # fmt: skip
+
+
+def _seconds(hi: float) -> Number:
+    return Number(0.0, hi, "seconds", lo_open=True)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything ``configure()`` decided. Field names are the ``configure()`` keywords."""
 
-    sdk_disabled: bool = False
-    service_name: str | None = None
-    resource_attributes: Mapping[str, str] = field(default_factory=dict)
-    metrics_exporters: tuple[str, ...] = ("prometheus",)
-    traces_exporters: tuple[str, ...] = ()
-    otlp_metrics: OTLPSettings = field(default_factory=OTLPSettings)
-    otlp_traces: OTLPSettings = field(default_factory=OTLPSettings)
-    prometheus_host: str = "127.0.0.1"
-    prometheus_port: int = 9464
-    metric_export_interval_ms: float = 60_000.0
-    metric_export_timeout_ms: float = 30_000.0
-    traces_sampler: str = "parentbased_always_on"
-    traces_sampler_arg: float = 1.0
-    server: str = "auto"
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    basic_auth: tuple[str, str] | None = field(default=None, repr=False)  # (user, password)
-    capture_content: bool = False
-    cardinality_limit: int = 2000
-    quant_sample_rate: float = 0.01
-    quant_budget: float = 0.01
-    shutdown_timeout_s: float = 5.0
-    device_metrics: tuple[str, ...] = DEVICE_GROUPS
-    sla_latency_s: float | None = None
-    sla_ttft_s: float | None = None
-    sla_min_tokens_per_s: float | None = None
-    sla_max_error_rate: float | None = None
-    sla_percentile: float = 95.0
-    sla_window: int = 1000
-    sla_window_s: float = 300.0
+    sdk_disabled: bool = setting(
+        False, Flag(), "`true` makes `configure()` install nothing: every instrument stays a "
+        "no-op.", env="OTEL_SDK_DISABLED",
+    )  # fmt: skip
+    service_name: str | None = setting(
+        None,
+        Maybe(Text(r"[^\x00-\x1f\x7f]{1,255}", "a string of 1-255 printable characters")),
+        "The `service.name` resource attribute; wins over `OTEL_RESOURCE_ATTRIBUTES`.",
+        env="OTEL_SERVICE_NAME",
+        default_doc="`unknown_service`",
+    )
+    resource_attributes: Mapping[str, Any] = setting(
+        _EMPTY,
+        KeyValues(),
+        "Extra resource attributes. A unique `service.instance.id` is added per process "
+        "unless set here.",
+        env="OTEL_RESOURCE_ATTRIBUTES",
+        default_doc="(empty)",
+    )
+    metrics_exporters: tuple[str, ...] = setting(
+        ("prometheus",),
+        Names(*METRIC_EXPORTERS),
+        "Where metrics go.",
+        env="OTEL_METRICS_EXPORTER",
+        default_doc="`prometheus`; `otlp` when an OTLP endpoint is set",
+    )
+    traces_exporters: tuple[str, ...] = setting(
+        (),
+        Names(*TRACE_EXPORTERS),
+        "Where spans go. `prometheus` is not a trace exporter.",
+        env="OTEL_TRACES_EXPORTER",
+        default_doc="`none`; `otlp` when an OTLP endpoint is set",
+    )
+    otlp_metrics: OTLPSettings = dataclasses.field(default_factory=OTLPSettings)
+    otlp_traces: OTLPSettings = dataclasses.field(default_factory=OTLPSettings)
+    otlp_metrics_temporality: str = setting(
+        "cumulative",
+        Choice(*TEMPORALITIES),
+        "Temporality of OTLP metrics: `delta` for counters and histograms (up-down counters "
+        "stay cumulative), `lowmemory` delta for synchronous counters and histograms only. "
+        "Prometheus is always cumulative.",
+        env="OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+    )
+    otlp_metrics_histogram_aggregation: str = setting(
+        "explicit_bucket_histogram",
+        Choice(*HISTOGRAM_AGGREGATIONS),
+        "Histogram aggregation of OTLP metrics: explicit buckets (the catalogue's) or base-2 "
+        "exponential buckets (no bucket choice needed; Prometheus keeps explicit buckets).",
+        env="OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+    )
+    metrics_exemplar_filter: str = setting(
+        "trace_based",
+        Choice("trace_based", "always_on", "always_off"),
+        "Which histogram records keep an exemplar (the last one per bucket and collection): "
+        "those made under a sampled span, all, or none.",
+        env="OTEL_METRICS_EXEMPLAR_FILTER",
+    )
+    prometheus_host: str = setting(
+        "127.0.0.1",
+        _HOST,
+        "Address the `/metrics` and health server binds to. Loopback unless you say otherwise.",
+        env="OTEL_EXPORTER_PROMETHEUS_HOST",
+    )
+    prometheus_port: int = setting(
+        9464,
+        Integer(0, 65535),
+        "Port of the `/metrics` and health server (0 picks a free port).",
+        env="OTEL_EXPORTER_PROMETHEUS_PORT",
+    )
+    metric_export_interval_ms: float = setting(
+        60_000.0,
+        Number(1.0, 86_400_000.0, _MS),
+        "How often pushed metrics (OTLP, console) are exported.",
+        env="OTEL_METRIC_EXPORT_INTERVAL",
+        default_doc="`60000`",
+    )
+    metric_export_timeout_ms: float = setting(
+        30_000.0,
+        Number(0.0, 600_000.0, _MS, lo_open=True),
+        "Time limit for one periodic metric export.",
+        env="OTEL_METRIC_EXPORT_TIMEOUT",
+        default_doc="`30000`",
+    )
+    traces_sampler: str = setting(
+        "parentbased_always_on", Choice(*SAMPLERS), "Which spans are sampled.",
+        env="OTEL_TRACES_SAMPLER",
+    )  # fmt: skip
+    traces_sampler_arg: float = setting(
+        1.0,
+        Number(0.0, 1.0),
+        "The sampling ratio of `traceidratio` and `parentbased_traceidratio`.",
+        env="OTEL_TRACES_SAMPLER_ARG",
+        default_doc="`1.0` for the ratio samplers",
+    )
+    server: str = setting(
+        "auto",
+        Choice(*SERVER_MODES),
+        "The one HTTP server (`/metrics`, `/health`, `/health/live`, `/health/ready`). `auto` "
+        "runs it when the `prometheus` exporter is chosen; `on` also runs it for health probes "
+        "when only OTLP is used.",
+        env="BITNET_OBS_SERVER",
+    )
+    tls_cert_file: str | None = setting(
+        None,
+        Maybe(Text(r"[^\x00]{1,4096}", "a file path")),
+        "Serve the HTTP server over HTTPS with this certificate (a readable PEM certificate "
+        "chain; may hold the key too). Checked at `configure()`.",
+        env="BITNET_OBS_TLS_CERT_FILE",
+        default_doc="(none: plain HTTP)",
+    )
+    tls_key_file: str | None = setting(
+        None,
+        Maybe(Text(r"[^\x00]{1,4096}", "a file path")),
+        "Private key of `BITNET_OBS_TLS_CERT_FILE` (a readable, unencrypted PEM key); needs "
+        "that variable.",
+        env="BITNET_OBS_TLS_KEY_FILE",
+        default_doc="(none: the key is in the certificate file)",
+    )
+    basic_auth: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
+    capture_content: bool = setting(
+        False,
+        Flag(),
+        "Record prompt and response text on spans (clipped to 8 KiB). Off: no text ever leaves "
+        "the process, in telemetry or in logs.",
+        env="BITNET_OBS_CAPTURE_CONTENT",
+    )
+    cardinality_limit: int = setting(
+        2000,
+        Integer(1, 100_000),
+        "Most distinct attribute sets per metric; more fold into one "
+        "`otel.metric.overflow=true` series.",
+        env="BITNET_OBS_CARDINALITY_LIMIT",
+    )
+    quant_sample_rate: float = setting(
+        0.01,
+        Number(0.0, 1.0),
+        "Fraction of eligible calls whose quantization accuracy is measured.",
+        env="BITNET_OBS_QUANT_SAMPLE_RATE",
+    )
+    quant_budget: float = setting(
+        0.01,
+        Number(0.0, 1.0, lo_open=True),
+        "Most fraction of wall time spent on accuracy statistics; samples over it are skipped "
+        "and counted.",
+        env="BITNET_OBS_QUANT_BUDGET",
+    )
+    shutdown_timeout_s: float = setting(
+        5.0,
+        _seconds(3600.0),
+        "Bound on `shutdown()` and on the flush at interpreter exit, even with a dead collector.",
+        env="BITNET_OBS_SHUTDOWN_TIMEOUT",
+    )
+    device_metrics: tuple[str, ...] = setting(
+        DEVICE_GROUPS,
+        Names(*DEVICE_GROUPS),
+        "Which device metrics `configure()` reports: host CPU/memory/disk/network, this "
+        "process's CPU/memory, GPUs through NVML (extra `[gpu]`). Read at collection time only.",
+        env="BITNET_OBS_DEVICE_METRICS",
+        default_doc="`system,process,gpu`",
+    )
+    sla_latency_s: float | None = setting(
+        None,
+        Maybe(_seconds(86_400.0)),
+        "SLA objective: request duration at `BITNET_OBS_SLA_PERCENTILE` at most this.",
+        env="BITNET_OBS_SLA_LATENCY",
+        default_doc="(none)",
+    )
+    sla_ttft_s: float | None = setting(
+        None,
+        Maybe(_seconds(86_400.0)),
+        "SLA objective: time to first token at `BITNET_OBS_SLA_PERCENTILE` at most this.",
+        env="BITNET_OBS_SLA_TTFT",
+        default_doc="(none)",
+    )
+    sla_min_tokens_per_s: float | None = setting(
+        None,
+        Maybe(Number(0.0, 1e9, "tokens/s", lo_open=True)),
+        "SLA objective: at least `BITNET_OBS_SLA_PERCENTILE`% of requests produce output "
+        "tokens at this rate or faster.",
+        env="BITNET_OBS_SLA_MIN_TOKENS_PER_SECOND",
+        default_doc="(none)",
+    )
+    sla_max_error_rate: float | None = setting(
+        None,
+        Maybe(Number(0.0, 1.0)),
+        "SLA objective: most fraction of requests that may fail (cancelled ones do not count).",
+        env="BITNET_OBS_SLA_ERROR_RATE",
+        default_doc="(none)",
+    )
+    sla_percentile: float = setting(
+        95.0,
+        Number(0.0, 100.0, lo_open=True),
+        "The percentile of the latency, TTFT and tokens/s objectives.",
+        env="BITNET_OBS_SLA_PERCENTILE",
+        default_doc="`95`",
+    )
+    sla_window: int = setting(
+        1000,
+        Integer(1, 1_000_000),
+        "The SLA window: objectives are judged over at most this many recent requests "
+        "(10 bytes each).",
+        env="BITNET_OBS_SLA_WINDOW",
+    )
+    sla_window_s: float = setting(
+        300.0,
+        _seconds(604_800.0),
+        "The SLA window: requests older than this leave it.",
+        env="BITNET_OBS_SLA_WINDOW_SECONDS",
+        default_doc="`300`",
+    )
+
+    # Degenerate-output thresholds (bitnet_obs.output.DegenerateThresholds; its docstring has
+    # the healthy figures each default keeps away from). Cross-checked together in _checked.
+    degenerate_repeat_run: int = setting(
+        32,
+        Integer(0, 1_000_000),
+        "A run of one repeated token id this long makes an output degenerate (`repeat_run`); "
+        "0: off, else at least 2.",
+        env="BITNET_OBS_DEGENERATE_REPEAT_RUN",
+    )
+    degenerate_cycle_span: int = setting(
+        64,
+        Integer(0, 1_000_000),
+        "A cycle of period 2 to `BITNET_OBS_DEGENERATE_MAX_PERIOD` covering this many tokens "
+        "makes an output degenerate (`cycle`); 0: off, else above the max period.",
+        env="BITNET_OBS_DEGENERATE_CYCLE_SPAN",
+    )
+    degenerate_max_period: int = setting(
+        8,
+        Integer(2, 64),
+        "Longest cycle period looked for.",
+        env="BITNET_OBS_DEGENERATE_MAX_PERIOD",
+    )
+    degenerate_min_distinct_fraction: float = setting(
+        0.03,
+        Number(0.0, 0.99),
+        "A window whose fraction of distinct token ids is below this makes an output "
+        "degenerate (`low_diversity`); 0: off.",
+        env="BITNET_OBS_DEGENERATE_MIN_DISTINCT_FRACTION",
+    )
+    degenerate_window: int = setting(
+        256,
+        Integer(8, 65_536),
+        "Tokens per distinct-fraction window.",
+        env="BITNET_OBS_DEGENERATE_WINDOW",
+    )
+    degenerate_min_tokens: int = setting(
+        32,
+        Integer(1, 65_536),
+        "Outputs shorter than this are measured but never judged (at most the window).",
+        env="BITNET_OBS_DEGENERATE_MIN_TOKENS",
+    )
+
+    @functools.cached_property
+    def degenerate_thresholds(self) -> DegenerateThresholds:
+        """The ``BITNET_OBS_DEGENERATE_*`` settings as the detector's thresholds."""
+        from bitnet_obs._degenerate import DegenerateThresholds
+
+        return DegenerateThresholds(
+            **{name: getattr(self, f"degenerate_{name}") for name in DEGENERATE_FIELDS}
+        )
 
     @property
     def server_enabled(self) -> bool:
@@ -94,97 +710,178 @@ class Settings:
         return self.server == "on"
 
 
-def _bad(name: str, value: object, accepted: str) -> ConfigError:
-    return ConfigError(f"{name}={value!r} is not valid; accepted: {accepted}")
+def row(field_name: str) -> Row:
+    """The declaration of one :class:`Settings` field (``sla.Objectives`` reuses its checks)."""
+    for name, found in rows(Settings):
+        if name == field_name:
+            return found
+    raise KeyError(field_name)
 
 
-def _bool(name: str, raw: str) -> bool:
-    low = raw.lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise _bad(name, raw, "true or false")
+# --- variables that are not a field of their own --------------------------------------------
+
+_CREDENTIALS = "user:password, user without ':', both non-empty"
+_MAX_SECRET_FILE = 64 * 1024
+_TLS_ACCEPTED = "a PEM certificate (chain) and its unencrypted PEM private key, both readable files"
+
+#: Variables read by hand (not one field each): (name, default, accepted, doc).
+EXTRA_VARS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "BITNET_OBS_BASIC_AUTH",
+        "(none: no authentication)",
+        "`user:password`, user without `:`, both non-empty",
+        "Require HTTP basic auth on `/metrics`, `/` and `/health` (compared in constant time). "
+        "`/health/live` and `/health/ready` answer probes without it, status only.",
+    ),
+    (
+        "BITNET_OBS_BASIC_AUTH_FILE",
+        "(none)",
+        "path of a readable file whose first line is `user:password`",
+        "`BITNET_OBS_BASIC_AUTH` read from a file (e.g. a mounted secret); set one of the two.",
+    ),
+)
 
 
-def _number(name: str, raw: str, accepted: str, lo: float, hi: float, lo_open: bool) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _bad(name, raw, accepted) from None
-    if math.isnan(value) or value > hi or value < lo or (lo_open and value == lo):
-        raise _bad(name, raw, accepted)
+def env_rows() -> list[tuple[str, str, str, str]]:
+    """(variable, default, accepted, doc) of every variable, in documentation order."""
+    out: list[tuple[str, str, str, str]] = []
+    for _, r in rows(Settings):
+        if r.env is None:
+            continue
+        out.append((r.env, r.default_doc, _env_accepted(r.parser), r.doc))
+        if r.env == "OTEL_TRACES_EXPORTER":  # the OTLP family follows the exporter choice
+            for _, o in rows(OTLPSettings):
+                base = f"OTEL_EXPORTER_OTLP_{o.env}"
+                note = (
+                    f"Per-signal variants `OTEL_EXPORTER_OTLP_METRICS_{o.env}` and "
+                    f"`OTEL_EXPORTER_OTLP_TRACES_{o.env}` win."
+                )
+                accepted = _env_accepted(o.parser)
+                out.append((base, o.default_doc, accepted, f"{o.doc} {note}"))
+                for signal in ("METRICS", "TRACES"):
+                    name = f"OTEL_EXPORTER_OTLP_{signal}_{o.env}"
+                    out.append((name, f"`{base}`", accepted, f"{o.doc} ({signal.lower()})"))
+    out.extend(EXTRA_VARS)
+    return out
+
+
+def _env_accepted(parser: Parser[Any]) -> str:
+    return str(getattr(parser, "env_accepted", parser.accepted))
+
+
+def env_names() -> tuple[str, ...]:
+    """Every variable bitnet-obs reads, in documentation order."""
+    return tuple(name for name, *_ in env_rows())
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The known variables that are set (and not blank), by name."""
+    source = os.environ if environ is None else environ
+    found: dict[str, str] = {}
+    for name in env_names():
+        value = source.get(name)
+        if value is not None and value.strip() != "":
+            found[name] = value
+    return found
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def _otlp(env: Mapping[str, str], signal: str) -> OTLPSettings:
+    values: dict[str, Any] = {}
+    specific_endpoint = False
+    for name, r in rows(OTLPSettings):
+        for var in (f"OTEL_EXPORTER_OTLP_{signal}_{r.env}", f"OTEL_EXPORTER_OTLP_{r.env}"):
+            if var in env:
+                values[name] = r.parser.parse(var, env[var])
+                if name == "endpoint":
+                    specific_endpoint = var.startswith(f"OTEL_EXPORTER_OTLP_{signal}_")
+                break
+    protocol = values.get("protocol", "http/protobuf")
+    if "endpoint" not in values:
+        port = 4317 if protocol == "grpc" else 4318
+        values["endpoint"] = f"http://localhost:{port}"
+    if protocol == "http/protobuf" and not specific_endpoint:
+        values["endpoint"] = values["endpoint"].rstrip("/") + "/v1/" + signal.lower()
+    return OTLPSettings(endpoint_is_signal_specific=specific_endpoint, **values)
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse and validate every known variable; raise ConfigError on the first bad one."""
+    env = read_env(environ)
+    values: dict[str, Any] = {}
+    for name, r in rows(Settings):
+        if r.env is not None and r.env in env:
+            values[name] = r.parser.parse(r.env, env[r.env])
+    if any(k.startswith("OTEL_EXPORTER_OTLP") and k.endswith("ENDPOINT") for k in env):
+        values.setdefault("metrics_exporters", ("otlp",))
+        values.setdefault("traces_exporters", ("otlp",))
+    values["otlp_metrics"] = _otlp(env, "METRICS")
+    values["otlp_traces"] = _otlp(env, "TRACES")
+    values.update(_credentials_from_env(env))
+    return _checked(Settings(**values))
+
+
+def with_overrides(base: Settings, overrides: Mapping[str, Any]) -> Settings:
+    """Apply ``configure(**overrides)`` with exactly the checks env values get."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown configure() keyword(s) {', '.join(unknown)}; accepted: "
+            + ", ".join(sorted(known))
+        )
+    declared = dict(rows(Settings))
+    values: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name in declared:
+            values[name] = declared[name].parser.check(name, value)
+        elif name in ("otlp_metrics", "otlp_traces"):
+            values[name] = _check_otlp(name, value)
+        else:
+            values[name] = value
+    return _checked(dataclasses.replace(base, **values))
+
+
+def _check_otlp(name: str, value: object) -> OTLPSettings:
+    if not isinstance(value, OTLPSettings):
+        raise _bad(name, value, "an OTLPSettings")
+    for field_name, r in rows(OTLPSettings):
+        r.parser.check(f"{name}.{field_name}", getattr(value, field_name))
     return value
 
 
-def _positive_ms(name: str, raw: str) -> float:
-    return _number(name, raw, "a positive number of milliseconds", 0.0, math.inf, True)
-
-
-def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    low = raw.strip().lower()
-    if low not in choices:
-        raise _bad(name, raw, ", ".join(choices))
-    return low
-
-
-def _exporter_list(name: str, raw: str, choices: tuple[str, ...]) -> tuple[str, ...]:
-    items = [item.strip().lower() for item in raw.split(",") if item.strip()]
-    if not items:
-        raise _bad(name, raw, "a comma list of " + ", ".join(choices))
-    for item in items:
-        if item not in choices:
-            raise ConfigError(
-                f"{name}={raw!r}: unknown exporter {item!r}; accepted: comma list of "
-                + ", ".join(choices)
-            )
-    if "none" in items:
-        if len(items) > 1:
-            raise ConfigError(f"{name}={raw!r}: 'none' cannot be combined with other exporters")
-        return ()
-    return tuple(dict.fromkeys(items))
-
-
-def _key_values(name: str, raw: str) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for item in raw.split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise _bad(name, raw, "key=value pairs separated by ','")
-        result[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
-    return result
-
-
-def _url(name: str, raw: str) -> str:
+def _check_degenerate(settings: Settings) -> None:
+    """The thresholds' own cross-checks (cycle span above the max period, min tokens within
+    the window, no run of 1), named by variable; skipped when every one is its default."""
+    names = [f"degenerate_{name}" for name in DEGENERATE_FIELDS]
+    declared = {f.name: f.default for f in dataclasses.fields(Settings)}
+    if all(getattr(settings, n) == declared[n] for n in names):
+        return
     try:
-        parsed = urllib.parse.urlparse(raw)
-        hostname = parsed.hostname
-    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 literal
-        raise _bad(name, raw, "an http:// or https:// URL with a valid host") from None
-    if parsed.scheme not in ("http", "https") or not hostname:
-        raise _bad(name, raw, "an http:// or https:// URL with a host, e.g. http://localhost:4318")
-    try:
-        parsed.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise _bad(name, raw, "an http:// or https:// URL with a valid port") from None
-    return raw
+        settings.degenerate_thresholds  # noqa: B018 - built (and cached) for its checks
+    except ConfigError as exc:
+        message = str(exc)
+        for name in DEGENERATE_FIELDS:
+            var = row(f"degenerate_{name}").env
+            message = message.replace(f" {name}=", f" {var} (degenerate_{name})=")
+        raise ConfigError(message) from None
 
 
-def _port(name: str, raw: str) -> int:
-    try:
-        port = int(raw)
-    except ValueError:
-        raise _bad(name, raw, "an integer 0-65535") from None
-    if not 0 <= port <= 65535:
-        raise _bad(name, raw, "an integer 0-65535")
-    return port
+def _checked(settings: Settings) -> Settings:
+    """Cross-field checks shared by env and overrides."""
+    _check_security(settings)
+    _check_degenerate(settings)
+    if "prometheus" in settings.metrics_exporters and settings.server == "off":
+        raise ConfigError(
+            "BITNET_OBS_SERVER='off' but the prometheus exporter needs the HTTP server; "
+            "accepted: BITNET_OBS_SERVER=auto or on, or another OTEL_METRICS_EXPORTER"
+        )
+    return settings
 
 
-_MAX_SECRET_FILE = 64 * 1024
-_CREDENTIALS = "user:password, user without ':', both non-empty"
-_TLS_ACCEPTED = "a PEM certificate (chain) and its unencrypted PEM private key, both readable files"
+# --- TLS files and credentials --------------------------------------------------------------
 
 
 def _read_regular_file(name: str, path: str, accepted: str, limit: int) -> bytes:
@@ -226,6 +923,20 @@ def _credentials_file(name: str, path: str) -> tuple[str, str]:
     return _credentials(name, first, shown=f"{path!r} (content not shown)")
 
 
+def _credentials_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    inline, path = env.get("BITNET_OBS_BASIC_AUTH"), env.get("BITNET_OBS_BASIC_AUTH_FILE")
+    if inline is not None and path is not None:
+        raise ConfigError(
+            f"BITNET_OBS_BASIC_AUTH and BITNET_OBS_BASIC_AUTH_FILE={path!r} are both set; "
+            "accepted: one of the two"
+        )
+    if inline is not None:
+        return {"basic_auth": _credentials("BITNET_OBS_BASIC_AUTH", inline.strip())}
+    if path is not None:
+        return {"basic_auth": _credentials_file("BITNET_OBS_BASIC_AUTH_FILE", path.strip())}
+    return {}
+
+
 def _no_password() -> bytes:
     return b""  # an encrypted key then fails to load instead of prompting on a terminal
 
@@ -246,317 +957,17 @@ def check_tls_files(cert: str, key: str | None, cert_name: str, key_name: str) -
         ) from None
 
 
-def _security(env: Mapping[str, str]) -> dict[str, Any]:
-    """TLS files and basic-auth credentials of the HTTP server."""
-    values: dict[str, Any] = {}
-    cert, key = env.get("BITNET_OBS_TLS_CERT_FILE"), env.get("BITNET_OBS_TLS_KEY_FILE")
+def _check_security(settings: Settings) -> None:
+    """TLS files and ``basic_auth=(user, password)``, from env or keywords alike."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
     if key is not None and cert is None:
         raise ConfigError(
-            f"BITNET_OBS_TLS_KEY_FILE={key!r} is set without BITNET_OBS_TLS_CERT_FILE; "
-            "accepted: both, or the certificate file alone when it also holds the key"
+            f"BITNET_OBS_TLS_KEY_FILE (tls_key_file)={key!r} is set without "
+            "BITNET_OBS_TLS_CERT_FILE; accepted: both, or the certificate file alone when it "
+            "also holds the key"
         )
     if cert is not None:
         check_tls_files(cert, key, "BITNET_OBS_TLS_CERT_FILE", "BITNET_OBS_TLS_KEY_FILE")
-        values["tls_cert_file"], values["tls_key_file"] = cert, key
-    inline, path = env.get("BITNET_OBS_BASIC_AUTH"), env.get("BITNET_OBS_BASIC_AUTH_FILE")
-    if inline is not None and path is not None:
-        raise ConfigError(
-            f"BITNET_OBS_BASIC_AUTH and BITNET_OBS_BASIC_AUTH_FILE={path!r} are both set; "
-            "accepted: one of the two"
-        )
-    if inline is not None:
-        values["basic_auth"] = _credentials("BITNET_OBS_BASIC_AUTH", inline)
-    elif path is not None:
-        values["basic_auth"] = _credentials_file("BITNET_OBS_BASIC_AUTH_FILE", path)
-    return values
-
-
-def _otlp(env: Mapping[str, str], signal: str) -> OTLPSettings:
-    def pick(suffix: str) -> tuple[str, str] | None:
-        for key in (f"OTEL_EXPORTER_OTLP_{signal}_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}"):
-            if key in env:
-                return key, env[key]
-        return None
-
-    protocol = "http/protobuf"
-    if (found := pick("PROTOCOL")) is not None:
-        protocol = _choice(found[0], found[1], PROTOCOLS)
-    specific = f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
-    path = "/v1/" + signal.lower()
-    if specific in env:
-        endpoint, is_specific = _url(specific, env[specific]), True
-    elif "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
-        endpoint = _url("OTEL_EXPORTER_OTLP_ENDPOINT", env["OTEL_EXPORTER_OTLP_ENDPOINT"])
-        is_specific = False
-    else:
-        port = 4317 if protocol == "grpc" else 4318
-        endpoint, is_specific = f"http://localhost:{port}", False
-    if protocol == "http/protobuf" and not is_specific:
-        endpoint = endpoint.rstrip("/") + path
-    headers: dict[str, str] = {}
-    if (found := pick("HEADERS")) is not None:
-        headers = _key_values(*found)
-    timeout_s = 10.0
-    if (found := pick("TIMEOUT")) is not None:
-        timeout_s = _positive_ms(*found) / 1000.0
-    compression = "none"
-    if (found := pick("COMPRESSION")) is not None:
-        compression = _choice(found[0], found[1], COMPRESSIONS)
-    return OTLPSettings(protocol, endpoint, is_specific, headers, timeout_s, compression)
-
-
-def from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """Parse and validate every known variable; raise ConfigError on the first bad one."""
-    env = _env.read(environ)
-    endpoint_set = any(
-        key in env
-        for key in (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        )
-    )
-    values: dict[str, Any] = {}
-    if "OTEL_SDK_DISABLED" in env:
-        values["sdk_disabled"] = _bool("OTEL_SDK_DISABLED", env["OTEL_SDK_DISABLED"])
-    if "OTEL_SERVICE_NAME" in env:
-        values["service_name"] = env["OTEL_SERVICE_NAME"]
-    if "OTEL_RESOURCE_ATTRIBUTES" in env:
-        values["resource_attributes"] = _key_values(
-            "OTEL_RESOURCE_ATTRIBUTES", env["OTEL_RESOURCE_ATTRIBUTES"]
-        )
-    if "OTEL_METRICS_EXPORTER" in env:
-        values["metrics_exporters"] = _exporter_list(
-            "OTEL_METRICS_EXPORTER", env["OTEL_METRICS_EXPORTER"], METRIC_EXPORTERS
-        )
-    elif endpoint_set:
-        values["metrics_exporters"] = ("otlp",)
-    if "OTEL_TRACES_EXPORTER" in env:
-        values["traces_exporters"] = _exporter_list(
-            "OTEL_TRACES_EXPORTER", env["OTEL_TRACES_EXPORTER"], TRACE_EXPORTERS
-        )
-    elif endpoint_set:
-        values["traces_exporters"] = ("otlp",)
-    values["otlp_metrics"] = _otlp(env, "METRICS")
-    values["otlp_traces"] = _otlp(env, "TRACES")
-    if "OTEL_EXPORTER_PROMETHEUS_HOST" in env:
-        values["prometheus_host"] = env["OTEL_EXPORTER_PROMETHEUS_HOST"]
-    if "OTEL_EXPORTER_PROMETHEUS_PORT" in env:
-        values["prometheus_port"] = _port(
-            "OTEL_EXPORTER_PROMETHEUS_PORT", env["OTEL_EXPORTER_PROMETHEUS_PORT"]
-        )
-    for var, key in (
-        ("OTEL_METRIC_EXPORT_INTERVAL", "metric_export_interval_ms"),
-        ("OTEL_METRIC_EXPORT_TIMEOUT", "metric_export_timeout_ms"),
-    ):
-        if var in env:
-            values[key] = _positive_ms(var, env[var])
-    if "OTEL_TRACES_SAMPLER" in env:
-        values["traces_sampler"] = _choice(
-            "OTEL_TRACES_SAMPLER", env["OTEL_TRACES_SAMPLER"], SAMPLERS
-        )
-    if "OTEL_TRACES_SAMPLER_ARG" in env:
-        values["traces_sampler_arg"] = _number(
-            "OTEL_TRACES_SAMPLER_ARG",
-            env["OTEL_TRACES_SAMPLER_ARG"],
-            "a number in [0, 1]",
-            0.0,
-            1.0,
-            False,
-        )
-    if "BITNET_OBS_SERVER" in env:
-        values["server"] = _choice("BITNET_OBS_SERVER", env["BITNET_OBS_SERVER"], SERVER_MODES)
-    if "BITNET_OBS_CAPTURE_CONTENT" in env:
-        values["capture_content"] = _bool(
-            "BITNET_OBS_CAPTURE_CONTENT", env["BITNET_OBS_CAPTURE_CONTENT"]
-        )
-    if "BITNET_OBS_CARDINALITY_LIMIT" in env:
-        raw = env["BITNET_OBS_CARDINALITY_LIMIT"]
-        if not raw.isdigit() or int(raw) < 1:
-            raise _bad("BITNET_OBS_CARDINALITY_LIMIT", raw, "an integer >= 1")
-        values["cardinality_limit"] = int(raw)
-    if "BITNET_OBS_QUANT_SAMPLE_RATE" in env:
-        values["quant_sample_rate"] = _number(
-            "BITNET_OBS_QUANT_SAMPLE_RATE",
-            env["BITNET_OBS_QUANT_SAMPLE_RATE"],
-            "a number in [0, 1]",
-            0.0,
-            1.0,
-            False,
-        )
-    if "BITNET_OBS_QUANT_BUDGET" in env:
-        values["quant_budget"] = _number(
-            "BITNET_OBS_QUANT_BUDGET",
-            env["BITNET_OBS_QUANT_BUDGET"],
-            "a number in (0, 1]",
-            0.0,
-            1.0,
-            True,
-        )
-    if "BITNET_OBS_SHUTDOWN_TIMEOUT" in env:
-        values["shutdown_timeout_s"] = _number(
-            "BITNET_OBS_SHUTDOWN_TIMEOUT",
-            env["BITNET_OBS_SHUTDOWN_TIMEOUT"],
-            "a positive number of seconds",
-            0.0,
-            math.inf,
-            True,
-        )
-    values.update(_security(env))
-    values.update(_devices_and_sla(env))
-    return _checked(Settings(**values))
-
-
-def _devices_and_sla(env: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    if "BITNET_OBS_DEVICE_METRICS" in env:
-        raw = env["BITNET_OBS_DEVICE_METRICS"]
-        accepted = "a comma list of " + ", ".join(DEVICE_GROUPS) + ", or none"
-        items = [item.strip().lower() for item in raw.split(",") if item.strip()]
-        if not items or any(i not in (*DEVICE_GROUPS, "none") for i in items):
-            raise _bad("BITNET_OBS_DEVICE_METRICS", raw, accepted)
-        if "none" in items and len(items) > 1:
-            raise _bad("BITNET_OBS_DEVICE_METRICS", raw, accepted + " (alone)")
-        values["device_metrics"] = tuple(g for g in DEVICE_GROUPS if g in items)
-    seconds = "a positive number of seconds"
-    for var, key, accepted, lo, hi, lo_open in (
-        ("BITNET_OBS_SLA_LATENCY", "sla_latency_s", seconds, 0.0, math.inf, True),
-        ("BITNET_OBS_SLA_TTFT", "sla_ttft_s", seconds, 0.0, math.inf, True),
-        ("BITNET_OBS_SLA_MIN_TOKENS_PER_SECOND", "sla_min_tokens_per_s", "a positive number",
-         0.0, math.inf, True),
-        ("BITNET_OBS_SLA_ERROR_RATE", "sla_max_error_rate", "a number in [0, 1]", 0.0, 1.0, False),
-        ("BITNET_OBS_SLA_PERCENTILE", "sla_percentile", "a number in (0, 100]", 0.0, 100.0, True),
-        ("BITNET_OBS_SLA_WINDOW_SECONDS", "sla_window_s", seconds, 0.0, math.inf, True),
-    ):  # fmt: skip
-        if var in env:
-            values[key] = _number(var, env[var], accepted, lo, hi, lo_open)
-    if "BITNET_OBS_SLA_WINDOW" in env:
-        raw = env["BITNET_OBS_SLA_WINDOW"]
-        if not raw.isdigit() or int(raw) < 1:
-            raise _bad("BITNET_OBS_SLA_WINDOW", raw, "an integer >= 1")
-        values["sla_window"] = int(raw)
-    return values
-
-
-def with_overrides(base: Settings, overrides: Mapping[str, Any]) -> Settings:
-    """Apply ``configure(**overrides)``; unknown keywords and wrong values raise ConfigError."""
-    known = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown configure() keyword(s) {', '.join(unknown)}; accepted: "
-            + ", ".join(sorted(known))
-        )
-    values = dict(overrides)
-    for key in ("metrics_exporters", "traces_exporters"):
-        if key in values:
-            items = _str_items(key, values[key], "a name or a list of names")
-            choices = METRIC_EXPORTERS if key == "metrics_exporters" else TRACE_EXPORTERS
-            values[key] = _exporter_list(key, ",".join(items) or "none", choices)
-    if "device_metrics" in values and not isinstance(values["device_metrics"], tuple):
-        raw = values["device_metrics"]
-        accepted = "a comma list or a list of " + ", ".join(DEVICE_GROUPS)
-        groups = (
-            raw.split(",") if isinstance(raw, str) else _str_items("device_metrics", raw, accepted)
-        )
-        values["device_metrics"] = tuple(g.strip() for g in groups if g.strip() not in ("", "none"))
-    return _checked(dataclasses.replace(base, **values))
-
-
-def _str_items(name: str, raw: object, accepted: str) -> tuple[str, ...]:
-    if isinstance(raw, str):
-        return (raw,)
-    if isinstance(raw, (list, tuple, set, frozenset)) and all(isinstance(x, str) for x in raw):
-        return tuple(raw)
-    raise _bad(name, raw, accepted)
-
-
-def _checked(settings: Settings) -> Settings:
-    """Cross-field and type checks shared by env and overrides."""
-    checks: list[tuple[str, bool, str]] = [
-        (
-            "service_name",
-            settings.service_name is None or isinstance(settings.service_name, str),
-            "a str or None",
-        ),
-        (
-            "resource_attributes",
-            _attribute_map(settings.resource_attributes),
-            "a mapping of str to str, bool, int or float",
-        ),
-        ("otlp_metrics", isinstance(settings.otlp_metrics, OTLPSettings), "OTLPSettings"),
-        ("otlp_traces", isinstance(settings.otlp_traces, OTLPSettings), "OTLPSettings"),
-        (
-            "metrics_exporters",
-            _names_in(settings.metrics_exporters, METRIC_EXPORTERS),
-            "a tuple of " + ", ".join(METRIC_EXPORTERS[:-1]),
-        ),
-        (
-            "traces_exporters",
-            _names_in(settings.traces_exporters, TRACE_EXPORTERS),
-            "a tuple of " + ", ".join(TRACE_EXPORTERS[:-1]),
-        ),
-        ("prometheus_port", _is_int(settings.prometheus_port, 0, 65535), "an integer 0-65535"),
-        ("cardinality_limit", _is_int(settings.cardinality_limit, 1, 2**31), "an integer >= 1"),
-        ("server", settings.server in SERVER_MODES, ", ".join(SERVER_MODES)),
-        ("traces_sampler", settings.traces_sampler in SAMPLERS, ", ".join(SAMPLERS)),
-        ("traces_sampler_arg", _in(settings.traces_sampler_arg, 0, 1), "a number in [0, 1]"),
-        ("quant_sample_rate", _in(settings.quant_sample_rate, 0, 1), "a number in [0, 1]"),
-        ("quant_budget", _in(settings.quant_budget, 1e-12, 1), "a number in (0, 1]"),
-        ("shutdown_timeout_s", _in(settings.shutdown_timeout_s, 1e-9, math.inf), "seconds > 0"),
-        (
-            "metric_export_interval_ms",
-            _in(settings.metric_export_interval_ms, 1e-9, math.inf),
-            "milliseconds > 0",
-        ),
-        (
-            "metric_export_timeout_ms",
-            _in(settings.metric_export_timeout_ms, 1e-9, math.inf),
-            "milliseconds > 0",
-        ),
-        ("prometheus_host", isinstance(settings.prometheus_host, str), "a host name or IP"),
-        ("capture_content", isinstance(settings.capture_content, bool), "True or False"),
-        ("sdk_disabled", isinstance(settings.sdk_disabled, bool), "True or False"),
-        (
-            "device_metrics",
-            isinstance(settings.device_metrics, tuple)
-            and all(g in DEVICE_GROUPS for g in settings.device_metrics),
-            "a tuple of " + ", ".join(DEVICE_GROUPS),
-        ),
-        ("sla_latency_s", _optional(settings.sla_latency_s, 1e-12, math.inf), "seconds > 0"),
-        ("sla_ttft_s", _optional(settings.sla_ttft_s, 1e-12, math.inf), "seconds > 0"),
-        (
-            "sla_min_tokens_per_s",
-            _optional(settings.sla_min_tokens_per_s, 1e-12, math.inf),
-            "a number > 0",
-        ),
-        ("sla_max_error_rate", _optional(settings.sla_max_error_rate, 0, 1), "a number in [0, 1]"),
-        ("sla_percentile", _in(settings.sla_percentile, 1e-12, 100), "a number in (0, 100]"),
-        ("sla_window", _is_int(settings.sla_window, 1, 2**31), "an integer >= 1"),
-        ("sla_window_s", _in(settings.sla_window_s, 1e-12, math.inf), "seconds > 0"),
-    ]
-    for name, ok, accepted in checks:
-        if not ok:
-            raise _bad(name, getattr(settings, name), accepted)
-    _check_security(settings)
-    if "prometheus" in settings.metrics_exporters and settings.server == "off":
-        raise ConfigError(
-            "BITNET_OBS_SERVER='off' but the prometheus exporter needs the HTTP server; "
-            "accepted: BITNET_OBS_SERVER=auto or on, or another OTEL_METRICS_EXPORTER"
-        )
-    return settings
-
-
-def _check_security(settings: Settings) -> None:
-    """``configure(tls_cert_file=..., basic_auth=(user, password))`` as strictly as the env."""
-    cert, key = settings.tls_cert_file, settings.tls_key_file
-    for name, value in (("tls_cert_file", cert), ("tls_key_file", key)):
-        if value is not None and not isinstance(value, str):
-            raise _bad(name, value, "a file path (str) or None")
-    if key is not None and cert is None:
-        raise _bad("tls_key_file", key, "a key file together with tls_cert_file")
-    if cert is not None:
-        check_tls_files(cert, key, "tls_cert_file", "tls_key_file")
     auth = settings.basic_auth
     if auth is not None:
         if not (
@@ -570,28 +981,53 @@ def _check_security(settings: Settings) -> None:
         _credentials("basic_auth", f"{user}:{password}", shown="(<not shown>)")
 
 
-def _attribute_map(value: object) -> bool:
-    return isinstance(value, Mapping) and all(
-        isinstance(k, str) and isinstance(v, (str, bool, int, float)) for k, v in value.items()
-    )
+# --- the settings in force ------------------------------------------------------------------
+
+_lock = threading.Lock()
+_in_force: Settings | None = None
+_from_env: Settings | None = None
 
 
-def _names_in(value: object, choices: tuple[str, ...]) -> bool:
-    return isinstance(value, tuple) and all(isinstance(v, str) and v in choices for v in value)
+def current() -> Settings:
+    """The settings in force: ``configure()``'s, else the environment's (parsed once; a bad
+    variable is counted as an internal error and the defaults are used)."""
+    settings = _in_force
+    if settings is not None:
+        return settings
+    global _from_env
+    with _lock:
+        if _from_env is None:
+            try:
+                _from_env = from_env()
+            except ConfigError as exc:
+                internal_error("config", exc)
+                _from_env = Settings()
+        return _from_env
 
 
-def _is_int(value: object, lo: int, hi: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+def in_force() -> Settings | None:
+    """What :func:`use` put in force (None: the environment's settings apply)."""
+    return _in_force
 
 
-def _optional(value: object, lo: float, hi: float) -> bool:
-    return value is None or _in(value, lo, hi)
+def use(settings: Settings | None) -> None:
+    """Put these settings in force (``configure()``, testing helpers); None: the environment's."""
+    global _in_force
+    _in_force = settings
 
 
-def _in(value: object, lo: float, hi: float) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and not math.isnan(value)
-        and lo <= value <= hi
-    )
+@_state.on_reset(phase=_state.CLEAR)
+def _reset() -> None:
+    global _in_force, _from_env
+    _in_force = _from_env = None
+
+
+@_state.on_fork
+def _reinit_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+def keyword_names() -> Sequence[str]:
+    """The ``configure()`` keywords."""
+    return tuple(f.name for f in dataclasses.fields(Settings))

@@ -4,23 +4,31 @@ public API, so every number on ``/metrics`` comes from real work.
 The "model" is a stack of ternary-weight layers run with int8 activations through the same
 I2_S kernel emulation that ``bitnet_obs.quant`` checks; tokens are generated greedily and
 streamed. Some requests hit a simulated GPU out-of-memory error and fall back to the CPU path.
+
+A cross-validation canary checks the served I2_S kernel every 10 s against golden outputs
+recorded at start from the float64 quantized reference, and times it against the TL2 kernel;
+``--inject-fault sign|constant`` breaks the I2_S kernel ``--fault-after`` seconds after the
+canary's first run, so the failing canary, the 503 on ``/health/ready`` and the alerts can be
+watched.
 """
 
 from __future__ import annotations
 
 import random
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 import bitnet_obs
-from bitnet_obs import quant, sla
-from bitnet_obs._instruments import TALLIES
+from bitnet_obs import crossval, quant, runtime, sla
+from bitnet_obs._instruments import FALLBACKS, REQUESTS, TOKENS
 
 MODEL = "bitnet-demo-tiny"
 
@@ -46,6 +54,7 @@ class TinyBitNet:
     codes: list[np.ndarray] = field(init=False, repr=False)
     scales: list[float] = field(init=False, repr=False)
     head: np.ndarray = field(init=False, repr=False)
+    fault: str | None = field(default=None, init=False)  # "sign" or "constant": a broken I2_S
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
@@ -72,6 +81,8 @@ class TinyBitNet:
         x: npt.NDArray[np.float32] = self.embed[token][None, :]
         for i, (codes, scale) in enumerate(zip(self.codes, self.scales, strict=True)):
             y = quant.matmul(x, codes, scale, format=fmt)
+            if self.fault == "sign" and fmt == "i2_s":
+                y = -y  # a kernel with a flipped sign
             if check:
                 self._check_layer(i, x, y)
             h = np.maximum(y, 0.0) + 0.1 * x  # ReLU with a residual, keeps activations alive
@@ -104,8 +115,80 @@ class TinyBitNet:
             name, lambda: x.astype(np.float64) @ self.weights[i].T, y, reference_kind="fp32"
         )
 
+    def logits(self, token: int, fmt: str = "i2_s", check: bool = False) -> npt.NDArray[np.float32]:
+        out: npt.NDArray[np.float32] = (self.hidden_state(token, fmt, check) @ self.head)[0]
+        if self.fault == "constant" and fmt == "i2_s":  # a kernel that answers "!!!!"
+            out = np.full_like(out, -10.0)
+            out[0] = 10.0
+        return out
+
+    def reference_logits(self, token: int) -> npt.NDArray[np.float64]:
+        """The quantized model's math in float64 (the trusted, unoptimized reference)."""
+        x: npt.NDArray[np.float32] = self.embed[token][None, :]
+        for codes, scale in zip(self.codes, self.scales, strict=True):
+            q, sx = quant.quantize_activations(x)
+            y = (q.astype(np.float64) / sx[:, None]) @ (codes.astype(np.float64) * scale).T
+            h = np.maximum(y, 0.0) + 0.1 * x
+            x = (h / (np.sqrt(np.mean(h * h)) + 1e-6)).astype(np.float32)
+        out: npt.NDArray[np.float64] = (x.astype(np.float64) @ self.head)[0]
+        return out
+
     def next_token(self, token: int, fmt: str = "i2_s", check: bool = False) -> int:
-        return int(np.argmax(self.hidden_state(token, fmt, check) @ self.head))
+        return int(np.argmax(self.logits(token, fmt, check)))
+
+
+# --- the cross-validation canary ----------------------------------------------------------
+
+CANARY_PROMPTS = [[1, 2, 3], [17, 99], [256, 7, 300], [511]]
+FAULTS = ("sign", "constant")
+
+
+def _greedy(step: Callable[[int], np.ndarray]) -> crossval.Implementation:
+    """An implementation for crossval: greedy decoding from the prompt's last token."""
+
+    def generate(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
+        token, ids, steps = prompt_ids[-1], [], []
+        for _ in range(max_new_tokens):
+            logits = step(token)
+            token = int(np.argmax(logits))
+            ids.append(token)
+            steps.append(logits)
+        return ids, np.stack(steps)
+
+    return generate
+
+
+def _start_canary(model: TinyBitNet, workdir: Path) -> crossval.Canary:
+    golden = crossval.record(
+        _greedy(model.reference_logits),
+        CANARY_PROMPTS,
+        workdir / "golden.npz",
+        max_new_tokens=16,
+        logits_steps=4,
+        model=MODEL,
+        quant_format="i2_s",
+        created_by="bitnet-obs demo",
+    )
+    return crossval.Canary(
+        _greedy(model.logits),
+        golden,
+        reference=_greedy(lambda token: model.logits(token, "tl2")),
+        interval_s=10.0,
+        budget_s=5.0,
+    ).start()
+
+
+def _inject_later(
+    model: TinyBitNet, canary: crossval.Canary, fault: str, after: float, stop: threading.Event
+) -> None:
+    """Break the served kernel ``after`` seconds after the canary's first run (so a pass is
+    always seen first)."""
+    while canary.runs == 0:
+        if stop.wait(0.1):
+            return
+    if not stop.wait(after):
+        model.fault = fault
+        print(f"\ninjected fault: {fault} (the served I2_S kernel is now broken)", flush=True)
 
 
 @bitnet_obs.monitored_inference(model=MODEL, operation="text_completion", device="cuda:0")
@@ -227,9 +310,9 @@ def _prompt(rng: random.Random, model: TinyBitNet) -> list[int]:
     return head + [rng.randrange(model.vocab) for _ in range(rng.randint(1, 20))]
 
 
-def _summary(stats: _Stats, started: float) -> str:
-    requests = TALLIES["bitnet.inference.requests"]
-    tokens = TALLIES["bitnet.inference.tokens"].value(**{"gen_ai.token.type": "output"})
+def _summary(stats: _Stats, started: float, canary: crossval.Canary | None = None) -> str:
+    requests = REQUESTS
+    tokens = TOKENS.value(**{"gen_ai.token.type": "output"})
     elapsed = max(time.monotonic() - started, 1e-9)
     return (
         f"requests {requests.value():6d} "
@@ -237,8 +320,16 @@ def _summary(stats: _Stats, started: float) -> str:
         f"error {requests.value(**{'bitnet.outcome': 'error'})}, "
         f"cancelled {requests.value(**{'bitnet.outcome': 'cancelled'})}) | "
         f"{tokens / elapsed:7.1f} tok/s | p50 {stats.p50() * 1000:6.1f} ms | "
-        f"fallbacks {TALLIES['bitnet.device.fallbacks'].value()} | SLA {_sla_text()}"
+        f"fallbacks {FALLBACKS.value()} | SLA {_sla_text()}"
+        f"{_canary_text(canary)}"
     )
+
+
+def _canary_text(canary: crossval.Canary | None) -> str:
+    report = canary.last_report if canary is not None else None
+    if report is None:
+        return ""
+    return " | canary " + ("pass" if report.passed else "FAIL")
 
 
 def _sla_text() -> str:
@@ -248,7 +339,13 @@ def _sla_text() -> str:
     return f"{overall.compliance:.1%}"
 
 
-def run(duration: float | None, port: int | None, workers: int = 2) -> int:
+def run(
+    duration: float | None,
+    port: int | None,
+    workers: int = 2,
+    fault: str | None = None,
+    fault_after: float = 20.0,
+) -> int:
     try:
         telemetry = (
             bitnet_obs.configure() if port is None else bitnet_obs.configure(prometheus_port=port)
@@ -267,6 +364,14 @@ def run(duration: float | None, port: int | None, workers: int = 2) -> int:
         model = TinyBitNet()  # not ready until this block ends well
         load.add_tensors([*model.codes, model.embed, model.head])
         model.record_weights()
+    runtime.enable()
+    workdir = tempfile.TemporaryDirectory(prefix="bitnet-obs-demo-")
+    canary = _start_canary(model, Path(workdir.name))
+    stop = threading.Event()
+    if fault is not None:
+        threading.Thread(
+            target=_inject_later, args=(model, canary, fault, fault_after, stop), daemon=True
+        ).start()
     queue = bitnet_obs.RequestQueue("generate")
     cache = PrefixCache()
     bitnet_obs.observe_cache_usage("prefix", cache.nbytes)
@@ -282,8 +387,12 @@ def run(duration: float | None, port: int | None, workers: int = 2) -> int:
         f"  metrics exporters: {', '.join(telemetry.settings.metrics_exporters) or 'none'}; "
         f"traces: {', '.join(telemetry.settings.traces_exporters) or 'none'}"
     )
+    print(
+        f"  canary: {len(CANARY_PROMPTS)} golden cases from the float64 reference, "
+        f"checked every {canary.interval_s:g}s (reference timing: TL2)"
+        + (f"; fault {fault!r} {fault_after:g}s after its first run" if fault else "")
+    )
     print(f"  running {f'for {duration:g}s' if duration else 'until Ctrl-C'}", flush=True)
-    stop = threading.Event()
     stats = _Stats()
     threads = [
         threading.Thread(target=_worker, args=(model, queue, cache, stop, stats, i), daemon=True)
@@ -299,15 +408,17 @@ def run(duration: float | None, port: int | None, workers: int = 2) -> int:
             time.sleep(0.25)
             now = time.monotonic()
             if tty:
-                print("\r" + _summary(stats, started), end="", flush=True)
+                print("\r" + _summary(stats, started, canary), end="", flush=True)
             elif now - last_print >= 5:
-                print(_summary(stats, started), flush=True)
+                print(_summary(stats, started, canary), flush=True)
                 last_print = now
     except KeyboardInterrupt:
         print("\ninterrupted", flush=True)
     stop.set()
+    canary.stop()
     for thread in threads:
         thread.join(timeout=5)
-    print(("\n" if tty else "") + "final: " + _summary(stats, started), flush=True)
+    print(("\n" if tty else "") + "final: " + _summary(stats, started, canary), flush=True)
     bitnet_obs.shutdown()
+    workdir.cleanup()
     return 0

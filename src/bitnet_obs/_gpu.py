@@ -8,9 +8,14 @@ instrument). What can go wrong, and what happens:
   :meth:`NvmlSampler.status` says why. Never an exception.
 - NVML answers "not supported" (or "function not found", older drivers) for one field of one
   device: that field is skipped from then on; the others are reported.
-- any other NVML error while reading a device (e.g. ``GPU_IS_LOST``): that device is left out of
-  that collection entirely, and the error is counted in
-  ``bitnet.obs.internal_errors{bitnet.obs.error.kind="nvml"}``. It is tried again next time.
+- NVML says the GPU is gone (``NVML_ERROR_GPU_IS_LOST``: fallen off the bus or otherwise
+  inaccessible; ``NVML_ERROR_RESET_REQUIRED``: unusable until reset): that device is left out
+  of that collection entirely, the health check reports it failing, and the error is counted
+  in ``bitnet.obs.internal_errors{bitnet.obs.error.kind="nvml"}``. It is tried again next time.
+- any other error on one field (a timeout, ``UNKNOWN``, a permission, an exception that is not
+  NVML's): only that field is missing from that collection, counted the same way; the
+  device's other readings are reported, and the device is not failing. A transient error on
+  one reading must not blank a whole GPU's dashboard.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from bitnet_obs._selfmon import internal_error
 logger = logging.getLogger("bitnet_obs")
 
 SAMPLE_TTL_S = 0.5  # one NVML round serves every GPU instrument of one collection
-_NOT_SUPPORTED = 3
-_FUNCTION_NOT_FOUND = 13
+# NVML return codes (nvml.h, pynvml's NVML_ERROR_*)
+_SKIPPED_FOR_GOOD = frozenset({3, 13})  # NOT_SUPPORTED, FUNCTION_NOT_FOUND
+_DEVICE_LOST = frozenset({15, 16})  # GPU_IS_LOST, RESET_REQUIRED
 
 Point = tuple[float, dict[str, Any]]
 
@@ -70,8 +76,11 @@ def _import_pynvml() -> ModuleType:
 class NvmlSampler:
     """Initialises NVML once, caches handles, and reads every device at most once per TTL."""
 
-    def __init__(self, loader: Callable[[], ModuleType] = _import_pynvml) -> None:
+    def __init__(
+        self, loader: Callable[[], ModuleType] = _import_pynvml, ttl_s: float = SAMPLE_TTL_S
+    ) -> None:
         self._loader = loader
+        self._ttl_s = ttl_s
         self._lock = threading.Lock()
         self._nv: ModuleType | None = None
         self._devices: list[_Device] = []
@@ -145,7 +154,7 @@ class NvmlSampler:
             return []
         with self._lock:
             now = time.monotonic()
-            if now - self._sampled_at >= SAMPLE_TTL_S:
+            if now - self._sampled_at >= self._ttl_s:
                 self._sample = self._read_all()
                 self._sampled_at = now
             return self._sample.get(instrument, [])
@@ -182,6 +191,7 @@ class NvmlSampler:
     def _read_device(
         self, nv: ModuleType, device: _Device
     ) -> list[tuple[str, float, dict[str, Any]]] | None:
+        """The device's readings, or None when NVML says the device is gone."""
         out: list[tuple[str, float, dict[str, Any]]] = []
         for field_name, reader in _READERS:
             if field_name in device.unsupported:
@@ -189,12 +199,17 @@ class NvmlSampler:
             try:
                 out.extend(reader(nv, device.handle))
             except Exception as exc:
-                if _code(exc) in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+                # only NVML's own errors carry NVML's codes
+                code = _code(exc) if isinstance(exc, getattr(nv, "NVMLError", ())) else None
+                if code in _SKIPPED_FOR_GOOD:
                     device.unsupported.add(field_name)
                     continue
-                device.error = _describe(exc)
-                internal_error("nvml", exc, f"GPU {device.index} ({field_name}): {device.error}")
-                return None
+                detail = _describe(exc)
+                internal_error("nvml", exc, f"GPU {device.index} ({field_name}): {detail}")
+                if code in _DEVICE_LOST:
+                    device.error = detail
+                    return None
+                # only this field is missing from this collection; the others still count
         device.error = ""
         return out
 

@@ -10,7 +10,6 @@ Each factory returns a plain sync callable, so it can be registered again with o
 from __future__ import annotations
 
 import enum
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from bitnet_obs import _state
+from bitnet_obs._selfmon import EXPORTERS
 
 
 class HealthStatus(str, enum.Enum):
@@ -97,8 +99,6 @@ def exporters_check(unhealthy_after: int = 5, stale_after_s: float = 600.0) -> C
     last success. The Prometheus exporter is pulled, so it has nothing to report here."""
 
     def check() -> CheckResult:
-        from bitnet_obs._pipeline import EXPORTERS
-
         worst, parts = HEALTHY, []
         now = time.time()
         for name, state in sorted(EXPORTERS.items()):
@@ -197,9 +197,7 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+@_state.on_fork
 def _reinit_after_fork() -> None:
     global _model_lock
     _model_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reinit_after_fork)

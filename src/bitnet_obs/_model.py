@@ -13,6 +13,12 @@ re-raises the caller's exception unchanged::
     with bitnet_obs.monitor_model_load(model="m") as loading:
         weights = read_weights(path)
         loading.add_tensors(weights.values())
+
+``path=`` names the file (or checkpoint directory) the load reads: its format, stored types,
+size and content hash are recorded too (``bitnet.model.info``; see ``_provenance``)::
+
+    with bitnet_obs.monitor_model_load(model="m", path="ggml-model-i2_s.gguf"):
+        model = load_gguf("ggml-model-i2_s.gguf")
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
@@ -27,17 +34,17 @@ from typing import Any, TypeVar, cast
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from bitnet_obs import _instruments
-from bitnet_obs._config import ConfigError
-from bitnet_obs._inference import _DEVICE_RE, QUANT_FORMATS, _check_str, error_type
-from bitnet_obs._instruments import TALLIES
-from bitnet_obs._selfmon import internal_error
+from bitnet_obs import _instruments, _provenance, health
+from bitnet_obs._attributes import check_device, check_model, check_quant_format, error_type
+from bitnet_obs._errors import ConfigError
+from bitnet_obs._instruments import MODEL_LOAD_DURATION, MODEL_LOADED, MODEL_LOADS, MODEL_SIZE
+from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._tally import AttrValue, key_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_LOADS = TALLIES["bitnet.model.loads"]
-_LOADED = TALLIES["bitnet.model.loaded"]
+_LOADS = MODEL_LOADS
+_LOADED = MODEL_LOADED
 _current_load: contextvars.ContextVar[ModelLoad | None] = contextvars.ContextVar(
     "bitnet_obs_model_load", default=None
 )
@@ -73,12 +80,13 @@ class ModelLoad:
         self.start = time.perf_counter()
         self.span: trace.Span | None = None
         self.token: contextvars.Token[ModelLoad | None] | None = None
+        self.file = _provenance.begin(monitor.path, monitor.hash_content)
 
     def set_size(self, nbytes: int) -> None:
         if isinstance(nbytes, int) and not isinstance(nbytes, bool) and nbytes >= 0:
             self.size_bytes = nbytes
         else:
-            internal_error("bad_model_size", detail=f"set_size({nbytes!r})")
+            internal_error("bad_model_size", detail=f"set_size({describe(nbytes)})")
 
     def add_tensors(self, tensors: Iterable[Any]) -> None:
         """Add the bytes of these arrays (numpy, or anything with ``nbytes``)."""
@@ -106,13 +114,16 @@ class ModelLoadMonitor:
         device: str = "cpu",
         size_bytes: int | None = None,
         mark_ready: bool = True,
+        path: str | os.PathLike[str] | None = None,
+        hash_content: bool = True,
     ) -> None:
-        _check_str("model", model, r"^.{1,128}$", "a non-empty string of at most 128 chars")
-        if quant_format not in QUANT_FORMATS:
-            raise ConfigError(
-                f"quant_format={quant_format!r} is not valid; accepted: {QUANT_FORMATS}"
-            )
-        _check_str("device", device, _DEVICE_RE.pattern, "e.g. 'cpu', 'cuda:0', 'gpu'")
+        check_model(model)
+        check_quant_format(quant_format)
+        check_device(device)
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise ConfigError(f"path={path!r} is not valid; accepted: a str or os.PathLike")
+        self.path = path
+        self.hash_content = bool(hash_content)
         if size_bytes is not None and (
             not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes < 0
         ):
@@ -131,10 +142,8 @@ class ModelLoadMonitor:
             if self.mark_ready and _LOADED.value() <= 0:
                 # Nothing is loaded yet: not ready until this load succeeds. A process that
                 # already serves a model stays ready while it loads another one.
-                from bitnet_obs import health
-
                 health.mark_not_ready(f"loading model {self.attrs['gen_ai.request.model']}")
-            load.span = _instruments.active().tracer.start_span(
+            load.span = _instruments.tracer().start_span(
                 f"load_model {self.attrs['gen_ai.request.model']}", attributes=self.attrs
             )
         except Exception as exc:
@@ -158,37 +167,33 @@ class ModelLoadMonitor:
     def _finish(self, load: ModelLoad, exc: BaseException | None, result: Any = None) -> None:
         try:
             elapsed = time.perf_counter() - load.start
-            inst = _instruments.active().by_name
             model = str(self.attrs["gen_ai.request.model"])
             if exc is None:
                 if load.size_bytes is None and result is not None:
                     load.size_bytes = _nbytes(result)
-                inst["bitnet.model.load.duration"].record(elapsed, self.attrs)
+                MODEL_LOAD_DURATION.record(elapsed, self.attrs)
                 _LOADS.add(key_of(dict(self.attrs, **{"bitnet.outcome": "ok"})), 1)
                 _LOADED.add(key_of(self.attrs), 1)
                 if load.size_bytes is not None:
-                    inst["bitnet.model.size"].set(load.size_bytes, self.attrs)
+                    MODEL_SIZE.set(load.size_bytes, self.attrs)
                 if self.mark_ready:
-                    from bitnet_obs import health
-
                     health.mark_ready()
             else:
                 err = error_type(exc)
                 attrs = dict(self.attrs, **{"error.type": err})
-                inst["bitnet.model.load.duration"].record(elapsed, attrs)
+                MODEL_LOAD_DURATION.record(elapsed, attrs)
                 _LOADS.add(key_of(dict(attrs, **{"bitnet.outcome": "error"})), 1)
                 if self.mark_ready and _LOADED.value() <= 0:
                     # Nothing serves: not ready, with the reason. A failed hot-swap beside a
                     # model that serves keeps the process in rotation (the alert still fires).
-                    from bitnet_obs import health
-
                     health.mark_not_ready(f"model {model} failed to load: {err}")
             span = load.span
+            _provenance.finish(load.file, self.attrs, span, ok=exc is None)
             if span is not None:
                 if load.size_bytes is not None:
                     span.set_attribute("bitnet.model.size", load.size_bytes)
                 if exc is not None:
-                    span.record_exception(exc)
+                    span.add_event("exception", {"exception.type": error_type(exc)})
                     span.set_status(Status(StatusCode.ERROR, error_type(exc)))
                 span.end()
         except Exception as error:
@@ -233,25 +238,36 @@ def monitor_model_load(
     device: str = "cpu",
     size_bytes: int | None = None,
     mark_ready: bool = True,
+    path: str | os.PathLike[str] | None = None,
+    hash_content: bool = True,
 ) -> ModelLoadMonitor:
-    """Monitor loading a model; decorator or context manager (see the module docstring)."""
+    """Monitor loading a model; decorator or context manager (see the module docstring).
+
+    *path* records what was loaded (format, stored types, size, content hash: see the module
+    docstring); ``hash_content=False`` skips the hash (a background read of the whole file).
+    """
     return ModelLoadMonitor(
         model=model,
         quant_format=quant_format,
         device=device,
         size_bytes=size_bytes,
         mark_ready=mark_ready,
+        path=path,
+        hash_content=hash_content,
     )
 
 
 def unload_model(*, model: str, quant_format: str = "i2_s", device: str = "cpu") -> None:
-    """Record that a model was unloaded (decrements ``bitnet.model.loaded``). Never raises."""
+    """Record that a model was unloaded (decrements ``bitnet.model.loaded``, never below 0: an
+    unload of a model that was not loaded is a counted internal error). Never raises."""
     try:
         attrs: dict[str, AttrValue] = {
             "gen_ai.request.model": model,
             "bitnet.quant.format": quant_format,
             "bitnet.device": device,
         }
-        _LOADED.add(key_of(attrs), -1)
+        if not _LOADED.tally.add_if_positive(key_of(attrs), -1):
+            internal_error("unload_not_loaded", detail="unload_model() of a model not loaded")
+        _provenance.forget(attrs)
     except Exception as exc:
         internal_error("model_unload", exc)

@@ -1,379 +1,52 @@
-"""``configure()`` and ``shutdown()``: the SDK pipeline. The only module that knows exporters.
+"""``configure()``, ``shutdown()``, ``force_flush()`` and forked workers: the pipeline's lifecycle.
+
+What gets built (readers, exporters, sampler, resource) comes from :mod:`bitnet_obs._export`,
+by name; this module decides when, and owns the one :class:`Telemetry` in force.
 
 Policy when the application already installed a provider (e.g. ``opentelemetry-instrument``):
-we **refuse** to replace it, log one WARNING, and report through the installed provider.
-Attaching is impossible for metrics anyway: an SDK MeterProvider's readers are fixed at
-construction.
+we **refuse** to replace it, log one WARNING, and report through the installed provider (an SDK
+MeterProvider's readers are fixed at construction, so attaching is impossible). The HTTP server
+still answers the health probes; its ``/metrics`` says where the metrics go instead of serving
+an empty page.
 
 ``shutdown(timeout)`` is bounded: the SDK's own ``force_flush`` ignores its timeout and its
-``shutdown`` blocks ~7 s while an OTLP export is retrying, so both run on a helper thread and
-we stop waiting at the deadline (the retry loop is then interrupted and the data counted as
-dropped).
-
-Every span either reaches its exporter's success or is counted once in
-``bitnet.obs.dropped{bitnet.obs.signal="traces"}``, by reason: ``queue_full`` (the SDK's batch
-queue holds 2048 spans and drops the oldest; it counts only with its internal metrics on, so we
-count through a shim), ``export_failed``, ``shutdown`` (still queued when the shutdown
-deadline passed), ``shutdown_in_flight`` (being sent then: a slow collector may still get it)
-and ``after_shutdown``. Metric points of a failed export are counted the same
-way (``signal="metrics"``); with cumulative temporality the next export still carries the
-totals, so those lose resolution, not counts.
+``shutdown`` blocks ~7 s while an OTLP export is retrying, so both run on a helper thread and we
+stop waiting at the deadline (the retry loop is then interrupted and the data counted as
+dropped). A later ``configure()`` sets up a new pipeline. OpenTelemetry lets the global
+providers be set only once per process, so that new pipeline carries bitnet-obs's own
+telemetry; other instrumentation keeps reporting to the first one.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
-import functools
-import importlib
+import errno
 import os
+import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricExporter,
-    MetricExportResult,
-    MetricReader,
-    MetricsData,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-    SpanExportResult,
-)
-from opentelemetry.sdk.version import __version__ as sdk_version
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from bitnet_obs import _config, _instruments, _tally
-from bitnet_obs._config import OTLPSettings, Settings
-from bitnet_obs._selfmon import export_result, internal_error, logger
+from bitnet_obs import _config, _export, _instruments, _state, devices, health, runtime, sla
+from bitnet_obs._aggregate import Store
+from bitnet_obs._config import Number, Settings
+from bitnet_obs._errors import ConfigError
+from bitnet_obs._export import Guard, GuardedSpanExporter
+from bitnet_obs._exposition import PullReader
+from bitnet_obs._selfmon import count_dropped, declare_watched, internal_error, logger
 from bitnet_obs._server import MetricsServer, Response, tls_context
 
-_DROPPED = _instruments.TALLIES["bitnet.obs.dropped"]
-_MAX_ERROR_TEXT = 300
-
-
-def count_dropped(signal: str, reason: str, n: int = 1) -> None:
-    """Count telemetry given up (``bitnet.obs.dropped``); never raises."""
-    if n > 0:
-        _DROPPED.add((("bitnet.obs.drop_reason", reason), ("bitnet.obs.signal", signal)), n)
-
-
-def dropped(signal: str | None = None, reason: str | None = None) -> int:
-    """How many items were counted as dropped (of one signal and/or reason)."""
-    wanted: dict[str, str] = {}
-    if signal is not None:
-        wanted["bitnet.obs.signal"] = signal
-    if reason is not None:
-        wanted["bitnet.obs.drop_reason"] = reason
-    return _DROPPED.value(**wanted)
-
-
-def _instrument_types() -> tuple[type, ...]:
-    from opentelemetry.sdk.metrics import (
-        Counter,
-        Histogram,
-        ObservableCounter,
-        ObservableGauge,
-        ObservableUpDownCounter,
-        UpDownCounter,
-    )
-    from opentelemetry.sdk.metrics import _Gauge as Gauge
-
-    return (
-        Counter,
-        UpDownCounter,
-        Histogram,
-        Gauge,
-        ObservableCounter,
-        ObservableGauge,
-        ObservableUpDownCounter,
-    )
-
-
-@dataclass
-class ExporterHealth:
-    """Last outcome of one exporter, for the health checks and the self-metrics."""
-
-    name: str
-    last_success: float | None = None
-    last_failure: float | None = None
-    consecutive_failures: int = 0
-    last_error: str = ""
-
-    def record(self, ok: bool, error: str = "") -> None:
-        now = time.time()
-        if ok:
-            self.last_success, self.consecutive_failures = now, 0
-        else:
-            self.last_failure, self.last_error = now, error[:_MAX_ERROR_TEXT]
-            self.consecutive_failures += 1
-        export_result(self.name, ok)
-
-
-EXPORTERS: dict[str, ExporterHealth] = {}
-
-
-class _InFlight:
-    """Exports in progress, so a shutdown that gives up on them counts what they carried once."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._batches: dict[int, int] = {}  # token -> items
-        self._next = 0
-        self.closed = False
-
-    def start(self, items: int) -> int | None:
-        """A token for this export, or None once abandoned (the caller counts the items)."""
-        with self._lock:
-            if self.closed:
-                return None
-            self._next += 1
-            self._batches[self._next] = items
-            return self._next
-
-    def finish(self, token: int) -> bool:
-        """True when the outcome is still ours to record (not abandoned meanwhile)."""
-        with self._lock:
-            return self._batches.pop(token, None) is not None
-
-    def abandon(self) -> int:
-        """Close for good; the items of the exports still running."""
-        with self._lock:
-            self.closed = True
-            items = sum(self._batches.values())
-            self._batches.clear()
-            return items
-
-
-def _points(metrics_data: MetricsData) -> int:
-    try:
-        return sum(
-            len(metric.data.data_points)
-            for resource in metrics_data.resource_metrics
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-        )
-    except Exception:  # an SDK shape we do not know: count the batch as one
-        return 1
-
-
-class _Guard:
-    """What both guarded exporters share: no exception escapes, every outcome is recorded in
-    the exporter's health, and what is given up is counted in ``bitnet.obs.dropped``."""
-
-    signal = ""
-
-    def _guard(self, name: str) -> None:
-        self.health = EXPORTERS.setdefault(name, ExporterHealth(name))
-        self.muted = False  # set in a forked child: the parent's pipeline must not send twice
-        self.flight = _InFlight()
-
-    def _send(self, items: int, send: Callable[[], bool]) -> bool:
-        token = self.flight.start(items)
-        if token is None:
-            count_dropped(self.signal, "shutdown", items)
-            return False
-        error = ""
-        try:
-            if not send():
-                error = "export returned FAILURE"
-        except Exception as exc:
-            internal_error(f"exporter:{self.health.name}", exc)
-            error = repr(exc)
-        if self.flight.finish(token):
-            self.health.record(not error, error)
-            if error:
-                count_dropped(self.signal, "export_failed", items)
-        return not error
-
-    def _quietly(self, call: Callable[[], Any], default: Any) -> Any:
-        try:
-            return call()
-        except Exception as exc:
-            internal_error(f"exporter:{self.health.name}", exc)
-            return default
-
-
-class _GuardedMetricExporter(MetricExporter, _Guard):
-    signal = "metrics"
-
-    def __init__(self, name: str, inner: MetricExporter) -> None:
-        super().__init__(inner._preferred_temporality, inner._preferred_aggregation)
-        self.inner = inner
-        self._guard(name)
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        if self.muted:
-            return MetricExportResult.SUCCESS
-        ok = self._send(
-            _points(metrics_data),
-            lambda: (
-                self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-                is MetricExportResult.SUCCESS
-            ),
-        )
-        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return bool(self._quietly(lambda: self.inner.force_flush(timeout_millis), False))
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self._quietly(lambda: self.inner.shutdown(timeout_millis=timeout_millis), None)
-
-
-class _GuardedSpanExporter(SpanExporter, _Guard):
-    signal = "traces"
-
-    def __init__(self, name: str, inner: SpanExporter) -> None:
-        self.inner = inner
-        self._guard(name)
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self.muted:
-            return SpanExportResult.SUCCESS
-        ok = self._send(len(spans), lambda: self.inner.export(spans) is SpanExportResult.SUCCESS)
-        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return bool(self._quietly(lambda: self.inner.force_flush(timeout_millis), False))
-
-    def shutdown(self) -> None:
-        self._quietly(self.inner.shutdown, None)
-
-
-class _DropCounter:
-    """Stands in for the SDK batch processor's own metrics object and counts its drops in ours.
-
-    The SDK counts a full-queue drop only when its internal metrics are on; ``emit`` runs on
-    the application's thread, so this must stay cheap and never raise.
-    """
-
-    def __init__(self, inner: Any, signal: str) -> None:
-        self._inner = inner
-        self._signal = signal
-
-    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
-        with contextlib.suppress(Exception):  # never into the application's span.end()
-            reason = "after_shutdown" if error_type == "already_shutdown" else str(error_type)
-            count_dropped(self._signal, reason, int(count))
-        self._inner.drop_items(count, error_type)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def _batch_processor(processor: BatchSpanProcessor) -> Any:
-    """The SDK 1.3x-1.4x internals holding the queue; None if this SDK has another shape."""
-    inner = getattr(processor, "_batch_processor", None)
-    ok = inner is not None and hasattr(inner, "_queue") and hasattr(inner, "_metrics")
-    return inner if ok else None
-
-
-def _count_span_drops(processor: BatchSpanProcessor) -> None:
-    """Count the batch queue's drops; an SDK without these internals degrades to uncounted."""
-    inner = _batch_processor(processor)
-    if inner is None or not callable(getattr(inner._metrics, "drop_items", None)):
-        logger.debug("this OpenTelemetry SDK's span queue drops cannot be counted")
-        return
-    inner._metrics = _DropCounter(inner._metrics, "traces")
-
-
-def _drain(processor: BatchSpanProcessor) -> int:
-    """Empty a span queue that will never be exported; how many spans it held."""
-    inner = _batch_processor(processor)
-    if inner is None:
-        return 0
-    drained = 0
-    while True:
-        try:
-            inner._queue.pop()  # deque.pop is atomic: each span is taken by us or the worker
-        except IndexError:
-            return drained
-        drained += 1
-
-
-_OTLP_CLASSES = {
-    ("grpc", "metrics"): (
-        "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
-        "OTLPMetricExporter",
-    ),
-    ("grpc", "traces"): (
-        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-        "OTLPSpanExporter",
-    ),
-    ("http/protobuf", "metrics"): (
-        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-        "OTLPMetricExporter",
-    ),
-    ("http/protobuf", "traces"): (
-        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-        "OTLPSpanExporter",
-    ),
-}
-
-
-def _otlp_exporter(o: OTLPSettings, signal: str) -> tuple[str, Any]:
-    """(name, exporter) of one signal's OTLP exporter, every setting passed explicitly."""
-    module, name = _OTLP_CLASSES[(o.protocol, signal)]
-    cls = getattr(importlib.import_module(module), name)
-    kwargs: dict[str, Any] = {
-        "endpoint": o.endpoint,
-        "headers": dict(o.headers),
-        "timeout": o.timeout_s,
-    }
-    gzip = o.compression == "gzip"
-    if o.protocol == "grpc":
-        import grpc
-
-        kwargs["insecure"] = o.endpoint.startswith("http://")
-        kwargs["compression"] = grpc.Compression.Gzip if gzip else None
-    else:
-        from opentelemetry.exporter.otlp.proto.http import Compression
-
-        kwargs["compression"] = Compression.Gzip if gzip else Compression.NoCompression
-    transport = "grpc" if o.protocol == "grpc" else "http"
-    return f"otlp_{transport}_{signal}", cls(**kwargs)
-
-
-def _sampler(settings: Settings) -> sampling.Sampler:
-    name, arg = settings.traces_sampler, settings.traces_sampler_arg
-    root: sampling.Sampler
-    if name.endswith("always_on"):
-        root = sampling.ALWAYS_ON
-    elif name.endswith("always_off"):
-        root = sampling.ALWAYS_OFF
-    else:
-        root = sampling.TraceIdRatioBased(arg)
-    return sampling.ParentBased(root) if name.startswith("parentbased_") else root
-
-
-def build_resource(settings: Settings) -> Resource:
-    """Resource built from our parsed settings only (the SDK's detector would re-read env)."""
-    attributes: dict[str, Any] = {
-        "telemetry.sdk.language": "python",
-        "telemetry.sdk.name": "opentelemetry",
-        "telemetry.sdk.version": sdk_version,
-        "service.name": "unknown_service",
-        "service.instance.id": str(uuid.uuid4()),
-    }
-    attributes.update(settings.resource_attributes)
-    if settings.service_name:
-        attributes["service.name"] = settings.service_name
-    return Resource(attributes)
+_TIMEOUT = Number(0.0, 3600.0, "seconds")
 
 
 @dataclass
@@ -387,8 +60,10 @@ class Telemetry:
     readers: list[MetricReader] = field(default_factory=list)
     span_exporters: list[SpanExporter] = field(default_factory=list)
     span_processors: list[BatchSpanProcessor] = field(default_factory=list)
-    guards: list[_GuardedMetricExporter | _GuardedSpanExporter] = field(default_factory=list)
+    guards: list[Guard] = field(default_factory=list)
     shut_down: bool = False
+    #: set up by the fork handler for a forked worker: a configure() there replaces it
+    inherited: bool = False
 
     @property
     def metrics_url(self) -> str | None:
@@ -402,6 +77,7 @@ class Telemetry:
 _lock = threading.RLock()
 _current: Telemetry | None = None
 _atexit_registered = False
+_globals_ours = False  # the global API providers are the ones our first configure() installed
 
 
 def _proxy_meter_provider() -> bool:
@@ -418,30 +94,24 @@ def configure(
     """Set up the OpenTelemetry SDK from ``OTEL_*``/``BITNET_OBS_*`` variables and overrides.
 
     Idempotent and thread-safe: a second call returns the first result (a WARNING says so if
-    it asked for something different). Raises :class:`ConfigError` on a malformed value.
-    ``metric_readers``/``span_exporters`` add extra SDK parts (tests, custom backends)::
+    it asked for something different). Raises :class:`ConfigError` on a malformed value, a
+    busy port or an unknown host. ``metric_readers``/``span_exporters`` add extra SDK parts
+    (tests, custom backends)::
 
         import bitnet_obs
         bitnet_obs.configure(service_name="my-server")
     """
     global _current, _atexit_registered
     with _lock:
-        if _current is not None:
-            if overrides or metric_readers or span_exporters:
+        current = _current
+        if current is not None and not current.shut_down and not current.inherited:
+            if overrides or metric_readers or span_exporters or environ is not None:
                 logger.warning("bitnet_obs.configure() was already called; keeping the first setup")
-            return _current
+            return current
         settings = _config.with_overrides(_config.from_env(environ), overrides)
-        _tally.set_limit(settings.cardinality_limit)
-        telemetry = Telemetry(settings)
-        if settings.sdk_disabled:
-            logger.info("OTEL_SDK_DISABLED=true: bitnet-obs records nothing")
-            _current = telemetry
-            return telemetry
-        resource = build_resource(settings)
-        _enable_devices_health_sla(settings)  # before the server answers its first probe
-        _setup_metrics(telemetry, resource, list(metric_readers))
-        _setup_traces(telemetry, resource, list(span_exporters))
-        _instruments.bind(metrics.get_meter_provider(), trace.get_tracer_provider())
+        if current is not None and current.inherited:
+            _stop(current, 1.0)  # a forked worker asks for a pipeline of its own
+        telemetry = _build(settings, list(metric_readers), list(span_exporters), fork=False)
         _current = telemetry
         if not _atexit_registered:
             atexit.register(_at_exit)
@@ -449,165 +119,199 @@ def configure(
         return telemetry
 
 
-def _enable_devices_health_sla(settings: Settings) -> None:
-    """System/GPU metrics, the health probes and BITNET_OBS_SLA_* objectives; never raises."""
-    from bitnet_obs import devices, health, sla
+def _build(
+    settings: Settings,
+    extra_readers: list[MetricReader],
+    extra_exporters: list[SpanExporter],
+    *,
+    fork: bool,
+) -> Telemetry:
+    telemetry = Telemetry(settings, inherited=fork)
+    if settings.sdk_disabled:
+        _config.use(settings)
+        logger.info("OTEL_SDK_DISABLED=true: bitnet-obs records nothing")
+        return telemetry
+    readers, pull, ours = _metric_readers(telemetry, extra_readers, fork)
+    if settings.server_enabled and not fork:  # first: a busy port changes nothing else
+        telemetry.server = _start_server(settings, _metrics_renderer(pull, ours))
+    _config.use(settings)
+    _instruments.set_cardinality_limit(settings.cardinality_limit)
+    declare_watched()
+    resource = _export.build_resource(settings)
+    store = _install_metrics(telemetry, resource, readers, fork)
+    _setup_traces(telemetry, resource, extra_exporters, fork)
+    _instruments.bind(
+        telemetry.meter_provider or metrics.get_meter_provider(),
+        telemetry.tracer_provider or trace.get_tracer_provider(),
+        store,
+    )
+    if not fork:  # the health module answered probes since its import; its checks start now
+        _enable_features(settings)
+    return telemetry
 
+
+def _enable_features(settings: Settings) -> None:
+    """System/GPU metrics, the health probes, the runtime fingerprint and BITNET_OBS_SLA_*
+    objectives; never raises."""
     try:
         devices.enable(settings.device_metrics)
         health.enable()
+        runtime.enable()
         objectives = sla.Objectives.from_settings(settings)
         if objectives is not None:
             sla.set_objectives(objectives)
     except Exception as exc:
-        internal_error("configure:devices_health_sla", exc)
+        internal_error("configure:features", exc)
 
 
-def _setup_metrics(
-    telemetry: Telemetry,
-    resource: Resource,
-    extra: list[MetricReader],
-    install_global: bool = True,
-) -> None:
+def _install(kind: str, proxy: bool, installed: object, exporters: tuple[str, ...]) -> bool:
+    """Whether we may put our provider in force: False (with one WARNING) when the application
+    installed its own."""
+    if proxy or _globals_ours:
+        return True
+    logger.warning(
+        "a %s is already installed (%s); bitnet-obs reports through it and does not add its "
+        "exporters %s",
+        kind,
+        type(installed).__name__,
+        exporters,
+    )
+    return False
+
+
+def _metric_readers(
+    telemetry: Telemetry, extra: list[MetricReader], fork: bool
+) -> tuple[list[MetricReader], Any, bool]:
+    """(readers, the pull reader of /metrics or None, whether the MeterProvider will be ours)."""
     settings = telemetry.settings
-    limits = dict.fromkeys(_instrument_types(), settings.cardinality_limit)
+    exporters = settings.metrics_exporters
+    if fork:  # the Prometheus pull model has no multi-process mode: workers push
+        exporters = tuple(e for e in exporters if e != "prometheus")
+    proxy = _proxy_meter_provider()
+    ours = fork or _install("MeterProvider", proxy, metrics.get_meter_provider(), exporters)
     readers: list[MetricReader] = []
-    registry = None
-    if "prometheus" in settings.metrics_exporters:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry
+    pull = None
+    if ours:
+        for name in exporters:
+            reader, part = _export.METRIC_BUILDERS[name](settings)
+            readers.append(reader)
+            if name == "prometheus":
+                pull = part
+            else:
+                telemetry.guards.append(part)
+        readers.extend(extra)
+    return readers, pull, ours
 
-        registry = CollectorRegistry(auto_describe=True)
-        readers.append(
-            PrometheusMetricReader(
-                scope_info_enabled=False, registry=registry, cardinality_limits=limits
-            )
-        )
-    periodic: list[tuple[str, MetricExporter]] = []
-    if "otlp" in settings.metrics_exporters:
-        periodic.append(_otlp_exporter(settings.otlp_metrics, "metrics"))
-    if "console" in settings.metrics_exporters:
-        periodic.append(("console_metrics", ConsoleMetricExporter()))
-    for name, exporter in periodic:
-        guard = _GuardedMetricExporter(name, exporter)
-        telemetry.guards.append(guard)
-        readers.append(
-            PeriodicExportingMetricReader(
-                guard,
-                export_interval_millis=settings.metric_export_interval_ms,
-                export_timeout_millis=settings.metric_export_timeout_ms,
-                cardinality_limits=limits,
-            )
-        )
-    readers.extend(extra)
-    if settings.server_enabled:
-        telemetry.server = _start_server(settings, _metrics_renderer(registry))
+
+def _install_metrics(
+    telemetry: Telemetry, resource: Resource, readers: list[MetricReader], fork: bool
+) -> Store | None:
+    """Our MeterProvider over these readers; the store of our own histogram aggregation when
+    every reader can take it (else None: histograms through the SDK's instruments)."""
+    global _globals_ours
     if not readers:
-        return
-    if install_global and not _proxy_meter_provider():
-        logger.warning(
-            "a MeterProvider is already installed (%s); bitnet-obs reports through it and does "
-            "not add its exporters %s",
-            type(metrics.get_meter_provider()).__name__,
-            settings.metrics_exporters,
-        )
-        return
-    provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
-    if install_global:
+        return None
+    settings = telemetry.settings
+    proxy = _proxy_meter_provider()
+    provider = _export.meter_provider(readers, resource, settings.metrics_exemplar_filter)
+    store = None
+    if _export.aggregatable(readers):
+        store = Store(settings.cardinality_limit, settings.metrics_exemplar_filter)
+        _export.aggregate_into(readers, store, resource)
+    if proxy and not fork:
         metrics.set_meter_provider(provider)
+        _globals_ours = True
     telemetry.meter_provider = provider
     telemetry.readers = readers
+    return store
 
 
 def _setup_traces(
-    telemetry: Telemetry,
-    resource: Resource,
-    extra: list[SpanExporter],
-    install_global: bool = True,
+    telemetry: Telemetry, resource: Resource, extra: list[SpanExporter], fork: bool
 ) -> None:
+    global _globals_ours
     settings = telemetry.settings
-    exporters: list[tuple[str, SpanExporter]] = []
-    if "otlp" in settings.traces_exporters:
-        exporters.append(_otlp_exporter(settings.otlp_traces, "traces"))
-    if "console" in settings.traces_exporters:
-        exporters.append(("console_traces", ConsoleSpanExporter()))
+    exporters = [_export.SPAN_BUILDERS[name](settings) for name in settings.traces_exporters]
     exporters.extend((f"extra_traces_{i}", exp) for i, exp in enumerate(extra))
     if not exporters:
         return
-    if install_global and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        logger.warning(
-            "a TracerProvider is already installed (%s); bitnet-obs traces through it and does "
-            "not add its exporters %s",
-            type(trace.get_tracer_provider()).__name__,
-            settings.traces_exporters,
-        )
+    proxy = isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    names = settings.traces_exporters
+    if not (fork or _install("TracerProvider", proxy, trace.get_tracer_provider(), names)):
         return
-    provider = TracerProvider(sampler=_sampler(settings), resource=resource, shutdown_on_exit=False)
+    provider = TracerProvider(
+        sampler=_export.sampler(settings), resource=resource, shutdown_on_exit=False
+    )
     for name, exporter in exporters:
-        guard = _GuardedSpanExporter(name, exporter)
+        guard = GuardedSpanExporter(name, exporter)
         telemetry.guards.append(guard)
-        processor = BatchSpanProcessor(guard)
-        _count_span_drops(processor)
+        processor = _export.span_processor(guard)
         provider.add_span_processor(processor)
         telemetry.span_processors.append(processor)
         telemetry.span_exporters.append(exporter)
-    if install_global:
+    if proxy and not fork:
         trace.set_tracer_provider(provider)
+        _globals_ours = True
     telemetry.tracer_provider = provider
 
 
 def _start_server(settings: Settings, renderer: Callable[[str], Response]) -> MetricsServer:
+    host, port = settings.prometheus_host, settings.prometheus_port
     tls = None
     if settings.tls_cert_file is not None:
         tls = tls_context(settings.tls_cert_file, settings.tls_key_file)
-    host = settings.prometheus_host
     if settings.basic_auth is not None and tls is None and host not in ("127.0.0.1", "::1"):
         logger.warning(
             "basic auth without TLS on %s: credentials cross the network in clear text; "
             "set BITNET_OBS_TLS_CERT_FILE",
             host,
         )
-    return MetricsServer(
-        host, settings.prometheus_port, renderer, tls=tls, basic_auth=settings.basic_auth
-    )
+    try:
+        return MetricsServer(host, port, renderer, tls=tls, basic_auth=settings.basic_auth)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"OTEL_EXPORTER_PROMETHEUS_HOST={host!r} cannot be resolved ({exc.strerror}); "
+            "accepted: a resolvable host name or an IP address of this machine"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            what = (
+                f"OTEL_EXPORTER_PROMETHEUS_PORT={port} is in use on {host}; accepted: a free "
+                "port, or 0 to pick one"
+            )
+        else:
+            what = (
+                f"OTEL_EXPORTER_PROMETHEUS_HOST={host!r} with port {port} cannot be bound "
+                f"({exc.strerror or exc}); accepted: an address of this machine and a free port"
+            )
+        raise ConfigError(what) from None
 
 
-def _metrics_renderer(registry: Any) -> Callable[[str], Response]:
+def _metrics_renderer(reader: PullReader | None, ours: bool) -> Callable[[str], Response]:
     def render(accept: str) -> Response:
-        if registry is None:
-            msg = b"metrics are exported over OTLP or console; no Prometheus exporter is set\n"
-            return 404, "text/plain; charset=utf-8", msg
-        from prometheus_client.exposition import choose_encoder
-
-        encoder, content_type = choose_encoder(accept)
-        return 200, content_type, encoder(registry)
+        if reader is None:
+            where = (
+                "metrics are exported over OTLP or console; no Prometheus exporter is set\n"
+                if ours
+                else "bitnet-obs reports through the application's MeterProvider; its "
+                "exporters decide where metrics go\n"
+            )
+            return 404, "text/plain; charset=utf-8", where.encode()
+        content_type, body = reader.render(accept)
+        return 200, content_type, body
 
     return render
 
 
 def current() -> Telemetry | None:
-    return _current
-
-
-_env_settings: Settings | None = None
-
-
-def settings() -> Settings:
-    """The settings in force: configure()'s, else the environment's (parsed once)."""
-    global _env_settings
-    if _current is not None:
-        return _current.settings
-    if _env_settings is None:
-        try:
-            _env_settings = _config.from_env()
-        except _config.ConfigError as exc:
-            internal_error("config", exc)
-            _env_settings = Settings()
-    return _env_settings
+    """The setup in force (None before ``configure()`` and after ``shutdown()``)."""
+    telemetry = _current
+    return telemetry if telemetry is not None and not telemetry.shut_down else None
 
 
 def is_configured() -> bool:
-    return _current is not None
+    """True between ``configure()`` and ``shutdown()``."""
+    return current() is not None
 
 
 def _bounded(fn: Callable[[], object], timeout: float, name: str) -> bool:
@@ -628,10 +332,11 @@ def _bounded(fn: Callable[[], object], timeout: float, name: str) -> bool:
 
 def force_flush(timeout: float | None = None) -> bool:
     """Export what is pending; returns False if the deadline passed first (data may be late)."""
-    telemetry = _current
-    if telemetry is None or telemetry.shut_down:
+    checked = None if timeout is None else _TIMEOUT.check("timeout", timeout)
+    telemetry = current()
+    if telemetry is None:
         return True
-    bound = telemetry.settings.shutdown_timeout_s if timeout is None else timeout
+    bound = _deadline(telemetry, checked)
     millis = max(1.0, bound * 1000)
     ok = True
     if telemetry.meter_provider is not None:
@@ -643,21 +348,35 @@ def force_flush(timeout: float | None = None) -> bool:
     return ok
 
 
+def _deadline(telemetry: Telemetry, timeout: float | None) -> float:
+    if timeout is None:
+        return telemetry.settings.shutdown_timeout_s
+    return _TIMEOUT.check("timeout", timeout)
+
+
 def shutdown(timeout: float | None = None) -> bool:
-    """Flush and stop everything within ``timeout`` seconds (default BITNET_OBS_SHUTDOWN_TIMEOUT).
+    """Flush and stop everything within ``timeout`` seconds (default BITNET_OBS_SHUTDOWN_TIMEOUT,
+    at most 3600).
 
     Returns True when everything was exported in time. Past the deadline pending telemetry is
     dropped, counted in ``bitnet.obs.dropped`` (reasons ``shutdown`` for queued spans,
     ``shutdown_in_flight`` for a batch being sent, which a slow collector may still get) and in
     ``bitnet.obs.internal_errors{kind="shutdown_timeout"}``, and logged; the call still returns
-    on time even when the collector is dead.
+    on time even when the collector is dead. A later ``configure()`` starts a new pipeline.
     """
+    checked = None if timeout is None else _TIMEOUT.check("timeout", timeout)
     with _lock:
         telemetry = _current
         if telemetry is None or telemetry.shut_down:
             return True
+        bound = _deadline(telemetry, checked)
         telemetry.shut_down = True
-    bound = telemetry.settings.shutdown_timeout_s if timeout is None else timeout
+        _config.use(None)
+    return _stop(telemetry, bound)
+
+
+def _stop(telemetry: Telemetry, bound: float) -> bool:
+    telemetry.shut_down = True
     deadline = time.monotonic() + bound
     millis = max(1.0, bound * 1000)
     done: list[threading.Event] = []
@@ -677,15 +396,10 @@ def shutdown(timeout: float | None = None) -> bool:
         for guard in telemetry.guards:
             count_dropped(guard.signal, "shutdown_in_flight", guard.flight.abandon())
         for processor in telemetry.span_processors:
-            count_dropped("traces", "shutdown", _drain(processor))
+            count_dropped("traces", "shutdown", _export.drain(processor))
         # Interrupt the OTLP retry back-off so the helper threads end soon, too.
-        for reader in telemetry.readers:
-            guarded = getattr(reader, "_exporter", None)
-            if isinstance(guarded, _GuardedMetricExporter):
-                abort = functools.partial(guarded.inner.shutdown, timeout_millis=1)
-                _bounded(abort, 0.05, "abort")
-        for span_exporter in telemetry.span_exporters:
-            _bounded(span_exporter.shutdown, 0.05, "abort")
+        for guard in telemetry.guards:
+            _bounded(guard.abort, 0.05, "abort")
         internal_error(
             "shutdown_timeout",
             detail=f"shutdown did not finish within {bound:g}s; pending telemetry dropped",
@@ -697,9 +411,10 @@ def shutdown(timeout: float | None = None) -> bool:
 
 def _shutdown_one(provider: Any, millis: float, event: threading.Event) -> None:
     try:
-        provider.shutdown(timeout_millis=millis) if isinstance(
-            provider, MeterProvider
-        ) else provider.shutdown()
+        if isinstance(provider, MeterProvider):
+            provider.shutdown(timeout_millis=millis)
+        else:
+            provider.shutdown()
     except Exception as exc:
         internal_error("pipeline:shutdown", exc)
     finally:
@@ -710,26 +425,28 @@ def _at_exit() -> None:
     shutdown()
 
 
-def _reset_for_tests() -> None:
-    """Forget the current setup (global OTel providers cannot be unset; tests rebind)."""
+@_state.on_reset(phase=_state.STOP)
+def _forget() -> None:
+    """Stop the setup in force (quickly) and forget it (``bitnet_obs.testing.reset()``)."""
     global _current
     with _lock:
-        if _current is not None and not _current.shut_down:
-            shutdown(timeout=2)
-        _current = None
+        telemetry, _current = _current, None
+    if telemetry is not None and not telemetry.shut_down:
+        _stop(telemetry, 2.0)
 
 
+@_state.on_fork
 def _after_fork_in_child() -> None:
     """A forked worker gets its own pipeline and ``service.instance.id``.
 
     The parent's providers (still the global ones in the child) are muted, so the parent's
     accumulated data is never sent twice; bitnet-obs's instruments are rebound to fresh
     providers that push over OTLP/console with a new instance id (an explicit
-    ``service.instance.id`` from OTEL_RESOURCE_ATTRIBUTES gets ``-<pid>`` appended, so
-    workers never share one). The HTTP server stays with
-    the parent (the Prometheus exporter has no multi-process mode: use OTLP for workers).
-    Worker exits flush through atexit, and through a multiprocessing finalizer for
-    ``multiprocessing`` children, which skip atexit.
+    ``service.instance.id`` from OTEL_RESOURCE_ATTRIBUTES gets ``-<pid>`` appended, so workers
+    never share one). The HTTP server stays with the parent (the Prometheus exporter has no
+    multi-process mode: use OTLP for workers); a ``configure()`` in the worker replaces this
+    inherited setup with one of its own. Worker exits flush through atexit, and through a
+    multiprocessing finalizer for ``multiprocessing`` children, which skip atexit.
     """
     global _current, _lock
     _lock = threading.RLock()  # another parent thread may have held it at fork time
@@ -742,31 +459,16 @@ def _after_fork_in_child() -> None:
         telemetry.shut_down = True
         attributes = dict(telemetry.settings.resource_attributes)
         if "service.instance.id" in attributes:  # set explicitly (e.g. the pod name):
-            attributes["service.instance.id"] += f"-{os.getpid()}"  # unique per worker
+            attributes["service.instance.id"] = f"{attributes['service.instance.id']}-{os.getpid()}"
         settings = dataclasses.replace(
-            telemetry.settings,
-            metrics_exporters=tuple(
-                e for e in telemetry.settings.metrics_exporters if e != "prometheus"
-            ),
-            server="off",
-            resource_attributes=attributes,
+            telemetry.settings, server="off", resource_attributes=attributes
         )
-        child = Telemetry(settings)
-        resource = build_resource(settings)
-        if telemetry.meter_provider is not None:
-            _setup_metrics(child, resource, [], install_global=False)
-        if telemetry.tracer_provider is not None:
-            _setup_traces(child, resource, [], install_global=False)
-        _instruments.bind(
-            child.meter_provider or metrics.get_meter_provider(),
-            child.tracer_provider or trace.get_tracer_provider(),
-        )
-        _current = child
+        _current = _build(settings, [], [], fork=True)
         import multiprocessing.util
 
         # multiprocessing clears finalizers after fork, then runs its after-fork hooks:
         # register the exit flush from one of those.
-        multiprocessing.util.register_after_fork(child, _register_exit_flush)
+        multiprocessing.util.register_after_fork(_current, _register_exit_flush)
     except Exception as exc:
         internal_error("fork", exc)
 
@@ -775,6 +477,3 @@ def _register_exit_flush(_: object) -> None:
     import multiprocessing.util
 
     multiprocessing.util.Finalize(None, shutdown, exitpriority=10)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -30,15 +30,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bitnet_obs import _instruments
-from bitnet_obs._config import ConfigError
-from bitnet_obs._instruments import TALLIES
-from bitnet_obs._selfmon import internal_error
+from bitnet_obs import _state
+from bitnet_obs._attributes import PRIORITIES
+from bitnet_obs._errors import ConfigError
+from bitnet_obs._instruments import (
+    BATCH_FORMATION_DURATION,
+    BATCH_SIZE,
+    QUEUE_DEPTH,
+    QUEUE_WAIT_DURATION,
+)
+from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._tally import AttrValue, key_of
 
-PRIORITIES = ("low", "normal", "high", "critical")
+__all__ = ["PRIORITIES", "Batch", "QueueTicket", "RequestQueue", "take_pending"]
 
-_DEPTH = TALLIES["bitnet.queue.depth"]
+_DEPTH = QUEUE_DEPTH
 
 # (wait seconds, priority) of the request that last left a queue in this context; the next
 # monitored inference call takes it (and clears it).
@@ -47,10 +53,17 @@ pending: contextvars.ContextVar[tuple[float, str] | None] = contextvars.ContextV
 )
 
 
-def check_priority(priority: object) -> str:
-    if priority not in PRIORITIES:
-        raise ConfigError(f"priority={priority!r} is not valid; accepted: {', '.join(PRIORITIES)}")
-    return str(priority)
+@_state.on_reset(phase=_state.CLEAR)
+def _forget_handoff() -> None:
+    pending.set(None)
+
+
+def take_pending() -> tuple[float, str] | None:
+    """The (wait, priority) handed over by the last dequeue in this context, once."""
+    handed = pending.get()
+    if handed is not None:
+        pending.set(None)
+    return handed
 
 
 class QueueTicket:
@@ -101,7 +114,7 @@ class RequestQueue:
 
     def enqueue(self, priority: str = "normal") -> QueueTicket:
         if priority not in PRIORITIES:
-            internal_error("bad_priority", detail=f"enqueue(priority={priority!r})")
+            internal_error("bad_priority", detail=f"enqueue(priority={describe(priority)})")
             priority = "normal"
         ticket = QueueTicket(self, priority)
         _DEPTH.add(self._keys[priority], 1)
@@ -118,8 +131,7 @@ class RequestQueue:
                 return 0.0
             wait = time.perf_counter() - ticket.enqueued_at
             _DEPTH.add(self._keys[ticket.priority], -1)
-            inst = _instruments.active().by_name["bitnet.queue.wait.duration"]
-            inst.record(wait, self._attrs[ticket.priority])
+            QUEUE_WAIT_DURATION.record(wait, self._attrs[ticket.priority])
             pending.set((wait, ticket.priority))
             return wait
         except Exception as exc:
@@ -146,9 +158,8 @@ class RequestQueue:
 
     def record_batch(self, size: int, formation_seconds: float) -> None:
         try:
-            inst = _instruments.active().by_name
-            inst["bitnet.batch.size"].record(size, self._batch_attrs)
-            inst["bitnet.batch.formation.duration"].record(formation_seconds, self._batch_attrs)
+            BATCH_SIZE.record(size, self._batch_attrs)
+            BATCH_FORMATION_DURATION.record(formation_seconds, self._batch_attrs)
         except Exception as exc:
             internal_error("queue", exc)
 

@@ -13,6 +13,11 @@ It must never be the reason a scrape fails or a process runs out of threads:
   auth compared with :func:`hmac.compare_digest`. With auth on, ``/health/live`` and
   ``/health/ready`` still answer unauthenticated probes, with the status code and
   ``{"status": ...}`` only; the details need credentials.
+
+``HEAD`` answers every route with the status and headers a ``GET`` would get (``Content-Length``
+included), without the body; other methods get 405 with ``Allow: GET, HEAD``. ``/metrics`` is
+gzip-compressed when the scraper accepts it (``Accept-Encoding: gzip``, as Prometheus sends):
+an exposition is repetitive text that shrinks about tenfold, at a small CPU cost per scrape.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import gzip
 import hmac
 import http.client
 import json
@@ -27,12 +33,11 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bitnet_obs._instruments import TALLIES
-from bitnet_obs._selfmon import internal_error, logger
+from bitnet_obs._selfmon import count_dropped, internal_error, logger
 
 # (status, content type, body) for one route
 Response = tuple[int, str, bytes]
@@ -44,7 +49,8 @@ MAX_HEAD = 32 * 1024  # all header lines of one request, bytes
 MAX_CONNECTIONS = 64  # concurrent connections (threads)
 REQUEST_DEADLINE_S = 10.0  # Prometheus' default scrape_timeout
 PROBES = ("/health/live", "/health/ready")
-_DROPPED = TALLIES["bitnet.obs.dropped"]
+ALLOW = "GET, HEAD"
+GZIP_LEVEL = 6  # zlib's default: a 10 kB exposition shrinks to ~13 % in ~0.1 ms
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 20\r\nConnection: close\r\n\r\ntoo many connections"
@@ -97,13 +103,14 @@ class _HeadReader:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "bitnet-obs"
     sys_version = ""
-    timeout = REQUEST_DEADLINE_S  # per socket operation; the server's reaper bounds the total
+    timeout = REQUEST_DEADLINE_S  # see setup()
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.0"  # so even a garbled request gets a status line
     server: _Server
 
     def setup(self) -> None:
         super().setup()
+        self.connection.settimeout(self.server.deadline_s)  # per operation; the reaper: total
         self.rfile = _HeadReader(self.rfile)  # type: ignore[assignment]
 
     def handle_one_request(self) -> None:
@@ -131,8 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             method = getattr(self, "do_" + self.command, None)
             if method is None:
-                self.send_error(405, f"Unsupported method ({self.command!r})")
-                self.close_connection = True
+                self._reject()
                 return
             method()
             self.wfile.flush()
@@ -144,6 +150,12 @@ class _Handler(BaseHTTPRequestHandler):
         super().send_error(405 if code == 501 else code, message, explain)
 
     def do_GET(self) -> None:
+        self._respond()
+
+    def do_HEAD(self) -> None:
+        self._respond()  # the GET's status and headers; _send writes no body for HEAD
+
+    def _respond(self) -> None:
         path = self.path.split("?", 1)[0]
         if not self._authorized():
             if path in PROBES:
@@ -151,11 +163,16 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._unauthorized()
             return
+        headers: dict[str, str] = {}
         try:
             if path == "/metrics":
                 status, ctype, body = self.server.render_metrics(self.headers.get("Accept", ""))
+                headers["Vary"] = "Accept, Accept-Encoding"
+                if status == 200 and accepts_gzip(self.headers.get("Accept-Encoding", "")):
+                    body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+                    headers["Content-Encoding"] = "gzip"
             elif path in ("/health", *PROBES):
-                status, ctype, body = _health_renderer(path)
+                status, ctype, body = self.server.health(path)
             elif path == "/":
                 status, ctype = 200, "text/plain; charset=utf-8"
                 body = b"bitnet-obs: /metrics /health /health/live /health/ready\n"
@@ -164,17 +181,12 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             internal_error("server_route", exc)
             status, ctype, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-        self._send(status, ctype, body)
-
-    def do_HEAD(self) -> None:
-        if not self._authorized():
-            self._unauthorized()
-            return
-        self._send(200 if self.path.split("?", 1)[0] == "/" else 405, "text/plain", b"")
+            headers = {}
+        self._send(status, ctype, body, headers)
 
     def _reject(self) -> None:
         self.close_connection = True  # we never read a body, so the connection cannot be reused
-        self._send(405, "text/plain; charset=utf-8", b"method not allowed\n")
+        self._send(405, "text/plain; charset=utf-8", b"method not allowed\n", {"Allow": ALLOW})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _reject
 
@@ -204,10 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(b"unauthorized\n")
 
-    @staticmethod
-    def _probe_status_only(path: str) -> Response:
+    def _probe_status_only(self, path: str) -> Response:
         try:
-            status, _, body = _health_renderer(path)
+            status, _, body = self.server.health(path)
             state = str(json.loads(body).get("status", ""))
         except Exception as exc:
             internal_error("server_route", exc)
@@ -215,11 +226,15 @@ class _Handler(BaseHTTPRequestHandler):
         state = state or ("healthy" if status < 500 else "unhealthy")
         return status, "application/json", json.dumps({"status": state}).encode()
 
-    def _send(self, status: int, ctype: str, body: bytes) -> None:
+    def _send(
+        self, status: int, ctype: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -228,6 +243,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes every second would flood the application's stderr
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value admits gzip (RFC 9110 12.5.3): ``gzip`` (or
+    ``x-gzip``) listed with a weight above 0, or ``*`` above 0 with gzip not listed.
+
+    >>> accepts_gzip("gzip"), accepts_gzip("br, gzip;q=0"), accepts_gzip("*;q=0.5")
+    (True, False, True)
+    """
+    wildcard = False
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        acceptable = 0.0 < weight <= 1.0
+        if coding.lower() in ("gzip", "x-gzip"):
+            return acceptable
+        if coding == "*":
+            wildcard = acceptable
+    return wildcard
 
 
 class _Server(ThreadingHTTPServer):
@@ -241,7 +282,11 @@ class _Server(ThreadingHTTPServer):
         render_metrics: MetricsRenderer,
         tls: ssl.SSLContext | None,
         credentials: tuple[bytes, bytes] | None,
+        deadline_s: float,
+        render_health: HealthRenderer | None,
     ) -> None:
+        self.deadline_s = deadline_s
+        self.render_health = render_health
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.render_metrics = render_metrics
@@ -251,6 +296,10 @@ class _Server(ThreadingHTTPServer):
         self._deadlines: dict[int, tuple[socket.socket, float]] = {}
         self._deadlines_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def health(self, path: str) -> Response:
+        """This server's health renderer, else the one the health module registered."""
+        return (self.render_health or _health_renderer)(path)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that resets or times out is not our failure; don't print tracebacks.
@@ -262,11 +311,10 @@ class _Server(ThreadingHTTPServer):
         with self._deadlines_lock:
             busy = len(self._deadlines) >= MAX_CONNECTIONS
             if not busy:
-                deadline = time.monotonic() + REQUEST_DEADLINE_S
+                deadline = time.monotonic() + self.deadline_s
                 self._deadlines[request.fileno()] = (request, deadline)
         if busy:
-            _DROPPED.add((("bitnet.obs.drop_reason", "connection_limit"),
-                          ("bitnet.obs.signal", "http")))  # fmt: skip
+            count_dropped("http", "connection_limit")
             try:
                 if self.tls is None:
                     request.setblocking(False)
@@ -283,7 +331,7 @@ class _Server(ThreadingHTTPServer):
         with self._deadlines_lock:
             entry = self._deadlines.get(fd)
             if entry is not None:
-                self._deadlines[fd] = (entry[0], time.monotonic() + REQUEST_DEADLINE_S)
+                self._deadlines[fd] = (entry[0], time.monotonic() + self.deadline_s)
 
     def service_actions(self) -> None:
         """Cut connections past their deadline (runs every poll interval of serve_forever)."""
@@ -317,7 +365,7 @@ class _Server(ThreadingHTTPServer):
         # A second socket object on the same fd: the accepted one keeps owning (and closing)
         # the fd, and the handshake runs here, on the connection's thread, under its deadline.
         raw = socket.socket(fileno=request.fileno())
-        raw.settimeout(REQUEST_DEADLINE_S)
+        raw.settimeout(self.deadline_s)
         try:
             conn = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError):
@@ -343,11 +391,16 @@ class MetricsServer:
         *,
         tls: ssl.SSLContext | None = None,
         basic_auth: tuple[str, str] | None = None,
+        request_deadline_s: float = REQUEST_DEADLINE_S,
+        render_health: HealthRenderer | None = None,
     ) -> None:
         credentials = None
         if basic_auth is not None:
             credentials = (basic_auth[0].encode(), basic_auth[1].encode())
-        self._server = _Server((host, port), render_metrics, tls, credentials)
+        server = _Server(
+            (host, port), render_metrics, tls, credentials, request_deadline_s, render_health
+        )
+        self._server = server
         self.host = host
         self.port: int = self._server.server_address[1]
         self.scheme = "https" if tls is not None else "http"

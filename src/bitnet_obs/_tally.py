@@ -10,7 +10,6 @@ A tally holds at most ``limit`` distinct attribute sets; more are folded into on
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Iterable
@@ -18,11 +17,17 @@ from typing import Union
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from bitnet_obs import _state
+
 AttrValue = Union[str, bool, int, float]  # noqa: UP007 - a runtime alias on 3.10
 AttrKey = tuple[tuple[str, AttrValue], ...]
 
 OVERFLOW_KEY: AttrKey = (("otel.metric.overflow", True),)
 _ALL: weakref.WeakSet[Tally] = weakref.WeakSet()
+
+#: The request path's lock: the request tallies and our histogram store share it, so the end
+#: of a request takes one lock for all its updates.
+REQUEST_LOCK = threading.Lock()
 
 
 def key_of(attributes: dict[str, AttrValue]) -> AttrKey:
@@ -33,12 +38,13 @@ def key_of(attributes: dict[str, AttrValue]) -> AttrKey:
 class Tally:
     """Totals per attribute set, safe under threads; reset in a forked child."""
 
-    __slots__ = ("__weakref__", "_lock", "_values", "limit", "name", "overflowed")
+    __slots__ = ("__weakref__", "_lock", "_values", "limit", "name", "overflowed", "shared")
 
-    def __init__(self, name: str, limit: int = 2000) -> None:
+    def __init__(self, name: str, limit: int = 2000, shared: bool = False) -> None:
         self.name = name
         self.limit = limit
-        self._lock = threading.Lock()
+        self.shared = shared  # uses REQUEST_LOCK
+        self._lock = REQUEST_LOCK if shared else threading.Lock()
         self._values: dict[AttrKey, int] = {}
         self.overflowed = 0
         _ALL.add(self)
@@ -47,12 +53,31 @@ class Tally:
         with self._lock:
             self._add_locked(key, amount)
 
+    def declare(self, key: AttrKey) -> None:
+        """Report this series at 0 until its first event (so ``rate()`` sees that event)."""
+        with self._lock:
+            if key not in self._values and len(self._values) < self.limit:
+                self._values[key] = 0
+
+    def add_if_positive(self, key: AttrKey, amount: int) -> bool:
+        """Subtract ``-amount`` only while the series stays >= 0 (e.g. unloading a model that
+        was never loaded must not go negative); False when refused."""
+        with self._lock:
+            if self._values.get(key, 0) + amount < 0:
+                return False
+            self._add_locked(key, amount)
+            return True
+
     def add_many(self, items: Iterable[tuple[AttrKey, int]]) -> None:
         """Several updates under one lock acquisition (the hot path's end of call)."""
         with self._lock:
             for key, amount in items:
                 if amount:
                     self._add_locked(key, amount)
+
+    def add_locked(self, key: AttrKey, amount: int) -> None:
+        """``add`` for a caller that holds REQUEST_LOCK (a shared tally only)."""
+        self._add_locked(key, amount)
 
     def _add_locked(self, key: AttrKey, amount: int) -> None:
         values = self._values
@@ -86,25 +111,20 @@ class Tally:
     def _after_fork(self) -> None:
         # The parent's lock may have been held by another thread at fork time, and its
         # totals belong to the parent's own series: start clean.
-        self._lock = threading.Lock()
+        self._lock = REQUEST_LOCK if self.shared else threading.Lock()
         self._values = {}
         self.overflowed = 0
 
 
-def set_limit(limit: int) -> None:
-    for tally in list(_ALL):
-        tally.limit = limit
-
-
+@_state.on_reset(phase=_state.CLEAR)
 def reset_all() -> None:
     for tally in list(_ALL):
         tally.reset()
 
 
+@_state.on_fork
 def _reset_after_fork() -> None:
+    global REQUEST_LOCK
+    REQUEST_LOCK = threading.Lock()
     for tally in list(_ALL):
         tally._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,47 +1,111 @@
-"""The ``bitnet-obs`` command: ``demo`` and ``quant-report``."""
+"""The ``bitnet-obs`` command: ``demo``, ``quant-report`` and ``crossval``."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+def _plain(doc: str | None) -> str:
+    """A docstring as --help text: reStructuredText roles and literals without their markup.
+
+    >>> _plain("The ``bitnet-obs`` command, see :mod:`bitnet_obs.quant`.")
+    'The bitnet-obs command, see bitnet_obs.quant.'
+    """
+    text = re.sub(r":[\w.:-]+:`([^`]*)`", r"\1", doc or "")
+    return re.sub(r"``?([^`]*)``?", r"\1", text)
+
+
+# --- demo: every number bounded, stated in --help; a bad one exits 2 (argparse) with the reason
+DEMO_MAX_DURATION_S = 7 * 24 * 3600  # longer: leave --duration out and stop it with Ctrl-C
+DEMO_MAX_WORKERS = 64  # request loops are threads of one process
+
+
+def _demo_duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= DEMO_MAX_DURATION_S:  # refuses nan and inf too
+        raise argparse.ArgumentTypeError(
+            f"expected seconds above 0 and at most {DEMO_MAX_DURATION_S} (a week), got {text!r}"
+        )
     return value
 
 
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bitnet-obs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bitnet-obs", description=_plain(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run an instrumented synthetic BitNet server")
     demo.add_argument(
-        "--duration", type=_positive, default=None, help="seconds (default: until Ctrl-C)"
+        "--duration",
+        type=_demo_duration,
+        default=None,
+        help=f"seconds, above 0 and at most {DEMO_MAX_DURATION_S} (default: until Ctrl-C)",
     )
     demo.add_argument(
         "--port",
-        type=int,
+        type=_int_between(0, 65535),
         default=None,
-        help="/metrics port (default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)",
+        help="/metrics port, 0 to 65535, 0 picks a free one "
+        "(default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)",
     )
-    demo.add_argument("--workers", type=int, default=2, help="concurrent request loops")
-    report = sub.add_parser("quant-report", help="I2_S/TL1/TL2 accuracy of a checkpoint's weights")
-    report.add_argument("path", help="a .npz or .safetensors file")
-    report.add_argument("--json", action="store_true", help="machine-readable output")
-    report.add_argument("--export", action="store_true", help="also send the figures as metrics")
-    report.add_argument("--formats", default="i2_s,tl1,tl2", help="comma list (default: all)")
-    args = parser.parse_args(argv)
-    if args.command == "quant-report":
-        from bitnet_obs import _quant_report
+    demo.add_argument(
+        "--workers",
+        type=_int_between(1, DEMO_MAX_WORKERS),
+        default=2,
+        help=f"concurrent request loops, 1 to {DEMO_MAX_WORKERS} (default: 2)",
+    )
+    demo.add_argument(
+        "--inject-fault",
+        choices=("sign", "constant"),
+        default=None,
+        help="break the I2_S kernel (flipped sign, or one token) so the canary catches it",
+    )
+    demo.add_argument(
+        "--fault-after",
+        type=_demo_duration,
+        default=20.0,
+        help=f"seconds after the first canary run, above 0 and at most {DEMO_MAX_DURATION_S} "
+        "(default: 20)",
+    )
+    from bitnet_obs import _crossval_cli, _quant_report
 
-        return _quant_report.run(args.path, args.formats.split(","), args.json, args.export)
+    report = sub.add_parser(
+        "quant-report",
+        help="ternary weights of a checkpoint (GGUF, safetensors, npz), faithful to its master?",
+    )
+    _quant_report.add_arguments(report)
+    _crossval_cli.add_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "crossval":
+        return _crossval_cli.run(args)
+    if args.command == "quant-report":
+        return _quant_report.run(args)
     if args.command == "demo":
         from bitnet_obs import _demo
 
-        return _demo.run(args.duration, args.port, args.workers)
+        return _demo.run(
+            args.duration, args.port, args.workers, args.inject_fault, args.fault_after
+        )
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 

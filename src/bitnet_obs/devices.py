@@ -48,20 +48,30 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from types import ModuleType
 from typing import Any
 
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from bitnet_obs import _instruments
-from bitnet_obs._gpu import GPU_INSTRUMENTS, GpuStatus, NvmlSampler
-from bitnet_obs._instruments import BY_NAME, Kind
+from bitnet_obs import _state
+from bitnet_obs._config import Number
+from bitnet_obs._errors import ConfigError
+from bitnet_obs._gpu import (
+    GPU_INSTRUMENTS,
+    SAMPLE_TTL_S,
+    GpuStatus,
+    NvmlSampler,
+    _import_pynvml,
+)
+from bitnet_obs._instruments import BY_NAME, Counter, ObservedGauge
 from bitnet_obs._selfmon import internal_error
 
 __all__ = ["GROUPS", "GpuStatus", "disable", "enable", "enabled", "gpu_status"]
 
 GROUPS = ("system", "process", "gpu")
 MIN_INTERVAL_S = 0.25
+_INTERVAL = Number(0.0, 60.0, "seconds")
 
 Point = tuple[float, dict[str, Any]]
 
@@ -247,27 +257,49 @@ _CALLBACKS: dict[str, list[tuple[str, Callback]]] = {
 }
 
 
+def _instrument(name: str) -> ObservedGauge | Counter:
+    instrument = BY_NAME[name]
+    assert isinstance(instrument, (ObservedGauge, Counter))
+    return instrument
+
+
 def _register(group: str) -> None:
     for name, callback in _CALLBACKS[group]:
-        if BY_NAME[name].kind is Kind.OBSERVABLE_GAUGE:
-            _instruments.register_gauge_callback(name, callback)
-        else:
-            _instruments.register_counter_callback(name, callback)
+        _instrument(name).register(callback)
 
 
-def enable(groups: Iterable[str] = GROUPS) -> None:
+def enable(
+    groups: Iterable[str] = GROUPS,
+    *,
+    nvml: ModuleType | None = None,
+    gpu_sample_interval_s: float | None = None,
+) -> None:
     """Report these groups from the next collection on; idempotent, and never raises at run time.
 
     ``gpu`` initialises NVML here (once); without a usable GPU it logs one INFO line and
-    reports nothing. An unknown group name raises ValueError::
+    reports nothing. ``nvml`` is a module with pynvml's API to use instead of ``pynvml`` (a
+    test's fake, another binding); ``gpu_sample_interval_s`` how long one NVML round serves
+    every GPU instrument (default 0.5 s; 0 reads NVML at every collection). Either replaces
+    the GPU reader, so pass them before ``gpu`` is enabled or after ``disable(["gpu"])``. An
+    unknown group name raises ConfigError::
 
         devices.enable(["system", "process"])
     """
-    global _configured
+    global _configured, _gpu
     wanted = tuple(groups)
     unknown = sorted(set(wanted) - set(GROUPS))
     if unknown:
-        raise ValueError(f"unknown device metric group(s) {unknown}; accepted: {GROUPS}")
+        raise ConfigError(f"unknown device metric group(s) {unknown}; accepted: {GROUPS}")
+    if nvml is not None or gpu_sample_interval_s is not None:
+        ttl = _INTERVAL.check("gpu_sample_interval_s", gpu_sample_interval_s or 0.0)
+        if gpu_sample_interval_s is None:
+            ttl = SAMPLE_TTL_S
+        module = nvml
+        with _lock:
+            if "gpu" in _enabled:
+                raise ConfigError("devices.enable(nvml=...): the GPU group is already enabled; "
+                                  "accepted: after devices.disable(['gpu'])")  # fmt: skip
+            _gpu = NvmlSampler(_import_pynvml if module is None else lambda: module, ttl)
     with _lock:
         _configured = True
         new = [group for group in GROUPS if group in wanted and group not in _enabled]
@@ -290,7 +322,7 @@ def disable(groups: Iterable[str] = GROUPS) -> None:
         for group in GROUPS:
             if group in wanted and group in _enabled:
                 for name, callback in _CALLBACKS[group]:
-                    _instruments.unregister_callback(name, callback)
+                    _instrument(name).unregister(callback)
                 _enabled.discard(group)
     if "gpu" in wanted:
         _gpu.shutdown()
@@ -316,10 +348,15 @@ def gpu_status() -> GpuStatus:
         return GpuStatus(False, f"gpu: status unknown ({type(exc).__name__})")
 
 
+@_state.on_fork
 def _after_fork_in_child() -> None:
     global _system
     _system = _SystemReader()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+@_state.on_reset
+def _reset() -> None:
+    global _configured, _gpu
+    disable()
+    _configured = False
+    _gpu = NvmlSampler()

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import re
 import threading
 import time
@@ -58,7 +57,9 @@ from typing import Any, Literal
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from bitnet_obs import _instruments, _server
+from bitnet_obs import _server, _state
+from bitnet_obs._config import Number
+from bitnet_obs._errors import ConfigError
 from bitnet_obs._health_checks import (
     DEGRADED,
     HEALTHY,
@@ -71,6 +72,7 @@ from bitnet_obs._health_checks import (
     model_check,
     set_model_state,
 )
+from bitnet_obs._instruments import HEALTH_CHECK_DURATION, HEALTH_CHECK_FAILURES, HEALTH_STATUS
 from bitnet_obs._selfmon import internal_error, logger
 from bitnet_obs._version import __version__
 
@@ -97,7 +99,10 @@ CheckFn = Callable[[], "CheckResult | HealthStatus | bool | Awaitable[Any]"]
 CACHE_TTL_S = 2.0
 DEFAULT_TIMEOUT_S = 0.5
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_FAILURES = _instruments.TALLIES["bitnet.health.check.failures"]
+MAX_TIMEOUT_S = 60.0
+_TIMEOUT = Number(0.0, MAX_TIMEOUT_S, "seconds", lo_open=True)
+_FAILURES = HEALTH_CHECK_FAILURES
+_FAILURE_KINDS = ("unhealthy", "timeout")
 
 
 @dataclass(frozen=True)
@@ -194,9 +199,7 @@ class _Entry:
             _log_once(self.name, exc)
         duration = time.monotonic() - run.started
         try:
-            _instruments.active().by_name["bitnet.health.check.duration"].record(
-                duration, self.attrs
-            )
+            HEALTH_CHECK_DURATION.record(duration, self.attrs)
         except Exception as exc:
             internal_error("health", exc, "recording check duration")
         with self.lock:
@@ -266,22 +269,28 @@ def register(
     probe: Probe = "readiness",
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> None:
-    """Add (or replace) a check. Wrong arguments raise here, never at probe time. An async
+    """Add (or replace) a check. Wrong arguments raise ConfigError here, never at probe time;
+    the timeout is at most 60 s (a probe must answer; Kubernetes' default is 1 s). An async
     check runs on a private event loop in its worker thread (to look at your own loop's
     objects, use a sync check with ``asyncio.run_coroutine_threadsafe``)::
 
-    health.register("db", lambda: db.ping(), critical=True, probe="readiness", timeout=0.3)
+        health.register("db", lambda: db.ping(), critical=True, probe="readiness", timeout=0.3)
     """
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"health check name {name!r}: 1-64 of A-Z a-z 0-9 _ . : -")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"health check name={name!r} is not valid; accepted: 1-64 of "
+                          "A-Z a-z 0-9 _ . : - (starting with a letter or digit)")  # fmt: skip
     if not callable(check):
-        raise TypeError(f"health check {name!r} is not callable")
+        raise ConfigError(f"health check {name!r}: check of type {type(check).__name__} is not "
+                          "valid; accepted: a callable")  # fmt: skip
     if probe not in ("liveness", "readiness"):
-        raise ValueError(f"probe={probe!r}; accepted: 'liveness', 'readiness'")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout={timeout!r}; accepted: a positive number of seconds")
+        raise ConfigError(f"probe={probe!r} is not valid; accepted: 'liveness', 'readiness'")
+    if not isinstance(critical, bool):
+        raise ConfigError(f"critical={critical!r} is not valid; accepted: True or False")
+    seconds = _TIMEOUT.check("timeout", timeout)
     with _lock:
-        _registry[name] = _Entry(name, check, bool(critical), probe, float(timeout))
+        _registry[name] = _Entry(name, check, critical, probe, seconds)
+    for kind in _FAILURE_KINDS:  # start the failure counters at 0
+        _FAILURES.tally.declare(_failure_key(name, kind))
 
 
 def unregister(name: str) -> None:
@@ -316,10 +325,12 @@ def _refresh(name: str) -> None:
 
 
 def evaluate(scope: Scope = "all") -> HealthReport:
-    """Run (or reuse cached) checks in scope and combine them; for your own web framework::
+    """Run (or reuse cached) checks in scope and combine them.
 
-    report = health.evaluate("readiness")
-    return JSONResponse(report.to_dict(), status_code=report.http_status)
+    For your own web framework::
+
+        report = health.evaluate("readiness")
+        return JSONResponse(report.to_dict(), status_code=report.http_status)
     """
     if scope not in ("all", "liveness", "readiness"):
         raise ValueError(f"scope={scope!r}; accepted: 'all', 'liveness', 'readiness'")
@@ -418,17 +429,18 @@ def enable() -> None:
             return
         _enabled = True
     _server.set_health_renderer(render)
-    _instruments.register_gauge_callback("bitnet.health.status", _observe_status)
+    HEALTH_STATUS.register(_observe_status)
     _observe_status()  # first runs in the background, not waited for
 
 
-def _reset_for_tests() -> None:
+@_state.on_reset
+def _reset() -> None:
     """Built-ins only, model state untracked, gauge callback removed, nothing cached."""
     global _enabled
     with _lock:
         _enabled = False
         _registry.clear()
-    _instruments.unregister_callback("bitnet.health.status", _observe_status)
+    HEALTH_STATUS.unregister(_observe_status)
     set_model_state(None, "")
     _install_builtins()
     _logged.clear()
@@ -438,6 +450,7 @@ _install_builtins()
 _server.set_health_renderer(render)
 
 
+@_state.on_fork
 def _reinit_after_fork() -> None:
     # A parent thread may have held these at fork time; the child's copies would stay locked.
     global _lock
@@ -445,6 +458,3 @@ def _reinit_after_fork() -> None:
     for entry in _registry.values():
         entry.lock = threading.Lock()
         entry.running = None  # the thread running it did not survive the fork
-
-
-os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -27,6 +27,8 @@ from typing import Any
 
 from opentelemetry import trace
 
+from bitnet_obs import _context, _state
+
 __all__ = ["FIELDS", "JsonFormatter", "instrument_logging", "uninstrument_logging"]
 
 #: Attributes added to every record (empty strings outside a span / monitored call).
@@ -37,12 +39,10 @@ _previous: Callable[..., logging.LogRecord] | None = None
 
 
 def _annotate(record: logging.LogRecord) -> None:
-    from bitnet_obs._inference import _current
-
     ctx = trace.get_current_span().get_span_context()
-    call = _current.get()
-    if not ctx.is_valid and call is not None and call.span is not None:
-        ctx = call.span.get_span_context()  # a generator's consumer between items
+    call = _context.current.get()
+    if not ctx.is_valid and call is not None:
+        ctx = call.span_context or ctx  # a generator's consumer between items
     if ctx.is_valid:
         record.trace_id = format(ctx.trace_id, "032x")
         record.span_id = format(ctx.span_id, "016x")
@@ -51,10 +51,9 @@ def _annotate(record: logging.LogRecord) -> None:
         record.trace_id = record.span_id = ""
         record.trace_sampled = False
     if call is not None:
-        attrs = call.site.attrs
-        record.model = attrs.get("gen_ai.request.model", "")
-        record.operation = attrs.get("gen_ai.operation.name", "")
-        record.device = call.device
+        record.model = call.model or ""
+        record.operation = call.operation or ""
+        record.device = call.device or ""
     else:
         record.model = record.operation = record.device = ""
 
@@ -80,6 +79,7 @@ def instrument_logging() -> None:
         logging.setLogRecordFactory(factory)
 
 
+@_state.on_reset
 def uninstrument_logging() -> None:
     global _previous
     with _lock:

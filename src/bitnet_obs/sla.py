@@ -39,7 +39,6 @@ Definitions (what ``bitnet.sla.compliance`` and ``bitnet.sla.violations`` mean):
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from array import array
@@ -48,8 +47,9 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from bitnet_obs import _inference, _instruments
-from bitnet_obs._config import ConfigError, Settings
+from bitnet_obs import _config, _context, _state
+from bitnet_obs._config import Integer, Number, Settings
+from bitnet_obs._instruments import SLA_COMPLIANCE, SLA_VIOLATIONS
 from bitnet_obs._selfmon import internal_error
 
 __all__ = [
@@ -67,7 +67,7 @@ LEVELS = ("met", "warning", "critical")
 RECOVERY = 0.8
 _NAMES = (*OBJECTIVES, "overall")
 _EPS = 1e-12
-_VIOLATIONS = _instruments.TALLIES["bitnet.sla.violations"]
+_VIOLATIONS = SLA_VIOLATIONS
 _VIOLATION_KEYS = {
     (i, level): (("bitnet.sla.objective", name), ("bitnet.sla.severity", LEVELS[level]))
     for i, name in enumerate(OBJECTIVES)
@@ -76,11 +76,18 @@ _VIOLATION_KEYS = {
 _ATTRS = [{"bitnet.sla.objective": name} for name in _NAMES]
 
 
-def _positive(name: str, value: object, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{name}={value!r} is not valid; accepted: a number > 0")
+# Objective field -> the settings field whose declaration (range, accepted values) it shares.
+_SETTINGS_FIELDS = {
+    "latency_s": "sla_latency_s",
+    "ttft_s": "sla_ttft_s",
+    "min_tokens_per_s": "sla_min_tokens_per_s",
+    "max_error_rate": "sla_max_error_rate",
+    "percentile": "sla_percentile",
+    "window": "sla_window",
+    "window_s": "sla_window_s",
+}
+_MIN_SAMPLES = Integer(1, 1_000_000)
+_CRITICAL_FACTOR = Number(1.0, 1000.0)
 
 
 @dataclass(frozen=True)
@@ -98,23 +105,13 @@ class Objectives:
     critical_factor: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("latency_s", "ttft_s", "min_tokens_per_s", "window_s"):
-            _positive(name, getattr(self, name))
-        _positive("critical_factor", self.critical_factor, optional=False)
-        rate = self.max_error_rate
-        if rate is not None and (
-            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1
-        ):
-            raise ConfigError(f"max_error_rate={rate!r} is not valid; accepted: a number in [0, 1]")
-        p = self.percentile
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 100:
-            raise ConfigError(f"percentile={p!r} is not valid; accepted: a number in (0, 100]")
-        for name in ("window", "min_samples"):
-            n = getattr(self, name)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ConfigError(f"{name}={n!r} is not valid; accepted: an integer >= 1")
-        if self.critical_factor < 1:
-            raise ConfigError(f"critical_factor={self.critical_factor!r}; accepted: >= 1")
+        for name, settings_field in _SETTINGS_FIELDS.items():
+            value = getattr(self, name)
+            if name == "window_s" and value is None:
+                continue  # no time limit
+            _config.row(settings_field).parser.check(name, value)
+        _MIN_SAMPLES.check("min_samples", self.min_samples)
+        _CRITICAL_FACTOR.check("critical_factor", self.critical_factor)
 
     @property
     def active(self) -> tuple[bool, bool, bool, bool]:
@@ -307,9 +304,11 @@ def _observe(_options: CallbackOptions) -> Iterable[Observation]:
 
 
 def set_objectives(new: Objectives | None) -> None:
-    """Track these objectives from now on, with a fresh window; ``None`` stops tracking::
+    """Track these objectives from now on, with a fresh window; ``None`` stops tracking.
 
-    sla.set_objectives(sla.Objectives(latency_s=2.0, max_error_rate=0.01))
+    For example::
+
+        sla.set_objectives(sla.Objectives(latency_s=2.0, max_error_rate=0.01))
     """
     global _tracker
     if new is not None and not isinstance(new, Objectives):
@@ -317,12 +316,15 @@ def set_objectives(new: Objectives | None) -> None:
     with _lock:
         _tracker = _Tracker(new) if new is not None else None
         if new is not None:
-            _inference.add_request_observer(_on_request)
-            _instruments.unregister_callback("bitnet.sla.compliance", _observe)
-            _instruments.register_gauge_callback("bitnet.sla.compliance", _observe)
+            _context.add_request_observer(_on_request)
+            SLA_COMPLIANCE.register(_observe)
+            for i in range(len(OBJECTIVES)):  # start the violation counters at 0
+                if new.active[i]:
+                    for level in (1, 2):
+                        _VIOLATIONS.tally.declare(_VIOLATION_KEYS[(i, level)])
         else:
-            _inference.remove_request_observer(_on_request)
-            _instruments.unregister_callback("bitnet.sla.compliance", _observe)
+            _context.remove_request_observer(_on_request)
+            SLA_COMPLIANCE.unregister(_observe)
 
 
 def objectives() -> Objectives | None:
@@ -340,13 +342,16 @@ def snapshot() -> dict[str, ObjectiveState]:
 def record(
     duration_s: float, ttft_s: float | None = None, output_tokens: int = 0, outcome: str = "ok"
 ) -> None:
-    """Count one request that ``monitored_inference`` did not see (it feeds the SLA itself)::
+    """Count one request that ``monitored_inference`` did not see (it feeds the SLA itself).
 
-    sla.record(1.7, ttft_s=0.2, output_tokens=64)          # outcome: ok, error, cancelled
+    For example::
+
+        sla.record(1.7, ttft_s=0.2, output_tokens=64)      # outcome: ok, error, cancelled
     """
     _on_request(duration_s, ttft_s, output_tokens, outcome)
 
 
+@_state.on_fork
 def _reinit_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
@@ -354,4 +359,6 @@ def _reinit_after_fork() -> None:
         _tracker.lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reinit_after_fork)
+@_state.on_reset
+def _reset() -> None:
+    set_objectives(None)

@@ -24,11 +24,30 @@ NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_ALREADY_INITIALIZED = 5
 NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_INSUFFICIENT_SIZE = 7
+NVML_ERROR_INSUFFICIENT_POWER = 8
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_IRQ_ISSUE = 11
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_CORRUPTED_INFOROM = 14
 NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_RESET_REQUIRED = 16
+NVML_ERROR_OPERATING_SYSTEM = 17
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
+NVML_ERROR_IN_USE = 19
+NVML_ERROR_MEMORY = 20
+NVML_ERROR_NO_DATA = 21
+NVML_ERROR_VGPU_ECC_NOT_SUPPORTED = 22
+NVML_ERROR_INSUFFICIENT_RESOURCES = 23
+NVML_ERROR_FREQ_NOT_SUPPORTED = 24
+NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
+NVML_ERROR_DEPRECATED = 26
+NVML_ERROR_NOT_READY = 27
+NVML_ERROR_GPU_NOT_FOUND = 28
+NVML_ERROR_INVALID_STATE = 29
+NVML_ERROR_RESET_TYPE_NOT_SUPPORTED = 30
 NVML_ERROR_UNKNOWN = 999
 
 NVML_TEMPERATURE_GPU = 0
@@ -40,6 +59,8 @@ NVML_AGGREGATE_ECC = 1
 
 class NVMLError(Exception):
     _valClassMapping: dict[int, type[NVMLError]] = {}  # noqa: RUF012 - mirrors pynvml
+    # pynvml's own table; for the other codes the real module asks the driver
+    # (nvmlErrorString) and, with none loaded, says "NVML Error with code N" as this fake does
     _errcode_to_string = {  # noqa: RUF012
         NVML_ERROR_UNINITIALIZED: "Uninitialized",
         NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
@@ -47,11 +68,19 @@ class NVMLError(Exception):
         NVML_ERROR_NO_PERMISSION: "Insufficient Permissions",
         NVML_ERROR_ALREADY_INITIALIZED: "Already Initialized",
         NVML_ERROR_NOT_FOUND: "Not Found",
+        NVML_ERROR_INSUFFICIENT_SIZE: "Insufficient Size",
+        NVML_ERROR_INSUFFICIENT_POWER: "Insufficient External Power",
         NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
         NVML_ERROR_TIMEOUT: "Timeout",
+        NVML_ERROR_IRQ_ISSUE: "Interrupt Request Issue",
         NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
         NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
+        NVML_ERROR_CORRUPTED_INFOROM: "Corrupted infoROM",
         NVML_ERROR_GPU_IS_LOST: "GPU is lost",
+        NVML_ERROR_RESET_REQUIRED: "GPU requires restart",
+        NVML_ERROR_OPERATING_SYSTEM: "The operating system has blocked the request.",
+        NVML_ERROR_LIB_RM_VERSION_MISMATCH: "RM has detected an NVML/RM version mismatch.",
+        NVML_ERROR_MEMORY: "Insufficient Memory",
         NVML_ERROR_UNKNOWN: "Unknown Error",
     }
     value: int
@@ -99,7 +128,8 @@ _extract_errors_as_classes()
 @dataclass
 class FakeDevice:
     """One GPU. ``unsupported``: function names answering NOT_SUPPORTED; ``errors``: function
-    name -> NVML error code to raise; ``lost``: every call raises GPU_IS_LOST."""
+    name -> NVML error code to raise (or any other exception, raised as is); ``lost``: every
+    call raises GPU_IS_LOST."""
 
     name: str = "NVIDIA Fake GPU"
     uuid: str = ""
@@ -111,7 +141,7 @@ class FakeDevice:
     power_mw: int = 150_000
     ecc: tuple[int, int] = (3, 0)
     unsupported: set[str] = field(default_factory=set)
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int | BaseException] = field(default_factory=dict)
     lost: bool = False
 
 
@@ -163,7 +193,8 @@ def _device(fn: str, handle: Any) -> FakeDevice:
     if device.lost:
         raise NVMLError(NVML_ERROR_GPU_IS_LOST)
     if fn in device.errors:
-        raise NVMLError(device.errors[fn])
+        error = device.errors[fn]
+        raise error if isinstance(error, BaseException) else NVMLError(error)
     if fn in device.unsupported:
         raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
     return device

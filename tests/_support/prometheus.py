@@ -17,7 +17,14 @@ Timing -- read this before choosing timeouts:
 * Rules are evaluated every second; an alert with ``for: 0s`` fires on the first evaluation
   that sees data, i.e. shortly after the first scrape.
 * Instant queries see a series for ``--query.lookback-delta`` (5 m) after its last sample unless
-  the target disappears (staleness marker).
+  the target disappears or a scrape fails (staleness marker): on a busy machine a scrape can run
+  past the 1 s scrape timeout, and then an instant query at "now" finds nothing for a moment.
+* "Now" is a moving target: a scrape that started before it may still be appending. Queries that
+  must agree with each other (a rule against the plain expression, a total against another)
+  belong at one *settled* instant: ``at, result = prom.query_when(promql, predicate)`` polls
+  until ``predicate`` holds at ``settled_instant()``, then evaluate the rest with
+  ``prom.query(..., at)``. Never pick an instant from the wall clock (``time.time() - 2``):
+  on a loaded machine the samples it assumes may not exist yet.
 
 Everything listens on 127.0.0.1 only, on ports picked from the kernel's ephemeral range.
 """
@@ -610,6 +617,45 @@ class PrometheusServer:
             raise ValueError(f"{promql!r} returned {len(result)} series, expected one: {result}")
         return float(result[0]["value"][1])
 
+    def settled_instant(self, timeout: float = 30.0) -> float:
+        """The latest instant up to which every target's samples are stored for good.
+
+        Prometheus appends a scrape's samples and its ``up`` sample with one appender and
+        commits them together, and one target's scrapes run one after another; so at the
+        timestamp of a target's newest ``up``, all its samples up to that instant are in, and
+        no sample stored later can change a query evaluated there. With several targets, the
+        earliest of their newest scrapes, once every active target has been scraped (waits up
+        to ``timeout`` for that).
+        """
+        newest = self.wait_for(
+            "timestamp(up)", timeout, lambda r: bool(r) and len(r) >= len(self.targets())
+        )
+        return min(float(sample["value"][1]) for sample in newest)
+
+    def query_when(
+        self,
+        promql: str,
+        predicate: Callable[[list[Sample]], bool] | None = None,
+        timeout: float = 60.0,
+        *,
+        interval: float = 0.25,
+    ) -> tuple[float, list[Sample]]:
+        """``(at, result)``: poll until ``predicate(result)`` (default: non-empty) holds for
+        ``promql`` evaluated at a :meth:`settled_instant` ``at``.
+
+        Evaluate the queries that must agree with ``result`` at ``at`` too: they then see the
+        same samples, however busy the machine. Errors that cannot go away (``bad_data``)
+        raise at once; on timeout a ``PrometheusTimeout`` names the last instant and result.
+        """
+        self.query(promql)  # a PromQL error raises here, before anything is scraped
+
+        def settled(deadline: float) -> float:
+            return self.settled_instant(max(1.0, deadline - time.monotonic()))
+
+        at, result = self._poll(promql, settled, predicate, timeout, interval)
+        assert at is not None
+        return at, result
+
     def wait_for(
         self,
         promql: str,
@@ -624,25 +670,41 @@ class PrometheusServer:
         once; on timeout a ``PrometheusTimeout`` lists the last result, target health and the
         log tail.  Remember the first scrape only happens ~5-7 s after start.
         """
+        return self._poll(promql, lambda deadline: None, predicate, timeout, interval)[1]
+
+    def _poll(
+        self,
+        promql: str,
+        instant: Callable[[float], float | None],
+        predicate: Callable[[list[Sample]], bool] | None,
+        timeout: float,
+        interval: float,
+    ) -> tuple[float | None, list[Sample]]:
+        """Evaluate ``promql`` at ``instant(deadline)`` (None: now) until ``predicate`` holds."""
         check = predicate or bool
         deadline = time.monotonic() + timeout
         last: list[Sample] | str = "(no successful query)"
+        at: float | None = None
         while True:
             try:
-                result = self.query(promql)
+                at = instant(deadline)
+                result = self.query(promql, at)
                 if check(result):
-                    return result
+                    return at, result
                 last = result
             except PrometheusAPIError as exc:
                 if exc.error_type == "bad_data":
                     raise
                 last = str(exc)
+            except PrometheusTimeout as exc:  # no settled instant yet: nothing scraped
+                last = exc.args[0].splitlines()[0]
             if not self.running:
                 raise PrometheusError(self._describe("Prometheus died while waiting"))
             if time.monotonic() >= deadline:
+                where = "" if at is None else f" at a settled instant (last: {at})"
                 raise PrometheusTimeout(
                     self._describe(
-                        f"condition on {promql!r} not met within {timeout:.0f}s; "
+                        f"condition on {promql!r} not met{where} within {timeout:.0f}s; "
                         f"last result: {last}\ntargets:\n{self.target_summary()}"
                     )
                 )

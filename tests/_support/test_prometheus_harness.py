@@ -15,6 +15,7 @@ from tests._support.prometheus import (
     PrometheusError,
     PrometheusFactory,
     PrometheusServer,
+    PrometheusTimeout,
     ScrapeJob,
     promtool_check_config,
     promtool_check_metrics,
@@ -46,10 +47,11 @@ def test_real_prometheus_scrapes_static_endpoint(prometheus_factory: PrometheusF
         assert labels["job"] == "test"
         assert labels["instance"] == endpoint.address
         assert float(result[0]["value"][1]) == 3.0
-        assert prom.query_value('sum(demo_requests_total{model="m"})') == 3.0
+        at, _ = prom.query_when('demo_requests_total{model="m"}')
+        assert prom.query_value('sum(demo_requests_total{model="m"})', at) == 3.0
         assert endpoint.scrape_count >= 1
 
-        targets = prom.targets()
+        targets = prom.wait_for_targets(health="up")  # a scrape may time out on a busy box
         assert [t["health"] for t in targets] == ["up"]
         assert targets[0]["lastError"] == ""
         assert prom.metadata("demo_requests_total")["demo_requests_total"][0]["type"] == "counter"
@@ -79,7 +81,31 @@ def test_bad_promql_raises_clear_error(prometheus_factory: PrometheusFactory) ->
     t0 = time.monotonic()
     with pytest.raises(PrometheusAPIError, match="parse error"):
         prom.wait_for("rate(x[5m]", timeout=20)
-    assert time.monotonic() - t0 < 5
+    with pytest.raises(PrometheusAPIError, match="parse error"):
+        prom.query_when("rate(x[5m]", timeout=20)
+    assert time.monotonic() - t0 < 20  # not one of the two waited its timeout out
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+def test_query_when_answers_at_a_settled_instant(prometheus_factory: PrometheusFactory) -> None:
+    """The instant is one Prometheus has stored everything up to: what a query says there does
+    not change as later scrapes come in, and it is never in the future."""
+    with MetricsEndpoint(GOOD_EXPOSITION) as endpoint:
+        prom = prometheus_factory([endpoint.address])
+        at, result = prom.query_when(
+            'demo_requests_total{model="m"}', lambda r: bool(r) and r[0]["value"][1] == "3"
+        )
+        assert at <= time.time()
+        assert float(result[0]["value"][0]) == at  # evaluated at that instant
+        endpoint.text = GOOD_EXPOSITION.replace("} 3", "} 5")  # the counter moves on
+        later, _ = prom.query_when(
+            'demo_requests_total{model="m"}', lambda r: bool(r) and r[0]["value"][1] == "5"
+        )
+        assert at < later <= prom.settled_instant()  # instants move forward
+        assert prom.query_value('demo_requests_total{model="m"}', at) == 3  # the past stays
+        with pytest.raises(PrometheusTimeout, match="not met at a settled instant"):
+            prom.query_when('demo_requests_total{model="never"}', timeout=3)
 
 
 @pytest.mark.prometheus

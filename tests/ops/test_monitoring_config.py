@@ -114,6 +114,10 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "BitNetQueueSaturated",
         "BitNetQueueWaitHigh",
         "BitNetCacheHitRateCollapsed",
+        # correctness (issue 14)
+        "BitNetCrossValidationFailure",
+        "BitNetCrossValidationPerformanceRegression",
+        "BitNetDegenerateOutput",
     }
 
 
@@ -301,7 +305,14 @@ def test_dashboard_json_is_generated_from_build_dashboard() -> None:
 def test_dashboard_layout_rows_and_variables() -> None:
     board = dashboard()
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Overview", "Serving lifecycle", "Quantization", "Devices", "Health and SLA"]
+    assert rows == [
+        "Overview",
+        "Serving lifecycle",
+        "Quantization",
+        "Devices",
+        "Health and SLA",
+        "Correctness",
+    ]
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert set(variables) == {"datasource", "model", "instance"}
     assert variables["datasource"]["query"] == "prometheus"
@@ -344,6 +355,13 @@ def test_dashboard_layout_rows_and_variables() -> None:
         "Batch formation time",
         "Cache hit ratio",
         "Cache usage",
+        "Degenerate output ratio",
+        "Degenerate outputs by reason",
+        "Cross-validation",
+        "Golden token agreement",
+        "Golden-case tokens/s",
+        "Candidate / reference tokens/s",
+        "Runtime",
     } <= titles
 
 

@@ -17,6 +17,7 @@ from bitnet_obs.quant import (
     FORMATS,
     I2S_BLOCK,
     TL2_DEFAULT_BK,
+    QuantInputError,
     Tl2Packed,
     accuracy,
     code_fractions,
@@ -69,13 +70,14 @@ def test_scale_and_code_fractions_match_reference(
     assert neg + zero + pos == pytest.approx(1.0)
 
 
-def test_quantize_weights_matches_the_formula(
+def test_quantize_weights_matches_the_converter(
     gaussian: npt.NDArray[np.float32], quantized: tuple[npt.NDArray[np.int8], float]
 ) -> None:
     codes, s = quantized
-    assert s == float(np.float32(np.abs(gaussian).sum(dtype=np.float64) / gaussian.size))
-    head = gaussian[:1024].astype(np.float64)  # 4M values are plenty to pin the rounding rule
-    expected = np.clip(np.rint(head / s), -1, 1).astype(np.int8)
+    mean = np.float32(np.abs(gaussian).sum(dtype=np.float64) / gaussian.size)
+    head = gaussian[:1024]  # 4M values are plenty to pin the rounding rule
+    expected, expected_scale = converter_rule(head, mean)
+    assert s == expected_scale
     assert codes.dtype == np.int8
     assert np.array_equal(codes[:1024], expected)
 
@@ -115,43 +117,126 @@ def test_lut_formats_give_the_i2s_output_on_a_large_tensor(
 # --- weights and activations -----------------------------------------------------------------
 
 
+def converter_rule(
+    w: npt.NDArray[np.floating], mean: np.float32
+) -> tuple[npt.NDArray[np.int8], float]:
+    """bitnet.cpp's converter (weight_quant, then quantize_to_i2_s) spelled out, given the
+    float32 mean |w|: float32 product with the reciprocal, half-to-even rounding, dequantized
+    values in the checkpoint's dtype, and the first non-zero magnitude as the stored scale."""
+    w32 = w.astype(np.float32)
+    inv = np.float32(1) / max(mean, np.float32(1e-5))
+    t = np.clip(np.rint(w32 * inv), -1, 1)
+    dequantized = (t / inv).astype(np.float16 if w.dtype == np.float16 else np.float32)
+    magnitudes = np.abs(dequantized[np.abs(dequantized) > 1e-6]).astype(np.float32)
+    scale = float(magnitudes[0]) if magnitudes.size else float(np.float32(1e-5))
+    return t.astype(np.int8), scale
+
+
+def test_stored_scale_is_one_over_the_float32_reciprocal() -> None:
+    # mean|w| = 0.8125 exactly; the converter multiplies by fl32(1/m) = 1.2307693 and stores
+    # fl32(1/1.2307693) = 0.81249994, one float32 step below m (main stored m itself)
+    w = np.array([[0.2, -1.0, 0.05, 2.0]], np.float32)
+    codes, s = quantize_weights(w)
+    assert s == float(np.float32(0.81249994)) != 0.8125
+    assert codes.tolist() == [[0, -1, 0, 1]]
+    assert weight_report(w).scale == s
+
+
+def test_codes_multiply_by_the_reciprocal_instead_of_dividing() -> None:
+    # mean = 0.9486069 exactly; the first weight is one float32 step above m/2: w/m rounds to
+    # 1, but fl32(w * fl32(1/m)) is 0.5, which rounds (half to even) to 0 in bitnet.cpp
+    w = np.array([[0.4743034839630127, 1.4229103326797485]], np.float32)
+    codes, _ = quantize_weights(w)
+    assert codes.tolist() == [[0, 1]]
+    assert weight_report(w).code_fractions == (0.0, 0.5, 0.5)
+
+
+def test_float16_checkpoints_store_a_float16_scale() -> None:
+    # the issue's case: mean 0.01573579; the converter dequantizes in float16, so it stores
+    # float16(1/fl32(1/m)) = 0.015731812 (main stored 0.01573579)
+    w = np.repeat(np.array([0.0157470703125, 0.0157318115234375], np.float16), [2136, 6056])
+    w = w.reshape(64, 128)
+    assert np.float32(np.abs(w.astype(np.float64)).mean()) == np.float32(0.01573579)
+    codes, s = quantize_weights(w)
+    assert s == float(np.float32(0.015731812))
+    assert (codes == 1).all()
+    assert weight_report(w).scale == s
+
+
+def test_all_zero_and_all_small_tensors_store_the_floor() -> None:
+    # the Python converter finds no non-zero weight and writes 1e-5 (C llama-quantize: 0.0)
+    for w in (np.zeros((2, 4), np.float32), np.full((2, 4), 4e-6, np.float32)):
+        codes, s = quantize_weights(w)
+        assert s == float(np.float32(1e-5))
+        assert not codes.any()
+    assert weight_report(w).scale == s  # (an all-zero reference has no accuracy to report)
+
+
 def test_quantize_weights_rounds_half_to_even() -> None:
-    # mean|w| = 1 exactly, so w/s hits the ties 0.5 (-> 0) and 1.5 (-> 2, clipped to 1)
+    # mean|w| = 1 exactly, so w*s_inv hits the ties 0.5 (-> 0) and 1.5 (-> 2, clipped to 1)
     codes, s = quantize_weights(np.array([[0.5, 1.5, -0.5, -1.5]], np.float32))
     assert s == 1.0
     assert codes.tolist() == [[0, 1, 0, -1]]
 
 
-def test_quantize_weights_floors_the_scale() -> None:
-    codes, s = quantize_weights(np.zeros((2, 4), np.float32))
-    assert s == float(np.float32(1e-5))
-    assert not codes.any()
+def test_float64_weights_are_rounded_to_float32_first() -> None:
+    w = np.random.default_rng(3).standard_normal((8, 64))
+    assert quantize_weights(w)[1] == quantize_weights(w.astype(np.float32))[1]
+    assert np.array_equal(quantize_weights(w)[0], quantize_weights(w.astype(np.float32))[0])
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float64])
-def test_quantize_weights_other_float_widths(dtype: type[np.floating]) -> None:
-    w = np.random.default_rng(3).standard_normal((8, 64)).astype(dtype)
+def test_bfloat16_tensors_are_converted_to_float32() -> None:
+    torch = pytest.importorskip("torch")
+    w = torch.randn(16, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(1))
     codes, s = quantize_weights(w)
-    w64 = w.astype(np.float64)
-    assert s == float(np.float32(np.abs(w64).mean()))
-    assert np.array_equal(codes, np.clip(np.rint(w64 / s), -1, 1))
+    ref_codes, ref_s = quantize_weights(w.float().numpy())
+    assert s == ref_s
+    assert np.array_equal(codes, ref_codes)
 
 
-# The absmean sum's documented precision (_formats._absmean_scale): relative to the exact sum.
+def test_codes_and_scale_match_torch_running_the_converter_expression() -> None:
+    """The converter's own arithmetic run by torch (weight_quant's product, round, clamp and
+    division, then the first non-zero magnitude), fed our float64 mean: torch's float32 mean
+    depends on its thread count and SIMD width, so that one input is taken from us."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    for dtype in (np.float32, np.float16):
+        w = (rng.standard_normal((32, 256)) * 0.02).astype(dtype)
+        mean = np.float32(np.abs(w.astype(np.float64)).mean())
+        t = torch.from_numpy(w).float()
+        s = 1 / torch.tensor(mean).clamp(min=1e-5)
+        deq = ((t * s).round().clamp(-1, 1) / s).to(torch.from_numpy(w).dtype)
+        codes, scale = quantize_weights(w)
+        assert np.array_equal(codes, (deq.float() * s).round().numpy().astype(np.int8))
+        assert scale == deq.float().abs().max().item()
+
+
+# The absmean sum's documented precision (_formats._absmean_sum): relative to the exact sum.
 SCALE_SUM_REL = 300 * 2.0**-53
 
 
-def allowed_scales(w: npt.NDArray[np.floating], total: float, total_rel: float) -> set[float]:
-    """float32(max(mean|w|, 1e-5)) for a |w| sum *total* known to within *total_rel*: the one
-    correctly rounded value, or both float32 neighbours when the mean lies within the absmean
-    sum's documented error (plus *total_rel* and the division's rounding) of a rounding boundary."""
-    mean = max(total / w.size, 1e-5)
+def allowed_means(w: npt.NDArray[np.floating], total: float, total_rel: float) -> set[np.float32]:
+    """float32(mean|w|) for a |w| sum *total* known to within *total_rel*: the one correctly
+    rounded value, or both float32 neighbours when the mean lies within the absmean sum's
+    documented error (plus *total_rel* and the division's rounding) of a rounding boundary."""
+    mean = total / w.size
     slack = (SCALE_SUM_REL + total_rel + 2.0**-52) * mean
-    return {float(np.float32(mean - slack)), float(np.float32(mean + slack))}
+    return {np.float32(mean - slack), np.float32(mean + slack)}
 
 
-def exact_scales(w: npt.NDArray[np.floating]) -> set[float]:
-    return allowed_scales(w, math.fsum(np.abs(w, dtype=np.float64).ravel().tolist()), 2.0**-53)
+def exact_means(w: npt.NDArray[np.floating]) -> set[np.float32]:
+    w32 = w.astype(np.float32) if w.dtype == np.float64 else w  # the converter's first step
+    return allowed_means(w, math.fsum(np.abs(w32, dtype=np.float64).ravel().tolist()), 2.0**-53)
+
+
+def matches_converter(
+    w: npt.NDArray[np.floating], got: tuple[npt.NDArray[np.int8], float], means: set[np.float32]
+) -> bool:
+    for mean in means:
+        codes, scale = converter_rule(w, mean)
+        if got[1] == scale and np.array_equal(got[0], codes):
+            return True
+    return False
 
 
 def test_scale_is_the_rounded_exact_mean_on_the_reference_tensor(
@@ -160,8 +245,9 @@ def test_scale_is_the_rounded_exact_mean_on_the_reference_tensor(
     ld = float(np.finfo(np.longdouble).eps)  # 2**-63 on x86, float64's 2**-52 elsewhere
     pieces = np.array_split(gaussian.ravel(), 64)
     total = sum(np.abs(p, dtype=np.longdouble).sum() for p in pieces)  # within 128 ld of exact
-    allowed = allowed_scales(gaussian, float(total), 128 * ld)
-    assert allowed == {quantized[1]}  # a single candidate: no rounding boundary anywhere near
+    means = allowed_means(gaussian, float(total), 128 * ld)
+    assert len(means) == 1  # a single candidate: no rounding boundary anywhere near
+    assert quantized[1] == converter_rule(gaussian[:1], means.pop())[1]
 
 
 finite_f16 = st.floats(width=16, allow_nan=False, allow_infinity=False)
@@ -178,7 +264,7 @@ moderate_f64 = st.floats(-1e30, 1e30)  # a mean beyond float32 raises instead
     st.data(),
 )
 @FAST
-def test_scale_is_the_correctly_rounded_float64_mean(
+def test_quantizer_is_the_converter_on_the_correctly_rounded_mean(
     kind: tuple[type[np.floating], st.SearchStrategy[float]],
     rows: int,
     cols: int,
@@ -186,10 +272,11 @@ def test_scale_is_the_correctly_rounded_float64_mean(
 ) -> None:
     dtype, elements = kind
     w = data.draw(hnp.arrays(dtype, (rows, cols), elements=elements))
-    codes, s = quantize_weights(w)
-    assert s in exact_scales(w)
-    half = np.result_type(w.dtype, np.float32).type(s) / 2
-    assert np.array_equal(codes, (w > half).astype(np.int8) - (w < -half))  # the threshold rule
+    got = quantize_weights(w)
+    assert matches_converter(w, got, exact_means(w))
+    with np.errstate(over="ignore"):  # float16 weights' squares may leave float16
+        if np.any(w):
+            assert weight_report(w).scale == got[1]
 
 
 @pytest.mark.parametrize("n", [65536, 2 * 65536 + 3 * 256, 3 * 65536 + 17, 5 * 65536 - 256])
@@ -197,8 +284,9 @@ def test_scale_across_sum_chunks(n: int) -> None:
     """Several 65536-value chunks of the absmean sum, whole and ragged."""
     rng = np.random.default_rng(n)
     w = (rng.standard_normal((1, n)) * np.exp(rng.uniform(-8, 8, (1, n)))).astype(np.float32)
-    assert quantize_weights(w)[1] in exact_scales(w)
-    assert weight_report(w).scale == quantize_weights(w)[1]
+    got = quantize_weights(w)
+    assert matches_converter(w, got, exact_means(w))
+    assert weight_report(w).scale == got[1]
 
 
 @given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 40)),
@@ -269,7 +357,7 @@ def test_i2s_arm_single_value_position() -> None:
 def test_i2s_round_trip_and_reference_layout(layout: str, blocks: int, data: st.DataObject) -> None:
     block = I2S_BLOCK[layout]  # type: ignore[index]
     rows = data.draw(st.sampled_from([1, 2, 4]))
-    codes = data.draw(codes_of(st.just((rows, blocks * block // rows))))
+    codes = data.draw(codes_of(st.just((rows, blocks * block))))
     scale = data.draw(st.floats(2.0**-16, 1024.0, width=32))
     packed = pack_i2s(codes, scale, layout)  # type: ignore[arg-type]
     assert packed == reference_pack(codes, scale, block)
@@ -385,3 +473,27 @@ def test_tiny_row_is_reported_only_where_the_lut_scale_overflows() -> None:
         warnings.simplefilter("error")
         assert matmul_report(x, codes, 1.0, "tl1").zero_rows.tolist() == [0]
         assert matmul_report(x, codes, 1.0, "i2_s").zero_rows.tolist() == []
+
+
+@given(st.sampled_from(["x86", "arm"]), st.integers(1, 6), st.integers(1, 700), st.data())
+@FAST
+def test_i2s_shapes_the_kernel_cannot_run_are_refused(
+    layout: str, m: int, k: int, data: st.DataObject
+) -> None:
+    block = I2S_BLOCK[layout]  # type: ignore[index]
+    codes = data.draw(codes_of(st.just((m, k))))
+    if k % block == 0:
+        packed = pack_i2s(codes, 0.5, layout)  # type: ignore[arg-type]
+        assert np.array_equal(unpack_i2s(packed, (m, k), layout)[0], codes)  # type: ignore[arg-type]
+    else:
+        message = rf"I2_S \({layout}\) rows must hold whole {block}-value blocks: .*K={k}"
+        with pytest.raises(QuantInputError, match=message):
+            pack_i2s(codes, 0.5, layout)  # type: ignore[arg-type]
+        with pytest.raises(QuantInputError, match=message):
+            unpack_i2s(bytes(m * k // 4 + 32), (m, k), layout)  # type: ignore[arg-type]
+
+
+def test_i2s_reads_the_zero_scale_llama_quantize_writes() -> None:
+    data = pack_i2s(np.zeros((2, 128), np.int8), 0.0)
+    codes, s = unpack_i2s(data, (2, 128))
+    assert s == 0.0 and not codes.any()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -10,21 +11,21 @@ import pytest
 import bitnet_obs
 from bitnet_obs import quant
 from bitnet_obs.quant import QuantInputError, _record
-from bitnet_obs.testing import TelemetryCapture, capture_telemetry
+from bitnet_obs.testing import TelemetryCapture, capture_telemetry, override_settings, reset
 
 
 @pytest.fixture
-def cap(monkeypatch: pytest.MonkeyPatch) -> Iterator[TelemetryCapture]:
-    monkeypatch.setattr(_record, "_budget", _record._Budget())
+def cap() -> Iterator[TelemetryCapture]:
+    reset()  # a fresh budget and no tensor names yet
     with capture_telemetry() as capture:
         yield capture
 
 
 @pytest.fixture
-def always(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Measure every runtime sample, with an ample budget."""
-    settings = bitnet_obs.Settings(quant_sample_rate=1.0, quant_budget=1.0)
-    monkeypatch.setattr("bitnet_obs._pipeline.settings", lambda: settings)
+def always(cap: TelemetryCapture) -> Iterator[None]:
+    """Measure every runtime sample, with an ample budget (after ``cap``'s reset)."""
+    with override_settings(quant_sample_rate=1.0, quant_budget=1.0):
+        yield
 
 
 def _w(rows: int = 64, cols: int = 96, seed: int = 0) -> np.ndarray:
@@ -111,22 +112,18 @@ def test_activation_and_logits(cap: TelemetryCapture) -> None:
     assert point.sum == 1.0
 
 
-def test_sampling_rate_zero_skips_and_counts(
-    cap: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = bitnet_obs.Settings(quant_sample_rate=0.0)
-    monkeypatch.setattr("bitnet_obs._pipeline.settings", lambda: settings)
+def test_sampling_rate_zero_skips_and_counts(cap: TelemetryCapture) -> None:
     x = np.ones((2, 8), np.float32)
-    assert quant.compare_outputs("t", x, x) is None
+    with override_settings(quant_sample_rate=0.0):
+        assert quant.compare_outputs("t", x, x) is None
     assert (
         cap.value("bitnet.quant.samples_skipped", **{"bitnet.quant.skip_reason": "sampling"}) == 1
     )
 
 
-def test_budget_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_budget_is_enforced() -> None:
     clock = [100.0]
-    monkeypatch.setattr(_record.time, "monotonic", lambda: clock[0])
-    budget = _record._Budget()
+    budget = _record._Budget(clock=lambda: clock[0])
     fraction = 0.01
     assert budget.admit(1.0, fraction) is None
     budget.spend(1.0)  # a huge sample: far over the 0.6 s burst allowance
@@ -145,12 +142,8 @@ def test_budget_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spent / (clock[0] - started) <= fraction + 0.6 / (clock[0] - started) + 1e-9
 
 
-def test_inside_a_monitored_call_bad_input_is_a_counted_skip(
-    cap: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = bitnet_obs.Settings(quant_sample_rate=1.0, quant_budget=1.0)
-    monkeypatch.setattr("bitnet_obs._pipeline.settings", lambda: settings)
-
+@pytest.mark.usefixtures("always")
+def test_inside_a_monitored_call_bad_input_is_a_counted_skip(cap: TelemetryCapture) -> None:
     @bitnet_obs.monitored_inference(model="m", quant_format="tl2")
     def infer() -> int:
         inf = bitnet_obs.current_inference()
@@ -179,35 +172,76 @@ def test_large_tensors_are_row_sampled(cap: TelemetryCapture) -> None:
     assert point.attributes["bitnet.quant.row_sample"] is True
 
 
-def test_tensor_name_cardinality_is_bounded(
-    cap: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_record, "_names", set())
-    monkeypatch.setattr(_record, "MAX_TENSOR_NAMES", 3)
-    for i in range(10):
-        quant.record_weight_quantization(f"t{i}", _w(4, 6, i), formats=("i2_s",))
+def test_tensor_name_cardinality_is_bounded(cap: TelemetryCapture) -> None:
+    limit = _record.MAX_TENSOR_NAMES
+    w = _w(4, 6)
+    for i in range(limit + 3):
+        quant.record_weight_quantization(f"t{i}", w, formats=("i2_s",))
     names = {p.attributes["bitnet.tensor"] for p in cap.points("bitnet.quant.accuracy")}
-    assert names == {"t0", "t1", "t2", "_other"}
+    assert names == {f"t{i}" for i in range(limit)} | {"_other"}
 
 
-def test_callable_references_run_only_for_taken_samples(
-    cap: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_callable_references_run_only_for_taken_samples(cap: TelemetryCapture) -> None:
     calls: list[int] = []
 
     def reference() -> np.ndarray:
         calls.append(1)
         return np.ones((2, 4))
 
-    monkeypatch.setattr(
-        "bitnet_obs._pipeline.settings", lambda: bitnet_obs.Settings(quant_sample_rate=0.0)
-    )
-    assert quant.compare_outputs("lazy", reference, np.ones((2, 4))) is None
+    with override_settings(quant_sample_rate=0.0):
+        assert quant.compare_outputs("lazy", reference, np.ones((2, 4))) is None
     assert calls == []
-    monkeypatch.setattr(
-        "bitnet_obs._pipeline.settings",
-        lambda: bitnet_obs.Settings(quant_sample_rate=1.0, quant_budget=1.0),
-    )
-    acc = quant.compare_outputs("lazy", reference, lambda: np.ones((2, 4)))
+    with override_settings(quant_sample_rate=1.0, quant_budget=1.0):
+        acc = quant.compare_outputs("lazy", reference, lambda: np.ones((2, 4)))
     assert acc is not None and acc.cosine == pytest.approx(1.0)
     assert calls == [1]
+
+
+def test_fidelity_samples_count_avx2_kernel_overflows(cap: TelemetryCapture, always: None) -> None:
+    codes = np.ones((4, 4096), np.int8)
+    x = np.ones((2, 4096), np.float32)
+    x[1, ::2] = -1.0  # the second token's lanes cancel: no overflow there
+    exact = quant.matmul(x, codes, 0.5)
+    wrapped = quant.matmul(x, codes, 0.5, kernel="avx2")
+    quant.compare_outputs(
+        "layers.0.mlp.down_proj", exact, wrapped, reference_kind="quantized",
+        activations=lambda: x, codes=codes,
+    )  # fmt: skip
+    attrs = {"bitnet.quant.format": "i2_s", "bitnet.tensor": "layers.0.mlp.down_proj"}
+    assert cap.value("bitnet.quant.kernel_overflows", **attrs) == 4
+    rng = np.random.default_rng(0)
+    gauss = rng.standard_normal((3, 4096)).astype(np.float32)
+    codes = rng.integers(-1, 2, (8, 4096)).astype(np.int8)
+    y = quant.matmul(gauss, codes, 0.5)
+    quant.compare_outputs("layers.1.q", y, y, activations=gauss, codes=codes)
+    attrs["bitnet.tensor"] = "layers.1.q"
+    assert cap.value("bitnet.quant.kernel_overflows", **attrs) == 0  # sampled, none wrapped
+    # TL formats and shapes the x86 kernel cannot run are not counted
+    quant.compare_outputs("tl", y, y, format="tl2", activations=gauss, codes=codes)
+    quant.compare_outputs("k96", y[:, :2], y[:, :2], activations=gauss[:, :96],
+                          codes=codes[:2, :96])  # fmt: skip
+    assert not cap.points("bitnet.quant.kernel_overflows", **{"bitnet.tensor": "tl"})
+    assert not cap.points("bitnet.quant.kernel_overflows", **{"bitnet.tensor": "k96"})
+
+
+def test_one_draw_for_a_group_of_samples(cap: TelemetryCapture) -> None:
+    """admit_runtime_sample() draws once; the group's samples, admitted, are not drawn again."""
+    ref = _w(8, 16)
+    with override_settings(quant_sample_rate=0.0, quant_budget=1.0):
+        assert not quant.admit_runtime_sample()
+        assert quant.admit_runtime_sample(rate=1.0)  # the caller's own rate
+        assert quant.compare_outputs("x", ref, ref) is None  # drawn at the setting: 0
+        assert quant.compare_outputs("x", ref, ref, admitted=True) is not None
+    skipped = {"bitnet.quant.skip_reason": "sampling", "bitnet.quant.kind": "output"}
+    assert cap.value("bitnet.quant.samples_skipped", **skipped) == 2
+    assert cap.value("bitnet.quant.operations", **{"bitnet.tensor": "x"}) == 1
+
+
+def test_an_admitted_sample_still_honours_the_budget(cap: TelemetryCapture) -> None:
+    ref = _w(8, 16)
+    with override_settings(quant_sample_rate=1.0, quant_budget=1e-9):
+        quant.compare_outputs("x", ref, lambda: time.sleep(0.06) or ref, admitted=True)
+        assert not quant.admit_runtime_sample()  # the credit is spent
+        assert quant.compare_outputs("x", ref, ref, admitted=True) is None
+    budget = {"bitnet.quant.skip_reason": "budget", "bitnet.quant.kind": "output"}
+    assert cap.value("bitnet.quant.samples_skipped", **budget) == 2

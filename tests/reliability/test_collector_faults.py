@@ -27,6 +27,9 @@ from tests.reliability._harness import (
 CALLS = 3000
 PAUSE_S = 0.0005
 SHUTDOWN_BOUND_S = 2.0
+# Room after the bound for the threads to wind down on a busy machine; an unbounded shutdown
+# would wait for the exporter's own 10 s timeout (OTEL_EXPORTER_OTLP_TIMEOUT's default).
+SHUTDOWN_SLACK_S = 2.0
 QUEUE_CAP = 2048  # the SDK BatchSpanProcessor's default max_queue_size
 TARGET = "tests.reliability.test_collector_faults:workload"
 PROTOCOLS = ("grpc", "http/protobuf")
@@ -35,7 +38,7 @@ PROTOCOLS = ("grpc", "http/protobuf")
 def workload(calls: int, pause_s: float, wait_success_s: float = 0.0) -> dict[str, Any]:
     """In the child: monitored calls against whatever collector the environment names."""
     import bitnet_obs
-    from bitnet_obs import _pipeline
+    from bitnet_obs import _selfmon
 
     telemetry = bitnet_obs.configure()
 
@@ -78,7 +81,7 @@ def workload(calls: int, pause_s: float, wait_success_s: float = 0.0) -> dict[st
         "shutdown_ok": ok,
         "shutdown_s": round(shutdown_s, 3),
         "dropped": {
-            signal: {r: _pipeline.dropped(signal, r) for r in reasons}
+            signal: {r: _selfmon.dropped(signal, r) for r in reasons}
             for signal in ("traces", "metrics")
         },
         "exports": {g.health.name: g.health.consecutive_failures for g in telemetry.guards},
@@ -121,7 +124,7 @@ def _check_user_side(case: str, result: dict[str, Any], baseline: dict[str, Any]
     bound = p99_bound_ms(baseline["latency_ms"]["p99"])
     assert result["latency_ms"]["p99"] <= bound, (case, result["latency_ms"], bound)
     assert result["rss_growth_mb"] < 25, (case, result["rss_growth_mb"])
-    assert result["shutdown_s"] <= SHUTDOWN_BOUND_S + 0.5, (case, result["shutdown_s"])
+    assert result["shutdown_s"] <= SHUTDOWN_BOUND_S + SHUTDOWN_SLACK_S, (case, result["shutdown_s"])
     assert result["max_queue"] <= QUEUE_CAP
 
 
@@ -163,7 +166,7 @@ def test_healthy_collector_gets_everything(baseline: dict[str, Any], figures: An
             p: Child(TARGET, _env(_endpoint(rx, p), p), calls=CALLS, pause_s=PAUSE_S)
             for p, rx in receivers.items()
         }
-        results = {p: c.finish(60).result for p, c in children.items()}
+        results = {p: c.finish(180).result for p, c in children.items()}
         for protocol, result in results.items():
             rx = receivers[protocol]
             _check_user_side("healthy", result, baseline)
@@ -182,7 +185,7 @@ def test_nothing_listening(baseline: dict[str, Any], figures: Any) -> None:
         p: Child(TARGET, _env(endpoints[p], p), calls=CALLS, pause_s=PAUSE_S) for p in PROTOCOLS
     }
     for protocol, child in children.items():
-        result = child.finish(60).result
+        result = child.finish(180).result
         _check_user_side("dead", result, baseline)
         assert not result["shutdown_ok"]
         queued, in_flight = _spans_accounted(result, received=0)
@@ -200,7 +203,7 @@ def test_black_hole(baseline: dict[str, Any], figures: Any) -> None:
             for p, h in holes.items()
         }
         for protocol, child in children.items():
-            result = child.finish(60).result
+            result = child.finish(180).result
             _check_user_side("black_hole", result, baseline)
             assert holes[protocol].accepted >= 1  # the exporter did connect
             queued, in_flight = _spans_accounted(result, received=0)
@@ -223,7 +226,7 @@ def test_slow_collector_answering_after_5s(baseline: dict[str, Any], figures: An
             )
             for p, rx in receivers.items()
         }
-        results = {p: c.finish(60).result for p, c in children.items()}
+        results = {p: c.finish(180).result for p, c in children.items()}
         for protocol, result in results.items():
             rx = receivers[protocol]
             _check_user_side("slow", result, baseline)
@@ -234,7 +237,7 @@ def test_slow_collector_answering_after_5s(baseline: dict[str, Any], figures: An
             def arrived(r: OTLPReceiver, n: int = expected) -> bool:
                 return len(r.spans()) >= n
 
-            assert rx.wait_for(arrived, timeout=1)
+            assert rx.wait_for(arrived, timeout=60)
             _spans_accounted(result, received=len(rx.spans()))
             assert rx.metric_points("bitnet.inference.requests")
             _record(figures, "slow_5s", protocol, result)
@@ -252,7 +255,7 @@ def test_unavailable_then_recovers(baseline: dict[str, Any], figures: Any) -> No
             )
             for p, rx in receivers.items()
         }
-        results = {p: c.finish(60).result for p, c in children.items()}
+        results = {p: c.finish(180).result for p, c in children.items()}
         for protocol, result in results.items():
             rx = receivers[protocol]
             _check_user_side("unavailable", result, baseline)

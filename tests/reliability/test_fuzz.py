@@ -24,11 +24,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import bitnet_obs
-from bitnet_obs import ConfigError, _pipeline, _selfmon
-from bitnet_obs._config import Settings, from_env, with_overrides
-from bitnet_obs._env import ENV_VARS
-from bitnet_obs._instruments import TALLIES
-from bitnet_obs.testing import capture_telemetry
+from bitnet_obs import ConfigError, _selfmon
+from bitnet_obs._config import Settings, env_names, from_env, with_overrides
+from bitnet_obs._instruments import QUANT_OPERATIONS, QUANT_SAMPLES_SKIPPED, REQUESTS
+from bitnet_obs.testing import capture_telemetry, override_settings
 from tests.reliability._harness import FIXTURES
 
 FUZZ = settings(
@@ -37,21 +36,16 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     database=None,
 )
-_OPS = TALLIES["bitnet.quant.operations"]
-_SKIPS = TALLIES["bitnet.quant.samples_skipped"]
-_REQUESTS = TALLIES["bitnet.inference.requests"]
+_OPS = QUANT_OPERATIONS
+_SKIPS = QUANT_SAMPLES_SKIPPED
+_REQUESTS = REQUESTS
 
 
 @pytest.fixture(scope="module")
 def measuring() -> Iterator[None]:
     """Real SDK providers in memory, every runtime sample admitted (rate 1, budget 1)."""
-    saved = _pipeline._env_settings
-    _pipeline._env_settings = Settings(quant_sample_rate=1.0, quant_budget=1.0)
-    try:
-        with capture_telemetry():
-            yield
-    finally:
-        _pipeline._env_settings = saved
+    with override_settings(quant_sample_rate=1.0, quant_budget=1.0), capture_telemetry():
+        yield
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -200,7 +194,7 @@ def test_ragged_lists_are_a_counted_bad_input_skip(measuring: None) -> None:
 
 # ------------------------------------------------------------------------- environment
 
-_NAMES = sorted(v.name for v in ENV_VARS)
+_NAMES = sorted(env_names())
 _AWKWARD = st.sampled_from(
     [
         "",

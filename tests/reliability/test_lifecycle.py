@@ -23,6 +23,8 @@ from tests.reliability._harness import (
     run_script,
 )
 
+OK = {"bitnet.outcome": "ok"}  # (series of other outcomes start at 0)
+
 TARGET = "tests.reliability.test_lifecycle:"
 
 
@@ -69,12 +71,14 @@ def test_concurrent_and_repeated_configure_make_one_pipeline(attempt: int) -> No
 
 
 def until_stopped(pause_s: float) -> dict[str, Any]:
-    """In the child: calls until a line arrives on stdin; prints CALLING after the first ones."""
+    """In the child: calls until a line arrives on stdin; prints CALLING once the first calls
+    are made and an export has failed (the collector is down: that is the scenario)."""
     import sys
 
     import bitnet_obs
 
-    bitnet_obs.configure()
+    telemetry = bitnet_obs.configure()
+    failed_once = threading.Event()
 
     @bitnet_obs.monitored_inference(model="startup")
     def call() -> list[int]:
@@ -96,7 +100,12 @@ def until_stopped(pause_s: float) -> dict[str, Any]:
         except Exception:
             errors += 1
         durations.append(time.perf_counter() - started)
-        if len(durations) == 200:
+        if (
+            not failed_once.is_set()
+            and len(durations) >= 200
+            and any(g.health.consecutive_failures for g in telemetry.guards)
+        ):
+            failed_once.set()
             print("CALLING", flush=True)
         time.sleep(pause_s)
     ok = bitnet_obs.shutdown(5)
@@ -121,17 +130,17 @@ def test_collector_down_at_start_up_then_up(protocol: str, figures: Any) -> None
     }
     child = Child(TARGET + "until_stopped", env, stdin=True, pause_s=0.002)
     try:
-        assert child.readline(30).startswith("CALLING")
-        time.sleep(1.0)  # a few exports fail against the closed port
+        # CALLING comes once an export has failed against the closed port
+        assert child.readline(120).startswith("CALLING")
         grpc_port, http_port = (port, 0) if protocol == "grpc" else (0, port)
         with OTLPReceiver(grpc_port=grpc_port, http_port=http_port) as rx:
             up = time.monotonic()
-            assert rx.wait_for_metric("bitnet.inference.requests", timeout=20)
+            assert rx.wait_for_metric("bitnet.inference.requests", timeout=90)
             first_data_s = time.monotonic() - up
             child.send("")
-            result = child.finish(30).result
+            result = child.finish(90).result
             assert rx.wait_for(
-                lambda r: r.latest_value("bitnet.inference.requests") == result["calls"], 5
+                lambda r: r.latest_value("bitnet.inference.requests", **OK) == result["calls"], 60
             )
     finally:
         child.kill()
@@ -148,7 +157,7 @@ def test_collector_down_at_start_up_then_up(protocol: str, figures: Any) -> None
 def shutdown_in_flight(threads: int, before_s: float, after_s: float) -> dict[str, Any]:
     """In the child: ``threads`` callers keep calling across ``shutdown()``."""
     import bitnet_obs
-    from bitnet_obs import _pipeline
+    from bitnet_obs import _selfmon
 
     bitnet_obs.configure()
 
@@ -172,16 +181,26 @@ def shutdown_in_flight(threads: int, before_s: float, after_s: float) -> dict[st
             durations[name].append(time.perf_counter() - started)
             time.sleep(0.0005)
 
+    def settle(name: str, seconds: float, calls: int) -> None:
+        """Stay in phase ``name`` at least ``seconds`` and until ``calls`` calls began in it
+        (a busy machine may give the callers little CPU at first); 60 s more at most."""
+        end = time.monotonic() + seconds
+        deadline = end + 60
+        while time.monotonic() < deadline and (
+            time.monotonic() < end or len(durations[name]) < calls
+        ):
+            time.sleep(0.01)
+
     workers = [threading.Thread(target=caller) for _ in range(threads)]
     for worker in workers:
         worker.start()
-    time.sleep(before_s)
+    settle("before", before_s, 100)
     phase["name"] = "during"
     started = time.perf_counter()
     ok = bitnet_obs.shutdown(2)
     shutdown_s = time.perf_counter() - started
     phase["name"] = "after"
-    time.sleep(after_s)
+    settle("after", after_s, 100)  # spans that end after shutdown(), to be counted
     stop.set()
     for worker in workers:
         worker.join(10)
@@ -192,7 +211,7 @@ def shutdown_in_flight(threads: int, before_s: float, after_s: float) -> dict[st
         "shutdown_ok": ok,
         "shutdown_s": round(shutdown_s, 3),
         "dropped": {
-            r: _pipeline.dropped("traces", r)
+            r: _selfmon.dropped("traces", r)
             for r in (
                 "queue_full",
                 "export_failed",
@@ -217,7 +236,8 @@ def test_shutdown_while_requests_are_in_flight(figures: Any) -> None:
         ).result
         received = len(rx.spans())
     assert result["errors"] == []
-    assert result["shutdown_ok"] and result["shutdown_s"] < 2.5
+    # shutdown(2): bounded, with room for the threads to wind down on a busy machine
+    assert result["shutdown_ok"] and result["shutdown_s"] < 2 + 2.0
     lat = result["latency_ms"]
     bound = p99_bound_ms(lat["before"]["p99"])
     assert lat["during"]["p99"] <= bound and lat["after"]["p99"] <= bound, lat
@@ -238,11 +258,11 @@ def test_shutdown_while_requests_are_in_flight(figures: Any) -> None:
 
 EXIT_SCRIPT = """
 import atexit, json, time
-from bitnet_obs import _pipeline
+from bitnet_obs import _selfmon
 
 # Registered before configure(), so it runs after bitnet-obs's own exit flush (LIFO).
 atexit.register(lambda: print("AFTER_FLUSH", json.dumps({
-    r: _pipeline.dropped("traces", r) for r in
+    r: _selfmon.dropped("traces", r) for r in
     ("queue_full", "export_failed", "shutdown", "shutdown_in_flight", "after_shutdown")}),
     time.time(), flush=True))
 
@@ -269,19 +289,23 @@ def test_interpreter_exit_with_pending_data(collector: str, figures: Any) -> Non
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+            # an exit flush that ignored the bound would wait this long on the black hole
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "60000",
             "BITNET_OBS_SHUTDOWN_TIMEOUT": str(bound),
             "BITNET_OBS_DEVICE_METRICS": "none",
         }
-        proc, _ = run_script(EXIT_SCRIPT.replace("CALLS", str(calls)), env, timeout=60)
+        proc, _ = run_script(EXIT_SCRIPT.replace("CALLS", str(calls)), env, timeout=180)
         ended = time.time()
         assert proc.returncode == 0, proc.stderr
         received = len(rx.spans())
-        total = rx.latest_value("bitnet.inference.requests")
+        total = rx.latest_value("bitnet.inference.requests", **OK)
     exiting = float(next(x for x in proc.stdout.splitlines() if x.startswith("EXITING")).split()[1])
     after = next(x for x in proc.stdout.splitlines() if x.startswith("AFTER_FLUSH"))
     dropped = json.loads(after.split(" ", 1)[1].rsplit(" ", 1)[0])
     exit_s = ended - exiting
-    assert exit_s < bound + 2.0, exit_s  # bounded, with room for interpreter teardown
+    # bounded by the shutdown timeout, not the exporter's 60 s; the room is for interpreter
+    # teardown on a busy machine
+    assert exit_s < bound + 10.0, exit_s
     # Flushed within the bound, or dropped and counted: every span is one or the other.
     assert received + sum(dropped.values()) == calls, (received, dropped)
     if collector == "healthy":

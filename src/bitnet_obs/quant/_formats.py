@@ -2,18 +2,21 @@
 
 All three bitnet.cpp formats (I2_S, TL1, TL2) store the same ternary codes and the same float32
 per-tensor scale; they differ only in how the codes are packed and how the kernel sums them.
-TL1/TL2 packing lives in ``_lut``, the kernels in ``_kernels``.
+The quantizer here is bitnet.cpp's converter to the bit (docs/quantization.md, "Exactness").
+TL1/TL2 values live in ``_lut``, their file layout in ``_tiled``, the kernels in ``_kernels``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from ._chunked import chunks, map_chunks, workers_for
+from ._unpack import spread_2bit
 from ._validate import (
     Layout,
     QuantInputError,
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 WEIGHT_SCALE_FLOOR = 1e-5
+_WEIGHT_SCALE_FLOOR = np.float32(WEIGHT_SCALE_FLOOR)  # torch's clamp(min=1e-5) on float32
 ACT_AMAX_FLOOR = 1e-5
 
 #: Values per I2_S block: QK_I2_S in ggml-bitnet-mad.cpp (128 on x86, 64 on ARM NEON).
@@ -49,96 +53,162 @@ _CHUNK = 1 << 16
 # The ternary codes pass has only byte-sized buffers: larger chunks (fewer calls) measure faster.
 _TERNARY_CHUNK = 1 << 18
 _F32_MAX = float(np.finfo(np.float32).max)
-# The absmean sum takes each chunk as rows of _SUM_WIDTH values and adds the rows up with one
-# float64 BLAS dgemv (a column sum); the per-chunk columns are totalled at the end.
+# The absmean sum adds each chunk up as rows of _SUM_WIDTH values in float64.
 _SUM_WIDTH = 256
 
 
 def _chunks(n: int, size: int = _CHUNK) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(start + size, n)
+    return chunks(n, size)
 
 
-@np.errstate(over="ignore", invalid="ignore")  # an overflowing or NaN sum is reported below
-def _absmean_scale(
-    flat: npt.NDArray[np.floating[Any]], whole: npt.NDArray[Any], name: str
-) -> float:
-    """mean|W| in float64 over the whole tensor, floored, then rounded to float32 (bitnet.cpp's
-    storage width).  The float64 sum is finite exactly when every element is, so the NaN/Inf
-    check comes free with it.
+def _absmean_sum(flat: npt.NDArray[np.floating[Any]], whole: npt.NDArray[Any], name: str) -> float:
+    """sum |fl32(W)| in float64 over the whole tensor.  The float64 sum is finite exactly when
+    every element is (and fits float32), so the NaN/Inf check comes free with it.
 
-    Each chunk is cast to float64 while taking |W| (float16/float32 convert exactly) and added
-    up as 256 column sums by one dgemv.  All terms are >= 0, so whatever order the BLAS adds in,
-    the total is within 300 * 2**-53 (3.3e-14) of exact, relative (up to 2**32 values: 255
-    additions in a column, under 40 levels of pairwise summation above): the float32 scale is the
-    correctly rounded mean unless that mean lies within 3.3e-14 of a float32 rounding boundary
-    (a float32 step is 6e-8 relative), where it can come out one float32 step off.
+    Each chunk's |W| (float16/float32 as they are, float64 rounded to float32 first, as the
+    converter does) is added up in float64 as rows of 256 values (``np.einsum`` with a float64
+    accumulator: every float16/float32 converts exactly), then pairwise.  All terms are >= 0, so
+    whatever order the additions take, the total is within 300 * 2**-53 (3.3e-14) of exact,
+    relative (up to 2**32 values: 255 additions in a row, under 40 levels of pairwise summation
+    above): the float32 mean is the correctly rounded one unless that mean lies within 3.3e-14
+    of a float32 rounding boundary (a float32 step is 6e-8 relative), where it can come out one
+    float32 step off.
     """
     n = flat.size
-    width = min(_CHUNK, n)
-    rows = width // _SUM_WIDTH
-    buf = np.empty(width)
-    ones = np.ones(rows)
-    columns = np.zeros((-(-n // _CHUNK), _SUM_WIDTH))
-    rest = 0.0  # chunks that are not whole rows: only ever the last one, or a small tensor
-    for k, (i, j) in enumerate(_chunks(n)):
-        b = buf[: j - i]
-        np.abs(flat[i:j], out=b)
-        if j - i == rows * _SUM_WIDTH and rows:
-            np.matmul(ones, b.reshape(rows, _SUM_WIDTH), out=columns[k])
-        else:
-            rest += float(b.sum())
-    total = float(columns.sum()) + rest
+    spans = list(_chunks(n, _TERNARY_CHUNK))
+    width = min(_TERNARY_CHUNK, n)
+    need32 = flat.dtype == np.float64
+
+    def buffers() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        return np.empty(width, np.float32), (np.empty(width, np.float32) if need32 else None)
+
+    @np.errstate(over="ignore", invalid="ignore")  # an overflowing or NaN sum is reported below
+    def chunk_sum(k: int, bufs: tuple[npt.NDArray[np.float32], Any]) -> float:
+        i, j = spans[k]
+        u = np.abs(_f32_view(flat[i:j], bufs[1]), out=bufs[0][: j - i])
+        cut = (j - i) // _SUM_WIDTH * _SUM_WIDTH
+        rows = np.einsum("ij->i", u[:cut].reshape(-1, _SUM_WIDTH), dtype=np.float64)
+        return float(np.add.reduce(rows)) + float(u[cut:].sum(dtype=np.float64))
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = math.fsum(map_chunks(chunk_sum, len(spans), buffers, workers_for(n)))
     if not math.isfinite(total):
         finite_or_raise(whole, name)
-    mean = total / n
-    if not mean <= _F32_MAX:
         raise QuantInputError(
-            f"{name}: mean |value| is {mean:.3g}, beyond the float32 scale bitnet.cpp stores; "
-            "accepted: mean |w| <= 3.4e38"
+            f"{name} has |values| beyond float32 (up to {float(np.max(np.abs(whole))):.3g}); "
+            "accepted: |w| <= 3.4e38 (bitnet.cpp quantizes float32 weights)"
         )
-    return float(np.float32(max(mean, WEIGHT_SCALE_FLOOR)))
+    return total
 
 
-def _ternary_half(scale: float, dtype: np.dtype[Any]) -> np.floating[Any]:
-    """s/2 as a scalar of the comparison dtype (exact: s is a float32)."""
-    return np.result_type(dtype, np.float32).type(scale) / 2  # type: ignore[no-any-return]
+def _f32_view(
+    src: npt.NDArray[np.floating[Any]], buf: npt.NDArray[np.float32] | None
+) -> npt.NDArray[np.floating[Any]]:
+    """float16/float32 as they are (every comparison with a float32 is exact on them); float64
+    rounded to float32 in *buf*, the converter's first step for any other dtype."""
+    if src.dtype != np.float64 or buf is None:
+        return src
+    out = buf[: src.size].reshape(src.shape)
+    with np.errstate(over="ignore"):
+        np.copyto(out, src, casting="same_kind")
+    return out
+
+
+class Absmean(NamedTuple):
+    """The numbers of bitnet.cpp's absmean quantizer for one tensor (read with
+    ``_absmean``).  Codes are ``t = clip(rint(fl32(W * inverse)), -1, 1)``; equivalently
+    ``t = +1`` where ``W > threshold`` and ``-1`` where ``W < -threshold``."""
+
+    mean: np.float32  # m = max(fl32(mean |W|), fl32(1e-5))
+    inverse: np.float32  # s_inv = fl32(1 / m), the factor the converter multiplies by
+    threshold: np.float32  # the largest float32 b with fl32(b * s_inv) <= 0.5
+    scale: np.float32  # fl32(1 / s_inv): what the file stores when any code is non-zero
+
+
+def _code_threshold(inverse: np.float32) -> np.float32:
+    """Largest float32 b >= 0 with fl32(b * inverse) <= 0.5: ``rint`` sends 0.5 to 0, anything
+    above (up to the clip) to 1, and rounding is monotonic, so ``t != 0`` exactly where
+    ``|W| > b``.  Bisection over the ordered bit patterns of the non-negative float32s."""
+    lo, hi = 0, 0x7F800000  # 0.0 maps to 0; +inf (times a positive inverse) to inf > 0.5
+    half = np.float32(0.5)
+    with np.errstate(over="ignore"):
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if np.uint32(mid).view(np.float32) * inverse > half:
+                hi = mid
+            else:
+                lo = mid
+    return np.uint32(lo).view(np.float32)  # type: ignore[no-any-return]
+
+
+def _absmean(flat: npt.NDArray[np.floating[Any]], whole: npt.NDArray[Any], name: str) -> Absmean:
+    mean = _absmean_sum(flat, whole, name) / flat.size  # <= max|W|: float32's range
+    m = max(np.float32(mean), _WEIGHT_SCALE_FLOOR)
+    inverse = np.float32(1) / m
+    return Absmean(m, inverse, _code_threshold(inverse), np.float32(1) / inverse)
+
+
+def stored_scale(absmean: Absmean, any_code: bool, dtype: np.dtype[Any]) -> float:
+    """The scale bitnet.cpp's converter writes: fl32(1/s_inv), rounded to float16 for float16
+    weights (the converter dequantizes in the checkpoint's dtype), and 1e-5 when every code is
+    0 (the converter finds no non-zero weight to read it from)."""
+    if not any_code:
+        return float(_WEIGHT_SCALE_FLOOR)
+    if dtype == np.float16:
+        with np.errstate(over="ignore"):
+            return float(np.float16(absmean.scale))
+    return float(absmean.scale)
 
 
 def _ternarize(
     chunk: npt.NDArray[np.floating[Any]],
-    half: np.floating[Any],
+    threshold: np.float32,
     out: npt.NDArray[np.int8],
     pos: npt.NDArray[np.bool_],
     neg: npt.NDArray[np.bool_],
 ) -> None:
-    """clip(rint(W/s), -1, 1) evaluated exactly: |W/s| = 0.5 rounds to 0, anything above to ±1."""
-    np.greater(chunk, half, out=pos)
-    np.less(chunk, -half, out=neg)
+    """t = clip(rint(fl32(W * s_inv)), -1, 1) evaluated exactly: +1 above the threshold, -1
+    below its negative (float16 chunks compare exactly against the float32 threshold)."""
+    np.greater(chunk, threshold, out=pos)
+    np.less(chunk, -threshold, out=neg)
     np.subtract(pos.view(np.int8), neg.view(np.int8), out=out)
 
 
 def quantize_weights(w: object) -> tuple[npt.NDArray[np.int8], float]:
-    """Absmean ternary quantization: ``s = max(mean|W|, 1e-5)``, ``t = clip(rint(W/s), -1, 1)``.
+    """Absmean ternary quantization exactly as bitnet.cpp's converter does it.
 
-    The mean is taken in float64 over the whole tensor and then rounded to float32, the width
-    bitnet.cpp stores; the codes are computed against that stored float32 scale, so ``s * t`` is
-    exactly what a kernel reconstructs.  Rounding is half-to-even, as ``np.rint``.
+    ``m = max(fl32(mean|W|), 1e-5)`` (the mean taken in float64 over the whole tensor),
+    ``s_inv = fl32(1/m)``, codes ``t = clip(rint(fl32(W * s_inv)), -1, 1)`` (a float32
+    product with the reciprocal, rounded half to even: not ``W / m``, which differs for
+    elements one float32 step above ``m/2``).  Returns ``(codes, scale)`` where *scale* is the
+    value the converter stores in the I2_S tail (and in TL1/TL2's ``_scale`` tensor):
+    ``fl32(1/s_inv)``, rounded to float16 for float16 weights, 1e-5 when every code is 0.  So
+    ``codes * scale`` is exactly what bitnet.cpp's kernels reconstruct.  float64 weights are
+    rounded to float32 first and bf16 ones converted to float32 (both exact for bf16).
 
     >>> codes, s = quantize_weights(np.array([[0.2, -1.0, 0.05, 2.0]], dtype=np.float32))
-    >>> codes.tolist(), round(s, 4)
-    ([[0, -1, 0, 1]], 0.8125)
+    >>> codes.tolist(), s  # m = 0.8125; 1/fl32(1/m) is one float32 step below it
+    ([[0, -1, 0, 1]], 0.8124999403953552)
     """
     a = float_input(w, "w", (1, 2), "weights (M, K)", check_finite=False)
     flat = a.reshape(-1)
-    scale = _absmean_scale(flat, a, "w")
-    half = _ternary_half(scale, a.dtype)
+    am = _absmean(flat, a, "w")
     codes = np.empty(a.size, np.int8)
     size = min(_TERNARY_CHUNK, a.size)
-    pos, neg = np.empty(size, np.bool_), np.empty(size, np.bool_)
-    for i, j in _chunks(a.size, _TERNARY_CHUNK):
-        _ternarize(flat[i:j], half, codes[i:j], pos[: j - i], neg[: j - i])
-    return codes.reshape(a.shape), scale
+    spans = list(_chunks(a.size, _TERNARY_CHUNK))
+
+    def buffers() -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Any]:
+        f32 = np.empty(size, np.float32) if a.dtype == np.float64 else None
+        return np.empty(size, np.bool_), np.empty(size, np.bool_), f32
+
+    def ternarize(k: int, bufs: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], Any]) -> bool:
+        i, j = spans[k]
+        pos, neg, b32 = bufs
+        _ternarize(_f32_view(flat[i:j], b32), am.threshold, codes[i:j], pos[: j - i], neg[: j - i])
+        return bool(codes[i:j].any())
+
+    any_code = any(map_chunks(ternarize, len(spans), buffers, workers_for(a.size)))
+    return codes.reshape(a.shape), stored_scale(am, any_code, a.dtype)
 
 
 def _f32_rows(a: npt.NDArray[np.floating[Any]], name: str) -> npt.NDArray[np.float32]:
@@ -225,12 +295,17 @@ def _bytes_input(data: object) -> npt.NDArray[np.uint8]:
     )
 
 
-def _i2s_block(layout: Layout, n: int) -> int:
+def _i2s_block(layout: Layout, dims: tuple[int, ...]) -> int:
+    """The block size, after checking that each row holds whole blocks: the x86 kernel reads
+    K/128 blocks per row at offset row*K/4 (ARM: K/64), so a K that is not a multiple cannot be
+    run by bitnet.cpp even when M*K is."""
     block = I2S_BLOCK[layout]
-    if n % block:
+    k = dims[-1]
+    if k % block:
         raise QuantInputError(
-            f"I2_S ({layout}) packs blocks of {block} values but the tensor has {n} values "
-            f"({n % block} left over); accepted: a size divisible by {block}"
+            f"I2_S ({layout}) rows must hold whole {block}-value blocks: shape {dims} has "
+            f"K={k} ({k % block} left over per row; bitnet.cpp's kernel reads K/{block} blocks "
+            f"per row); accepted: K divisible by {block}"
         )
     return block
 
@@ -238,14 +313,18 @@ def _i2s_block(layout: Layout, n: int) -> int:
 def pack_i2s(codes: object, scale: object, layout: Layout = "x86") -> bytes:
     """Serialise ternary codes and their scale exactly as bitnet.cpp's I2_S tensor data.
 
+    *codes* is (M, K) (or one row of K); K must be a multiple of 128 for the x86 layout, 64 for
+    ``layout="arm"`` (the kernels read K/block blocks per row).  *scale* is the value the file
+    stores, :func:`quantize_weights`' second result.
+
     >>> data = pack_i2s(np.ones((1, 128), np.int8), 0.5)
     >>> len(data), data[:2].hex(), data[32:36].hex()
     (64, 'aaaa', '0000003f')
     """
     c = codes_input(codes, "codes", (1, 2))
-    s = check_scale(scale)
+    s = check_scale(scale, allow_zero=True)
     lay = check_layout(layout)
-    block = _i2s_block(lay, c.size)
+    block = _i2s_block(lay, c.shape)
     v = (c.reshape(-1, 4, block // 4) + 1).astype(np.uint8)
     packed = (v[:, 0] << 6) | (v[:, 1] << 4) | (v[:, 2] << 2) | v[:, 3]
     tail = np.zeros(I2S_TAIL_BYTES, np.uint8)
@@ -258,13 +337,20 @@ def unpack_i2s(
 ) -> tuple[npt.NDArray[np.int8], float]:
     """Inverse of :func:`pack_i2s`; returns ``(codes, scale)``.
 
-    Truncated or padded data, the 2-bit value 3 (no code maps there) and a non-finite or
-    non-positive scale all raise :class:`QuantInputError`.
+    *data* is the tensor's bytes as bitnet.cpp sizes them (``M*K/4 + 32``: the codes, then the
+    float32 scale and 28 bytes of padding).  A scale of 0.0 is accepted (llama-quantize writes it
+    for an all-zero tensor; the Python converter writes 1e-5).  Truncated or padded data, a row
+    length K that is not a multiple of the layout's block, the 2-bit value 3 (no code maps
+    there), and a negative or non-finite scale raise :class:`QuantInputError`.
+
+    >>> codes, s = unpack_i2s(pack_i2s(np.ones((2, 128), np.int8), 0.5), (2, 128))
+    >>> codes.shape, s
+    ((2, 128), 0.5)
     """
     dims = shape_input(shape)
     lay = check_layout(layout)
     n = math.prod(dims)
-    group = _i2s_block(lay, n) // 4
+    group = _i2s_block(lay, dims) // 4
     buf = _bytes_input(data)
     expected = n // 4 + I2S_TAIL_BYTES
     if buf.size != expected:
@@ -272,19 +358,11 @@ def unpack_i2s(
             f"I2_S data for shape {dims}: expected {expected} bytes ({n // 4} code bytes + "
             f"{I2S_TAIL_BYTES}-byte scale tail), got {buf.size} (truncated or corrupt)"
         )
-    b = buf[: n // 4].reshape(-1, 1, group)
-    shifts = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 4, 1)
-    v = (b >> shifts) & 3
-    if np.any(v == 3):
-        blk, grp, pos = (int(i) for i in np.unravel_index(int(np.argmax(v == 3)), v.shape))
-        raise QuantInputError(
-            f"corrupt I2_S data: byte {blk * group + pos} holds the unused 2-bit value 3 at "
-            f"shift {6 - 2 * grp}; accepted: 2-bit codes 0/1/2 for -1/0/+1"
-        )
+    codes = spread_2bit(buf[: n // 4].reshape(-1, group), (6, 4, 2, 0), "I2_S").reshape(dims)
     scale = float(np.frombuffer(buf[n // 4 : n // 4 + 4].tobytes(), dtype="<f4")[0])
-    if not (math.isfinite(scale) and scale > 0):
+    if not (math.isfinite(scale) and scale >= 0):
         raise QuantInputError(
-            f"corrupt I2_S tail: scale is {scale!r}; accepted: a finite float32 > 0"
+            f"corrupt I2_S tail: scale is {scale!r}; accepted: a finite float32 >= 0 (0.0 is "
+            "what llama-quantize writes for an all-zero tensor)"
         )
-    codes = (v.astype(np.int8) - 1).reshape(dims)
     return codes, scale

@@ -2,10 +2,10 @@
 
 Both encode groups of ternary weights along K as a table index.  A kernel builds one small table
 per group of int8 activations and adds up ``table[index]`` instead of multiplying; the result is
-the integer dot product ``sum(t * q)`` exactly.  bitnet.cpp additionally permutes indices into
-tiles for its SIMD kernels (``preprocess_weights_tl1/tl2`` in
-``utils/convert-hf-to-gguf-bitnet.py``); that order changes no number, so we keep plain row-major
-(M, groups) order.
+the integer dot product ``sum(t * q)`` exactly.  These encoders keep the values in plain
+row-major (M, groups) order, one TL2 field per byte: the numbers a kernel sums.  The bytes a
+GGUF file holds (tiled for a kernel configuration, TL2 fields packed into shared bytes) are
+:mod:`._tiled`'s.
 """
 
 from __future__ import annotations

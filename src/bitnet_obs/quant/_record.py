@@ -14,19 +14,29 @@ inference call it becomes a counted skip (reason ``bad_input``) and never reache
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from bitnet_obs import _instruments, _pipeline
-from bitnet_obs._instruments import TALLIES
+from bitnet_obs import _config, _context, _state
+from bitnet_obs._instruments import (
+    QUANT_ACCURACY,
+    QUANT_DURATION,
+    QUANT_KERNEL_OVERFLOWS,
+    QUANT_OPERATIONS,
+    QUANT_RELATIVE_ERROR,
+    QUANT_SAMPLES_SKIPPED,
+    QUANT_SCALE,
+    QUANT_SQNR,
+)
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tally import AttrValue, key_of
+from bitnet_obs.quant._formats import I2S_BLOCK, quantize_activations
+from bitnet_obs.quant._kernels import kernel_overflows
 from bitnet_obs.quant._lut import TL2_DEFAULT_BK
 from bitnet_obs.quant._stats import (
     Accuracy,
@@ -50,17 +60,19 @@ MAX_TENSOR_NAMES = 512  # more distinct names fold into "_other"
 REFERENCES = ("fp32", "quantized")
 KINDS = ("weight", "activation", "output", "logits")
 
-_OPERATIONS = TALLIES["bitnet.quant.operations"]
-_SKIPPED = TALLIES["bitnet.quant.samples_skipped"]
+_OPERATIONS = QUANT_OPERATIONS
+_SKIPPED = QUANT_SAMPLES_SKIPPED
+_OVERFLOWS = QUANT_KERNEL_OVERFLOWS
 
 
 class _Budget:
     """Token bucket over wall time: at most ``fraction`` of it spent on statistics."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._credit: float | None = None
-        self._last = time.monotonic()
+        self._last = clock()
         self._rng = random.Random()
 
     def admit(self, rate: float, fraction: float) -> str | None:
@@ -69,7 +81,7 @@ class _Budget:
             return "sampling"
         cap = max(0.05, fraction * 60.0)
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             credit = cap if self._credit is None else self._credit
             credit = min(cap, credit + max(0.0, now - self._last) * fraction)
             self._last = now
@@ -107,11 +119,10 @@ def _attrs(fmt: str, kind: str, reference: str, name: str) -> dict[str, AttrValu
 
 
 def _emit(acc: Accuracy, attrs: dict[str, AttrValue], seconds: float) -> None:
-    inst = _instruments.active()
-    inst.quant_accuracy.record(acc.accuracy_ratio, attrs)
-    inst.quant_sqnr.record(min(acc.sqnr_db, SQNR_CAP_DB), attrs)
-    inst.quant_rel_error.record(acc.rel_l2, attrs)
-    inst.quant_duration.record(seconds, attrs)
+    QUANT_ACCURACY.record(acc.accuracy_ratio, attrs)
+    QUANT_SQNR.record(min(acc.sqnr_db, SQNR_CAP_DB), attrs)
+    QUANT_RELATIVE_ERROR.record(acc.rel_l2, attrs)
+    QUANT_DURATION.record(seconds, attrs)
     _OPERATIONS.add(key_of(attrs), 1)
 
 
@@ -120,9 +131,7 @@ def skip(kind: str, reason: str) -> None:
 
 
 def _in_monitored_call() -> bool:
-    from bitnet_obs._inference import _current
-
-    return _current.get() is not None
+    return _context.in_call()
 
 
 def _check_choice(name: str, value: object, accepted: Sequence[str]) -> str:
@@ -177,11 +186,10 @@ def emit_weight_report(
     name: str, report: WeightReport, formats: Sequence[str], seconds: float
 ) -> None:
     """Record one weight report under each format label (shared by the CLI's --export)."""
-    inst = _instruments.active()
     for fmt in formats:
         attrs = _attrs(fmt, "weight", "fp32", name)
         _emit(report.accuracy, attrs, seconds / max(1, len(formats)))
-        inst.quant_scale.set(report.scale, attrs)
+        QUANT_SCALE.set(report.scale, attrs)
 
 
 def _row_sample(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -199,13 +207,16 @@ def _runtime(
     fmt: str,
     reference_kind: str,
     measure: Any,
+    admitted: bool = False,
 ) -> Any:
     """Shared path of the runtime samples: admission, measurement, emission, errors."""
     try:
         fmt = check_format(fmt) if fmt not in ("fp32", "int8") else fmt
         reference_kind = _check_choice("reference_kind", reference_kind, REFERENCES)
-        settings = _pipeline.settings()
-        reason = _budget.admit(settings.quant_sample_rate, settings.quant_budget)
+        settings = _config.current()
+        # An admitted sample was drawn by admit_runtime_sample(); only the budget is checked.
+        rate = 1.0 if admitted else settings.quant_sample_rate
+        reason = _budget.admit(rate, settings.quant_budget)
         if reason is not None:
             skip(kind, reason)
             return None
@@ -224,8 +235,10 @@ def _runtime(
             skip(kind, "bad_input")
             return None
         raise
-    except Exception as exc:
-        internal_error("quant_record", exc)
+    except Exception as exc:  # e.g. a lazy reference that raised: a skip, counted as such
+        skip(kind if kind in KINDS else "output", "error")
+        internal_error("quant_record", exc if _config.current().capture_content else None,
+                       f"{type(exc).__name__} while measuring {kind}")  # fmt: skip
         return None
 
 
@@ -244,7 +257,6 @@ def record_activation_quantization(name: str, x: object) -> Accuracy | None:
 
     A runtime sample (subject to sampling and budget); returns None when skipped.
     """
-    from bitnet_obs.quant._formats import quantize_activations
 
     def measure() -> tuple[Accuracy, bool]:
         q, scales = quantize_activations(x)
@@ -257,6 +269,19 @@ def record_activation_quantization(name: str, x: object) -> Accuracy | None:
     return result
 
 
+def _count_overflows(name: str, fmt: str, activations: object, codes: object) -> None:
+    """Count the outputs where bitnet.cpp's x86 AVX2 kernel would wrap (I2_S with K a
+    multiple of 128; other formats and shapes never run that kernel)."""
+    x = _as_array(activations() if callable(activations) else activations, "activations")
+    c = _as_array(codes() if callable(codes) else codes, "codes")
+    if fmt != "i2_s" or c.ndim != 2 or c.shape[1] % I2S_BLOCK["x86"]:
+        return
+    q, _ = quantize_activations(x)
+    n = int(np.count_nonzero(kernel_overflows(q, c)))
+    attrs: dict[str, AttrValue] = {"bitnet.quant.format": fmt, "bitnet.tensor": _tensor_name(name)}
+    _OVERFLOWS.add(key_of(attrs), n)
+
+
 def compare_outputs(
     name: str,
     reference: object,
@@ -265,6 +290,9 @@ def compare_outputs(
     format: str = "i2_s",
     reference_kind: str = "fp32",
     kind: str = "output",
+    activations: object = None,
+    codes: object = None,
+    admitted: bool = False,
 ) -> Accuracy | None:
     """Compare a layer output (or logits) with a reference and record it.
 
@@ -274,12 +302,24 @@ def compare_outputs(
     ``reference_kind="quantized"``: kernel fidelity against the quantized reference (or a
     second implementation); should be ~1.0, drift here is a bug. ``kind="logits"`` records
     the top-1 agreement as the accuracy ratio. A runtime sample; None when skipped.
+
+    With the layer's float ``activations`` (tokens, K) and ternary ``codes`` (M, K) (arrays or
+    callables, like the others), an I2_S sample also counts the outputs where bitnet.cpp's x86
+    AVX2 kernel overflows in ``bitnet.quant.kernel_overflows``::
+
+        quant.compare_outputs("layers.3.mlp.down_proj", ref, y, reference_kind="quantized",
+                              activations=x, codes=codes)
+
+    ``admitted=True``: the sample belongs to a group already drawn by
+    :func:`admit_runtime_sample`, so it is not drawn again (the time budget still applies).
     """
     kind = _check_choice("kind", kind, KINDS[1:])
 
     def measure() -> tuple[Accuracy, bool]:
         # A callable is only called for a sample that is taken: expensive references cost
         # nothing on skipped calls.
+        if activations is not None and codes is not None:
+            _count_overflows(name, str(format).lower(), activations, codes)
         ref = _as_array(reference() if callable(reference) else reference, "reference")
         cand = _as_array(candidate() if callable(candidate) else candidate, "candidate")
         r, c, sampled = _row_sample(ref, cand)
@@ -291,14 +331,46 @@ def compare_outputs(
             )
         return acc, sampled
 
-    result: Accuracy | None = _runtime(kind, name, format, reference_kind, measure)
+    result: Accuracy | None = _runtime(kind, name, format, reference_kind, measure, admitted)
     return result
 
 
+def admit_runtime_sample(kind: str = "output", *, rate: float | None = None) -> bool:
+    """Draw once for a group of runtime samples, e.g. the layer checks of one request.
+
+    True at ``rate`` (default ``BITNET_OBS_QUANT_SAMPLE_RATE``) while the time budget
+    (``BITNET_OBS_QUANT_BUDGET``) has credit; False is counted as one skipped sample (reason
+    ``sampling`` or ``budget``). Record the group's samples with ``admitted=True`` so they are
+    not drawn a second time. Never raises::
+
+        if quant.admit_runtime_sample():
+            quant.compare_outputs("layers.0.q_proj", ref, out, admitted=True)
+    """
+    try:
+        kind = kind if kind in KINDS else "output"
+        settings = _config.current()
+        if rate is None or not 0.0 <= rate <= 1.0:
+            rate = settings.quant_sample_rate
+        reason = _budget.admit(rate, settings.quant_budget)
+        if reason is not None:
+            skip(kind, reason)
+            return False
+        return True
+    except Exception as exc:
+        internal_error("quant_admit", exc)
+        return False
+
+
+@_state.on_fork
 def _reinit_after_fork() -> None:
     global _names_lock
     _names_lock = threading.Lock()
     _budget._lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reinit_after_fork)
+@_state.on_reset(phase=_state.CLEAR)
+def _reset() -> None:
+    global _budget
+    with _names_lock:
+        _names.clear()
+    _budget = _Budget()

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._formats import _CHUNK, _absmean_scale, _chunks, _ternarize, _ternary_half
+from ._chunked import map_chunks, workers_for
+from ._formats import _CHUNK, Absmean, _absmean, _chunks, _f32_view, _ternarize, stored_scale
 from ._lut import TL2_DEFAULT_BK
 from ._validate import (
     Format,
@@ -277,8 +278,9 @@ def _result(
 
 
 def _normaliser(arr: npt.NDArray[Any]) -> float:
-    """The power of two that brings max|arr| into [0.5, 1): exact scaling."""
-    return 2.0 ** -math.frexp(float(np.max(np.abs(arr))))[1]
+    """The power of two that brings max|arr| into [0.5, 1): exact scaling (at most 2**1023,
+    which brings even the smallest subnormal into the safe range)."""
+    return math.ldexp(1.0, min(1023, -math.frexp(float(np.max(np.abs(arr))))[1]))
 
 
 @np.errstate(over="ignore", under="ignore", invalid="ignore")  # out-of-range sums are handled
@@ -338,10 +340,10 @@ def accuracy(reference: object, candidate: object) -> Accuracy:
 
     Precision.  With a float64 tensor on either side every sum (Σr², Σa², Σra, Σ(r-a)²) is
     taken in float64, float16/float32 values converting exactly: each is within 1e-11 of its sum
-    of |terms| at worst, about 1e-15 in practice.  When both sides are float16/float32 the sums
+    of ``|terms|`` at worst, about 1e-15 in practice.  When both sides are float16/float32 the sums
     are float32 BLAS dots over blocks of 256 values, the block results totalled in float64.
     Whatever order the BLAS kernel adds in (OpenBLAS core type, SIMD width), each sum is then
-    within ``GAMMA32 = 259 * 2**-24 ≈ 1.54e-5`` of its sum of |terms|, which guarantees (to
+    within ``GAMMA32 = 259 * 2**-24 ≈ 1.54e-5`` of its sum of ``|terms|``, which guarantees (to
     first order in GAMMA32):
 
     - ``mse`` and ``rel_l2`` within 1.6e-5 relative, ``sqnr_db`` within 1.4e-4 dB; ``max_abs``
@@ -423,70 +425,104 @@ def logits_agreement(reference_logits: object, candidate_logits: object) -> Logi
         lr, la = _log_softmax(r2[i : i + step]), _log_softmax(a2[i : i + step])
         kl = np.sum(np.exp(lr) * (lr - la), axis=1)
         kl_total += float(np.maximum(kl, 0.0).sum())  # KL >= 0; clamp rounding noise
-        agree += int(np.count_nonzero(lr.argmax(axis=1) == la.argmax(axis=1)))
+        # argmax of the raw logits: after a log-softmax, tiny spreads can round to a tie
+        top_r, top_a = r2[i : i + step].argmax(axis=1), a2[i : i + step].argmax(axis=1)
+        agree += int(np.count_nonzero(top_r == top_a))
     return LogitsAgreement(kl_mean=kl_total / tokens, top1=agree / tokens, n_tokens=tokens)
 
 
 def _weight_errors(
     u: npt.NDArray[np.float32], s32: np.float32, e: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
-    """``e = min(u, s - u)`` for u = |w|: ``|e|`` is the error |w - s*t| bit for bit, u itself
-    where t = 0 (u <= s/2, so s - u >= u) and ``s - u`` where t = ±1 (exact for s/2 < u <= 2s,
-    rounded like ``u - s`` beyond)."""
+    """``e = min(u, s - u)`` for u = |w|: ``|e|`` is the error |w - s*t| bit for bit where the
+    codes switch at s/2: u itself where t = 0 and ``s - u`` where t = ±1 (exact for
+    s/2 < u <= 2s, rounded like ``u - s`` beyond).
+
+    bitnet.cpp's code threshold b (see ``_formats.Absmean``) can sit one float32 step above
+    s/2: a weight exactly at b then has code 0 and error b, where this takes s - b, two steps
+    less.  That is 2**-22 relative on its square, far inside the float32 path's documented
+    error bound, so the sums ignore it; the largest error, documented to 2**-24, does not
+    (see _weight32).  For float16 weights the stored scale is float16-rounded, and no float16
+    value lies strictly between b and that s/2 (at s/2 both errors are equal)."""
     np.subtract(s32, u, out=e)
     return np.minimum(u, e, out=e)
 
 
+def _band(threshold: np.float32, s32: np.float32) -> tuple[np.float32, np.float32] | None:
+    """(lo, hi]: the |w| whose code follows the threshold but whose error min(u, s - u) picks
+    the other branch; None when the two switch points coincide."""
+    half = s32 / np.float32(2)
+    if threshold == half:
+        return None
+    return (threshold, half) if threshold < half else (half, threshold)
+
+
 def _weight32(
     flat: npt.NDArray[Any],
+    am: Absmean,
     scale: float,
-    half: np.floating[Any],
     counts: dict[int, tuple[int, int]],
     pairs: _Fill,
 ) -> Accuracy | None:
     """weight_report's float32 path, without forming s*t: with u = |w|, the error |w - s*t| is
-    ``min(u, |u - s|)`` (u itself where t = 0, i.e. u <= s/2; |u - s| < u where u > s/2), and
-    Σ(s*t)² is s² times the non-zero codes, exactly.
+    u where t = 0 (u <= b, the code threshold) and |u - s| where t != 0, and Σ(s*t)² is s²
+    times the non-zero codes, exactly.
 
     One pass after the scale's: per chunk |w|, the signed error, one vecdot call for Σu² and Σe²
     (the two buffers are stacked), two comparisons and their counts, and max|w|.  The largest
-    error is then ``max|w| - s`` whenever that is at least s/2 (any weight >= 1.5 s, as in any
-    Gaussian-like tensor): every other error is below s/2.  Only tensors without such a weight
-    take a second pass for it.  Chunks run last to first, so the part of the tensor that the
-    scale's pass read last is still in the last-level cache."""
+    error is then ``max|w| - s`` whenever that is at least max(b, s - b) (any weight >= 1.5 s,
+    as in any Gaussian-like tensor): every other error is below it.  Only tensors without such a
+    weight take a second pass for it.  Chunks run last to first, so the part of the tensor that
+    the scale's pass read last is still in the last-level cache."""
     n = flat.size
     rows = -(-min(n, _CHUNK32) // _BLOCK)
-    stacked = np.empty((2, rows * _BLOCK), np.float32)  # u, e
-    mbuf = np.empty((rows, _BLOCK), np.bool_)
-    s32 = np.float32(scale)
+    s32, b = np.float32(scale), am.threshold
+    band = _band(b, s32)
     sums = _Sums32(n)
     counts.clear()
-    peaks: list[np.floating[Any]] = []
-    chunks = list(_chunks32(n, flat))
-    with np.errstate(over="ignore", invalid="ignore"):
-        for row, i, _, (x,) in reversed(chunks):
-            r, w = x.shape
-            pair = stacked[:, : r * w].reshape(2, r, w)
-            mask = _buffer(mbuf, x)
-            np.abs(x, out=pair[0])
-            np.greater(x, half, out=mask)  # the codes' rule, as in _ternarize: t = +1
-            n_pos = int(np.count_nonzero(mask))
-            _weight_errors(pair[0], s32, pair[1])
-            np.vecdot(pair, pair, out=sums.parts[_RR : _DD + 1, row : row + r])
-            np.greater(pair[0], half, out=mask)  # t != 0
-            counts[i] = int(np.count_nonzero(mask)) - n_pos, n_pos
-            peaks.append(np.maximum.reduce(pair[0], axis=None))
-        top = np.float32(np.max(peaks)) - s32  # the error at the largest |w| (rounded as e)
-        if top >= half:
-            sums.peaks.append(top)
-        else:  # no weight reaches 1.5 s: the largest error may sit anywhere
-            for _, _, _, (x,) in chunks:
-                r, w = x.shape
-                u, e = stacked[:, : r * w].reshape(2, r, w)
-                _weight_errors(np.abs(x, out=u), s32, e)
-                sums.peaks.append(np.maximum.reduce(np.abs(e, out=e), axis=None))
-    nonzero = sum(c[0] + c[1] for c in counts.values())
-    return _finish32(sums, sums.total(_RR), scale * scale * nonzero, sums.total(_DD), pairs)
+    chunks = list(_chunks32(n, flat))[::-1]
+    workers = workers_for(n)
+
+    def buffers() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        return np.empty((2, rows * _BLOCK), np.float32), np.empty((rows, _BLOCK), np.bool_)
+
+    @np.errstate(over="ignore", invalid="ignore")
+    def stats(k: int, bufs: tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]) -> Any:
+        row, i, _, (x,) = chunks[k]
+        r, w = x.shape
+        pair = bufs[0][:, : r * w].reshape(2, r, w)  # u, e
+        mask = _buffer(bufs[1], x)
+        u = np.abs(x, out=pair[0])
+        n_pos = int(np.count_nonzero(np.greater(x, b, out=mask)))  # t = +1, as in _ternarize
+        _weight_errors(u, s32, pair[1])
+        np.vecdot(pair, pair, out=sums.parts[_RR : _DD + 1, row : row + r])
+        n_nz = int(np.count_nonzero(np.greater(u, b, out=mask)))  # t != 0
+        return i, n_nz - n_pos, n_pos, np.maximum.reduce(u, axis=None)
+
+    results = map_chunks(stats, len(chunks), buffers, workers)
+    for i, n_neg, n_pos, _ in results:
+        counts[i] = n_neg, n_pos
+    top = np.float32(max(r[3] for r in results)) - s32  # the error at the largest |w|
+    if top >= max(b, s32 - b):
+        sums.peaks.append(top)
+    else:  # no weight reaches 1.5 s: the largest error may sit anywhere
+
+        @np.errstate(over="ignore", invalid="ignore")
+        def peak(k: int, bufs: tuple[npt.NDArray[np.float32], Any]) -> np.floating[Any]:
+            x = chunks[k][3][0]
+            u, e = bufs[0][:, : x.size].reshape(2, *x.shape)
+            _weight_errors(np.abs(x, out=u), s32, e)
+            np.abs(e, out=e)
+            if band is not None:  # the weights whose code follows b, not s/2
+                inside = (u > band[0]) & (u <= band[1])
+                e[inside] = np.where(u[inside] > b, np.abs(s32 - u[inside]), u[inside])
+            return np.maximum.reduce(e, axis=None)  # type: ignore[no-any-return]
+
+        sums.peaks.extend(map_chunks(peak, len(chunks), buffers, workers))
+    nonzero = sum(r[1] + r[2] for r in results)
+    dd = sums.total(_DD)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        return _finish32(sums, sums.total(_RR), scale * scale * nonzero, dd, pairs)
 
 
 @dataclass(frozen=True)
@@ -523,19 +559,20 @@ def weight_report(w: object, format: str = "i2_s", *, bk: int = TL2_DEFAULT_BK) 
 
     >>> rep = weight_report(np.array([[0.2, -1.0, 0.05, 2.0]], np.float32), "tl1")
     >>> rep.scale, rep.code_fractions
-    (0.8125, (0.25, 0.5, 0.25))
+    (0.8124999403953552, (0.25, 0.5, 0.25))
     """
     fmt = check_format(format)
     a = float_input(w, "w", (2,), "weights (M, K)", check_finite=False)
     rows, k = a.shape
     check_tiling(fmt, k, bk)
     flat = a.reshape(-1)
-    scale = _absmean_scale(flat, a, "w")  # also rejects NaN/Inf
-    half = _ternary_half(scale, a.dtype)
+    am = _absmean(flat, a, "w")  # also rejects NaN/Inf
+    scale = stored_scale(am, True, a.dtype)  # s*t is 0 anyway when every code is
     size = flat.size
     width = min(size, max(_CHUNK, _CHUNK32))
     t = np.empty(width, np.int8)
     pos, neg = np.empty(width, np.bool_), np.empty(width, np.bool_)
+    b32 = np.empty(width, np.float32) if a.dtype == np.float64 else None
     counts: dict[int, tuple[int, int]] = {}  # chunk start -> (n_neg, n_pos); refills overwrite
 
     def fill(
@@ -544,18 +581,19 @@ def weight_report(w: object, format: str = "i2_s", *, bk: int = TL2_DEFAULT_BK) 
         n = j - i
         if i == 0:  # a new pass: passes may chunk differently
             counts.clear()
-        _ternarize(flat[i:j], half, t[:n], pos[:n], neg[:n])
+        _ternarize(_f32_view(flat[i:j], b32), am.threshold, t[:n], pos[:n], neg[:n])
         counts[i] = int(np.count_nonzero(neg[:n])), int(np.count_nonzero(pos[:n]))
         np.multiply(t[:n], ab.dtype.type(scale), out=ab)  # exact: s is a float32, t in {-1,0,1}
         return _view_or_copy(flat[i:j], rb), ab
 
     acc = None
     if a.dtype in _F32_INPUTS:
-        acc = _weight32(flat, scale, half, counts, fill)
+        acc = _weight32(flat, am, scale, counts, fill)
     if acc is None:
         acc = _measure(size, fill, (a, "w"), None)
     n_neg = sum(c[0] for c in counts.values())
     n_pos = sum(c[1] for c in counts.values())
+    scale = stored_scale(am, n_neg + n_pos > 0, a.dtype)
     return WeightReport(
         format=fmt,
         shape=(rows, k),

@@ -52,10 +52,20 @@ class QuantInputError(ValueError):
     """
 
 
+def _is_bfloat16(x: object) -> bool:
+    return str(getattr(x, "dtype", "")).endswith("bfloat16")
+
+
 def as_array(x: object, name: str) -> npt.NDArray[Any]:
-    """Return *x* as an ndarray without copying when the source allows it."""
+    """Return *x* as an ndarray without copying when the source allows it.
+
+    bfloat16 (a torch tensor, or a numpy array of ml_dtypes' bfloat16) becomes float32, which
+    holds every bfloat16 exactly: bitnet.cpp's converter does the same before quantizing.
+    """
     if isinstance(x, np.ndarray):
-        return x
+        return x.astype(np.float32) if _is_bfloat16(x) else x
+    if _is_bfloat16(x) and callable(getattr(x, "float", None)):
+        x = x.float()  # type: ignore[attr-defined]  # torch: numpy has no bfloat16
     if hasattr(x, "__array__") or isinstance(x, list | tuple):
         try:
             return np.asarray(x)
@@ -180,16 +190,16 @@ def check_same_shape(a: npt.NDArray[Any], b: npt.NDArray[Any], na: str, nb: str)
         )
 
 
-def check_scale(scale: object, name: str = "scale") -> np.float32:
-    """A per-tensor weight scale: finite and positive, stored as float32 like bitnet.cpp."""
+def check_scale(scale: object, name: str = "scale", *, allow_zero: bool = False) -> np.float32:
+    """A per-tensor weight scale: finite and positive (or 0.0 where *allow_zero*: what
+    llama-quantize stores for an all-zero tensor), stored as float32 like bitnet.cpp."""
+    accepted = "a finite float >= 0" if allow_zero else "a finite float > 0"
     try:
         value = float(scale)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
-        raise QuantInputError(
-            f"{name}: got {type(scale).__name__}; accepted: a finite float > 0"
-        ) from exc
-    if not 0 < value <= _F32_MAX:
-        raise QuantInputError(f"{name} is {value!r}; accepted: a finite float > 0 (float32 range)")
+        raise QuantInputError(f"{name}: got {type(scale).__name__}; accepted: {accepted}") from exc
+    if not (value >= 0 if allow_zero else value > 0) or not value <= _F32_MAX:
+        raise QuantInputError(f"{name} is {value!r}; accepted: {accepted} (float32 range)")
     s: np.float32 = np.float32(value)
     return s
 

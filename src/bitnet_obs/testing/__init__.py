@@ -9,6 +9,7 @@ Assert on what really leaves the process, over the OTLP wire:
 
 from __future__ import annotations
 
+from bitnet_obs.testing._hf import tiny_bitnet_model, tiny_llama_model, tiny_tokenizer
 from bitnet_obs.testing._memory import CapturedPoint, TelemetryCapture, capture_telemetry
 from bitnet_obs.testing._otlp_decode import (
     MetricPoint,
@@ -17,6 +18,7 @@ from bitnet_obs.testing._otlp_decode import (
     SpanEvent,
 )
 from bitnet_obs.testing._receiver import OTLPReceiver, ReceivedRequest
+from bitnet_obs.testing._reset import override_settings, reset
 
 __all__ = [
     "CapturedPoint",
@@ -28,4 +30,9 @@ __all__ = [
     "ReceivedRequest",
     "ReceivedSpan",
     "SpanEvent",
+    "override_settings",
+    "reset",
+    "tiny_bitnet_model",
+    "tiny_llama_model",
+    "tiny_tokenizer",
 ]

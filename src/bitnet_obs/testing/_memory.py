@@ -1,8 +1,9 @@
 """In-memory capture of bitnet-obs telemetry for your own tests.
 
 It binds bitnet-obs to private in-memory SDK providers (never the global ones, which
-OpenTelemetry lets you set only once), zeroes the running totals, and restores the previous
-binding on exit::
+OpenTelemetry lets you set only once), zeroes the running event counts (requests, tokens,
+errors; not what is in progress now, such as active requests or queue depth) and restores the
+previous binding on exit::
 
     from bitnet_obs.testing import capture_telemetry
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -25,11 +26,16 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     Sum,
 )
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bitnet_obs import _instruments, _tally
+from bitnet_obs import _instruments
+from bitnet_obs._aggregate import Store
+from bitnet_obs._errors import ConfigError
+from bitnet_obs._export import INSTRUMENT_TYPES, aggregate_into
+from bitnet_obs._instruments import DEFAULT_CARDINALITY_LIMIT
 
 
 @dataclass(frozen=True)
@@ -44,37 +50,58 @@ class CapturedPoint:
     bucket_counts: tuple[int, ...] = ()
     explicit_bounds: tuple[float, ...] = ()
     exemplars: tuple[Any, ...] = field(default=())
+    min: float | None = None
+    max: float | None = None
 
 
 class TelemetryCapture:
     """Collects metric points and finished spans in memory; see :func:`capture_telemetry`."""
 
-    def __init__(self, cardinality_limit: int | None = None) -> None:
-        self.reader = InMemoryMetricReader()
+    def __init__(
+        self,
+        cardinality_limit: int | None = None,
+        aggregation: Literal["bitnet", "sdk"] = "bitnet",
+    ) -> None:
+        if aggregation not in ("bitnet", "sdk"):
+            raise ConfigError(f"aggregation={aggregation!r}; accepted: 'bitnet', 'sdk'")
+        limit = cardinality_limit or DEFAULT_CARDINALITY_LIMIT
+        self.reader = InMemoryMetricReader(
+            cardinality_limits=dict.fromkeys(INSTRUMENT_TYPES, limit)
+        )
         self.span_exporter = InMemorySpanExporter()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader], shutdown_on_exit=False)
+        resource = Resource.create({})
+        self.meter_provider = MeterProvider(
+            metric_readers=[self.reader], resource=resource, shutdown_on_exit=False
+        )
+        self.store = Store(limit) if aggregation == "bitnet" else None
+        if self.store is not None:
+            aggregate_into([self.reader], self.store, resource)
         self.tracer_provider = TracerProvider(shutdown_on_exit=False)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
-        self._previous: _instruments.Instruments | None = None
+        self._previous: Any = None
         self._limit = cardinality_limit
+        self._previous_limit = DEFAULT_CARDINALITY_LIMIT
 
     def __enter__(self) -> TelemetryCapture:
-        self._previous = _instruments._active
-        _tally.reset_all()
+        self._previous = _instruments.binding()
+        for counter in _instruments.COUNTERS:
+            if type(counter) is _instruments.Counter:  # events, not what is in flight now
+                counter.tally.reset()
         if self._limit is not None:
-            _tally.set_limit(self._limit)
-        _instruments.bind(self.meter_provider, self.tracer_provider)
+            self._previous_limit = _instruments.COUNTERS[0].tally.limit
+            _instruments.set_cardinality_limit(self._limit)
+        _instruments.bind(self.meter_provider, self.tracer_provider, self.store)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _instruments._active = self._previous
+        _instruments.restore(self._previous)
         if self._limit is not None:
-            _tally.set_limit(2000)
+            _instruments.set_cardinality_limit(self._previous_limit)
         self.meter_provider.shutdown(timeout_millis=1000)
         self.tracer_provider.shutdown()
 
     def points(self, name: str, **attributes: Any) -> list[CapturedPoint]:
-        """Points of one metric whose attributes include the given ones (dots: use **{...})."""
+        """Points of one metric whose attributes include the given ones (dots: ``**{"a.b": 1}``)."""
         data = self.reader.get_metrics_data()
         found: list[CapturedPoint] = []
         if data is None:
@@ -106,12 +133,19 @@ def _point(name: str, data: Any, dp: Any, attrs: dict[str, Any]) -> CapturedPoin
     exemplars = tuple(getattr(dp, "exemplars", ()) or ())
     if isinstance(data, Histogram):
         return CapturedPoint(name, attrs, None, dp.count, dp.sum, tuple(dp.bucket_counts),
-                     tuple(dp.explicit_bounds), exemplars)  # fmt: skip
+                     tuple(dp.explicit_bounds), exemplars, dp.min, dp.max)  # fmt: skip
     if isinstance(data, (Sum, Gauge)):
         return CapturedPoint(name, attrs, dp.value, exemplars=exemplars)
     return CapturedPoint(name, attrs, getattr(dp, "value", None), exemplars=exemplars)
 
 
-def capture_telemetry(cardinality_limit: int | None = None) -> TelemetryCapture:
-    """Capture bitnet-obs metrics and spans in memory for the duration of a ``with`` block."""
-    return TelemetryCapture(cardinality_limit)
+def capture_telemetry(
+    cardinality_limit: int | None = None, *, aggregation: Literal["bitnet", "sdk"] = "bitnet"
+) -> TelemetryCapture:
+    """Capture bitnet-obs metrics and spans in memory for the duration of a ``with`` block.
+
+    ``aggregation="sdk"`` records histograms through the SDK's instruments, as bitnet-obs does
+    under a MeterProvider the application installed; the default is bitnet-obs's own
+    aggregation, as under ``configure()``. Both give the same data.
+    """
+    return TelemetryCapture(cardinality_limit, aggregation)

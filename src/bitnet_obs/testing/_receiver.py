@@ -257,20 +257,23 @@ class OTLPReceiver:
             self._arrived.clear()
             self._rejected.clear()
 
-    def wait_for(self, predicate: Callable[[OTLPReceiver], bool], timeout: float = 5.0) -> bool:
+    def wait_for(self, predicate: Callable[[OTLPReceiver], bool], timeout: float = 30.0) -> bool:
         """Block until ``predicate(self)`` holds (re-checked on every request); False on timeout.
 
-        ``assert rx.wait_for(lambda r: len(r.spans("decode")) >= 16, timeout=2)``
+        It returns as soon as the condition holds, so the timeout only bounds a failure: keep
+        it generous (the default, 30 s), as a busy CI machine can delay an export by seconds.
+
+        ``assert rx.wait_for(lambda r: len(r.spans("decode")) >= 16)``
         """
         with self._cond:
             self._cond.wait_for(lambda: predicate(self) or self._stopping.is_set(), timeout)
             return predicate(self)
 
-    def wait_for_metric(self, name: str, timeout: float = 5.0) -> bool:
+    def wait_for_metric(self, name: str, timeout: float = 30.0) -> bool:
         """Block until a point of metric ``name`` has arrived; False on timeout."""
         return self.wait_for(lambda r: bool(r.metric_points(name)), timeout)
 
-    def wait_for_spans(self, n: int, timeout: float = 5.0) -> bool:
+    def wait_for_spans(self, n: int, timeout: float = 30.0) -> bool:
         """Block until at least ``n`` spans have arrived in total; False on timeout."""
         return self.wait_for(lambda r: len(r.spans()) >= n, timeout)
 

@@ -1,0 +1,218 @@
+"""The serving-time canary: cross-validation on a background thread, gating readiness."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+import weakref
+from typing import Any
+
+from bitnet_obs import _state, health
+from bitnet_obs._crossval import CrossvalReport, Implementation, check, emit_metrics
+from bitnet_obs._errors import ConfigError
+from bitnet_obs._golden import GoldenSet, load
+from bitnet_obs._selfmon import internal_error, logger
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_live: weakref.WeakSet[Canary] = weakref.WeakSet()
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{name}={value!r}; accepted: a positive number of seconds")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r}; accepted: a finite number of seconds")
+    return float(value)
+
+
+class Canary:
+    """Checks ``candidate`` against the golden cases at :meth:`start` and then every
+    ``interval_s`` (counted from the end of a run) on one daemon thread, so runs never overlap
+    and a probe or a scrape never waits for one. Each run stops starting cases once
+    ``budget_s`` is spent. With ``gate_readiness`` the health check ``name`` is critical:
+    ``/health/ready`` answers 503 with the reason from start until the first pass, and again
+    whenever a run fails or one has been running for over twice its budget; it recovers with
+    the next pass. ``gate_readiness=False`` reports the same check without gating::
+
+        canary = crossval.Canary(generate, "golden.npz", interval_s=300, budget_s=30).start()
+        ...
+        canary.stop()
+
+    Start canaries in each worker after forking: a thread does not survive ``fork()``.
+    """
+
+    def __init__(
+        self,
+        candidate: Implementation,
+        golden: GoldenSet | str | os.PathLike[str],
+        *,
+        reference: Implementation | None = None,
+        interval_s: float = 300.0,
+        budget_s: float = 60.0,
+        gate_readiness: bool = True,
+        name: str = "canary",
+        min_agreement: float = 1.0,
+        max_kl: float | None = None,
+        model: str | None = None,
+    ) -> None:
+        if not callable(candidate) or (reference is not None and not callable(reference)):
+            raise ConfigError("candidate and reference: accepted: fn(prompt_ids, max_new_tokens)")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"name={name!r}; accepted: 1-64 of A-Z a-z 0-9 _ . : -")
+        if not isinstance(min_agreement, int | float) or not 0.0 <= min_agreement <= 1.0:
+            raise ConfigError(f"min_agreement={min_agreement!r}; accepted: 0..1")
+        if max_kl is not None and (not isinstance(max_kl, int | float) or not max_kl >= 0):
+            raise ConfigError(f"max_kl={max_kl!r}; accepted: a number >= 0 or None")
+        self.golden = golden if isinstance(golden, GoldenSet) else load(golden)  # GoldenError
+        self.candidate, self.reference = candidate, reference
+        self.interval_s = _seconds("interval_s", interval_s)
+        self.budget_s = _seconds("budget_s", budget_s)
+        self.gate_readiness, self.name = bool(gate_readiness), name
+        self._judge: dict[str, Any] = {
+            "min_agreement": float(min_agreement),
+            "max_kl": max_kl,
+            "model": model,
+        }
+        self._lock = threading.Lock()  # state below; never held during a run
+        self._run_lock = threading.Lock()  # one run at a time, across restarts too
+        self._last: CrossvalReport | None = None
+        self._running_since: float | None = None
+        self._runs = 0
+        self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None
+        _live.add(self)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Canary:
+        """Register the health check and start the thread (idempotent); returns self."""
+        with self._lock:
+            if self._stop is not None:
+                return self
+            stop = self._stop = threading.Event()
+        health.register(self.name, self._check, critical=self.gate_readiness, probe="readiness")
+        thread = threading.Thread(
+            target=self._loop, args=(stop,), name=f"bitnet-obs-{self.name}", daemon=True
+        )
+        with self._lock:
+            self._thread = thread
+        thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (waiting up to ``timeout`` for a run in progress) and unregister
+        the health check. A run still going finishes in the background, unrecorded."""
+        with self._lock:
+            stop, thread = self._stop, self._thread
+            self._stop = self._thread = None
+        if stop is None:
+            return
+        stop.set()
+        health.unregister(self.name)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def __enter__(self) -> Canary:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def last_report(self) -> CrossvalReport | None:
+        """The report of the last finished run."""
+        with self._lock:
+            return self._last
+
+    @property
+    def runs(self) -> int:
+        """Runs finished since construction."""
+        with self._lock:
+            return self._runs
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._stop is not None
+
+    def run_once(self) -> CrossvalReport:
+        """One run now, on the calling thread (after a run in progress finishes); recorded
+        like the background runs."""
+        report = self._run(None)
+        assert report is not None  # only a stop event skips a run
+        return report
+
+    def _run(self, stop: threading.Event | None) -> CrossvalReport | None:
+        with self._run_lock:
+            if stop is not None and stop.is_set():  # stopped while an older run held the lock
+                return None
+            with self._lock:
+                self._running_since = time.monotonic()
+            try:
+                report = check(
+                    self.candidate,
+                    self.golden,
+                    self.reference,
+                    budget_s=self.budget_s,
+                    record_metrics=False,
+                    **self._judge,
+                )
+            finally:
+                with self._lock:
+                    self._running_since = None
+            with self._lock:
+                self._last = report
+                self._runs += 1
+            emit_metrics(report)  # after the state: a scrape never runs ahead of a probe
+        if not report.passed:
+            logger.warning("canary %r failed: %s", self.name, report.reason)
+        return report
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self._run(stop)
+            except Exception as exc:  # check() reports implementation failures itself
+                internal_error("canary", exc, f"canary {self.name!r} run")
+            stop.wait(self.interval_s)
+
+    def _check(self) -> health.CheckResult:
+        """The health check: reads the last result, never runs anything."""
+        with self._lock:
+            last, since = self._last, self._running_since
+        if since is not None and time.monotonic() - since > 2 * self.budget_s:
+            running = time.monotonic() - since
+            return health.CheckResult(
+                health.HealthStatus.UNHEALTHY,
+                f"run in progress for {running:.0f}s, over twice its budget of {self.budget_s:g}s",
+            )
+        if last is None:
+            return health.CheckResult(health.HealthStatus.UNHEALTHY, "first run not finished")
+        if not last.passed:
+            return health.CheckResult(health.HealthStatus.UNHEALTHY, last.reason)
+        rate = last.candidate_tokens_per_s
+        speed = f", {rate:.1f} tok/s" if rate else ""
+        return health.CheckResult(
+            health.HealthStatus.HEALTHY,
+            f"passed {len(last.cases)} cases (token agreement {last.token_agreement:.3f}{speed})",
+        )
+
+
+@_state.on_fork
+def _reinit_after_fork() -> None:
+    for canary in list(_live):
+        canary._lock = threading.Lock()
+        canary._run_lock = threading.Lock()
+        canary._thread = canary._stop = None  # the thread did not survive the fork
+        canary._running_since = None
+
+
+@_state.on_reset(phase=_state.STOP)
+def _stop_all() -> None:
+    for canary in list(_live):
+        canary.stop(timeout=1.0)

@@ -1,0 +1,290 @@
+"""The degenerate-output measures: thresholds, verdict, and the chunked numpy pass.
+
+Public through :mod:`bitnet_obs.output`. One pass (:func:`advance`) folds a chunk of ids into
+a small carried state, so a stream is judged in bounded memory and gets the same answer for
+any chunking (chunks start on window boundaries).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from bitnet_obs._errors import ConfigError
+
+REASONS: Final = ("repeat_run", "cycle", "low_diversity")
+
+
+I64 = npt.NDArray[np.int64]
+EMPTY: Final[I64] = np.zeros(0, np.int64)
+_ZEROS: Final[I64] = np.zeros(64, np.int64)  # left padding of a stream's first ids
+
+
+@dataclass(frozen=True)
+class DegenerateThresholds:
+    """When an output counts as degenerate. ``0`` switches a reason off.
+
+    The worst healthy figure of the texts in ``tests/fixtures/text`` is given for each; the
+    byte-level tokenizers are the hard case (BitNet models use BPE vocabularies, where healthy
+    text is much further away).
+
+    * ``repeat_run`` (32): a run of one token this long -- "!!!!" collapse. Healthy: 21 (code
+      indentation and a table of contents' dot leaders, byte level); 4 with a BPE.
+    * ``cycle_span`` (64): a cycle of period 2..``max_period`` covering this many tokens.
+      Healthy: 41 (a 10-column Markdown table rule, byte level); 14 with a BPE.
+    * ``max_period`` (8): longest cycle period looked for.
+    * ``min_distinct_fraction`` (0.03): a window whose fraction of distinct ids is below this.
+      Healthy: 0.047 (counting "1, 2, 3, ..." byte by byte: 12 symbols); prose 0.098 byte
+      level, 0.15-0.6 with a BPE. With a BPE vocabulary, 0.1 is still safe and catches more.
+    * ``window`` (256): tokens per distinct-fraction window.
+    * ``min_tokens`` (32): shorter outputs are measured but never judged; also the shortest
+      trailing window that counts.
+
+    >>> DegenerateThresholds(repeat_run=64).repeat_run
+    64
+    """
+
+    repeat_run: int = 32
+    cycle_span: int = 64
+    max_period: int = 8
+    min_distinct_fraction: float = 0.03
+    window: int = 256
+    min_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        def whole(name: str, low: int, high: int, zero_ok: bool = False) -> int:
+            value = getattr(self, name)
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if not ok or not (low <= value <= high or (zero_ok and value == 0)):
+                off = " or 0 (off)" if zero_ok else ""
+                raise ConfigError(
+                    f"degenerate thresholds: {name}={value!r}; accepted: an integer "
+                    f"{low}..{high}{off}"
+                )
+            return int(value)
+
+        whole("repeat_run", 2, 1 << 40, zero_ok=True)
+        period = whole("max_period", 2, 64)
+        whole("cycle_span", period + 1, 1 << 40, zero_ok=True)
+        window = whole("window", 8, 1 << 16)
+        whole("min_tokens", 1, window)
+        fraction = self.min_distinct_fraction
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not 0.0 <= fraction < 1.0
+        ):
+            raise ConfigError(
+                f"degenerate thresholds: min_distinct_fraction={fraction!r}; accepted: a number "
+                "0 <= f < 1 (0: off)"
+            )
+
+
+DEFAULT_THRESHOLDS: Final = DegenerateThresholds()
+
+
+@dataclass(frozen=True)
+class OutputVerdict:
+    """The measures of one output and the verdict. ``reason`` is None when healthy or not
+    judged (``judged`` is False below ``min_tokens``)."""
+
+    tokens: int
+    longest_run: int
+    distinct_fraction: float
+    cycle_span: int
+    cycle_period: int
+    judged: bool
+    reason: str | None
+
+    @property
+    def degenerate(self) -> bool:
+        return self.reason is not None
+
+    def span_attributes(self) -> dict[str, int | float | str]:
+        """Content-free span attributes (numbers and the reason; never ids)."""
+        attrs: dict[str, int | float | str] = {
+            "bitnet.output.repeat_run": self.longest_run,
+            "bitnet.output.distinct_fraction": round(self.distinct_fraction, 4),
+            "bitnet.output.cycle_span": self.cycle_span,
+        }
+        if self.reason is not None:
+            attrs["bitnet.degenerate.reason"] = self.reason
+        return attrs
+
+
+class State:
+    """What is carried between chunks: a few numbers and the last ``max_period`` ids."""
+
+    __slots__ = ("best_run", "cyc", "cyc_best", "hist", "min_frac", "n", "run")
+
+    n: int  # ids judged so far (always a whole number of windows until the end)
+    hist: I64
+    run: int  # length of the current run of one token
+    best_run: int
+    cyc: I64  # current cycle stretch, per period
+    cyc_best: I64
+    min_frac: float  # lowest distinct fraction of a counted window
+
+    def __init__(self, periods: int) -> None:
+        self.reset(periods)
+
+    def reset(self, periods: int) -> None:
+        self.n, self.run, self.best_run, self.min_frac = 0, 0, 0, math.inf
+        self.hist = EMPTY
+        self.cyc = np.zeros(periods, np.int64)
+        self.cyc_best = np.zeros(periods, np.int64)
+
+    def copy(self) -> State:
+        other = State(0)
+        other.n, other.hist, other.run, other.best_run = self.n, self.hist, self.run, self.best_run
+        other.cyc, other.cyc_best, other.min_frac = self.cyc, self.cyc_best, self.min_frac
+        return other  # arrays are replaced, never mutated, by advance
+
+
+def _stretches(rows: npt.NDArray[np.bool_], carry: I64) -> tuple[I64, I64]:
+    """Per row of ``rows`` (each padded with a False column at both ends): the longest stretch
+    of True and the one ending the chunk, a stretch starting it continuing the row's carry.
+    Works on the stretch boundaries only, so healthy text (few, short stretches) is cheap."""
+    r, width = rows.shape
+    flat = rows.reshape(-1).view(np.int8)
+    d = np.subtract(flat[1:], flat[:-1])
+    starts = (d == 1).nonzero()[0]  # a stretch begins at flat index start + 1 ...
+    ends = (d == -1).nonzero()[0]  # ... and ends at flat index end (inclusive)
+    lengths = ends - starts
+    row = ends // width
+    lead = starts - row * width == 0
+    lengths[lead] += carry[row[lead]]
+    best = np.zeros(r, np.int64)
+    np.maximum.at(best, row, lengths)
+    last = np.zeros(r, np.int64)
+    tail = ends - row * width == width - 2
+    last[row[tail]] = lengths[tail]
+    return best, last
+
+
+@functools.lru_cache(maxsize=64)
+def _first_ids_valid(top: int, k: int) -> npt.NDArray[np.bool_]:
+    """[p - 2, j]: position j of a stream's first chunk has an id p positions back, with ``k``
+    ids carried before the chunk (read-only, cached: the same shape for every stream)."""
+    valid = np.arange(top)[None, :] >= (np.arange(2, top + 1) - k)[:, None]
+    valid.flags.writeable = False
+    return valid
+
+
+@functools.lru_cache(maxsize=64)
+def _run_limits(top: int) -> I64:
+    """[p - 2]: p - 1, the run (in repeats) at which the last p ids are all one token."""
+    limits = np.arange(1, top, dtype=np.int64)[:, None]
+    limits.flags.writeable = False
+    return limits
+
+
+def advance(st: State, x: I64, th: DegenerateThresholds) -> None:
+    """Fold ids ``x`` (starting at a window boundary) into the state."""
+    m = x.shape[0]
+    if m == 0:
+        return
+    top = th.max_period
+    k = st.hist.shape[0]
+    pad = top - k  # > 0 only at the start of a stream: no ids before the first
+    ext = np.concatenate((_ZEROS[:pad], st.hist, x)) if pad else np.concatenate((st.hist, x))
+    eq = np.empty(top + m, np.bool_)  # eq[i]: ext[i] repeats the id before it
+    np.equal(ext[1:], ext[:-1], out=eq[1:])
+    eq[: pad + 1] = False
+    # reps[j]: how many times the id at j repeats the one before, counting into the past
+    pos = np.arange(1, m + 1, dtype=np.int64)
+    last_new = np.where(eq[top:], 0, pos)
+    np.maximum.accumulate(last_new, out=last_new)
+    reps = pos - last_new
+    if st.run > 1:  # the run the previous chunk ended with goes on
+        reps[: int(np.searchsorted(last_new, 0, side="right"))] += st.run - 1
+    st.best_run = max(st.best_run, int(reps.max()) + 1)
+    st.run = int(reps[-1]) + 1
+    # rows[p - 2]: x[j] equals the id p before it (a cycle of period p) and the p ids ending
+    # at j are not all one token (a run is not a cycle); padded for _stretches
+    rows = np.zeros((top - 1, m + 2), np.bool_)
+    cyc = rows[:, 1:-1]
+    shifted = np.ndarray((top + 1, m), np.int64, ext, 0, (8, 8))  # shifted[i] = ext[i : i + m]
+    np.equal(shifted[top - 2 :: -1][: top - 1], x, out=cyc)
+    if pad:  # stream start: no id p positions back for the first p - k positions
+        span = min(top, m)
+        cyc[:, :span] &= _first_ids_valid(top, k)[:, :span]
+    cyc &= reps < _run_limits(top)
+    best, last = _stretches(rows, st.cyc)
+    st.cyc_best = np.maximum(st.cyc_best, best)
+    st.cyc = last
+    # distinct fraction per aligned window; a trailing partial window counts if long enough
+    w = th.window
+    whole = m // w
+    if whole:
+        s = np.sort(x[: whole * w].reshape(whole, w), axis=1)
+        distinct = np.count_nonzero(s[:, 1:] != s[:, :-1], axis=1) + 1
+        st.min_frac = min(st.min_frac, int(distinct.min()) / w)
+    tail = m - whole * w
+    if tail >= th.min_tokens:
+        s = np.sort(x[whole * w :])
+        st.min_frac = min(st.min_frac, (int(np.count_nonzero(s[1:] != s[:-1])) + 1) / tail)
+    st.hist = ext[max(pad, m) :].copy()
+    st.n += m
+
+
+def short(ids: Sequence[int]) -> OutputVerdict:
+    """An output shorter than ``min_tokens``: not judged, so only the two measures that are
+    recorded as histograms, in plain Python (a numpy pass would cost more than the output)."""
+    best = run = 0
+    prev: object = None
+    for token in ids:
+        if token == prev:
+            run += 1
+        else:
+            run, prev = 1, token
+        if run > best:
+            best = run
+    n = len(ids)
+    return OutputVerdict(n, best, len(set(ids)) / n if n else 1.0, 0, 0, False, None)
+
+
+def verdict(st: State, th: DegenerateThresholds) -> OutputVerdict:
+    n, fraction = st.n, st.min_frac
+    span, period = 0, 0
+    for i, best in enumerate(st.cyc_best.tolist()):
+        if best and best + i + 2 > span:
+            span, period = best + i + 2, i + 2
+    reason = None
+    if n >= th.min_tokens:
+        if th.repeat_run and st.best_run >= th.repeat_run:
+            reason = "repeat_run"
+        elif th.cycle_span and span >= th.cycle_span:
+            reason = "cycle"
+        elif fraction < th.min_distinct_fraction:
+            reason = "low_diversity"
+    return OutputVerdict(n, st.best_run, fraction, span, period, True, reason)
+
+
+def flush(buf: array[int], st: State, th: DegenerateThresholds, chunk: int) -> None:
+    """Judge the whole chunks in ``buf``; the rest stays buffered."""
+    whole = len(buf) // chunk * chunk
+    x = np.frombuffer(buf, np.int64)[:whole].copy()  # copied: a viewed buffer cannot shrink
+    del buf[:whole]
+    for i in range(0, whole, chunk):
+        advance(st, x[i : i + chunk], th)
+
+
+def judge(seq: I64, th: DegenerateThresholds, chunk: int, pad_id: int | None) -> OutputVerdict:
+    if pad_id is not None and seq.shape[0]:
+        keep = np.flatnonzero(seq != pad_id)
+        seq = seq[: keep[-1] + 1] if keep.shape[0] else seq[:0]
+    n = seq.shape[0]
+    if n < th.min_tokens:
+        return short(seq.tolist())
+    st = State(th.max_period - 1)
+    for i in range(0, n, chunk):
+        advance(st, seq[i : i + chunk], th)
+    return verdict(st, th)

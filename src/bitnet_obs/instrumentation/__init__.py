@@ -1,0 +1,8 @@
+"""Instrumentors that monitor third-party inference libraries with no code change.
+
+- :mod:`bitnet_obs.instrumentation.transformers`: ``TransformersInstrumentor``, every Hugging
+  Face ``generate()`` call (``pip install 'bitnet-obs[hf]'``).
+
+Each is an OpenTelemetry ``BaseInstrumentor`` registered as an ``opentelemetry_instrumentor``
+entry point, so ``opentelemetry-instrument python app.py`` loads it.
+"""

@@ -1,0 +1,15 @@
+"""The instrumentor's options, validated once by ``instrument()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Options:
+    operation: str = "text_completion"
+    provider: str = "transformers"
+    layer_fidelity: bool = True
+    fidelity_sample_rate: float | None = None  # None: BITNET_OBS_QUANT_SAMPLE_RATE
+    fidelity_layers: int | None = 1  # None: every BitNet layer of a sampled call
+    weight_accuracy: bool = True

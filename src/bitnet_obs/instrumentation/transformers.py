@@ -1,0 +1,155 @@
+"""Zero-code instrumentation of Hugging Face transformers: every ``generate()`` monitored.
+
+One line in code, or none with ``opentelemetry-instrument`` (this instrumentor is registered
+under the ``opentelemetry_instrumentor`` entry points)::
+
+    from bitnet_obs.instrumentation.transformers import TransformersInstrumentor
+
+    TransformersInstrumentor().instrument()
+    model.generate(input_ids, max_new_tokens=64)   # a monitored inference
+
+    # or, unchanged code:  opentelemetry-instrument python app.py
+
+Every ``generate()`` call of any model (``GenerationMixin``, so ``pipeline("text-generation")``
+too) records what ``@monitored_inference`` records: model, format, device, a span, input and
+output tokens counted exactly per batch row, time to first token and per output token from the
+decoding loop itself. On BitNet models (``BitLinear``/``AutoBitLinear`` layers) a sampled call
+also checks a layer's output against the bitnet.cpp I2_S emulation of the same weights, and a
+model's float master weights get one quantization-accuracy report, in a background thread.
+See docs/transformers.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from bitnet_obs import ConfigError, InferenceMonitor
+from bitnet_obs.instrumentation._options import Options
+
+try:
+    from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+        BaseInstrumentor,
+    )
+except ImportError as _exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the transformers instrumentor needs opentelemetry-instrumentation ({_exc}); install "
+        "the extra: pip install 'bitnet-obs[hf]'"
+    ) from None
+
+__all__ = ["TransformersInstrumentor"]
+
+_OPTIONS = (
+    "operation",
+    "provider",
+    "layer_fidelity",
+    "fidelity_sample_rate",
+    "fidelity_layers",
+    "weight_accuracy",
+)
+
+
+class TransformersInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Monitors every transformers ``generate()`` call; ``uninstrument()`` undoes it exactly.
+
+    ``instrument()`` accepts, all optional:
+
+    - ``operation`` (``"text_completion"``) and ``provider`` (``"transformers"``): the
+      ``gen_ai.operation.name`` and ``gen_ai.provider.name`` of every call;
+    - ``layer_fidelity`` (True): sampled checks of BitNet layers against the I2_S emulation;
+    - ``fidelity_sample_rate`` (None: ``BITNET_OBS_QUANT_SAMPLE_RATE``): fraction of calls
+      checked, always within ``BITNET_OBS_QUANT_BUDGET``;
+    - ``fidelity_layers`` (1): layers checked per sampled call, in turn (None: all of them);
+    - ``weight_accuracy`` (True): one report of each float master weight, the first time a
+      model generates.
+
+    A wrong option raises :class:`bitnet_obs.ConfigError`; nothing raises inside ``generate()``::
+
+        TransformersInstrumentor().instrument(fidelity_sample_rate=0.05)
+    """
+
+    _state: Any = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("transformers >= 4.52", "torch >= 2.6")
+
+    def _instrument(self, **kwargs: Any) -> None:
+        options = _options(kwargs)
+        _require()
+        from bitnet_obs.instrumentation._generate import Instrumentation
+
+        state = Instrumentation(options)
+        state.install()
+        type(self)._state = state
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        state, type(self)._state = type(self)._state, None
+        if state is not None:
+            state.uninstall()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait for the background checks queued so far (layer fidelity, weight accuracy).
+
+        True when they are all done, False if ``timeout`` seconds passed first. For tests and
+        before a clean shutdown; serving never needs it.
+        """
+        state = type(self)._state
+        return True if state is None else bool(state.worker.flush(timeout))
+
+
+def _options(kwargs: dict[str, Any]) -> Options:
+    unknown = sorted(set(kwargs) - set(_OPTIONS))
+    if unknown:
+        hint = ""
+        if {"tracer_provider", "meter_provider"} & set(unknown):
+            hint = (
+                "; bitnet-obs records through the providers of bitnet_obs.configure() or the "
+                "global ones (opentelemetry-instrument sets those)"
+            )
+        raise ConfigError(
+            f"TransformersInstrumentor.instrument() got {', '.join(unknown)}; accepted: "
+            f"{', '.join(_OPTIONS)}{hint}"
+        )
+    operation = kwargs.get("operation", "text_completion")
+    provider = kwargs.get("provider", "transformers")
+    InferenceMonitor(operation=operation, provider=provider)  # raises ConfigError if wrong
+    for flag in ("layer_fidelity", "weight_accuracy"):
+        if not isinstance(kwargs.get(flag, True), bool):
+            raise ConfigError(f"{flag}={kwargs[flag]!r} is not valid; accepted: True or False")
+    rate = kwargs.get("fidelity_sample_rate")
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0
+    ):
+        raise ConfigError(
+            f"fidelity_sample_rate={rate!r} is not valid; accepted: None (use "
+            "BITNET_OBS_QUANT_SAMPLE_RATE) or a number in [0, 1]"
+        )
+    layers = kwargs.get("fidelity_layers", 1)
+    if layers is not None and (
+        isinstance(layers, bool) or not isinstance(layers, int) or layers < 1
+    ):
+        raise ConfigError(
+            f"fidelity_layers={layers!r} is not valid; accepted: an int >= 1, or None for all"
+        )
+    return Options(
+        operation=operation,
+        provider=provider,
+        layer_fidelity=kwargs.get("layer_fidelity", True),
+        fidelity_sample_rate=None if rate is None else float(rate),
+        fidelity_layers=layers,
+        weight_accuracy=kwargs.get("weight_accuracy", True),
+    )
+
+
+def _require() -> None:
+    """torch and transformers, or a ModuleNotFoundError naming the extra (which the
+    ``opentelemetry-instrument`` loader takes as "library not installed: skip")."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"the transformers instrumentor needs torch and transformers ({exc}); install the "
+            "extra: pip install 'bitnet-obs[hf]'",
+            name=getattr(exc, "name", None),
+        ) from None

@@ -1,0 +1,106 @@
+"""``opentelemetry-instrument python app.py``: the entry point loads the instrumentor, with no
+code change and only ``OTEL_*`` variables, and the telemetry reaches a real OTLP receiver."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from bitnet_obs.testing import OTLPReceiver
+
+APP = textwrap.dedent(
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = LlamaForCausalLM(config)
+    prompts = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    out = model.generate(prompts, attention_mask=mask, max_new_tokens=5, min_new_tokens=5)
+    print("generated", tuple(out.shape))
+    """
+)
+
+
+def opentelemetry_instrument() -> str:
+    here = Path(sys.executable).parent / "opentelemetry-instrument"
+    found = str(here) if here.exists() else shutil.which("opentelemetry-instrument")
+    if found is None:
+        pytest.fail("opentelemetry-instrument is missing: install the [hf] extra")
+    return found
+
+
+def test_entry_point_is_registered() -> None:
+    (point,) = [
+        e for e in entry_points(group="opentelemetry_instrumentor") if e.name.startswith("bitnet")
+    ]
+    assert point.value == "bitnet_obs.instrumentation.transformers:TransformersInstrumentor"
+
+
+@pytest.mark.slow
+def test_plain_script_under_opentelemetry_instrument(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    with OTLPReceiver() as rx:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_OBS_"))}
+        env.update(
+            OTEL_SERVICE_NAME="zero-code-app",
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_METRICS_EXPORTER="otlp",
+            OTEL_LOGS_EXPORTER="none",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            OTEL_EXPORTER_OTLP_ENDPOINT=rx.grpc_endpoint,
+            OTEL_EXPORTER_OTLP_INSECURE="true",
+        )
+        done = subprocess.run(
+            [opentelemetry_instrument(), sys.executable, str(app)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "generated (2, 9)" in done.stdout
+        assert rx.wait_for_spans(1, timeout=30)
+        assert rx.wait_for_metric("bitnet.inference.tokens", timeout=30)
+
+        (span,) = rx.spans("text_completion llama")
+        assert span.attributes["gen_ai.provider.name"] == "transformers"
+        assert span.attributes["gen_ai.usage.input_tokens"] == 6
+        assert span.attributes["gen_ai.usage.output_tokens"] == 10
+        assert span.resource["service.name"] == "zero-code-app"
+        output = {"gen_ai.token.type": "output", "gen_ai.request.model": "llama"}
+        assert rx.latest_value("bitnet.inference.tokens", **output) == 10
+        assert rx.latest_value("bitnet.inference.requests", **{"bitnet.outcome": "ok"}) == 1
+        assert rx.metric_points("gen_ai.server.time_to_first_token")
+
+
+def test_without_torch_the_error_names_the_extra() -> None:
+    """torch made unimportable: instrument() says which extra to install (the
+    opentelemetry-instrument loader takes a ModuleNotFoundError as "library absent: skip")."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None  # as if it were not installed
+        from bitnet_obs.instrumentation.transformers import TransformersInstrumentor
+        try:
+            TransformersInstrumentor().instrument(skip_dep_check=True)
+        except ModuleNotFoundError as exc:
+            print("MISSING:", exc)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "MISSING:" in done.stdout and "bitnet-obs[hf]" in done.stdout
