@@ -17,15 +17,15 @@ import functools
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from benchmarks._inproc import NullExporter, meter_provider, tracer_provider
 from benchmarks._worker import Handler, PeerMissing, serve, time_batch
 
 # The attributes @monitored_inference(model="m") records today (docs/metrics.md).
@@ -47,12 +47,7 @@ THROUGHPUT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000
 STREAM_LENGTHS = (50, 1050)  # per-token cost = slope between the two
 INSTALL_HINT = "`nox -s bench` installs it; see docs/performance.md"
 
-Case = Callable[[], object]
-
-
-class NullExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
+Timed = Callable[[], object]
 
 
 def generate() -> list[int]:
@@ -69,24 +64,12 @@ def _consume(gen: Callable[[int], Iterator[int]], length: int) -> None:
         pass
 
 
-def _streams(who: str, gen: Callable[[int], Iterator[int]]) -> dict[str, Case]:
-    cases: dict[str, Case] = {}
+def _streams(who: str, gen: Callable[[int], Iterator[int]]) -> dict[str, Timed]:
+    cases: dict[str, Timed] = {}
     for length in STREAM_LENGTHS:
         cases[f"stream/{who}/{length}"] = functools.partial(_consume, gen, length)
         cases[f"stream/bare/{length}"] = functools.partial(_consume, bare_stream, length)
     return cases
-
-
-def _tracer_provider(sampled: bool, processor: bool = True) -> TracerProvider:
-    sampler = sampling.ALWAYS_ON if sampled else sampling.ALWAYS_OFF
-    provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
-    if processor:
-        provider.add_span_processor(BatchSpanProcessor(NullExporter()))
-    return provider
-
-
-def _meter_provider() -> MeterProvider:
-    return MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
 
 
 # --- hand-written bare SDK ------------------------------------------------------------------
@@ -94,7 +77,7 @@ def _meter_provider() -> MeterProvider:
 
 def _hand_written(
     mp: MeterProvider, tracer: trace.Tracer | None
-) -> tuple[Case, Callable[[int], Iterator[int]]]:
+) -> tuple[Timed, Callable[[int], Iterator[int]]]:
     """The same telemetry written by hand: span, 2 histograms, 2 counters, same attributes.
 
     Returns the call and the streaming generator (``tracer=None``: metrics only).
@@ -149,16 +132,16 @@ def _span(tracer: trace.Tracer) -> None:
         pass
 
 
-def sdk_cases() -> dict[str, Case]:
+def sdk_cases() -> dict[str, Timed]:
     """Hand-written SDK code (sampled, unsampled, metrics only) and the SDK's unit costs."""
-    sampled, unsampled = _tracer_provider(True), _tracer_provider(False)
-    cases: dict[str, Case] = {"bare": generate}
-    call, stream = _hand_written(_meter_provider(), sampled.get_tracer("h"))
+    sampled, unsampled = tracer_provider(True), tracer_provider(False)
+    cases: dict[str, Timed] = {"bare": generate}
+    call, stream = _hand_written(meter_provider(), sampled.get_tracer("h"))
     cases["hand/sampled"] = call
     cases.update(_streams("hand", stream))
-    cases["hand/unsampled"] = _hand_written(_meter_provider(), unsampled.get_tracer("h"))[0]
-    cases["hand/metrics"] = _hand_written(_meter_provider(), None)[0]
-    histogram = _meter_provider().get_meter("unit").create_histogram("h", unit="s")
+    cases["hand/unsampled"] = _hand_written(meter_provider(), unsampled.get_tracer("h"))[0]
+    cases["hand/metrics"] = _hand_written(meter_provider(), None)[0]
+    histogram = meter_provider().get_meter("unit").create_histogram("h", unit="s")
     cases["unit/histogram_record"] = functools.partial(histogram.record, 0.1, ATTRS)
     cases["unit/span_sampled"] = functools.partial(_span, sampled.get_tracer("u"))
     cases["unit/span_unsampled"] = functools.partial(_span, unsampled.get_tracer("u"))
@@ -168,7 +151,7 @@ def sdk_cases() -> dict[str, Case]:
 # --- bitnet-obs -----------------------------------------------------------------------------
 
 
-def ours_cases(mode: str) -> dict[str, Case]:
+def ours_cases(mode: str) -> dict[str, Timed]:
     """``configure()`` owns the pipeline: sampled, unsampled, or traces off (metrics only)."""
     import bitnet_obs
 
@@ -187,14 +170,14 @@ def ours_cases(mode: str) -> dict[str, Case]:
     return _monitored("ours")
 
 
-def ours_api_cases() -> dict[str, Case]:
+def ours_api_cases() -> dict[str, Timed]:
     """API mode: the application installed its own SDK; bitnet-obs reports through it."""
-    metrics.set_meter_provider(_meter_provider())
-    trace.set_tracer_provider(_tracer_provider(True))
+    metrics.set_meter_provider(meter_provider())
+    trace.set_tracer_provider(tracer_provider(True))
     return _monitored("ours")
 
 
-def _monitored(who: str) -> dict[str, Case]:
+def _monitored(who: str) -> dict[str, Timed]:
     import bitnet_obs
 
     @bitnet_obs.monitored_inference(model="m")
@@ -211,9 +194,9 @@ def _monitored(who: str) -> dict[str, Case]:
 # --- peers ----------------------------------------------------------------------------------
 
 
-def openlit_cases() -> dict[str, Case]:
+def openlit_cases() -> dict[str, Timed]:
     """OpenLIT's ``@openlit.trace`` (a span, no metrics) on our SDK tracer provider."""
-    trace.set_tracer_provider(_tracer_provider(True))
+    trace.set_tracer_provider(tracer_provider(True))
     try:
         import openlit
         from openlit._instrumentors import MODULE_NAME_MAP
@@ -238,9 +221,9 @@ def openlit_cases() -> dict[str, Case]:
     return {"bare": generate, "call": call}
 
 
-def traceloop_cases() -> dict[str, Case]:
+def traceloop_cases() -> dict[str, Timed]:
     """OpenLLMetry's ``@workflow`` (a span, no metrics); defaults otherwise (content traced)."""
-    provider = _tracer_provider(True, processor=False)  # Traceloop adds the processor
+    provider = tracer_provider(True, processor=False)  # Traceloop adds the processor
     trace.set_tracer_provider(provider)
     try:
         from traceloop.sdk import Traceloop
@@ -261,7 +244,7 @@ def traceloop_cases() -> dict[str, Case]:
     return {"bare": generate, "call": call}
 
 
-def prometheus_client_cases() -> dict[str, Case]:
+def prometheus_client_cases() -> dict[str, Timed]:
     """vLLM's way: prometheus_client, 2 histograms and 2 counters on pre-bound children."""
     try:
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -298,7 +281,7 @@ def prometheus_client_cases() -> dict[str, Case]:
     return {"bare": generate, "call": call}
 
 
-KINDS: dict[str, Callable[[], dict[str, Case]]] = {
+KINDS: dict[str, Callable[[], dict[str, Timed]]] = {
     "sdk": sdk_cases,
     "ours-sampled": functools.partial(ours_cases, "sampled"),
     "ours-unsampled": functools.partial(ours_cases, "unsampled"),
