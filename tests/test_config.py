@@ -227,6 +227,7 @@ def test_every_documented_variable_is_parsed(tmp_path: Path) -> None:
         "BITNET_OBS_TLS_KEY_FILE": str(FIXTURES / "server.key"),
         "BITNET_OBS_BASIC_AUTH": "scraper:s3cret",
         "BITNET_OBS_BASIC_AUTH_FILE": str(auth_file),
+        "BITNET_OBS_DEGENERATE_DETECTION": "false",
         "BITNET_OBS_DEGENERATE_REPEAT_RUN": "40",
         "BITNET_OBS_DEGENERATE_CYCLE_SPAN": "70",
         "BITNET_OBS_DEGENERATE_MAX_PERIOD": "6",

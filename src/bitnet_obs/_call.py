@@ -21,7 +21,7 @@ import traceback
 from array import array
 from collections.abc import Callable, Mapping
 from itertools import pairwise
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -42,6 +42,11 @@ from bitnet_obs._tokens import (
     default_item_count,
     default_output_count,
 )
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from bitnet_obs._outputs import OutputWatch
 
 TokenCounter = Callable[[Any], int]
 
@@ -207,8 +212,11 @@ class Call(InferenceContext):
         "finish_reason",
         "first_token_at",
         "gap_last",
+        "ids_reported",
         "input_tokens",
         "kernel",
+        "logits_admitted",
+        "marks",
         "otel_before",
         "otel_ctx",
         "output_tokens",
@@ -219,6 +227,7 @@ class Call(InferenceContext):
         "span",
         "stamps",
         "start",
+        "watch",
     )
 
     def __init__(self, site: Site) -> None:
@@ -245,6 +254,10 @@ class Call(InferenceContext):
         self.kernel: str | None = None
         self.stamps: array[float] | None = None  # a stream's item times, flushed as gaps
         self.gap_last: float | None = None
+        self.marks = False  # stamps come from mark_token(), not a generator's items
+        self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
+        self.ids_reported = False
+        self.logits_admitted: bool | None = None  # drawn at the first observe_logits
         self.start = time.perf_counter()
 
     # ----- InferenceContext: what the call is -----
@@ -287,9 +300,62 @@ class Call(InferenceContext):
         self.output_tokens += count
         self.explicit_output = True
 
+    def add_output_ids(self, ids: Any) -> None:
+        try:
+            found = _outputs().ids_of(ids)
+            if found is None:
+                internal_error("bad_output_ids", detail=f"add_output_ids({describe(ids)})")
+                return
+            rows, batch = found
+            count = sum(len(row) for row in rows)
+            if self.first_token_at is None and count > 0:
+                self.first_token_at = time.perf_counter()
+            self.output_tokens += count
+            self.explicit_output = True
+            self.ids_reported = True
+            self.output_watch().add(rows, batch)
+        except Exception as exc:
+            internal_error("bad_output_ids", exc)
+
+    def observe_logits(self, logits: Any) -> None:
+        try:
+            from bitnet_obs.quant import _record
+
+            if self.logits_admitted is None:
+                self.logits_admitted = _record.admit_runtime_sample("logits")
+            elif self.logits_admitted and not _record.admit_runtime_sample("logits", rate=1.0):
+                return  # an admitted call over the time budget: this step is skipped, counted
+            if not self.logits_admitted:
+                return
+            if callable(logits):
+                logits = logits()
+            _record.spend(self.output_watch().add_logits(logits))
+        except Exception as exc:
+            internal_error("bad_logits", _private(exc), f"observe_logits({describe(logits)})")
+
+    def output_watch(self) -> OutputWatch:
+        watch = self.watch
+        if watch is None:
+            watch = self.watch = _outputs().OutputWatch()
+        return watch
+
     def first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
+
+    def mark_token(self) -> None:
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        stamps = self.stamps
+        if stamps is None:
+            stamps = self.stamps = array("d")
+            self.marks = True
+        elif not self.marks:
+            return  # a generator's items are stamped by its loop
+        stamps.append(now)
+        if len(stamps) >= GAP_CHUNK:
+            self.flush_gaps()
 
     def set_device(self, name: str) -> None:
         if not valid_device(name):
@@ -444,6 +510,18 @@ class Call(InferenceContext):
                 self.content_out = [clip(result)]
         except Exception as exc:
             internal_error("token_counter", _private(exc), f"{describe(result)} result")
+        if not self.ids_reported and may_hold_ids(result):
+            self.judge_ids(result, "result")
+
+    def judge_ids(self, value: Any, where: str) -> None:
+        """Judge ``value`` for degenerate output when it holds token ids (a returned result,
+        a streamed chunk); anything else is left alone. Never raises."""
+        try:
+            found = _outputs().ids_of(value)
+            if found is not None:
+                self.output_watch().add(*found)
+        except Exception as exc:
+            internal_error("output_health", exc, f"{describe(value)} {where}")
 
     def _add_counted(self, where: str, value: object, output: bool) -> None:
         count = as_count(value)
@@ -465,6 +543,8 @@ class Call(InferenceContext):
             if len(stamps) >= GAP_CHUNK:
                 self.flush_gaps()
         counter = self.site.count_item
+        if not self.ids_reported and (type(item) is int or may_hold_ids(item)):
+            self.stream_ids(item)
         try:
             if counter is not None:
                 self._add_counted("count_stream_item", counter(item), output=True)
@@ -476,6 +556,57 @@ class Call(InferenceContext):
                 self.content_len += len(text)
         except Exception as exc:
             internal_error("token_counter", _private(exc), f"{describe(item)} item")
+
+    def stream_ids(self, item: Any) -> None:
+        """A streamed item that may be ids: one id continues the output, a chunk (a list or
+        1-D array of ids) extends it. Never raises."""
+        if type(item) is int:
+            try:
+                self.output_watch().sink()(item)
+            except Exception as exc:  # an id beyond int64: counted, the stream goes on
+                internal_error("bad_output_ids", exc, "a streamed id")
+            return
+        try:
+            found = _outputs().ids_of(item)
+            if found is not None:
+                rows, batch = found
+                watch = self.output_watch()
+                if batch:
+                    for row in rows:  # a 2-D item: consecutive steps of this output
+                        watch.add([row], False)
+                else:
+                    watch.add(rows, False)
+        except Exception as exc:
+            internal_error("output_health", exc, f"{describe(item)} item")
+
+    def chunk_item(self, item: Any) -> int:
+        """Tokens of a streamed item the fast loop does not count itself (a chunk of ids, an
+        object); judges ids. Never raises."""
+        if not self.ids_reported and may_hold_ids(item):
+            self.stream_ids(item)
+        try:
+            return default_item_count(item)
+        except Exception as exc:
+            internal_error("token_counter", exc)
+            return 0
+
+    def id_sink(self) -> Callable[[int], None]:
+        """Where the fast loop appends streamed int ids (a no-op when detection is off or the
+        call reports its ids itself)."""
+        if self.ids_reported:
+            return _discard
+        try:
+            return self.output_watch().sink()
+        except Exception as exc:
+            internal_error("output_health", exc)
+            return _discard
+
+    def id_sink_failed(self) -> Callable[[int], None]:
+        """A streamed int the ids buffer refused (beyond int64): counted; the rest of the
+        stream is not judged."""
+        internal_error("bad_output_ids", detail="a streamed id beyond int64")
+        self.ids_reported = True  # what came before is judged; nothing after
+        return _discard
 
     def start_stream(self) -> None:
         self.stamps = array("d")
@@ -498,6 +629,12 @@ class Call(InferenceContext):
             del stamps[:]
         except Exception as exc:
             internal_error("inter_token_latency", exc)
+        watch = self.watch
+        if watch is not None:  # the streamed ids' buffer: judged a whole chunk at a time
+            try:
+                watch.pump()
+            except Exception as exc:
+                internal_error("output_health", exc)
 
     def end(self, exc: BaseException | None, result: Any = None, counted: bool = False) -> None:
         """Finish the call once; ``counted``: the result's tokens were counted already."""
@@ -596,6 +733,8 @@ class Call(InferenceContext):
                 usage.record(n_in, dict(attrs, **{"gen_ai.token.type": "input"}), span_context)
             if n_out:
                 usage.record(n_out, dict(attrs, **{"gen_ai.token.type": "output"}), span_context)
+        if self.watch is not None:
+            self.watch.record(variant.base_attrs, span, outcome == "ok")
         if span is not None and span.is_recording():
             self._annotate(span, outcome, err, exc, n_in, n_out)
 
@@ -642,8 +781,29 @@ class Call(InferenceContext):
             span.set_status(Status(StatusCode.ERROR, err))
 
 
-#: Stream items stamped before their gaps are recorded (8 bytes each: bounded memory).
+#: Stream items stamped before their gaps are recorded (8 bytes each: bounded memory); also
+#: how often streamed ids are judged (a numpy pass per chunk).
 GAP_CHUNK = 4096
+
+
+def may_hold_ids(value: Any) -> bool:
+    """A cheap first look (no import): a non-empty list/tuple of ints or of sequences, or an
+    array-like; only those are looked at for token ids."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return bool(value) and type(value[0]) in (int, list, tuple)
+    return hasattr(value, "dtype") and hasattr(value, "shape")
+
+
+def _outputs() -> ModuleType:
+    """The output-health glue, imported on the first ids or logits (it needs numpy)."""
+    from bitnet_obs import _outputs as module
+
+    return module
+
+
+def _discard(_: int) -> None:
+    pass
 
 
 def _record_gaps(bound: Bound, stamps: array[float], span: Span | None) -> None:

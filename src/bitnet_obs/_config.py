@@ -654,6 +654,13 @@ class Settings:
 
     # Degenerate-output thresholds (bitnet_obs.output.DegenerateThresholds; its docstring has
     # the healthy figures each default keeps away from). Cross-checked together in _checked.
+    degenerate_detection: bool = setting(
+        True,
+        Flag(),
+        "Judge the token ids of monitored calls (streamed, returned or `add_output_ids`) for "
+        "degenerate output: a few numbers per output are recorded, never the ids.",
+        env="BITNET_OBS_DEGENERATE_DETECTION",
+    )
     degenerate_repeat_run: int = setting(
         32,
         Integer(0, 1_000_000),

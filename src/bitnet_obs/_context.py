@@ -71,8 +71,28 @@ class InferenceContext:
     def add_output_tokens(self, n: int) -> None:
         """Report generated tokens (turns off automatic output counting for this call)."""
 
+    def add_output_ids(self, ids: Any) -> None:
+        """Report generated token ids: counted as output tokens (like ``add_output_tokens``:
+        use one of the two) and judged for degenerate output (``bitnet.output.*``; the ids
+        never leave the process). One sequence (a list of ints, a 1-D integer array or
+        tensor) continues this call's output; a batch (2-D, or a list of lists) is one
+        output per row."""
+
+    def observe_logits(self, logits: Any) -> None:
+        """Next-token logits of decoding steps, ``(steps, vocab)`` or ``(vocab,)``: sampled and
+        time-budgeted like quantization samples (``BITNET_OBS_QUANT_SAMPLE_RATE``,
+        ``BITNET_OBS_QUANT_BUDGET``), their entropy and top-1 margin are recorded. Pass a
+        zero-argument callable to build them only when the sample is taken."""
+
     def first_token(self) -> None:
         """Mark the first output token now (for code that knows the moment)."""
+
+    def mark_token(self) -> None:
+        """A decoding step produced output now, for engines that stream through callbacks
+        rather than a generator: the first mark is the first token, the gaps between marks go
+        to ``bitnet.inference.inter_token_latency`` and the call counts as a stream. Counts no
+        tokens (report those with ``add_output_tokens``/``add_output_ids``); ignored in a
+        monitored generator, whose items are stamped already."""
 
     def set_device(self, name: str) -> None:
         """The device this call runs on, e.g. after choosing one (``cuda:0``, ``cpu``)."""

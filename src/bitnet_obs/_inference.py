@@ -43,7 +43,6 @@ from bitnet_obs._errors import ConfigError
 from bitnet_obs._instruments import REQUEST_DURATION, REQUESTS, TOKENS
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tally import AttrValue
-from bitnet_obs._tokens import default_item_count
 
 __all__ = [
     "InferenceContext",
@@ -64,7 +63,6 @@ Operation = Literal[
 QuantFormat = Literal["i2_s", "tl1", "tl2", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other"]
 Priority = Literal["low", "normal", "high", "critical"]
 
-_UNIT_ITEMS = frozenset((str, int, bytes))
 #: Attribute keys bitnet-obs records beside a site's own: user keys must not collide with them.
 _OURS = frozenset(
     {*REQUEST_DURATION.attributes, *REQUESTS.attributes, *TOKENS.attributes}
@@ -311,6 +309,7 @@ def _wrap_gen(
         stamps = call.stamps
         stamp = stamps.append if stamps is not None else _no_stamp
         n = 0  # items on the fast path
+        sink: Callable[[int], None] | None = None  # streamed int ids, from the first one
         value: Any = None
         thrown: BaseException | None = None
         ended: BaseException | None = None
@@ -330,8 +329,20 @@ def _wrap_gen(
                     if n == 0 and call.first_token_at is None:
                         call.first_token_at = now
                     elif stamps is not None and len(stamps) >= GAP_CHUNK:
-                        call.flush_gaps()
-                    n += 1 if type(item) in _UNIT_ITEMS else _safe_item_count(item)
+                        call.flush_gaps()  # also judges the ids buffered so far
+                    kind = type(item)
+                    if kind is int:
+                        n += 1
+                        if sink is None:
+                            sink = call.id_sink()
+                        try:
+                            sink(item)
+                        except (OverflowError, TypeError):  # not an int64 id: stop judging
+                            sink = call.id_sink_failed()
+                    elif kind is str or kind is bytes:
+                        n += 1
+                    else:
+                        n += call.chunk_item(item)
                 else:
                     call.count_item(item)
                 try:
@@ -377,14 +388,6 @@ def _enter_stream(
 def _end_stream(call: Call, exc: BaseException | None) -> None:
     call.end(exc, counted=True)
     call.leave()
-
-
-def _safe_item_count(item: Any) -> int:
-    try:
-        return default_item_count(item)
-    except Exception as exc:
-        internal_error("token_counter", exc)
-        return 0
 
 
 def _wrap_async_gen(

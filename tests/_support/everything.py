@@ -22,7 +22,7 @@ sys.modules["pynvml"] = fake_pynvml  # the NVML boundary: nvidia-ml-py's names a
 fake_pynvml.reset([fake_pynvml.FakeDevice("NVIDIA A100")])
 
 import bitnet_obs  # noqa: E402
-from bitnet_obs import health, quant, sla  # noqa: E402
+from bitnet_obs import crossval, health, quant, sla  # noqa: E402
 
 
 @bitnet_obs.monitored_inference(model="every-model", client_token_usage=True)
@@ -33,7 +33,8 @@ def call(n: int) -> list[int]:
     inf.record_quantization("layers.0.out", np.ones((2, 8)), lambda: np.ones((2, 8)) * 1.01)
     inf.record_quantization("layers.0.bad", np.ones((2, 3)), np.ones((3, 2)))  # a counted skip
     inf.add_output_tokens(-1)  # an internal error, counted
-    return list(range(n))
+    inf.observe_logits(np.linspace(0.0, 4.0, 64).reshape(2, 32))  # entropy, top-1 margin
+    return [3] * n  # returned ids, judged: a run of one token (bitnet.output.*)
 
 
 @bitnet_obs.monitored_inference(model="every-model", operation="chat", kernel="i2_s_avx2")
@@ -66,7 +67,15 @@ def main() -> int:
     queue = bitnet_obs.RequestQueue("every")
     ticket = queue.enqueue(priority="high")
     queue.dequeue(ticket)
-    call(4)
+    call(40)
+
+    def echo(prompt: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
+        ids = (prompt * max_new_tokens)[:max_new_tokens]
+        return ids, np.eye(8, dtype=np.float32)[ids] * 5.0  # logits: KL is measured too
+
+    golden = Path(tempfile.mkdtemp()) / "golden.npz"
+    crossval.record(echo, [[1, 2, 3]], golden, max_new_tokens=8, model="every-model")
+    crossval.check(echo, golden, reference=echo, model="every-model")  # bitnet.crossval.*
     list(stream(3))
     with queue.batch() as batch:
         batch.add(2)

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import torch
 from opentelemetry import trace
-from transformers import GenerationMixin, TextIteratorStreamer, pipeline
+from transformers import (
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TextIteratorStreamer,
+    pipeline,
+)
 from transformers.generation.streamers import TextStreamer
 
 import bitnet_obs
@@ -304,7 +310,36 @@ def test_streamer_in_a_thread(instrument: Instrument, cap: TelemetryCapture) -> 
     assert span.context.trace_id == request.get_span_context().trace_id
     assert tokens(cap, "output") == 6
     assert cap.points("gen_ai.server.time_to_first_token")[0].count == 1
+    assert span.attributes is not None and span.attributes["gen_ai.request.stream"] is True
+    assert cap.value("bitnet.inference.inter_token_latency") == 5  # a gap per later step
     assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left attached
+
+
+def test_a_model_stuck_on_one_token_is_degenerate(
+    instrument: Instrument, cap: TelemetryCapture
+) -> None:
+    """A broken kernel that makes every step's argmax one token ("!!!!"), stood in for by a
+    logits processor; a healthy run of the same model is not flagged."""
+
+    class Stuck(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            stuck = torch.full_like(scores, -1e9)
+            stuck[:, 7] = 0.0
+            return stuck
+
+    model = tiny_bitnet_model()
+    instrument()
+    ids, mask = batch(2)
+    model.generate(ids, attention_mask=mask, max_new_tokens=40, min_new_tokens=40,
+                   logits_processor=LogitsProcessorList([Stuck()]))  # fmt: skip
+    reason = {"bitnet.degenerate.reason": "repeat_run"}
+    assert cap.value("bitnet.output.degenerate", **reason) == 2  # both rows
+    assert cap.value("bitnet.output.repeat_run") == 2  # one judged output per row
+    (span,) = cap.spans()
+    assert span.attributes is not None
+    assert span.attributes["bitnet.output.degenerate_sequences"] == 2
+    assert span.attributes["bitnet.degenerate.reason"] == "repeat_run"
+    assert tokens(cap, "output") == 80
 
 
 def test_a_request_monitored_by_the_caller_is_counted_once(

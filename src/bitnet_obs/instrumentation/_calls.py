@@ -39,6 +39,8 @@ class FirstToken(StoppingCriteria):
 
     def __init__(self) -> None:
         self.call: InferenceContext | None = None
+        self.first = True
+        self.stream = False  # a streamer is attached: every step is a streamed token
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FirstToken:
         return self  # a copied criteria list must not copy the monitored call
@@ -48,13 +50,18 @@ class FirstToken(StoppingCriteria):
     ) -> torch.BoolTensor:
         call = self.call
         if call is not None:
-            self.call = None
-            try:
-                if input_ids.device.type not in ("cpu", "meta"):
-                    torch.accelerator.synchronize(input_ids.device)
-            except Exception as exc:  # a device the accelerator API does not know: no wait
-                internal_error("hf_first_token", exc)
-            call.first_token()  # never raises
+            if self.first:
+                self.first = False
+                if not self.stream:
+                    self.call = None
+                try:
+                    if input_ids.device.type not in ("cpu", "meta"):
+                        torch.accelerator.synchronize(input_ids.device)
+                except Exception as exc:  # a device the accelerator API does not know: no wait
+                    internal_error("hf_first_token", exc)
+                call.first_token()  # never raises
+            if self.stream:
+                call.mark_token()  # each step's gap: inter-token latency (never raises)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         return cast(torch.BoolTensor, done)
 
@@ -133,6 +140,7 @@ class Call:
         """Count input tokens, set span attributes, hook sampled layers; returns the handles."""
         if self.criterion is not None:
             self.criterion.call = call
+            self.criterion.stream = self.streamer is not None
         try:
             call.add_input_tokens(self._input_tokens())
             max_new = self._setting("max_new_tokens")
@@ -225,7 +233,6 @@ def new_tokens(new: torch.Tensor, eos: Sequence[int], pad: int | None) -> list[I
 
 
 def report_output(call: InferenceContext, rows: list[Ids]) -> None:
-    # The one place that reports generated ids. Until InferenceContext.add_output_ids() is on
-    # main, only their count is reported; then: call.add_output_ids(rows) (one sequence per
-    # row, judged separately for degenerate output, and counted).
-    call.add_output_tokens(int(sum(len(row) for row in rows)))
+    """The generated ids of every row: counted, and judged for degenerate output one row at a
+    time (the ids never leave the process)."""
+    call.add_output_ids(rows)

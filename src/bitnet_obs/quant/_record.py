@@ -361,6 +361,11 @@ def admit_runtime_sample(kind: str = "output", *, rate: float | None = None) -> 
         return False
 
 
+def spend(seconds: float) -> None:
+    """Charge the time budget for work measured outside this module (logits statistics)."""
+    _budget.spend(seconds)
+
+
 @_state.on_fork
 def _reinit_after_fork() -> None:
     global _names_lock
