@@ -151,8 +151,12 @@ def sdk_cases() -> dict[str, Timed]:
 # --- bitnet-obs -----------------------------------------------------------------------------
 
 
-def ours_cases(mode: str) -> dict[str, Timed]:
-    """``configure()`` owns the pipeline: sampled, unsampled, or traces off (metrics only)."""
+def ours_cases(mode: str, detection: bool = True) -> dict[str, Timed]:
+    """``configure()`` owns the pipeline: sampled, unsampled, or traces off (metrics only).
+
+    ``detection=False`` turns degenerate-output detection off, to show what it costs (the
+    no-op's 4 returned ids are judged like any output); a main without that setting skips.
+    """
     import bitnet_obs
 
     environ = {
@@ -162,11 +166,15 @@ def ours_cases(mode: str) -> dict[str, Timed]:
         "BITNET_OBS_SERVER": "off",
         "BITNET_OBS_DEVICE_METRICS": "none",
     }
-    bitnet_obs.configure(
+    if not detection:
+        environ["BITNET_OBS_DEGENERATE_DETECTION"] = "false"
+    telemetry = bitnet_obs.configure(
         environ=environ,
         metric_readers=[InMemoryMetricReader()],
         span_exporters=[] if mode == "metrics" else [NullExporter()],
     )
+    if not detection and getattr(telemetry.settings, "degenerate_detection", None) is not False:
+        raise PeerMissing("this bitnet-obs has no BITNET_OBS_DEGENERATE_DETECTION setting")
     return _monitored("ours")
 
 
@@ -287,6 +295,9 @@ KINDS: dict[str, Callable[[], dict[str, Timed]]] = {
     "ours-unsampled": functools.partial(ours_cases, "unsampled"),
     "ours-metrics": functools.partial(ours_cases, "metrics"),
     "ours-api": ours_api_cases,
+    "ours-sampled-nodetect": functools.partial(ours_cases, "sampled", detection=False),
+    "ours-unsampled-nodetect": functools.partial(ours_cases, "unsampled", detection=False),
+    "ours-metrics-nodetect": functools.partial(ours_cases, "metrics", detection=False),
     "openlit": openlit_cases,
     "traceloop": traceloop_cases,
     "prometheus_client": prometheus_client_cases,

@@ -29,7 +29,9 @@ from benchmarks._percall import KINDS, STREAM_LENGTHS
 from benchmarks._worker import Worker, clean_env
 from benchmarks.conftest import REPORTERS
 
-PEERS = ("openlit", "traceloop", "prometheus_client")
+# Configurations whose setup may fail or be missing: their rows are skipped with the reason.
+OPTIONAL = ("openlit", "traceloop", "prometheus_client", "ours-sampled-nodetect",
+            "ours-unsampled-nodetect", "ours-metrics-nodetect")  # fmt: skip
 CALL_BATCH, STREAM_BATCH, ROUNDS = 50, 10, 100
 REPLICAS = 2  # processes per configuration: one process's layout and hash seed can bias it
 SKIPPED: dict[str, str] = {}
@@ -48,7 +50,7 @@ def workers() -> Iterator[Workers]:
                 try:
                     worker = Worker("benchmarks._percall", kind, env=env)
                 except RuntimeError as exc:
-                    if kind not in PEERS:
+                    if kind not in OPTIONAL:
                         raise
                     SKIPPED[kind] = f"setup failed: {str(exc).strip().splitlines()[-1]}"
                     break
@@ -117,12 +119,27 @@ CALL_ROWS: tuple[tuple[str, str, str, Target], ...] = (
     ("ours-unsampled", "call", "`@monitored_inference`, span unsampled", ("hand/unsampled", 0.25)),
     ("ours-metrics", "call", "`@monitored_inference`, traces off (metrics only)", None),
     ("ours-api", "call", "`@monitored_inference` under an application's SDK (API mode)", None),
+    (
+        "ours-sampled-nodetect",
+        "call",
+        "… span sampled, degenerate-output detection off",
+        ("hand/sampled", 0.5),
+    ),
+    (
+        "ours-unsampled-nodetect",
+        "call",
+        "… span unsampled, detection off",
+        ("hand/unsampled", 0.25),
+    ),
+    ("ours-metrics-nodetect", "call", "… traces off, detection off", None),
     ("openlit", "call", "OpenLIT `@trace` (span only, no metrics)", None),
     ("traceloop", "call", "OpenLLMetry `@workflow` (span only, no metrics)", None),
     ("prometheus_client", "call", "prometheus_client: 2 histograms + 2 counters, pre-bound", None),
 )
 SAME_MODE = {"ours-sampled": "hand/sampled", "ours-unsampled": "hand/unsampled",
-             "ours-metrics": "hand/metrics", "ours-api": "hand/sampled"}  # fmt: skip
+             "ours-metrics": "hand/metrics", "ours-api": "hand/sampled",
+             "ours-sampled-nodetect": "hand/sampled", "ours-unsampled-nodetect": "hand/unsampled",
+             "ours-metrics-nodetect": "hand/metrics"}  # fmt: skip
 PEER_PACKAGES = ("openlit", "traceloop-sdk", "prometheus_client", "opentelemetry-sdk")
 
 
@@ -160,7 +177,7 @@ def _call_row(results: dict[str, float], kind: str, case: str, target: Target) -
             cells["same"].append(f"{cost / same:.2f}")
         if target is not None:
             cells["goal"].append(f"{cost / _overhead(results, 'sdk', target[0], clock):.2f}")
-        elif kind == "ours-metrics" and "prometheus_client" not in SKIPPED:
+        elif kind.startswith("ours-metrics") and "prometheus_client" not in SKIPPED:
             prom = _overhead(results, "prometheus_client", "call", clock)
             cells["goal"].append(f"{cost / prom:.1f}")
     goal = ""
@@ -237,7 +254,11 @@ def _stream_report(results: dict[str, float]) -> list[str]:
         ("ours-sampled", "ours", "`@monitored_inference`, span sampled"),
         ("ours-metrics", "ours", "`@monitored_inference`, traces off"),
         ("ours-api", "ours", "`@monitored_inference`, API mode"),
+        ("ours-sampled-nodetect", "ours", "… span sampled, degenerate-output detection off"),
     ):
+        if kind in SKIPPED:
+            lines.append(f"| {label} | skipped: {SKIPPED[kind]} | | | |")
+            continue
         per_token = slope(kind, who) - slope(kind, "bare")
         goal = ""
         if kind != "sdk":
