@@ -136,6 +136,15 @@ class TinyBitNet:
     def next_token(self, token: int, fmt: str = "i2_s", check: bool = False) -> int:
         return int(np.argmax(self.logits(token, fmt, check)))
 
+    def sample(self, token: int, rng: np.random.Generator, check: bool = False) -> int:
+        """Serve one step: sample at temperature 1 (greedy decoding of a model this small
+        falls into loops that the degenerate-output detector rightly flags); the logits go to
+        ``observe_logits`` (entropy and top-1 margin of sampled calls)."""
+        logits = self.logits(token, check=check).astype(np.float64)
+        bitnet_obs.current_inference().observe_logits(logits)
+        p = np.exp(logits - logits.max())
+        return int(rng.choice(self.vocab, p=p / p.sum()))
+
 
 # --- the cross-validation canary ----------------------------------------------------------
 
@@ -199,6 +208,7 @@ def generate(
     oom: bool,
     cache_hits: int = 0,
     cache_misses: int = 0,
+    rng: np.random.Generator | None = None,
 ) -> Iterator[int]:
     """Stream tokens; the first forward pass may 'run out of GPU memory' and fall back."""
     inf = bitnet_obs.current_inference()
@@ -207,14 +217,16 @@ def generate(
     if not prompt:
         raise InvalidPromptError("empty prompt")
 
+    sampler = rng if rng is not None else np.random.default_rng()
+
     def on_gpu() -> int:
         if oom:
             raise SimulatedOutOfMemoryError("CUDA out of memory (simulated)")
-        return model.next_token(prompt[-1], check=True)
+        return model.sample(prompt[-1], sampler, check=True)
 
     token = bitnet_obs.with_fallback(
         on_gpu,
-        lambda: model.next_token(prompt[-1], check=True),
+        lambda: model.sample(prompt[-1], sampler, check=True),
         on=(SimulatedOutOfMemoryError,),
         from_device="cuda:0",
         to_device="cpu",
@@ -222,7 +234,7 @@ def generate(
     )
     yield token
     for _ in range(max_tokens - 1):
-        token = model.next_token(token)
+        token = model.sample(token, sampler)
         yield token
 
 
@@ -275,6 +287,7 @@ def _worker(
     seed: int,
 ) -> None:
     rng = random.Random(seed)
+    sampler = np.random.default_rng(seed)
     while not stop.is_set():
         # A few requests arrive and queue up; a batch is formed; each is then served.
         arrivals = [
@@ -291,7 +304,7 @@ def _worker(
             try:
                 hits, misses = cache.lookup(prompt)
                 stream = generate(
-                    model, prompt, rng.randint(8, 48), rng.random() < 0.05, hits, misses
+                    model, prompt, rng.randint(8, 48), rng.random() < 0.05, hits, misses, sampler
                 )
                 for _token in stream:
                     if stop.is_set() or rng.random() < 0.002:

@@ -56,10 +56,6 @@ NO_DATA_IN_DEMO = {
     "GPU utilization": "no GPU here: NVML is absent, so no hw.gpu.* series exist",
     "GPU memory": "no GPU here: NVML is absent, so no hw.gpu.* series exist",
     "GPU temperature and power": "no GPU here: NVML is absent, so no hw.* series exist",
-    # Recorded by the hot-path hooks (add_output_ids / streamed ids, observe_logits).
-    "Degenerate outputs by reason": "the series appears with the first degenerate output",
-    "Repeat run and distinct fraction": "recorded by the hot-path hook (add_output_ids)",
-    "Next-token entropy and top-1 margin": "recorded by the hot-path hook (observe_logits)",
 }
 # The demo's SLA objectives: all met but TTFT, which is set impossibly tight so that the
 # violations counter and a missed objective show on the dashboard.
