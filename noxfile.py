@@ -37,10 +37,41 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "--strict")  # packages and paths come from pyproject.toml
 
 
+# The peers the bench compares against, installed the light way: the two SDKs without their
+# dependency trees (dozens of instrumentations, openai, anthropic, boto3, ...), plus only the
+# modules they import at run time, resolved together with our own pins (docs/performance.md).
+PEERS_NO_DEPS = [
+    "openlit==1.45.0",
+    "traceloop-sdk==0.62.4",
+    # no 0.66b2 on PyPI; 0.66b1 pins opentelemetry-instrumentation==0.66b1 but runs on 0.66b2
+    "opentelemetry-instrumentation-threading==0.66b1",
+]
+PEERS_RUNTIME = [
+    "opentelemetry-instrumentation==0.66b2",  # the contrib release of opentelemetry-sdk 1.45.2
+    "opentelemetry-instrumentation-logging==0.66b2",
+    "opentelemetry-semantic-conventions-ai==0.5.1",
+    "pydantic>=2,<3",
+    "colorama==0.4.6",
+    "cuid==0.4",
+    "tenacity>=8.2.3,<10",
+    "jinja2>=3.1.5,<4",
+    "httpx>=0.28,<1",
+    "aiohttp>=3.11.11,<4",
+]
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Overhead ratios against hand-written bare-SDK code, measured in one run."""
+    """Overhead ratios against hand-written bare-SDK code and the peers, measured in one run.
+
+    A peer that fails to install only skips its rows (the bench says why).
+    """
     session.install(".[test]")
+    try:
+        session.install(*PEERS_RUNTIME, ".[test]")
+        session.install("--no-deps", *PEERS_NO_DEPS)
+    except nox.command.CommandFailed:
+        session.warn("the peers (OpenLIT, OpenLLMetry) did not install: their rows are skipped")
     session.run(
         "pytest",
         "benchmarks",

@@ -19,8 +19,10 @@ from collections.abc import Iterator
 import numpy as np
 
 import bitnet_obs
+from benchmarks._inproc import Case
+from benchmarks._inproc import interleaved as _interleaved
+from benchmarks._inproc import providers as _providers
 from benchmarks.conftest import REPORTERS
-from benchmarks.test_bench_inference import Case, _interleaved, _providers
 from bitnet_obs import _instruments
 from bitnet_obs.output import DegenerateDetector, detect_degenerate, logits_stats
 

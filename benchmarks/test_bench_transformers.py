@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks._inproc import providers as _providers
 from benchmarks.conftest import REPORTERS
-from benchmarks.test_bench_inference import _providers
 from bitnet_obs import _config, _instruments, quant
 
 torch = pytest.importorskip("torch", reason="needs the [hf] extra")
