@@ -309,6 +309,7 @@ def _wrap_gen(
         stamps = call.stamps
         stamp = stamps.append if stamps is not None else _no_stamp
         n = 0  # items on the fast path
+        left = 1  # items to the next bookkeeping: the first item, then every GAP_CHUNK
         sink: Callable[[int], None] | None = None  # streamed int ids, from the first one
         value: Any = None
         thrown: BaseException | None = None
@@ -326,10 +327,13 @@ def _wrap_gen(
                 if fast:
                     now = clock()
                     stamp(now)
-                    if n == 0 and call.first_token_at is None:
-                        call.first_token_at = now
-                    elif stamps is not None and len(stamps) >= GAP_CHUNK:
-                        call.flush_gaps()  # also judges the ids buffered so far
+                    left -= 1
+                    if not left:
+                        left = GAP_CHUNK
+                        if call.first_token_at is None:
+                            call.first_token_at = now
+                        else:  # the gaps so far, and the ids buffered so far, are recorded
+                            call.flush_gaps()
                     kind = type(item)
                     if kind is int:
                         n += 1
