@@ -3,6 +3,7 @@ collection, in both formats, only faster (bitnet_obs._exposition)."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -103,3 +104,32 @@ def test_concurrent_scrapes_share_one_render(provider: Any) -> None:
 )  # fmt: skip
 def test_numbers_as_go_writes_them(value: float, text: str) -> None:
     assert go_float(value) == text
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_no_garbage_collector_pass_during_a_render_and_the_state_restored(
+    collecting: bool,
+) -> None:
+    """A full collection pass holds the GIL for the whole heap: none starts while the page is
+    collected and rendered; the application's own choice (on or off) is kept."""
+    seen: list[bool] = []
+
+    def observe(_: CallbackOptions) -> list[Observation]:
+        seen.append(gc.isenabled())  # runs inside the collection
+        return [Observation(1.0, {"k": "v"})]
+
+    reader = PullReader()
+    mp = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    mp.get_meter("t").create_observable_gauge("g", [observe])
+    (gc.enable if collecting else gc.disable)()
+    try:
+        threads = [threading.Thread(target=reader.render, args=(a,)) for a in ACCEPT.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen and not any(seen)
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
+        mp.shutdown()

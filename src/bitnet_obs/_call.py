@@ -249,6 +249,7 @@ class Call(InferenceContext):
         "queue_wait",
         "site",
         "span",
+        "stamped",
         "stamps",
         "start",
         "watch",
@@ -277,6 +278,7 @@ class Call(InferenceContext):
         self.finish_reason: str | None = None
         self.kernel: str | None = None
         self.stamps: array[float] | None = None  # a stream's item times, flushed as gaps
+        self.stamped = 0  # stamps flushed so far
         self.gap_last: float | None = None
         self.marks = False  # stamps come from mark_token(), not a generator's items
         self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
@@ -638,6 +640,7 @@ class Call(InferenceContext):
         stamps = self.stamps
         if not stamps:
             return
+        self.stamped += len(stamps)  # the stream loop's item count
         try:
             previous, self.gap_last = self.gap_last, stamps[-1]
             if previous is not None:
@@ -645,9 +648,10 @@ class Call(InferenceContext):
             if len(stamps) >= 2:
                 variant = self.site.variant(self.device_name, "ok", "", self.priority)
                 _record_gaps(variant.bound()[6], stamps, self.span)
-            del stamps[:]
         except Exception as exc:
             internal_error("inter_token_latency", exc)
+        finally:
+            del stamps[:]
         watch = self.watch
         if watch is not None:  # the streamed ids' buffer: judged a whole chunk at a time
             try:

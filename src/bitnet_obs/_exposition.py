@@ -15,10 +15,12 @@ parses both with Prometheus' own parser and compares them.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -30,6 +32,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from bitnet_obs import _state
 from bitnet_obs._names import family_name, label_name, unit_suffix
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -204,8 +207,11 @@ class PullReader(MetricReader):
                 flight = self._flights[openmetrics] = _Flight()
         if leader:
             try:
-                self.collect()
-                flight.body = self._renderer.render(self._data, openmetrics)
+                with _no_gc_pause():
+                    self.collect()
+                    data, self._data = self._data, None  # kept only for this render
+                    flight.body = self._renderer.render(data, openmetrics)
+                    del data  # freed here, by reference counting, before collection resumes
             finally:
                 with self._lock:
                     del self._flights[openmetrics]
@@ -215,6 +221,43 @@ class PullReader(MetricReader):
         if flight.body is None:
             raise RuntimeError("the shared render failed")
         return (OPENMETRICS if openmetrics else TEXT), flight.body
+
+
+@contextlib.contextmanager
+def _no_gc_pause() -> Iterator[None]:
+    """Collection and render allocate a container per data point (hundreds of thousands at
+    the cardinality limit): enough to trigger full garbage-collector passes, each of which
+    holds the GIL for the whole heap (150 ms in a process with torch loaded) and stalls every
+    request thread. Automatic collection waits until the render is done; its objects are
+    freed by reference counting, so no collection is owed afterwards."""
+    global _paused, _resume
+    with _gc_lock:  # concurrent renders (text and OpenMetrics): the last one out resumes
+        if _paused == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _paused += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _paused -= 1
+            if _paused == 0 and _resume:
+                gc.enable()
+
+
+_gc_lock = threading.Lock()
+_paused = 0  # renders in progress
+_resume = False  # whether collection was on when the first of them started
+
+
+@_state.on_fork
+def _after_fork() -> None:
+    """A child forked mid-render renders nothing: collection resumes as it was."""
+    global _gc_lock, _paused
+    _gc_lock = threading.Lock()
+    if _paused and _resume:
+        gc.enable()
+    _paused = 0
 
 
 class _Flight:

@@ -308,7 +308,7 @@ def _wrap_gen(
         clock = time.perf_counter
         stamps = call.stamps
         stamp = stamps.append if stamps is not None else _no_stamp
-        n = 0  # items on the fast path
+        extra = 0  # tokens of the fast path's items beyond one each (chunks of ids)
         left = 1  # items to the next bookkeeping: the first item, then every GAP_CHUNK
         sink: Callable[[int], None] | None = None  # streamed int ids, from the first one
         value: Any = None
@@ -334,19 +334,16 @@ def _wrap_gen(
                             call.first_token_at = now
                         else:  # the gaps so far, and the ids buffered so far, are recorded
                             call.flush_gaps()
-                    kind = type(item)
+                    kind = type(item)  # one token each (counted by their stamps) ...
                     if kind is int:
-                        n += 1
                         if sink is None:
                             sink = call.id_sink()
                         try:
                             sink(item)
                         except (OverflowError, TypeError):  # not an int64 id: stop judging
                             sink = call.id_sink_failed()
-                    elif kind is str or kind is bytes:
-                        n += 1
-                    else:
-                        n += call.chunk_item(item)
+                    elif kind is not str and kind is not bytes:  # ... or a chunk's tokens
+                        extra += call.chunk_item(item) - 1
                 else:
                     call.count_item(item)
                 try:
@@ -367,8 +364,8 @@ def _wrap_gen(
             ended = error
             raise
         finally:
-            if n and not call.explicit_output:
-                call.output_tokens += n
+            if fast and not call.explicit_output and stamps is not None:
+                call.output_tokens += call.stamped + len(stamps) + extra
             run(_end_stream, call, ended)
 
     return wrapper
