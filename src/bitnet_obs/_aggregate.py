@@ -215,35 +215,49 @@ class Store:
 
     def snapshot(self, since_seq: int) -> tuple[dict[str, list[Point]], int]:
         """Every cell as a point (exemplars offered after ``since_seq`` only), and the sequence
-        number to pass next time."""
-        out: dict[str, list[Point]] = {}
+        number to pass next time.
+
+        The request path's lock is held only to copy a batch of cells' numbers at a time
+        (each cell's figures consistent with each other), never while points are built: at
+        the cardinality limit that took long enough to stall every request thread."""
         with self.lock:
-            for name, cells in self.cells.items():
-                points = out[name] = []
-                for cell in cells.values():
+            groups = [(name, list(cells.values())) for name, cells in self.cells.items()]
+            seq = self.seq
+        out: dict[str, list[Point]] = {}
+        for name, cells in groups:
+            points = out[name] = []
+            for start in range(0, len(cells), _SNAPSHOT_BATCH):
+                with self.lock:
+                    raw = [
+                        (c, tuple(c.counts), c.sum, c.min, c.max, tuple(c.exemplars))
+                        for c in cells[start : start + _SNAPSHOT_BATCH]
+                    ]
+                for cell, counts, total, low, high, offered in raw:
                     exemplars = tuple(
-                        e for e in cell.exemplars if e is not None and e.seq > since_seq
+                        e for e in offered if e is not None and since_seq < e.seq <= seq
                     )
                     points.append(
                         Point(
                             dict(cell.attributes),
                             cell.start_ns,
-                            sum(cell.counts),
-                            cell.sum,
-                            tuple(cell.counts),
+                            sum(counts),
+                            total,
+                            counts,
                             cell.bounds,
-                            cell.min,
-                            cell.max,
+                            low,
+                            high,
                             exemplars,
                         )
                     )
-            return out, self.seq
+        return out, seq
 
     def reset_after_fork(self) -> None:
         self.lock = _tally.REQUEST_LOCK
         self.cells = {}
 
 
+#: Cells copied per hold of the request path's lock during a snapshot.
+_SNAPSHOT_BATCH = 256
 _STORES: weakref.WeakSet[Store] = weakref.WeakSet()
 
 

@@ -75,20 +75,27 @@ class Renderer:
         self._le: dict[tuple[float, ...], list[str]] = {}
         self._names: dict[str, str] = {}  # attribute key -> label name
 
-    def render(self, data: MetricsData | None, openmetrics: bool) -> bytes:
+    def render(self, data: MetricsData | None, openmetrics: bool) -> tuple[bytes, ...]:
+        """The page, as one encoded part per metric family: joining and encoding all of it at
+        once (80 MB at the cardinality limit) would hold the GIL for ~100 ms in two C calls;
+        the server writes (or compresses) the parts one by one."""
+        parts: list[bytes] = []
         out: list[str] = []
         if data is not None:
             for rm in data.resource_metrics:
-                if out == []:
+                if not parts and not out:
                     self._target_info(out, rm.resource.attributes, openmetrics)
                 for sm in rm.scope_metrics:
                     for metric in sm.metrics:
                         self._metric(out, metric, openmetrics)
+                        parts.append("".join(out).encode())
+                        out.clear()
         if openmetrics:
             out.append("# EOF\n")
+        parts.append("".join(out).encode())
         if len(self._labels) > _LABEL_CACHE_MAX:
             self._labels.clear()
-        return "".join(out).encode()
+        return tuple(part for part in parts if part)
 
     def _target_info(
         self, out: list[str], attributes: Mapping[str, Any], openmetrics: bool
@@ -199,6 +206,11 @@ class PullReader(MetricReader):
 
     def render(self, accept: str) -> tuple[str, bytes]:
         """(content type, body) for a scrape with this Accept header."""
+        content_type, parts = self.render_parts(accept)
+        return content_type, b"".join(parts)
+
+    def render_parts(self, accept: str) -> tuple[str, tuple[bytes, ...]]:
+        """(content type, the body in parts) for a scrape with this Accept header."""
         openmetrics = "application/openmetrics-text" in accept
         with self._lock:
             flight = self._flights.get(openmetrics)
@@ -266,5 +278,5 @@ class _Flight:
     __slots__ = ("body", "done")
 
     def __init__(self) -> None:
-        self.body: bytes | None = None
+        self.body: tuple[bytes, ...] | None = None
         self.done = threading.Event()

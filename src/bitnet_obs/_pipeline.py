@@ -299,8 +299,8 @@ def _metrics_renderer(reader: PullReader | None, ours: bool) -> Callable[[str], 
                 "exporters decide where metrics go\n"
             )
             return 404, "text/plain; charset=utf-8", where.encode()
-        content_type, body = reader.render(accept)
-        return 200, content_type, body
+        content_type, parts = reader.render_parts(accept)
+        return 200, content_type, parts
 
     return render
 

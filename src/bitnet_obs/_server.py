@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import gzip
 import hmac
 import http.client
 import json
@@ -33,14 +32,17 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from bitnet_obs._selfmon import count_dropped, internal_error, logger
 
+#: A body: bytes, or parts written one after another (a large /metrics page)
+Body = bytes | tuple[bytes, ...]
 # (status, content type, body) for one route
-Response = tuple[int, str, bytes]
+Response = tuple[int, str, Body]
 MetricsRenderer = Callable[[str], Response]
 HealthRenderer = Callable[[str], Response]
 
@@ -169,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, ctype, body = self.server.render_metrics(self.headers.get("Accept", ""))
                 headers["Vary"] = "Accept, Accept-Encoding"
                 if status == 200 and accepts_gzip(self.headers.get("Accept-Encoding", "")):
-                    body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+                    body = gzip_body(body)
                     headers["Content-Encoding"] = "gzip"
             elif path in ("/health", *PROBES):
                 status, ctype, body = self.server.health(path)
@@ -219,7 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _probe_status_only(self, path: str) -> Response:
         try:
             status, _, body = self.server.health(path)
-            state = str(json.loads(body).get("status", ""))
+            text = body if isinstance(body, bytes) else b"".join(body)
+            state = str(json.loads(text).get("status", ""))
         except Exception as exc:
             internal_error("server_route", exc)
             status, state = 503, ""
@@ -227,11 +230,12 @@ class _Handler(BaseHTTPRequestHandler):
         return status, "application/json", json.dumps({"status": state}).encode()
 
     def _send(
-        self, status: int, ctype: str, body: bytes, headers: Mapping[str, str] | None = None
+        self, status: int, ctype: str, body: Body, headers: Mapping[str, str] | None = None
     ) -> None:
+        parts = (body,) if isinstance(body, bytes) else body
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
         self.send_header("Cache-Control", "no-store")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -239,10 +243,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            for part in parts:  # each write releases the GIL while the socket takes it
+                self.wfile.write(part)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes every second would flood the application's stderr
+
+
+def gzip_body(body: Body) -> bytes:
+    """One gzip member of the whole body, compressed a part at a time (zlib releases the GIL
+    while it works on each)."""
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+    parts = (body,) if isinstance(body, bytes) else body
+    return b"".join([*(packer.compress(part) for part in parts), packer.flush()])
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
