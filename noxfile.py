@@ -66,9 +66,10 @@ def bench(session: nox.Session) -> None:
 
     A peer that fails to install only skips its rows (the bench says why).
     """
-    session.install(".[test]")
+    session.install("torch==2.13.0")  # the local CPU wheel: the transformers benchmark
+    session.install(".[test,hf,gguf,safetensors]")
     try:
-        session.install(*PEERS_RUNTIME, ".[test]")
+        session.install(*PEERS_RUNTIME, ".[test,hf,gguf,safetensors]")
         session.install("--no-deps", *PEERS_NO_DEPS)
     except nox.command.CommandFailed:
         session.warn("the peers (OpenLIT, OpenLLMetry) did not install: their rows are skipped")
