@@ -302,6 +302,10 @@ def test_long_logits_are_cut_to_the_last_steps_and_bad_ones_are_counted(
     with override_settings(quant_sample_rate=1.0, quant_budget=1.0):
         generate(torch.from_numpy(logits(500)))
         assert cap.value("bitnet.output.logits.entropy") == 64
+        generate(torch.from_numpy(logits(2)).to(torch.bfloat16))  # a bf16 model's logits
+        assert cap.value("bitnet.output.logits.entropy") == 66
+        generate([[0.5, 1.5, -2.0]])  # a list of steps: numbers are logits too
+        assert cap.value("bitnet.output.logits.entropy") == 67
         before = internal_errors("bad_logits")
         bad = logits(2)
         bad[0, 3] = np.nan

@@ -2,8 +2,8 @@
 
 The request path (:mod:`bitnet_obs._call`) creates an :class:`OutputWatch` the first time a
 call sees token ids (a streamed int, a chunk of ids, ``add_output_ids``, a returned id
-sequence) or logits (``observe_logits``), and records it when the call ends. Loaded on that
-first use only: calls that never produce ids never import numpy through here.
+sequence) or logits (``observe_logits``), and records it when the call ends. Imported by
+``configure()`` (or at decoration when numpy is loaded already), never on the request path.
 
 Ids and logits never leave the process: only the measures of :mod:`bitnet_obs.output` do (the
 longest run, the lowest windowed distinct fraction, the reason, entropy and top-1 margin).
@@ -31,10 +31,14 @@ MAX_LOGIT_STEPS = 64
 
 
 def _as_numpy(value: Any) -> Any:
-    """A torch tensor as numpy (copied off its device); anything else as is."""
+    """A torch tensor as numpy (copied off its device; floating types as float32, which numpy
+    has for every one of them, bfloat16 included); anything else as is."""
     detach = getattr(value, "detach", None)
     if callable(detach) and hasattr(value, "cpu"):
-        return detach().cpu().numpy()
+        tensor = detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        return tensor.numpy()
     return value
 
 
@@ -123,10 +127,10 @@ class OutputWatch:
         """Entropy and top-1 margin of the last :data:`MAX_LOGIT_STEPS` steps; the seconds
         it took. Raises OutputInputError for what is not logits."""
         started = time.perf_counter()
-        a = np.asarray(_as_numpy(logits))
-        if a.ndim == 2 and a.shape[0] > MAX_LOGIT_STEPS:
-            a = a[-MAX_LOGIT_STEPS:]
-        stats = logits_stats(a)
+        shape = getattr(logits, "shape", None)
+        if shape is not None and len(shape) == 2 and shape[0] > MAX_LOGIT_STEPS:
+            logits = logits[-MAX_LOGIT_STEPS:]  # before any copy off a device
+        stats = logits_stats(np.asarray(_as_numpy(logits)))
         self.entropy.extend(stats.entropy.tolist())
         self.margin.extend(stats.top1_margin.tolist())
         return time.perf_counter() - started
