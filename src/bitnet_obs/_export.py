@@ -346,8 +346,29 @@ def _otlp(o: OTLPSettings, signal: str, extra: dict[str, Any]) -> tuple[str, Any
         from opentelemetry.exporter.otlp.proto.http import Compression
 
         kwargs["compression"] = Compression.Gzip if gzip else Compression.NoCompression
+        _warm_http(o.endpoint)
     transport = "grpc" if o.protocol == "grpc" else "http"
     return f"otlp_{transport}_{signal}", cls(**kwargs)
+
+
+def _warm_http(endpoint: str) -> None:
+    """Do the HTTP client's first-use imports now, on the thread that configures.
+
+    ``requests`` imports ``netrc`` while preparing each request, so the first import would
+    happen on an exporter thread at its first export. A process that forks while a thread is
+    inside an import leaves that module half-initialised in the child, with its import lock
+    held by a thread the child does not have: the child's exports then wait on it for ever (a
+    forked worker's telemetry never arrives). Preparing one request here, offline, moves every
+    such import before any fork; ``tests/test_export.py`` checks that the first export imports
+    nothing.
+    """
+    try:
+        import requests
+
+        with requests.Session() as session:
+            session.prepare_request(requests.Request("POST", endpoint))
+    except Exception as exc:  # another HTTP stack: nothing to warm
+        internal_error("exporter:warm", exc)
 
 
 def _otlp_metrics(settings: Settings) -> tuple[str, MetricExporter]:

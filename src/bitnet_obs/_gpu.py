@@ -132,6 +132,12 @@ class NvmlSampler:
             return self._unavailable("no GPU found" if count == 0 else "no GPU could be opened")
         self._nv, self._devices = nv, devices
 
+    def after_fork(self) -> None:
+        """In a forked child: a parent thread may have held the lock mid-sample; the cached
+        sample is the parent's, so the next reading is a fresh NVML round."""
+        self._lock = threading.Lock()
+        self._sample, self._sampled_at = {}, -1e18
+
     def _unavailable(self, reason: str) -> None:
         self._reason = reason
         if not self._logged:

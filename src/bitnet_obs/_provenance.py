@@ -178,6 +178,12 @@ def _observe(options: CallbackOptions) -> Iterable[Observation]:
 _instruments.MODEL_INFO.register(_observe)
 
 
+@_state.on_fork
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # every collection takes it: a parent thread may have held it
+
+
 @_state.on_reset(phase=_state.CLEAR)
 def _clear() -> None:
     with _lock:

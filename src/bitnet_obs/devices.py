@@ -350,8 +350,10 @@ def gpu_status() -> GpuStatus:
 
 @_state.on_fork
 def _after_fork_in_child() -> None:
-    global _system
+    global _system, _lock
     _system = _SystemReader()
+    _lock = threading.Lock()
+    _gpu.after_fork()
 
 
 @_state.on_reset

@@ -77,7 +77,7 @@ def forking(children: int, rounds: int) -> dict[str, Any]:
         for proc in procs:
             proc.start()
         for proc in procs:
-            proc.join(30)
+            proc.join(120)  # a worker's exit flush waits for a busy receiver: generous
             exitcodes.append(proc.exitcode)
             if proc.exitcode is None:  # hung: do not leave it behind
                 proc.kill()
@@ -122,8 +122,14 @@ def test_multiprocessing_fork_workers(protocol: str, figures: Any) -> None:
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_METRIC_EXPORT_INTERVAL": "200",
             "BITNET_OBS_DEVICE_METRICS": "none",
+            # Each worker's last export happens at its exit, while the receiver (in this
+            # process) decodes the parent's flood of spans: on a busy machine that can outlast
+            # the default 5 s bound, which this test must not depend on. (A worker whose exit
+            # flush never finished was a real hang: see test_the_first_export_imports_nothing.)
+            "BITNET_OBS_SHUTDOWN_TIMEOUT": "60",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "60000",
         }
-        child = run_child(TARGET + "forking", env, timeout=120, children=4, rounds=2)
+        child = run_child(TARGET + "forking", env, timeout=600, children=4, rounds=2)
         result = child.result
         assert result["exitcodes"] == [0] * 8, result  # none hung, none crashed
         assert result["shutdown_ok"]
@@ -335,6 +341,9 @@ LOCKS = (
     "quant budget lock",
     "quant names lock",
     "_health_checks._model_lock",
+    "_provenance._lock",
+    "devices._lock",
+    "gpu sampler lock",
 )
 _UNSAFE = "not re-created after fork: a parent thread holding it at fork deadlocks the child"
 
@@ -342,7 +351,16 @@ _UNSAFE = "not re-created after fork: a parent thread holding it at fork deadloc
 def held_at_fork() -> dict[str, bool]:
     """In the child: for each lock, hold it in a thread, fork, try it in the forked child."""
     import bitnet_obs
-    from bitnet_obs import _health_checks, _instruments, _pipeline, _selfmon, health, sla
+    from bitnet_obs import (
+        _health_checks,
+        _instruments,
+        _pipeline,
+        _provenance,
+        _selfmon,
+        devices,
+        health,
+        sla,
+    )
     from bitnet_obs.quant import _record
 
     bitnet_obs.configure(prometheus_port=0)
@@ -358,6 +376,9 @@ def held_at_fork() -> dict[str, bool]:
         "quant budget lock": lambda: _record._budget._lock,
         "quant names lock": lambda: _record._names_lock,
         "_health_checks._model_lock": lambda: _health_checks._model_lock,
+        "_provenance._lock": lambda: _provenance._lock,
+        "devices._lock": lambda: devices._lock,
+        "gpu sampler lock": lambda: devices._gpu._lock,
     }
     usable: dict[str, bool] = {}
     for name in LOCKS:
@@ -391,3 +412,47 @@ def fork_audit() -> dict[str, bool]:
 def test_library_locks_survive_fork(fork_audit: dict[str, bool], lock: str) -> None:
     """A lock held by another thread at fork must be usable in the child (re-created there)."""
     assert fork_audit[lock], f"{lock}: {_UNSAFE}"
+
+
+def first_export_imports() -> list[str]:
+    """In the child: the modules that the first collection and export import."""
+    import bitnet_obs
+
+    bitnet_obs.configure()
+
+    @bitnet_obs.monitored_inference(model="fork", operation="chat")
+    def call() -> list[int]:
+        return [1, 2]
+
+    call()
+    deadline = time.monotonic() + 60  # configure()'s first health checks import, too
+    while time.monotonic() < deadline and any(
+        t.name.startswith("bitnet-obs-health-") for t in threading.enumerate()
+    ):
+        time.sleep(0.01)
+    before = set(sys.modules)
+    assert bitnet_obs.force_flush(60)
+    imported = sorted(set(sys.modules) - before)
+    bitnet_obs.shutdown(10)
+    return imported
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_the_first_export_imports_nothing(protocol: str) -> None:
+    """An exporter thread inside a first-time import when the process forks leaves the module
+    half-initialised and its import lock held in the child, whose exports then wait for ever
+    (a worker's metrics never arrived, 1 run in 5 under load). configure() does those imports
+    up front, so the export path imports nothing and a fork can come at any instant."""
+    with OTLPReceiver() as rx:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.grpc_endpoint
+            if protocol == "grpc"
+            else rx.http_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_METRIC_EXPORT_INTERVAL": "600000",  # only the force_flush exports
+            "OTEL_BSP_SCHEDULE_DELAY": "600000",
+            "BITNET_OBS_DEVICE_METRICS": "none",
+        }
+        imported = run_child(TARGET + "first_export_imports", env).result
+        rx.wait_for(lambda r: r.spans() and r.metric_points("bitnet.inference.requests"), 60)
+    assert imported == [], f"imported on an exporter thread, unsafe at fork: {imported}"
