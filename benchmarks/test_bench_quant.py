@@ -155,6 +155,94 @@ def test_quant_statistics_cost(  # type: ignore[no-untyped-def]
         )
 
 
+# The numpy calls weight_report's two passes are made of, each on one cached chunk, costed as
+# if run over the whole tensor: how close the implementation is to what its calls cost, and
+# why the 6x target is out of reach in numpy (docs/performance.md, "Quantization statistics").
+FLOOR_CHUNK = 1 << 16
+FLOOR_OPS: dict[str, tuple[str, Callable[[F32, F32, npt.NDArray[np.bool_]], object]]] = {
+    "abs": ("scale", lambda x, u, m: np.abs(x, out=u)),
+    "float64 sums of 256-value rows": (
+        "scale",
+        lambda x, u, m: np.einsum("ij->i", x.reshape(-1, 256), dtype=np.float64),
+    ),
+    "abs again": ("statistics", lambda x, u, m: np.abs(x, out=u)),
+    "w > b": ("statistics", lambda x, u, m: np.greater(x, 0.5, out=m)),
+    "count": ("statistics", lambda x, u, m: np.count_nonzero(m)),
+    "abs(w) > b": ("statistics", lambda x, u, m: np.greater(x, 0.5, out=m)),
+    "count again": ("statistics", lambda x, u, m: np.count_nonzero(m)),
+    "s - abs(w)": ("statistics", lambda x, u, m: np.subtract(np.float32(1), x, out=u)),
+    "min(abs(w), s - abs(w))": ("statistics", lambda x, u, m: np.minimum(x, u, out=u)),
+    "sums of squares (two rows of blocks)": (
+        "statistics",
+        lambda x, u, m: np.vecdot(x.reshape(2, -1, 256), x.reshape(2, -1, 256)),
+    ),
+    "max": ("statistics", lambda x, u, m: np.maximum.reduce(x)),
+}
+
+
+def test_numpy_floor(  # type: ignore[no-untyped-def]
+    benchmark, results: dict[str, float], tensors: tuple[F32, F32], capsys
+) -> None:
+    """What each numpy call of the exact statistics costs on data already in the cache, in
+    dot passes over the whole tensor: weight_report cannot cost less than their sum, plus
+    reading the tensor from memory once for the scale and once for the statistics."""
+    flat = tensors[0].ravel()
+    dot = statistics.median(_dot_pass(flat) for _ in range(9))
+    read = statistics.median(_read_pass(flat) for _ in range(9))
+    x = np.abs(flat[:FLOOR_CHUNK])  # as the statistics see |w|: both signs matter only to "w > b"
+    u, m = np.empty_like(x), np.empty(FLOOR_CHUNK, np.bool_)
+    reps = flat.size // FLOOR_CHUNK
+    for name, (_, op) in FLOOR_OPS.items():
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(reps):
+                op(x, u, m)
+            best = min(best, time.perf_counter() - start)
+        results[f"floor/{name}"] = best / dot
+
+    def all_calls() -> None:
+        for _ in range(reps):
+            for _, op in FLOOR_OPS.values():
+                op(x, u, m)
+
+    benchmark.pedantic(all_calls, rounds=5, warmup_rounds=1)  # the calls in sequence, as timed
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        results["floor/in_sequence"] = benchmark.stats.stats.median / dot
+    results["floor/dot_pass_ms"] = dot * 1e3
+    results["floor/read_x_dot"] = read / dot
+    with capsys.disabled():
+        total = sum(results[f"floor/{name}"] for name in FLOOR_OPS)
+        print(
+            f"\nnumpy floor: {total:.2f} dot passes in the cache, plus two reads of "
+            f"{read / dot:.2f} each"
+        )
+
+
+def report_floor(results: dict[str, float]) -> list[str]:
+    lines = [
+        f"The numpy floor of the exact statistics: each call on a cached {FLOOR_CHUNK}-value "
+        f"chunk, in dot passes over the whole tensor (one dot pass: "
+        f"{results['floor/dot_pass_ms']:.2f} ms)",
+        "",
+        "| pass | numpy call | x dot pass |",
+        "|---|---|---|",
+    ]
+    for name, (phase, _) in FLOOR_OPS.items():
+        lines.append(f"| {phase} | {name} | {results[f'floor/{name}']:.2f} |")
+    total = sum(results[f"floor/{name}"] for name in FLOOR_OPS)
+    lines.append(f"| both | **sum of the calls** | **{total:.2f}** |")
+    if "floor/in_sequence" in results:
+        lines.append(
+            f"| both | the same calls timed in sequence | {results['floor/in_sequence']:.2f} |"
+        )
+    lines.append(
+        f"| both | two reads of the tensor from memory (`np.max`, one thread) "
+        f"| {2 * results['floor/read_x_dot']:.2f} |"
+    )
+    return lines
+
+
 def report(results: dict[str, float]) -> list[str]:
     lines = [
         f"Quantization statistics on {N}x{N} float32 (x = median time / one np.dot pass)",
@@ -180,3 +268,4 @@ def report(results: dict[str, float]) -> list[str]:
 
 
 REPORTERS.append(report)
+REPORTERS.append(report_floor)

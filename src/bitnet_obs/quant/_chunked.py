@@ -4,8 +4,9 @@ The per-chunk work is a handful of numpy calls on buffers that stay in the L2 ca
 releases the GIL inside them, so two threads (each with its own buffers) run two chunks at once.
 That is worth it only for large tensors (below ``PARALLEL_MIN`` elements the thread start-up
 costs more than it saves) and only where a core is likely idle: on a 2-core machine that other
-processes keep busy, a second thread measured about 30% more CPU for no shorter wall time, so
-the second worker is used from ``MIN_CPUS`` CPUs on.  Work functions must not call
+processes keep busy, a second thread measured about 30% more CPU for no shorter wall time, and
+even on a quiet one two threads took longer than one (docs/performance.md), so the second
+worker is used from ``MIN_CPUS`` CPUs on.  Work functions must not call
 multi-threaded BLAS kernels (large gemv/gemm): OpenBLAS's own threads would then fight the
 workers.  Per-row dot products of a few hundred values (``np.vecdot``) stay single-threaded in
 OpenBLAS and are fine.
