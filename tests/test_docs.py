@@ -42,7 +42,7 @@ def test_catalogue_prometheus_names_match_the_real_exporter() -> None:
                 inst.record(1.0, {"k": "v"})
             elif isinstance(inst, _instruments.Gauge):
                 inst.set(1.0, {"k": "v"})
-            elif isinstance(inst, _instruments.Counter):
+            elif isinstance(inst, _instruments.ObservedCounter):
                 inst.add((("k", "v"),), 1)
             elif isinstance(inst, _instruments.ObservedGauge):
                 inst.register(one)

@@ -701,6 +701,17 @@ class Settings:
         "at most the window).",
         env="BITNET_OBS_DEGENERATE_MIN_TOKENS",
     )
+    # 0.01, the quantization checks' rate, for a reason of its own: one sampled step of a
+    # 128k vocabulary costs ~0.45 ms (docs/performance.md) and a report measures up to 64
+    # steps, so 1% of calls keeps the mean cost near 0.3 ms per call, within the shared
+    # BITNET_OBS_QUANT_BUDGET, while a server at 1 request/s still gets ~2,000 steps an hour.
+    logits_sample_rate: float = setting(
+        0.01,
+        Number(0.0, 1.0),
+        "Fraction of monitored calls whose `observe_logits` reports are measured (entropy, "
+        "top-1 margin), drawn once per call; the time goes to `BITNET_OBS_QUANT_BUDGET`.",
+        env="BITNET_OBS_LOGITS_SAMPLE_RATE",
+    )
 
     @functools.cached_property
     def degenerate_thresholds(self) -> DegenerateThresholds:
@@ -1011,6 +1022,12 @@ def current() -> Settings:
                 internal_error("config", exc)
                 _from_env = Settings()
         return _from_env
+
+
+def loggable(exc: BaseException) -> BaseException | None:
+    """What a log may show of an exception from the caller's code: its traceback when content
+    capture is on, else nothing (its message may quote the prompt; the kind is logged)."""
+    return exc if current().capture_content else None
 
 
 def in_force() -> Settings | None:

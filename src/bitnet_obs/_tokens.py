@@ -88,6 +88,9 @@ def default_output_count(result: Any) -> int | None:
 
 
 def default_input_count(result: Any) -> int | None:
+    """Input tokens of a whole result: only a ``usage`` says (of an object or dict)."""
+    if type(result) in _NO_USAGE:
+        return None
     usage = _usage(result)
     if usage is None:
         return None
@@ -104,6 +107,9 @@ def default_item_count(item: Any) -> int:
     if isinstance(item, (list, tuple)):
         return _sequence_count(item)
     return 1
+
+
+_NO_USAGE = frozenset({list, tuple, int, str, bytes, float, bool, type(None)})
 
 
 def _usage(result: Any) -> Any:

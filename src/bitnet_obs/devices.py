@@ -64,7 +64,7 @@ from bitnet_obs._gpu import (
     NvmlSampler,
     _import_pynvml,
 )
-from bitnet_obs._instruments import BY_NAME, Counter, ObservedGauge
+from bitnet_obs._instruments import BY_NAME, ObservedCounter, ObservedGauge
 from bitnet_obs._selfmon import internal_error
 
 __all__ = ["GROUPS", "GpuStatus", "disable", "enable", "enabled", "gpu_status"]
@@ -257,9 +257,9 @@ _CALLBACKS: dict[str, list[tuple[str, Callback]]] = {
 }
 
 
-def _instrument(name: str) -> ObservedGauge | Counter:
+def _instrument(name: str) -> ObservedGauge | ObservedCounter:
     instrument = BY_NAME[name]
-    assert isinstance(instrument, (ObservedGauge, Counter))
+    assert isinstance(instrument, (ObservedGauge, ObservedCounter))
     return instrument
 
 

@@ -82,7 +82,7 @@ def _id_list(value: object) -> list[int]:
     return [int(v) for v in cast(Sequence[int], value)]
 
 
-class Call:
+class GenerateCall:
     """What one call resolved before it runs, and its accounting once it returned."""
 
     def __init__(
