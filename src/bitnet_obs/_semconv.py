@@ -143,9 +143,9 @@ def _same(name: str, what: str, source: str, status: str = "development", why: s
 _M, _A, _S = "metric", "metric attribute", "span attribute"
 _TPOT_WHY = (
     "buckets: the advised 0.01-2.5 s plus 0.001, 0.0025 and 0.005 s below them (every advised "
-    "boundary is kept, so `le` queries written for the advice still work): a 1-bit model on a "
-    "GPU, or a small one on a modern CPU, decodes faster than 10 ms per token, and with the "
-    "advice alone all those requests would share the first bucket"
+    "boundary is kept, so `le` queries written for the advice still work): small 1-bit models, "
+    "and larger ones on a GPU, can decode a token in under 10 ms, and with the advice alone all "
+    "those requests would share the first bucket"
 )
 
 #: The convention table: every convention name we emit (and the 0.1 names we moved away from).
