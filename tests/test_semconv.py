@@ -165,7 +165,8 @@ def test_server_buckets_follow_the_advice_and_tpot_documents_its_extra_ones() ->
     advised_tpot = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
     assert TIME_TO_FIRST_TOKEN.buckets == TTFT_BUCKETS
     assert TTFT_BUCKETS[0] == 0.001 and TTFT_BUCKETS[-1] == 10.0 and len(TTFT_BUCKETS) == 16
-    assert DURATION_BUCKETS == tuple(0.01 * 2**i for i in range(14))
+    advised_duration = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24]
+    assert list(DURATION_BUCKETS) == [*advised_duration, 20.48, 40.96, 81.92]
     assert TIME_PER_OUTPUT_TOKEN.buckets == TPOT_BUCKETS
     assert set(advised_tpot) <= set(TPOT_BUCKETS), "every advised boundary is kept"
     extra = sorted(set(TPOT_BUCKETS) - set(advised_tpot))
@@ -247,8 +248,9 @@ def test_failed_requests_record_their_token_usage_with_error_type(cap: Telemetry
 
 
 def test_the_opt_in_setting_is_bounded() -> None:
-    with pytest.raises(ConfigError, match="BITNET_OBS_SEMCONV_STABILITY_OPT_IN"), (
-        testing.override_settings({"BITNET_OBS_SEMCONV_STABILITY_OPT_IN": "http/dup"})
+    with (
+        pytest.raises(ConfigError, match="BITNET_OBS_SEMCONV_STABILITY_OPT_IN"),
+        testing.override_settings({"BITNET_OBS_SEMCONV_STABILITY_OPT_IN": "http/dup"}),
     ):
         pass
 

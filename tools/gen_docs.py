@@ -52,8 +52,8 @@ def metric_table() -> str:
             attrs += f" (and 0.1's {old} with `gen_ai_latest/dup`, until 0.3)"
         seed = f"`{inst.seed}`" if inst.seed else ""
         rows.append(
-            f"| `{inst.name}`{_legacy(inst)} | {inst.kind.value} | `{inst.unit}` | `{inst.prometheus_name}` "
-            f"| {seed} | {attrs} | {inst.description} |"
+            f"| `{inst.name}`{_legacy(inst)} | {inst.kind.value} | `{inst.unit}` "
+            f"| `{inst.prometheus_name}` | {seed} | {attrs} | {inst.description} |"
         )
     return "\n".join(rows) + "\n"
 
