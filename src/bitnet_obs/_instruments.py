@@ -273,19 +273,20 @@ def _with_legacy(observation: Observation, renamed: Mapping[str, str]) -> Observ
     return Observation(observation.value, {**attributes, **extra})
 
 
-_dup_reader: Callable[[], bool] = lambda: False  # noqa: E731 - replaced by _config at import
+def _latest_only() -> bool:
+    return False
+
+
+#: Whether 0.1's GenAI names are emitted beside the current ones; read at collection and at
+#: the end of an opted-in request only.
+_dup_reader: Callable[[], bool] = _latest_only
 
 
 def set_dup_reader(reader: Callable[[], bool]) -> None:
     """How the catalogue learns the naming mode (``BITNET_OBS_SEMCONV_STABILITY_OPT_IN``):
-    ``_config``, above this module, registers the settings in force."""
+    ``_config``, which imports this module, registers a reader of the settings in force."""
     global _dup_reader
     _dup_reader = reader
-
-
-def dup_names() -> bool:
-    """True when 0.1's GenAI names are emitted beside the current ones."""
-    return _dup_reader()
 
 
 class UpDownCounter(Counter):
@@ -309,7 +310,7 @@ TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
 )
 # Time per output token: the advised 0.01..2.5 s, all kept, plus three boundaries below them
-# (1-bit models decode under 10 ms per token on a GPU or a fast CPU; docs/metrics.md).
+# (small 1-bit models, and larger ones on a GPU, can decode under 10 ms a token; docs/metrics.md).
 TPOT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
     2.5
