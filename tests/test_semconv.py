@@ -291,3 +291,9 @@ def test_endpoint_options_are_checked(options: dict[str, Any], message: str) -> 
 def cap() -> Iterator[TelemetryCapture]:
     with capture_telemetry() as capture:
         yield capture
+
+
+def test_user_attributes_cannot_take_the_0_1_names() -> None:
+    for key in (sc.LEGACY_TOKEN_TYPE, sc.LEGACY_FINISH_REASON, sc.SERVER_PORT):
+        with pytest.raises(ConfigError, match="collides"):
+            monitored_inference(model="m", attributes={key: "x"})

@@ -67,7 +67,8 @@ Priority = Literal["low", "normal", "high", "critical"]
 
 #: Attribute keys bitnet-obs records beside a site's own: user keys must not collide with them.
 _OURS = frozenset(
-    {*REQUEST_DURATION.attributes, *REQUESTS.attributes, *TOKENS.attributes}
+    {*REQUEST_DURATION.attributes, *REQUESTS.attributes, *TOKENS.attributes,
+     *REQUESTS.renamed.values(), *TOKENS.renamed.values()}  # 0.1's, with gen_ai_latest/dup
 )  # fmt: skip
 
 
