@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind
 
 from bitnet_obs import _config, _context, _instruments, _queue
+from bitnet_obs import _semconv as sc
 from bitnet_obs._attributes import finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
@@ -190,11 +191,11 @@ class Call(Reporter):
 
     @property
     def model(self) -> str | None:
-        return str(self.site.attrs.get("gen_ai.request.model", ""))
+        return str(self.site.attrs.get(sc.REQUEST_MODEL, ""))
 
     @property
     def operation(self) -> str | None:
-        return str(self.site.attrs.get("gen_ai.operation.name", ""))
+        return str(self.site.attrs.get(sc.OPERATION_NAME, ""))
 
     @property
     def device(self) -> str | None:
@@ -277,7 +278,7 @@ class Call(Reporter):
         declared = self.site.kernel
         if first and declared is not None and name != declared:
             attrs: dict[str, AttrValue] = {
-                "gen_ai.request.model": self.model or "",
+                sc.REQUEST_MODEL: self.model or "",
                 "bitnet.kernel.declared": declared,
                 "bitnet.kernel.actual": name,
             }
@@ -530,7 +531,7 @@ def record_fallback(
             "bitnet.fallback.reason": str(reason)[:64] or "unknown",
         }
         if model:
-            attrs["gen_ai.request.model"] = model
+            attrs[sc.REQUEST_MODEL] = model
         _instruments.FALLBACKS.add(key_of(attrs), 1)
         target = span if span is not None else trace.get_current_span()
         if target.is_recording():

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, NamedTuple, TypedDict, TypeVar, cast, overload
 
 from bitnet_obs import _context
+from bitnet_obs import _semconv as sc
 from bitnet_obs._attributes import (
     check_attribute_values,
     check_device,
@@ -30,6 +31,7 @@ from bitnet_obs._attributes import (
     check_priority,
     check_provider,
     check_quant_format,
+    endpoint,
 )
 from bitnet_obs._call import OUTSIDE, Call, preload_outputs, record_fallback
 from bitnet_obs._context import InferenceContext
@@ -124,6 +126,15 @@ class MonitorOptions(TypedDict, total=False):
         str | None,
         Option(None, "The kernel the call should take; another one in `set_kernel()` is counted."),
     ]
+    response_model: Annotated[
+        str | None, Option(None, "`gen_ai.response.model`, where it differs and is known.")
+    ]
+    server_address: Annotated[
+        str | None, Option(None, "`server.address` of the serving endpoint, where known.")
+    ]
+    server_port: Annotated[
+        int | None, Option(None, "`server.port` (with `server_address` only).")
+    ]
 
 
 def _declared() -> dict[str, tuple[Any, Option]]:
@@ -144,7 +155,8 @@ SIGNATURE = inspect.Signature(
 
 #: Attribute keys bitnet-obs records beside a site's own: user keys must not collide with them.
 _OURS = frozenset(
-    {*REQUEST_DURATION.attributes, *REQUESTS.attributes, *TOKENS.attributes}
+    {*REQUEST_DURATION.attributes, *REQUESTS.attributes, *TOKENS.attributes,
+     *REQUESTS.renamed.values(), *TOKENS.renamed.values()}  # 0.1's, with gen_ai_latest/dup
 )  # fmt: skip
 
 
@@ -286,9 +298,10 @@ def _site(options: Mapping[str, Any]) -> Site:
         )
     o = {name: options.get(name, option.default) for name, (_, option) in OPTIONS.items()}
     attrs: dict[str, AttrValue] = {
-        "gen_ai.operation.name": check_operation(o["operation"]),
-        "gen_ai.request.model": check_model(o["model"]),
-        "gen_ai.provider.name": check_provider(o["provider"]),
+        sc.OPERATION_NAME: check_operation(o["operation"]),
+        sc.REQUEST_MODEL: check_model(o["model"]),
+        sc.PROVIDER_NAME: check_provider(o["provider"]),
+        **endpoint(o["response_model"], o["server_address"], o["server_port"]),
         "bitnet.quant.format": check_quant_format(o["quant_format"]),
         "bitnet.device": check_device(o["device"]),
     }

@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanContext
 
 from bitnet_obs import _names
 from bitnet_obs._recorder import Handle, Recorder
+from bitnet_obs._semconv import RENAMED_ATTRIBUTES
 from bitnet_obs._tally import AttrKey, AttrValue, Tally
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
@@ -49,9 +50,27 @@ CREATED: list[Instrument] = []
 bind_default: Callable[[], None] = lambda: None
 
 
+def _latest_only() -> bool:
+    return False
+
+
+#: Whether 0.1's GenAI names are emitted beside the current ones; read at collection and at
+#: the end of an opted-in request only.
+dup_names: Callable[[], bool] = _latest_only
+
+
+def set_dup_reader(reader: Callable[[], bool]) -> None:
+    """How the catalogue learns the naming mode (``BITNET_OBS_SEMCONV_STABILITY_OPT_IN``):
+    ``_config``, which imports this module, registers a reader of the settings in force."""
+    global dup_names
+    dup_names = reader
+
+
 class Instrument:
     """One instrument of the catalogue: its name, unit, description, attribute keys and
-    buckets, and the SDK instrument it is bound to."""
+    buckets, and the SDK instrument it is bound to. ``until`` marks a 0.1 name kept only for
+    ``gen_ai_latest/dup`` (the release that drops it); :attr:`renamed` maps each renamed
+    attribute to the 0.1 name emitted beside it then."""
 
     kind: ClassVar[Kind]
 
@@ -63,12 +82,15 @@ class Instrument:
         attributes: tuple[str, ...] = (),
         *,
         buckets: tuple[float, ...] | None = None,
+        until: str = "",
     ) -> None:
         self.name = name
         self.unit = unit
         self.description = description
         self.attributes = attributes
         self.buckets = buckets
+        self.until = until
+        self.renamed = {k: v for k, v in RENAMED_ATTRIBUTES.items() if k in attributes}
         self._sdk: Any = None
         CREATED.append(self)
 
@@ -206,6 +228,9 @@ class ObservedCounter(_Observed):
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         out = list(self.tally.observe(options))
+        renamed = self.renamed
+        if renamed and dup_names():  # 0.1's attribute names beside the current ones
+            out = [_with_legacy(o, renamed) for o in out]
         out.extend(super()._observe(options))
         return out
 
@@ -213,6 +238,14 @@ class ObservedCounter(_Observed):
         return meter.create_observable_counter(
             self.name, callbacks=[self._observe], unit=self.unit, description=self.description
         )
+
+
+def _with_legacy(observation: Observation, renamed: Mapping[str, str]) -> Observation:
+    attributes = observation.attributes
+    if not attributes or not any(k in attributes for k in renamed):
+        return observation
+    extra = {renamed[k]: v for k, v in attributes.items() if k in renamed}
+    return Observation(observation.value, {**attributes, **extra})
 
 
 class ObservedUpDownCounter(ObservedCounter):

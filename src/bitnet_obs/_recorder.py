@@ -14,13 +14,13 @@ Either way the request path calls the same three methods (:meth:`Recorder.handle
 built once per call site and outcome (:class:`Variant`) and named (:class:`RequestHandles`).
 
 This module knows the catalogue only through what :func:`~bitnet_obs._instruments.bind`
-hands it (the request tallies, the token-usage histogram), so the catalogue can build it.
+hands it (the request tallies, the opt-in token-usage records), so the catalogue can build it.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -29,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from bitnet_obs import _context, _tally
+from bitnet_obs import _semconv as sc
 from bitnet_obs._aggregate import Cell, SpanIds, Store
 from bitnet_obs._facts import Outcome, RequestFacts
 from bitnet_obs._tally import AttrKey, AttrValue, Tally
@@ -122,10 +123,10 @@ class Variant:
     ) -> None:
         self.recorder = recorder
         self.base_attrs = base  # site, device and priority: the attributes of every outcome
-        self.attrs = dict(base, **{"error.type": err}) if err else base
+        self.attrs = dict(base, **{sc.ERROR_TYPE: err}) if err else base
         self.req_key: AttrKey = _tally.key_of(req)
-        self.in_key: AttrKey = _tally.key_of(dict(base, **{"gen_ai.token.type": "input"}))
-        self.out_key: AttrKey = _tally.key_of(dict(base, **{"gen_ai.token.type": "output"}))
+        self.in_key: AttrKey = _tally.key_of(dict(base, **{sc.TOKEN_TYPE: "input"}))
+        self.out_key: AttrKey = _tally.key_of(dict(base, **{sc.TOKEN_TYPE: "output"}))
         self.active_key: AttrKey = _tally.key_of(base)
         self.handles = handles
         self.usage = usage  # the opt-in gen_ai.client.token.usage histogram
@@ -151,10 +152,14 @@ class OutputRecords(NamedTuple):
     span_attributes: dict[str, AttrValue]
 
 
+#: Records the opt-in per-request token histograms: (input, output, attributes, span).
+TokenUsage = Callable[[int, int, Mapping[str, AttrValue], "SpanContext | None"], None]
+
+
 class Recorder:
     """Records requests and histograms for one binding of the instruments."""
 
-    def __init__(self, tallies: RequestTallies, token_usage: HistogramSpec) -> None:
+    def __init__(self, tallies: RequestTallies, token_usage: TokenUsage) -> None:
         self.tallies = tallies
         self.token_usage = token_usage
 
@@ -239,11 +244,7 @@ class Recorder:
             for observer in _context.observers:
                 observer(end - arrival, ttft, facts.output_tokens, outcome.kind)
         if variant.usage:
-            attrs = variant.attrs
-            for kind, n in (("input", facts.input_tokens), ("output", facts.output_tokens)):
-                if n:
-                    self.record(self.token_usage, n, dict(attrs, **{"gen_ai.token.type": kind}),
-                                span)  # fmt: skip
+            self.token_usage(facts.input_tokens, facts.output_tokens, variant.attrs, span)
 
 
 def timings(
@@ -290,7 +291,7 @@ class OwnRecorder(Recorder):
     """Our own aggregation: a handle is a store cell; a request's counts and records are
     made under one lock."""
 
-    def __init__(self, store: Store, tallies: RequestTallies, token_usage: HistogramSpec) -> None:
+    def __init__(self, store: Store, tallies: RequestTallies, token_usage: TokenUsage) -> None:
         super().__init__(tallies, token_usage)
         self.store = store
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bitnet_obs import _config, _instruments, _tally
+from bitnet_obs import _semconv as sc
 from bitnet_obs._recorder import Recorder, Variant
 from bitnet_obs._tally import AttrKey, AttrValue
 
@@ -84,7 +85,7 @@ class Site:
         variant = self.variants.get(key)
         if variant is None:
             base, req = self._attribute_sets(*key)
-            attrs = dict(base, **{"error.type": err}) if err else base
+            attrs = dict(base, **{sc.ERROR_TYPE: err}) if err else base
             handles = recorder.request_handles(_instruments.REQUEST_HISTOGRAMS, attrs, base)
             variant = Variant(recorder, base, req, err, handles, self.client_token_usage)
             if len(self.variants) < MAX_VARIANTS:
@@ -105,9 +106,9 @@ class Site:
             base["bitnet.request.priority"] = priority
         req = dict(base, **{"bitnet.outcome": outcome})
         if finish is not None:
-            req["gen_ai.response.finish_reason"] = finish
+            req[sc.FINISH_REASON] = finish
         if err:
-            req["error.type"] = err
+            req[sc.ERROR_TYPE] = err
         return base, req
 
     def declare(self) -> None:

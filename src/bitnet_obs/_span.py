@@ -13,6 +13,7 @@ from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
 
+from bitnet_obs import _semconv as sc
 from bitnet_obs._facts import Outcome, RequestFacts
 from bitnet_obs._tally import AttrValue
 
@@ -46,22 +47,22 @@ def annotate(
     """What the request learned, on its (recording) span; ``outputs``: its judged outputs."""
     extra: dict[str, AttrValue] = {}
     if facts.input_tokens:
-        extra["gen_ai.usage.input_tokens"] = facts.input_tokens
+        extra[sc.USAGE_INPUT_TOKENS] = facts.input_tokens
     if facts.output_tokens:
-        extra["gen_ai.usage.output_tokens"] = facts.output_tokens
+        extra[sc.USAGE_OUTPUT_TOKENS] = facts.output_tokens
     if outcome.kind != "ok":
         extra["bitnet.outcome"] = outcome.kind
     if facts.finish_reason is not None:
-        span.set_attribute("gen_ai.response.finish_reasons", [facts.finish_reason])
-    extra["gen_ai.request.stream"] = facts.streamed
+        span.set_attribute(sc.RESPONSE_FINISH_REASONS, [facts.finish_reason])
+    extra[sc.REQUEST_STREAM] = facts.streamed
     if facts.streamed and facts.first_token_at is not None:
-        extra["gen_ai.response.time_to_first_chunk"] = facts.first_token_at - facts.arrival
+        extra[sc.RESPONSE_TIME_TO_FIRST_CHUNK] = facts.first_token_at - facts.arrival
     if outcome.error_type:
-        extra["error.type"] = outcome.error_type
+        extra[sc.ERROR_TYPE] = outcome.error_type
     if facts.prompt is not None:
-        extra["gen_ai.input.messages"] = _messages("user", facts.prompt)
+        extra[sc.INPUT_MESSAGES] = _messages("user", facts.prompt)
     if facts.response:
-        extra["gen_ai.output.messages"] = _messages("assistant", "".join(facts.response))
+        extra[sc.OUTPUT_MESSAGES] = _messages("assistant", "".join(facts.response))
     if outputs:
         extra.update(outputs)
     span.set_attributes(extra)
