@@ -23,6 +23,7 @@ This module knows no SDK type: :func:`snapshot` returns plain tuples.
 
 from __future__ import annotations
 
+import struct
 import time
 import weakref
 from bisect import bisect_left
@@ -147,17 +148,14 @@ class Store:
 
     def record(self, cell: Cell, value: float, span: SpanIds) -> None:
         with self.lock:
-            self._add(cell, value, span)
+            self.add_locked(cell, value, span)
 
     def record_many(self, items: Sequence[tuple[Cell, float]], span: SpanIds) -> None:
         """Several records under one lock acquisition (the end of a request)."""
         with self.lock:
             for cell, value in items:
-                self._add(cell, value, span)
+                self.add_locked(cell, value, span)
 
-    def add_locked(self, cell: Cell, value: float, span: SpanIds) -> None:
-        """One record by a caller that holds :data:`~bitnet_obs._tally.REQUEST_LOCK`."""
-        self._add(cell, value, span)
 
     def add_gaps(self, cell: Cell, stamps: Sequence[float], span: SpanIds) -> None:
         """The gaps between consecutive ``stamps`` as records of ``cell`` (a stream's
@@ -166,11 +164,11 @@ class Store:
             gaps = [b - a for a, b in pairwise(stamps)]
             with self.lock:
                 for gap in gaps:
-                    self._add(cell, gap, span)
+                    self.add_locked(cell, gap, span)
             return
         import numpy as np  # loaded by the first long stream only
 
-        values = np.diff(np.frombuffer(stamps, dtype=np.float64))  # type: ignore[call-overload]
+        values = np.diff(np.frombuffer(struct.pack(f"{len(stamps)}d", *stamps), np.float64))
         bounds = _BOUNDS.get(cell.bounds)
         if bounds is None:
             bounds = _BOUNDS[cell.bounds] = np.asarray(cell.bounds, dtype=np.float64)
@@ -195,8 +193,9 @@ class Store:
                     self.seq += 1
                     cell.exemplars[i] = Exemplar(self.seq, value, now, span_id, trace_id)
 
-    def _add(self, cell: Cell, value: float, span: SpanIds) -> None:
-        """Call with the lock held. Negative values are dropped, as the SDK drops them."""
+    def add_locked(self, cell: Cell, value: float, span: SpanIds) -> None:
+        """One record by a caller that holds :data:`~bitnet_obs._tally.REQUEST_LOCK`.
+        Negative values are dropped, as the SDK drops them."""
         if value < 0:
             return
         if not cell.live:

@@ -13,6 +13,7 @@ Nothing here raises into the caller: every failure is counted in ``bitnet.obs.in
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,23 +27,21 @@ from bitnet_obs import _semconv as sc
 from bitnet_obs._attributes import finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
-from bitnet_obs._facts import Outcome, RequestFacts, outcome_of
+from bitnet_obs._facts import OK, Outcome, RequestFacts, outcome_of
 from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._site import Site
 from bitnet_obs._span import CONTENT_LIMIT, annotate, clip, prompt_text
-from bitnet_obs._stream import IdSink, StreamMeter
+from bitnet_obs._stream import StreamMeter
 from bitnet_obs._tally import AttrKey, AttrValue, key_of
-from bitnet_obs._tokens import as_count, default_input_count, default_item_count
+from bitnet_obs._tokens import as_count, default_input_count, default_item_count, sequence_count
 from bitnet_obs._tokens import default_output_count
 
 if TYPE_CHECKING:
-    from array import array
-
     from bitnet_obs._outputs import OutputHealth, OutputWatch
 
 __all__ = ["CONTENT_LIMIT", "OUTSIDE", "Call", "outputs", "record_fallback"]
 
-_ACTIVE = _instruments.ACTIVE_REQUESTS
+_ACTIVE = _instruments.ACTIVE_REQUESTS.tally
 _room: OutputHealth | None = None
 
 
@@ -61,8 +60,6 @@ def outputs() -> OutputHealth:
 def preload_outputs() -> None:
     """Import the output room now, off the request path: a first import on it could be
     interrupted by a fork in another thread, leaving the module lock held in the child."""
-    import sys
-
     if "numpy" in sys.modules:
         outputs()
 
@@ -129,11 +126,11 @@ class Call(Reporter):
         "_done",
         "_otel_token",
         "facts",
-        "marking",
         "meter",
         "otel_before",
         "otel_ctx",
         "parent",
+        "recorder",
         "site",
         "span",
         "watch",
@@ -145,11 +142,12 @@ class Call(Reporter):
         self._counted: AttrKey | None = None  # the active-requests series, while counted
         self._done = False
         self.site = site
+        #: the recorder in force when the call started: the call records there
+        recorder = self.recorder = _instruments.RECORDER or _instruments.recorder()
         facts = self.facts = RequestFacts(time.perf_counter(), site.device, site.priority)
         self.span: Span | None = None
         self.meter: StreamMeter | None = None
         self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
-        self.marking = False  # the meter is fed by mark_token(), not a generator's items
         self.parent: InferenceContext | None = None
         self._otel_token: object = None
         self.otel_before: otel_context.Context | None = None
@@ -159,7 +157,7 @@ class Call(Reporter):
             if handed is not None:
                 _queue.pending.set(None)
                 facts.queue_wait, facts.priority = handed
-            spans = _instruments.binding().spans
+            spans = recorder.spans
             if spans is not None:
                 self._start_span(spans, handed, attach)
             if (args or kwargs) and site.capture():
@@ -249,9 +247,10 @@ class Call(Reporter):
     def mark_token(self) -> None:
         meter = self.meter
         if meter is None:
-            meter = self.meter = StreamMeter(self.facts, self._flushed, counts_items=False)
-            self.marking = True
-        elif not self.marking:
+            meter = self.meter = StreamMeter(
+                self.facts, self._gaps, self._ids, counts_items=False, marks=True
+            )
+        elif not meter.marks:
             return  # a generator's items are stamped by its loop
         meter.item(time.perf_counter())
 
@@ -305,7 +304,7 @@ class Call(Reporter):
         if site.capture():
             self.facts.response = []
         fast = fast_loop and site.count_item is None and self.facts.response is None
-        meter = self.meter = StreamMeter(self.facts, self._flushed, self._open_ids, fast)
+        meter = self.meter = StreamMeter(self.facts, self._gaps, self._ids, counts_items=fast)
         return meter
 
     def count_item(self, item: Any) -> None:
@@ -314,8 +313,10 @@ class Call(Reporter):
         if meter is None:
             return
         meter.item(time.perf_counter())
-        if type(item) is int or may_hold_ids(item):
-            outputs().stream_item(self.output_watch(), item)
+        if type(item) is int:
+            meter.ids(item)
+        elif may_hold_ids(item):
+            meter.id_chunk(item)
         facts = self.facts
         try:
             counter = self.site.count_item
@@ -337,18 +338,26 @@ class Call(Reporter):
         if meter is not None:
             meter.chunk(item)
             if may_hold_ids(item):
-                outputs().stream_item(self.output_watch(), item)
-
-    def drop_ids(self) -> None:
-        """A streamed int the ids buffer refused (beyond int64): what came before is judged,
-        nothing after."""
-        if self.watch is not None:
-            outputs().discard(self.watch)
-        if self.meter is not None:
-            self.meter.drop_ids()
+                meter.id_chunk(item)
 
     def count_result(self, result: Any) -> None:
+        """A returned result's tokens (and ids, judged as the call's whole output)."""
         site, facts = self.site, self.facts
+        kind = type(result)
+        if (kind is list or kind is tuple) and site.counts_by_default:
+            # ids, or a batch of them: the common answer, with no usage to read
+            first = type(result[0]) if result else None
+            if first is int:
+                n = len(result)
+                if n >= _config.current().degenerate_min_tokens:
+                    outputs().judge_result(self.output_watch(), result)
+            else:
+                n = sequence_count(result)
+                if first is list or first is tuple:
+                    outputs().judge_result(self.output_watch(), result)
+            if not facts.explicit_output:
+                facts.output_tokens += n
+            return
         try:
             if site.count_output is not None:
                 self._add_counted("count_output", site.count_output(result), output=True)
@@ -380,53 +389,55 @@ class Call(Reporter):
             watch = self.watch = outputs().watch()
         return watch
 
-    def _open_ids(self) -> IdSink:
-        return outputs().sink(self.output_watch())
-
-    def _flushed(self, stamps: array[float]) -> None:
-        """A meter's chunk: the inter-token gaps recorded, the streamed ids judged."""
+    def _gaps(self, stamps: list[float]) -> None:
+        """A meter's chunk of stamps: the inter-token gaps recorded."""
         try:
             if len(stamps) >= 2:
-                recorder, facts = _instruments.recorder(), self.facts
+                recorder, facts = self.recorder, self.facts
                 variant = self.site.variant(recorder, facts.device, "ok", "", facts.priority,
                                             None)  # fmt: skip
                 recorder.gaps(variant.handles.inter_token, stamps, self.span_context)
         except Exception as exc:
             internal_error("inter_token_latency", exc)
-        if self.watch is not None:
-            outputs().pump(self.watch)
+
+    def _ids(self, ids: Any) -> None:
+        """A meter's streamed ids (a buffer of ints, or a chunk item): judged in the room
+        (not at interpreter exit, when a stream left open is finalised: nothing can be
+        imported, and nothing would be exported)."""
+        if _room is None and sys.is_finalizing():
+            return
+        outputs().stream_ids(self.output_watch(), ids)
 
     # ----- the end (never raises) -----
     def end(self, exc: BaseException | None, result: Any = None, counted: bool = False) -> None:
-        """Finish the call once; ``counted``: the result's tokens were counted already."""
+        """Finish the call once; ``counted``: the result's tokens were counted already. The
+        recorder records the facts, the span is annotated and ended, active uncounted."""
         if self._done:
             return
         try:
             if exc is None and not counted:
                 self.count_result(result)
-            self._finish(outcome_of(exc))
+            end = time.perf_counter()
+            outcome = OK if exc is None else outcome_of(exc)
+            facts, site, span, recorder = self.facts, self.site, self.span, self.recorder
+            if self.meter is not None:
+                self.meter.close()
+            variant = site.variant_of(recorder, facts, outcome)
+            watch = self.watch
+            records = None
+            if watch is not None:
+                records = outputs().records(variant, watch, outcome.kind == "ok")
+            context = None if span is None else span.get_span_context()
+            active, self._counted = self._counted, None
+            recorder.finish(variant, facts, outcome, end, context, active, records)
+            if span is not None and span.is_recording():
+                shown = None if records is None else records.span_attributes
+                annotate(span, facts, outcome, site.capture(), shown)
         except Exception as error:  # e.g. RecursionError at the bottom of a deep recursion
             with contextlib.suppress(Exception):
                 internal_error("finish", error)
         finally:
             self._release()
-
-    def _finish(self, outcome: Outcome) -> None:
-        end = time.perf_counter()
-        facts, site, span = self.facts, self.site, self.span
-        if self.meter is not None:
-            self.meter.close()
-        recorder = _instruments.recorder()
-        variant = site.variant(recorder, facts.device, outcome.kind, outcome.error_type,
-                               facts.priority, facts.finish_reason)  # fmt: skip
-        watch = self.watch
-        records = None if watch is None else outputs().records(variant, watch, outcome.kind == "ok")
-        context = None if span is None else span.get_span_context()
-        active, self._counted = self._counted, None
-        recorder.finish(variant, facts, outcome, end, context, active, records)
-        if span is not None and span.is_recording():
-            shown = None if records is None else records.span_attributes
-            annotate(span, facts, outcome, site.capture(), shown)
 
     def _release(self) -> None:
         """Uncount active and end the span exactly once, whatever happened before."""
@@ -437,7 +448,8 @@ class Call(Reporter):
                 _ACTIVE.add(key, -1)
             except Exception:
                 self._counted = key  # the next _release (GC) retries
-        self.detach()
+        if self._otel_token is not None:
+            self.detach()
         span, self.span = self.span, None
         if span is not None:
             try:

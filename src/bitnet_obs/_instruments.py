@@ -652,12 +652,12 @@ class _Binding(NamedTuple):
     tracer: Tracer
     recorder: Recorder
     instruments: tuple[Any, ...]  # each catalogue instrument's SDK instrument, in order
-    #: the tracer when it can make spans at all (None: a no-op provider, no span work)
-    spans: Tracer | None
 
 
 _lock = threading.Lock()
 _binding: _Binding | None = None
+#: The binding's recorder, read by every monitored call (None: not bound yet, see recorder()).
+RECORDER: Recorder | None = None
 _TALLIES = RequestTallies(REQUESTS.tally, TOKENS.tally, ACTIVE_REQUESTS.tally,
                           DEGENERATE_OUTPUTS.tally)  # fmt: skip
 
@@ -682,18 +682,19 @@ def _install(
     store: Store | None,
     made: tuple[Any, ...],
 ) -> None:
-    global _binding
+    global _binding, RECORDER
+    tracer = tracer_provider.get_tracer(SCOPE, __version__, schema_url=SCHEMA_URL)
+    spans = None if isinstance(tracer_provider, trace.NoOpTracerProvider) else tracer
     chosen: Recorder = (
-        SdkRecorder(_TALLIES, record_token_usage)
+        SdkRecorder(_TALLIES, record_token_usage, spans)
         if store is None
-        else OwnRecorder(store, _TALLIES, record_token_usage)
+        else OwnRecorder(store, _TALLIES, record_token_usage, spans)
     )
     with _lock:
         for instrument, sdk in zip(CATALOGUE, made, strict=True):
             instrument.bind(sdk, chosen)
-        tracer = tracer_provider.get_tracer(SCOPE, __version__, schema_url=SCHEMA_URL)
-        spans = None if isinstance(tracer_provider, trace.NoOpTracerProvider) else tracer
-        _binding = _Binding(meter_provider, tracer_provider, store, tracer, chosen, made, spans)
+        _binding = _Binding(meter_provider, tracer_provider, store, tracer, chosen, made)
+        RECORDER = chosen
 
 
 def binding() -> _Binding:
@@ -743,9 +744,9 @@ def _reinit_after_fork() -> None:
 
 @_state.on_reset(phase=_state.CLEAR)
 def _unbind() -> None:
-    global _binding
+    global _binding, RECORDER
     with _lock:
-        _binding = None
+        _binding, RECORDER = None, None
         for instrument in CATALOGUE:
             instrument.bind(None, None)
     set_cardinality_limit(DEFAULT_CARDINALITY_LIMIT)

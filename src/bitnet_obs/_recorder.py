@@ -19,14 +19,13 @@ hands it (the request tallies, the opt-in token-usage records), so the catalogue
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Tracer
 
 from bitnet_obs import _context, _tally
 from bitnet_obs import _semconv as sc
@@ -157,11 +156,15 @@ TokenUsage = Callable[[int, int, Mapping[str, AttrValue], "SpanContext | None"],
 
 
 class Recorder:
-    """Records requests and histograms for one binding of the instruments."""
+    """Records requests and histograms for one binding of the instruments; ``spans`` is the
+    binding's tracer when it can make spans at all (None: no span work on the path)."""
 
-    def __init__(self, tallies: RequestTallies, token_usage: TokenUsage) -> None:
+    def __init__(
+        self, tallies: RequestTallies, token_usage: TokenUsage, spans: Tracer | None = None
+    ) -> None:
         self.tallies = tallies
         self.token_usage = token_usage
+        self.spans = spans
 
     # ----- what differs between the two -----
     def handle(self, instrument: HistogramSpec, attributes: Mapping[str, AttrValue]) -> Handle:
@@ -192,7 +195,7 @@ class Recorder:
         request observers and, when asked for, the client token usage."""
         raise NotImplementedError
 
-    def gaps(self, handle: Handle, stamps: array[float], span: SpanContext | None) -> None:
+    def gaps(self, handle: Handle, stamps: list[float], span: SpanContext | None) -> None:
         """The gaps between consecutive ``stamps`` into the inter-token histogram."""
         raise NotImplementedError
 
@@ -291,8 +294,14 @@ class OwnRecorder(Recorder):
     """Our own aggregation: a handle is a store cell; a request's counts and records are
     made under one lock."""
 
-    def __init__(self, store: Store, tallies: RequestTallies, token_usage: TokenUsage) -> None:
-        super().__init__(tallies, token_usage)
+    def __init__(
+        self,
+        store: Store,
+        tallies: RequestTallies,
+        token_usage: TokenUsage,
+        spans: Tracer | None = None,
+    ) -> None:
+        super().__init__(tallies, token_usage, spans)
         self.store = store
 
     def handle(self, instrument: HistogramSpec, attributes: Mapping[str, AttrValue]) -> Cell:
@@ -320,7 +329,7 @@ class OwnRecorder(Recorder):
         outputs: OutputRecords | None,
     ) -> None:
         records = timings(variant.handles, facts, outcome, end)
-        ids = span_ids(span)
+        ids = None if span is None or not span.trace_flags.sampled else (span.span_id, span.trace_id)
         add = self.store.add_locked
         with _tally.REQUEST_LOCK:
             self._count(variant, facts, active, outputs)
@@ -329,9 +338,10 @@ class OwnRecorder(Recorder):
             if outputs is not None:
                 for cell, value in outputs.records:
                     add(cell, value, ids)
-        self._after(variant, facts, outcome, end, span)
+        if variant.usage or _context.observers:
+            self._after(variant, facts, outcome, end, span)
 
-    def gaps(self, handle: Cell, stamps: array[float], span: SpanContext | None) -> None:
+    def gaps(self, handle: Cell, stamps: list[float], span: SpanContext | None) -> None:
         self.store.add_gaps(handle, stamps, span_ids(span))
 
 
@@ -374,9 +384,10 @@ class SdkRecorder(Recorder):
         with _tally.REQUEST_LOCK:
             self._count(variant, facts, active, outputs)
         _record_sdk(records, span)
-        self._after(variant, facts, outcome, end, span)
+        if variant.usage or _context.observers:
+            self._after(variant, facts, outcome, end, span)
 
-    def gaps(self, handle: SdkHandle, stamps: array[float], span: SpanContext | None) -> None:
+    def gaps(self, handle: SdkHandle, stamps: list[float], span: SpanContext | None) -> None:
         _record_sdk([(handle, b - a) for a, b in pairwise(stamps)], span)
 
 

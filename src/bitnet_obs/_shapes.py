@@ -14,7 +14,7 @@ import contextvars
 import time
 import types
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -91,44 +91,41 @@ def wrap_gen(
             ctx.run(_end_stream, call, failed)
             raise
         run = ctx.run
-        send, throw = inner.send, inner.throw
+        send = inner.send
         fast = meter.counts_items
         clock = time.perf_counter
-        stamp, tick, left = meter.stamp, meter.tick, meter.left
-        value: Any = None
+        stamp, tick, ids, left = meter.stamp, meter.tick, meter.ids, meter.left
         thrown: BaseException | None = None
         ended: BaseException | None = None
         try:
-            while True:
-                try:
-                    if thrown is None:
-                        item = run(send, value)
+            try:
+                item = run(send, None)
+                while True:
+                    if fast:
+                        stamp(clock())
+                        left -= 1
+                        if not left:
+                            left = tick()
+                        kind = type(item)
+                        if kind is int:  # a token id: judged with the rest of the output
+                            ids(item)
+                        elif kind is not str and kind is not bytes:  # a chunk's tokens
+                            call.chunk_item(item)
                     else:
-                        error, thrown = thrown, None
-                        item = run(throw, error)
-                except StopIteration as stop:
-                    return stop.value
-                if fast:
-                    stamp(clock())
-                    left -= 1
-                    if not left:
-                        left = tick()
-                    kind = type(item)
-                    if kind is int:  # a token id: judged with the rest of the output
-                        try:
-                            meter.ids(item)
-                        except (OverflowError, TypeError):  # not an int64 id: stop judging
-                            call.drop_ids()
-                    elif kind is not str and kind is not bytes:  # a chunk's tokens
-                        call.chunk_item(item)
-                else:
-                    call.count_item(item)
-                try:
-                    value = yield item
-                except GeneratorExit:
-                    raise
-                except BaseException as error:  # the consumer's throw(): into the stream
-                    thrown, value = error, None
+                        call.count_item(item)
+                    try:
+                        value = yield item
+                    except GeneratorExit:
+                        raise
+                    except BaseException as error:  # the consumer's throw(): into the stream
+                        thrown = error
+                    else:
+                        item = run(send, value)
+                        continue
+                    error, thrown = cast(BaseException, thrown), None
+                    item = run(inner.throw, error)  # outside the handler: nothing chained
+            except StopIteration as stop:
+                return stop.value
         except GeneratorExit as closing:  # the consumer's close(), or garbage collection
             ended = closing
             try:

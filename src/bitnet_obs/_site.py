@@ -13,6 +13,7 @@ from typing import Any
 
 from bitnet_obs import _config, _instruments, _tally
 from bitnet_obs import _semconv as sc
+from bitnet_obs._facts import OK, Outcome, RequestFacts
 from bitnet_obs._recorder import Recorder, Variant
 from bitnet_obs._tally import AttrKey, AttrValue
 
@@ -31,9 +32,11 @@ class Site:
         "attrs",
         "capture_content",
         "client_token_usage",
+        "common",
         "count_input",
         "count_item",
         "count_output",
+        "counts_by_default",
         "device",
         "kernel",
         "priority",
@@ -62,12 +65,33 @@ class Site:
         self.count_input = count_input
         self.count_output = count_output
         self.count_item = count_item
+        self.counts_by_default = count_input is None and count_output is None
         self.capture_content = capture_content
         self.client_token_usage = client_token_usage
         self.recorder: Recorder | None = None  # the recorder the variants were built for
         self.variants: dict[VariantKey, Variant] = {}
+        #: the variant of most calls: ok, on the declared device and priority, no finish reason
+        self.common: Variant | None = None
         #: the active-requests series of a call on the declared device and priority
         self.active_key = self.active_key_of(self.device, self.priority)
+
+    def variant_of(self, recorder: Recorder, facts: RequestFacts, outcome: Outcome) -> Variant:
+        """The variant a finished call records into (the common one without a lookup)."""
+        common = self.common
+        if (
+            outcome is OK
+            and common is not None
+            and common.recorder is recorder
+            and facts.device is self.device
+            and facts.priority is self.priority
+            and facts.finish_reason is None
+        ):
+            return common
+        variant = self.variant(recorder, facts.device, outcome.kind, outcome.error_type,
+                               facts.priority, facts.finish_reason)  # fmt: skip
+        if outcome is OK and key_is_common(self, facts):
+            self.common = variant
+        return variant
 
     def variant(
         self,
@@ -80,7 +104,7 @@ class Site:
     ) -> Variant:
         """The variant of one outcome under ``recorder`` (built on first use)."""
         if recorder is not self.recorder:  # the instruments were bound again
-            self.recorder, self.variants = recorder, {}
+            self.recorder, self.variants, self.common = recorder, {}, None
         key = (device, outcome, err, priority, finish)
         variant = self.variants.get(key)
         if variant is None:
@@ -122,3 +146,12 @@ class Site:
         """Whether this site's calls put prompts and responses on their spans."""
         flag = self.capture_content
         return _config.current().capture_content if flag is None else flag
+
+
+def key_is_common(site: Site, facts: RequestFacts) -> bool:
+    """A call on the site's declared device and priority, with no finish reason."""
+    return (
+        facts.device == site.device
+        and facts.priority == site.priority
+        and facts.finish_reason is None
+    )
