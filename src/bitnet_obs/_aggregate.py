@@ -53,6 +53,10 @@ class Exemplar(NamedTuple):
     trace_id: int | None
 
 
+#: An exemplar offered on the request path (seq, value, time_unix_nano, span ids).
+Offer = tuple[int, float, int, SpanIds]
+
+
 class Cell:
     """One attribute set of one histogram: bucket counts, sum, min, max, exemplars.
 
@@ -88,7 +92,9 @@ class Cell:
         self.min = float("inf")
         self.max = float("-inf")
         self.start_ns = 0
-        self.exemplars: list[Exemplar | None] = [None] * (len(bounds) + 1)
+        #: per bucket, the last offer: (seq, value, time_unix_nano, SpanIds), a plain tuple
+        #: on the request path, an :class:`Exemplar` at collection
+        self.exemplars: list[Offer | None] = [None] * (len(bounds) + 1)
         self.live = False
         self.forward: Cell | None = None
 
@@ -187,11 +193,10 @@ class Store:
             cell.min = min(cell.min, low)
             cell.max = max(cell.max, high)
             if self.exemplars_on and (span is not None or self.always):
-                span_id, trace_id = span if span is not None else (None, None)
                 now = time.time_ns()
                 for i, value in last.items():
                     self.seq += 1
-                    cell.exemplars[i] = Exemplar(self.seq, value, now, span_id, trace_id)
+                    cell.exemplars[i] = (self.seq, value, now, span)
 
     def add_locked(self, cell: Cell, value: float, span: SpanIds) -> None:
         """One record by a caller that holds :data:`~bitnet_obs._tally.REQUEST_LOCK`.
@@ -209,8 +214,7 @@ class Store:
             cell.max = value
         if self.exemplars_on and (span is not None or self.always):
             self.seq += 1
-            span_id, trace_id = span if span is not None else (None, None)
-            cell.exemplars[i] = Exemplar(self.seq, value, time.time_ns(), span_id, trace_id)
+            cell.exemplars[i] = (self.seq, value, time.time_ns(), span)
 
     def snapshot(self, since_seq: int) -> tuple[dict[str, list[Point]], int]:
         """Every cell as a point (exemplars offered after ``since_seq`` only), and the sequence
@@ -233,7 +237,9 @@ class Store:
                     ]
                 for cell, counts, total, low, high, offered in raw:
                     exemplars = tuple(
-                        e for e in offered if e is not None and since_seq < e.seq <= seq
+                        Exemplar(e[0], e[1], e[2], *(e[3] or (None, None)))
+                        for e in offered
+                        if e is not None and since_seq < e[0] <= seq
                     )
                     points.append(
                         Point(

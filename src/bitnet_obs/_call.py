@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["CONTENT_LIMIT", "OUTSIDE", "Call", "outputs", "record_fallback"]
 
 _ACTIVE = _instruments.ACTIVE_REQUESTS.tally
+_INTERNAL = SpanKind.INTERNAL
 _room: OutputHealth | None = None
 
 
@@ -125,6 +126,7 @@ class Call(Reporter):
         "_counted",
         "_done",
         "_otel_token",
+        "context",
         "facts",
         "meter",
         "otel_before",
@@ -146,6 +148,7 @@ class Call(Reporter):
         recorder = self.recorder = _instruments.RECORDER or _instruments.recorder()
         facts = self.facts = RequestFacts(time.perf_counter(), site.device, site.priority)
         self.span: Span | None = None
+        self.context: SpanContext | None = None  # the span's, while the call runs
         self.meter: StreamMeter | None = None
         self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
         self.parent: InferenceContext | None = None
@@ -159,7 +162,15 @@ class Call(Reporter):
                 facts.queue_wait, facts.priority = handed
             spans = recorder.spans
             if spans is not None:
-                self._start_span(spans, handed, attach)
+                span = spans.start_span(site.span_name, kind=_INTERNAL, attributes=site.attrs)
+                context = span.get_span_context()
+                if context.is_valid:
+                    self.span, self.context = span, context
+                    if handed is not None and span.is_recording():
+                        span.set_attributes({"bitnet.queue.wait_duration": handed[0],
+                                             "bitnet.request.priority": str(handed[1])})  # fmt: skip
+                    if attach:
+                        self._otel_token = otel_context.attach(trace.set_span_in_context(span))
             if (args or kwargs) and site.capture():
                 facts.prompt = prompt_text(args, kwargs)
             key = site.active_key if handed is None else site.active_key_of(
@@ -169,18 +180,6 @@ class Call(Reporter):
             self._counted = key  # uncounted from this series, whatever set_device() does
         except Exception as exc:
             internal_error("begin", exc)
-
-    def _start_span(self, spans: trace.Tracer, handed: Any, attach: bool) -> None:
-        site = self.site
-        span = spans.start_span(site.span_name, kind=SpanKind.INTERNAL, attributes=site.attrs)
-        if not span.get_span_context().is_valid:
-            return
-        self.span = span
-        if handed is not None and span.is_recording():
-            span.set_attributes({"bitnet.queue.wait_duration": handed[0],
-                                 "bitnet.request.priority": str(handed[1])})  # fmt: skip
-        if attach:
-            self._otel_token = otel_context.attach(trace.set_span_in_context(span))
 
     # ----- InferenceContext: what the call is -----
     @property
@@ -201,7 +200,7 @@ class Call(Reporter):
 
     @property
     def span_context(self) -> SpanContext | None:
-        return self.span.get_span_context() if self.span is not None else None
+        return self.context
 
     def _span(self) -> Span | None:
         return self.span
@@ -396,7 +395,7 @@ class Call(Reporter):
                 recorder, facts = self.recorder, self.facts
                 variant = self.site.variant(recorder, facts.device, "ok", "", facts.priority,
                                             None)  # fmt: skip
-                recorder.gaps(variant.handles.inter_token, stamps, self.span_context)
+                recorder.gaps(variant.handles.inter_token, stamps, self.context)
         except Exception as exc:
             internal_error("inter_token_latency", exc)
 
@@ -427,9 +426,8 @@ class Call(Reporter):
             records = None
             if watch is not None:
                 records = outputs().records(variant, watch, outcome.kind == "ok")
-            context = None if span is None else span.get_span_context()
             active, self._counted = self._counted, None
-            recorder.finish(variant, facts, outcome, end, context, active, records)
+            recorder.finish(variant, facts, outcome, end, self.context, active, records)
             if span is not None and span.is_recording():
                 shown = None if records is None else records.span_attributes
                 annotate(span, facts, outcome, site.capture(), shown)
@@ -450,7 +448,7 @@ class Call(Reporter):
                 self._counted = key  # the next _release (GC) retries
         if self._otel_token is not None:
             self.detach()
-        span, self.span = self.span, None
+        span, self.span, self.context = self.span, None, None
         if span is not None:
             try:
                 span.end()
@@ -467,8 +465,10 @@ class Call(Reporter):
         """Take the span off the context it was attached to (the call goes on elsewhere)."""
         token, self._otel_token = self._otel_token, None
         if token is not None:
-            with contextlib.suppress(Exception):  # from another context: the SDK logs it
+            try:
                 otel_context.detach(token)  # type: ignore[arg-type]
+            except Exception:  # from another context: the SDK logs it
+                pass
 
     def enter(self) -> None:
         """Make this the current call (a stream's own context, a ``with`` block)."""

@@ -681,15 +681,19 @@ def _install(
     tracer_provider: TracerProvider,
     store: Store | None,
     made: tuple[Any, ...],
+    previous: _Binding | None = None,
 ) -> None:
     global _binding, RECORDER
-    tracer = tracer_provider.get_tracer(SCOPE, __version__, schema_url=SCHEMA_URL)
-    spans = None if isinstance(tracer_provider, trace.NoOpTracerProvider) else tracer
-    chosen: Recorder = (
-        SdkRecorder(_TALLIES, record_token_usage, spans)
-        if store is None
-        else OwnRecorder(store, _TALLIES, record_token_usage, spans)
-    )
+    if previous is not None:  # restored whole: its recorder (and call sites' variants) too
+        tracer, chosen = previous.tracer, previous.recorder
+    else:
+        tracer = tracer_provider.get_tracer(SCOPE, __version__, schema_url=SCHEMA_URL)
+        spans = None if isinstance(tracer_provider, trace.NoOpTracerProvider) else tracer
+        chosen = (
+            SdkRecorder(_TALLIES, record_token_usage, spans)
+            if store is None
+            else OwnRecorder(store, _TALLIES, record_token_usage, spans)
+        )
     with _lock:
         for instrument, sdk in zip(CATALOGUE, made, strict=True):
             instrument.bind(sdk, chosen)
@@ -715,7 +719,7 @@ def restore(previous: _Binding | None) -> None:
         _bind_global(force=True)
     else:
         _install(previous.meter_provider, previous.tracer_provider, previous.store,
-                 previous.instruments)  # fmt: skip
+                 previous.instruments, previous)  # fmt: skip
 
 
 def tracer() -> Tracer:
