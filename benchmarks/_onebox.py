@@ -142,4 +142,3 @@ def build() -> dict[str, Case]:
     for mode in ("sampled", "unsampled", "metrics", "api"):
         cases.update(_ours(mode))
     return cases
-

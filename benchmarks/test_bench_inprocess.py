@@ -23,9 +23,7 @@ CALL_BATCH, STREAM_BATCH, ROUNDS = 50, 10, 100
 LOADS: dict[str, tuple[float, float, float]] = {}
 
 
-def _interleaved(
-    cases: dict[str, _onebox.Case], batch: int, rounds: int
-) -> dict[str, float]:
+def _interleaved(cases: dict[str, _onebox.Case], batch: int, rounds: int) -> dict[str, float]:
     """Median seconds per call of every case (``cpu:NAME``: process CPU time)."""
     samples: dict[str, list[float]] = defaultdict(list)
     names = list(cases)
@@ -136,6 +134,7 @@ def report(results: dict[str, float]) -> list[str]:
                        ("ours-api/stream/ours", "… API mode")):  # fmt: skip
         per, fixed = [], 0.0
         for clock in ("", "cpu:"):
+
             def at(name: str, n: int, c: str = clock) -> float:
                 return results[f"onebox/{c}{name}/{n}"]
 
@@ -147,9 +146,7 @@ def report(results: dict[str, float]) -> list[str]:
         goal = ""
         if who.startswith("ours"):
             goal = f"≤ 300 ns: {'met' if min(per) <= 300 else 'not met'}"
-        lines.append(
-            f"| {label} | +{per[0]:.0f} / +{per[1]:.0f} | +{fixed * 1e6:.1f} | {goal} |"
-        )
+        lines.append(f"| {label} | +{per[0]:.0f} / +{per[1]:.0f} | +{fixed * 1e6:.1f} | {goal} |")
     return lines
 
 

@@ -162,7 +162,6 @@ class Store:
             for cell, value in items:
                 self.add_locked(cell, value, span)
 
-
     def add_gaps(self, cell: Cell, stamps: Sequence[float], span: SpanIds) -> None:
         """The gaps between consecutive ``stamps`` as records of ``cell`` (a stream's
         inter-token latency): a Python loop for a few, numpy for many (about 10 ns a gap)."""

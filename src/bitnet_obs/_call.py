@@ -27,14 +27,19 @@ from bitnet_obs import _semconv as sc
 from bitnet_obs._attributes import finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
-from bitnet_obs._facts import OK, Outcome, RequestFacts, outcome_of
+from bitnet_obs._facts import OK, RequestFacts, outcome_of
 from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._site import Site
 from bitnet_obs._span import CONTENT_LIMIT, annotate, clip, prompt_text
 from bitnet_obs._stream import StreamMeter
 from bitnet_obs._tally import AttrKey, AttrValue, key_of
-from bitnet_obs._tokens import as_count, default_input_count, default_item_count, sequence_count
-from bitnet_obs._tokens import default_output_count
+from bitnet_obs._tokens import (
+    as_count,
+    default_input_count,
+    default_item_count,
+    default_output_count,
+    sequence_count,
+)
 
 if TYPE_CHECKING:
     from bitnet_obs._outputs import OutputHealth, OutputWatch
@@ -167,8 +172,13 @@ class Call(Reporter):
                 if context.is_valid:
                     self.span, self.context = span, context
                     if handed is not None and span.is_recording():
-                        span.set_attributes({"bitnet.queue.wait_duration": handed[0],
-                                             "bitnet.request.priority": str(handed[1])})  # fmt: skip
+                        wait, priority = handed
+                        span.set_attributes(
+                            {
+                                "bitnet.queue.wait_duration": wait,
+                                "bitnet.request.priority": priority,
+                            }
+                        )
                     if attach:
                         self._otel_token = otel_context.attach(trace.set_span_in_context(span))
             if (args or kwargs) and site.capture():
@@ -465,7 +475,8 @@ class Call(Reporter):
         """Take the span off the context it was attached to (the call goes on elsewhere)."""
         token, self._otel_token = self._otel_token, None
         if token is not None:
-            try:
+            # a try, not contextlib.suppress: this runs once per traced request
+            try:  # noqa: SIM105
                 otel_context.detach(token)  # type: ignore[arg-type]
             except Exception:  # from another context: the SDK logs it
                 pass
@@ -550,4 +561,3 @@ def record_fallback(
             target.add_event("bitnet.device.fallback", attrs)
     except Exception as exc:
         internal_error("fallback", exc)
-

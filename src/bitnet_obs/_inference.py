@@ -119,9 +119,7 @@ class MonitorOptions(TypedDict, total=False):
     client_token_usage: Annotated[
         bool, Option(False, "Also record the `gen_ai.client.token.usage` histogram.")
     ]
-    priority: Annotated[
-        Priority | None, Option(None, "`bitnet.request.priority` of every call.")
-    ]
+    priority: Annotated[Priority | None, Option(None, "`bitnet.request.priority` of every call.")]
     kernel: Annotated[
         str | None,
         Option(None, "The kernel the call should take; another one in `set_kernel()` is counted."),
@@ -132,9 +130,7 @@ class MonitorOptions(TypedDict, total=False):
     server_address: Annotated[
         str | None, Option(None, "`server.address` of the serving endpoint, where known.")
     ]
-    server_port: Annotated[
-        int | None, Option(None, "`server.port` (with `server_address` only).")
-    ]
+    server_port: Annotated[int | None, Option(None, "`server.port` (with `server_address` only).")]
 
 
 def _declared() -> dict[str, tuple[Any, Option]]:

@@ -736,7 +736,11 @@ def _bind_global(force: bool = False) -> _Binding:
     return _binding
 
 
-_kinds.bind_default = _bind_global
+def _bind_default() -> None:
+    _bind_global()
+
+
+_kinds.bind_default = _bind_default
 set_dup_reader = _kinds.set_dup_reader  # the naming mode: _config registers its reader here
 
 

@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanContext
 from bitnet_obs import _names
 from bitnet_obs._recorder import Handle, Recorder
 from bitnet_obs._semconv import RENAMED_ATTRIBUTES
-from bitnet_obs._tally import AttrKey, AttrValue, Tally
+from bitnet_obs._tally import AttrValue, Tally
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
@@ -46,8 +46,15 @@ class Kind(enum.Enum):
 
 #: Every instrument created, in order (the catalogue is this list, frozen).
 CREATED: list[Instrument] = []
-#: Binds the catalogue to the global API providers; called by the first use before any bind.
-bind_default: Callable[[], None] = lambda: None
+
+
+def _not_yet() -> None:
+    pass
+
+
+#: Binds the catalogue to the global API providers; called by the first use before any bind
+#: (the catalogue sets it).
+bind_default: Callable[[], None] = _not_yet
 
 
 def _latest_only() -> bool:
@@ -218,7 +225,7 @@ class ObservedCounter(_Observed):
         super().__init__(*args, **kwargs)
         self.tally = Tally(self.name, shared=shared)  # shared: the request path's lock
 
-    def add(self, key: AttrKey, amount: int = 1) -> None:
+    def add(self, key: Iterable[tuple[str, AttrValue]], amount: int = 1) -> None:
         """Add to the series of this attribute key (see :func:`~bitnet_obs._tally.key_of`)."""
         self.tally.add(key, amount)
 

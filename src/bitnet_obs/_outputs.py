@@ -153,12 +153,14 @@ class OutputHealth:
                 logits = logits()
             _sampling.spend(_add_logits(watch, logits))
         except Exception as exc:
-            internal_error("bad_logits", _config.loggable(exc), f"observe_logits({describe(logits)})")
+            internal_error(
+                "bad_logits", _config.loggable(exc), f"observe_logits({describe(logits)})"
+            )
 
     def stream_ids(self, watch: OutputWatch, ids: Any) -> None:
-        """A stream's ids, in order: a meter's buffer of int ids (an id beyond int64 stops
-        the judging: what came before is judged, nothing after) or a chunk item (a list or 1-D array continues the output, a 2-D item is consecutive
-        steps of it)."""
+        """A stream's ids, in order: a meter's buffer of int ids (an id beyond int64 stops the
+        judging: what came before is judged, nothing after) or a chunk item (a list or 1-D
+        array continues the output, a 2-D item is consecutive steps of it)."""
         if watch.ids_reported:
             return
         try:

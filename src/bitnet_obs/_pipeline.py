@@ -40,10 +40,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from bitnet_obs import _config, _export, _instruments, _state, devices, health, runtime, sla
 from bitnet_obs._aggregate import Store
 from bitnet_obs._call import preload_outputs
-from bitnet_obs._config import Number, Settings
+from bitnet_obs._config import Settings
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._export import Guard, GuardedSpanExporter
 from bitnet_obs._exposition import PullReader
+from bitnet_obs._parsers import Number
 from bitnet_obs._selfmon import count_dropped, declare_watched, internal_error, logger
 from bitnet_obs._server import MetricsServer, Response, tls_context
 

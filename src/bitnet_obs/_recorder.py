@@ -206,9 +206,15 @@ class Recorder:
     ) -> RequestHandles:  # fmt: skip
         """The seven request histograms (duration, throughput, time to first token, time per
         output token, prefill, decode, inter-token gaps) bound for one variant."""
-        *per_outcome, gaps = histograms
+        duration, throughput, ttft, tpot, prefill, decode, gaps = histograms
         return RequestHandles(
-            *(self.handle(h, attrs) for h in per_outcome), self.handle(gaps, base_attrs)
+            duration=self.handle(duration, attrs),
+            throughput=self.handle(throughput, attrs),
+            time_to_first_token=self.handle(ttft, attrs),
+            time_per_output_token=self.handle(tpot, attrs),
+            prefill=self.handle(prefill, attrs),
+            decode=self.handle(decode, attrs),
+            inter_token=self.handle(gaps, base_attrs),
         )
 
     def _count(
@@ -329,7 +335,9 @@ class OwnRecorder(Recorder):
         outputs: OutputRecords | None,
     ) -> None:
         records = timings(variant.handles, facts, outcome, end)
-        ids = None if span is None or not span.trace_flags.sampled else (span.span_id, span.trace_id)
+        ids = (
+            None if span is None or not span.trace_flags.sampled else (span.span_id, span.trace_id)
+        )
         add = self.store.add_locked
         with _tally.REQUEST_LOCK:
             self._count(variant, facts, active, outputs)

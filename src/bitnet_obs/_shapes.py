@@ -14,7 +14,7 @@ import contextvars
 import time
 import types
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
-from typing import Any, cast
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -122,8 +122,8 @@ def wrap_gen(
                     else:
                         item = run(send, value)
                         continue
-                    error, thrown = cast(BaseException, thrown), None
-                    item = run(inner.throw, error)  # outside the handler: nothing chained
+                    into, thrown = thrown, None
+                    item = run(inner.throw, into)  # outside the handler: nothing chained
             except StopIteration as stop:
                 return stop.value
         except GeneratorExit as closing:  # the consumer's close(), or garbage collection

@@ -156,4 +156,3 @@ class StreamMeter:
         facts = self.facts
         if self.counts_items and not facts.explicit_output:
             facts.output_tokens += n
-

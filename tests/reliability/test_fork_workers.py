@@ -356,12 +356,12 @@ def held_at_fork() -> dict[str, bool]:
         _instruments,
         _pipeline,
         _provenance,
+        _sampling,
         _selfmon,
         devices,
         health,
         sla,
     )
-    from bitnet_obs import _sampling
     from bitnet_obs.quant import _record
 
     bitnet_obs.configure(prometheus_port=0)

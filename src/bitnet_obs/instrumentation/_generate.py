@@ -146,7 +146,9 @@ class Instrumentation:
             internal_error("hf_prepare", exc)
             return None, None
 
-    def _run(self, original: Callable[..., Any], model: Any, call: GenerateCall, info: _Model) -> Any:
+    def _run(
+        self, original: Callable[..., Any], model: Any, call: GenerateCall, info: _Model
+    ) -> Any:
         inside = _inside.set(True)
         outer = current_inference()
         parent = None

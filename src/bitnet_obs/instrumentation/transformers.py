@@ -25,6 +25,7 @@ from collections.abc import Collection
 from typing import Any
 
 from bitnet_obs import ConfigError, InferenceMonitor
+from bitnet_obs._parsers import Flag, Integer, Maybe, Number, Parser
 from bitnet_obs.instrumentation._options import Options
 
 try:
@@ -38,6 +39,12 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
     ) from None
 
 __all__ = ["TransformersInstrumentor"]
+
+_FLAG = Flag()
+#: None: BITNET_OBS_QUANT_SAMPLE_RATE
+_RATE: Parser[float | None] = Maybe(Number(0.0, 1.0))
+#: layers checked per sampled call; None: all of them (a model has a few hundred at most)
+_LAYERS: Parser[int | None] = Maybe(Integer(1, 100_000))
 
 _OPTIONS = (
     "operation",
@@ -119,31 +126,16 @@ def _options(kwargs: dict[str, Any]) -> Options:
     InferenceMonitor(
         operation=operation, provider=provider, server_address=address, server_port=port
     )
-    for flag in ("layer_fidelity", "weight_accuracy"):
-        if not isinstance(kwargs.get(flag, True), bool):
-            raise ConfigError(f"{flag}={kwargs[flag]!r} is not valid; accepted: True or False")
-    rate = kwargs.get("fidelity_sample_rate")
-    if rate is not None and (
-        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0
-    ):
-        raise ConfigError(
-            f"fidelity_sample_rate={rate!r} is not valid; accepted: None (use "
-            "BITNET_OBS_QUANT_SAMPLE_RATE) or a number in [0, 1]"
-        )
-    layers = kwargs.get("fidelity_layers", 1)
-    if layers is not None and (
-        isinstance(layers, bool) or not isinstance(layers, int) or layers < 1
-    ):
-        raise ConfigError(
-            f"fidelity_layers={layers!r} is not valid; accepted: an int >= 1, or None for all"
-        )
+    # the same bounded parsers as every setting (bitnet_obs._parsers): same ranges, same words
     return Options(
         operation=operation,
         provider=provider,
-        layer_fidelity=kwargs.get("layer_fidelity", True),
-        fidelity_sample_rate=None if rate is None else float(rate),
-        fidelity_layers=layers,
-        weight_accuracy=kwargs.get("weight_accuracy", True),
+        layer_fidelity=_FLAG.check("layer_fidelity", kwargs.get("layer_fidelity", True)),
+        fidelity_sample_rate=_RATE.check(
+            "fidelity_sample_rate", kwargs.get("fidelity_sample_rate")
+        ),
+        fidelity_layers=_LAYERS.check("fidelity_layers", kwargs.get("fidelity_layers", 1)),
+        weight_accuracy=_FLAG.check("weight_accuracy", kwargs.get("weight_accuracy", True)),
         server_address=address,
         server_port=port,
     )
