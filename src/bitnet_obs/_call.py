@@ -22,12 +22,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind
 
-from bitnet_obs import _config, _context, _instruments, _queue
+from bitnet_obs import _config, _instruments, _queue
 from bitnet_obs import _semconv as sc
 from bitnet_obs._attributes import finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
 from bitnet_obs._facts import OK, RequestFacts, outcome_of
+from bitnet_obs._placement import Placement
 from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._site import Site
 from bitnet_obs._span import CONTENT_LIMIT, annotate, clip, prompt_text
@@ -123,23 +124,17 @@ class Outside(Reporter):
 OUTSIDE = Outside()
 
 
-class Call(Reporter):
+class Call(Placement, Reporter):
     """One request in flight; built when its monitored call starts (span started, counted
-    active), ended once by :meth:`end`."""
+    active), ended once by :meth:`end`. Where it is current is :class:`Placement`'s job."""
 
     __slots__ = (
         "_counted",
-        "_done",
-        "_otel_token",
         "context",
         "facts",
         "meter",
-        "otel_before",
-        "otel_ctx",
-        "parent",
         "recorder",
         "site",
-        "span",
         "watch",
     )
 
@@ -152,14 +147,14 @@ class Call(Reporter):
         #: the recorder in force when the call started: the call records there
         recorder = self.recorder = _instruments.RECORDER or _instruments.recorder()
         facts = self.facts = RequestFacts(time.perf_counter(), site.device, site.priority)
-        self.span: Span | None = None
+        self.span = None
         self.context: SpanContext | None = None  # the span's, while the call runs
         self.meter: StreamMeter | None = None
         self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
-        self.parent: InferenceContext | None = None
-        self._otel_token: object = None
-        self.otel_before: otel_context.Context | None = None
-        self.otel_ctx: otel_context.Context | None = None
+        self.parent = None
+        self._otel_token = None
+        self.otel_before = None
+        self.otel_ctx = None
         try:
             handed = _queue.pending.get()  # this request just left a RequestQueue
             if handed is not None:
@@ -349,40 +344,6 @@ class Call(Reporter):
             if may_hold_ids(item):
                 meter.id_chunk(item)
 
-    def count_result(self, result: Any) -> None:
-        """A returned result's tokens (and ids, judged as the call's whole output)."""
-        site, facts = self.site, self.facts
-        kind = type(result)
-        if (kind is list or kind is tuple) and site.counts_by_default:
-            # ids, or a batch of them: the common answer, with no usage to read
-            first = type(result[0]) if result else None
-            if first is int:
-                n = len(result)
-                if n >= _config.current().degenerate_min_tokens:
-                    outputs().judge_result(self.output_watch(), result)
-            else:
-                n = sequence_count(result)
-                if first is list or first is tuple:
-                    outputs().judge_result(self.output_watch(), result)
-            if not facts.explicit_output:
-                facts.output_tokens += n
-            return
-        try:
-            if site.count_output is not None:
-                self._add_counted("count_output", site.count_output(result), output=True)
-            elif not facts.explicit_output:
-                facts.output_tokens += default_output_count(result) or 0
-            if site.count_input is not None:
-                self._add_counted("count_input", site.count_input(result), output=False)
-            elif not facts.explicit_input:
-                facts.input_tokens += default_input_count(result) or 0
-            if facts.response is None and isinstance(result, str) and site.capture():
-                facts.response = [clip(result)]
-        except Exception as exc:
-            internal_error("token_counter", _config.loggable(exc), f"{describe(result)} result")
-        if may_hold_ids(result) and not _short_ids(result):
-            outputs().judge_result(self.output_watch(), result)
-
     def _add_counted(self, where: str, value: object, output: bool) -> None:
         count = as_count(value)
         if count is None:
@@ -425,7 +386,7 @@ class Call(Reporter):
             return
         try:
             if exc is None and not counted:
-                self.count_result(result)
+                count_result(self, result)
             end = time.perf_counter()
             outcome = OK if exc is None else outcome_of(exc)
             facts, site, span, recorder = self.facts, self.site, self.span, self.recorder
@@ -470,54 +431,41 @@ class Call(Reporter):
         if self._counted is not None:
             self._release()
 
-    # ----- where the call is current -----
-    def detach(self) -> None:
-        """Take the span off the context it was attached to (the call goes on elsewhere)."""
-        token, self._otel_token = self._otel_token, None
-        if token is not None:
-            # a try, not contextlib.suppress: this runs once per traced request
-            try:  # noqa: SIM105
-                otel_context.detach(token)  # type: ignore[arg-type]
-            except Exception:  # from another context: the SDK logs it
-                pass
 
-    def enter(self) -> None:
-        """Make this the current call (a stream's own context, a ``with`` block)."""
-        self.parent = _context.current.get()
-        _context.current.set(self)
-
-    def leave(self) -> None:
-        """Stop being the current call, even when calls ended out of order (interleaved
-        generators): the current call becomes the nearest one still open."""
-        if _context.current.get() is self:
-            parent = self.parent
-            while isinstance(parent, Call) and parent._done:
-                parent = parent.parent
-            _context.current.set(parent)
-
-    def enter_shared(self) -> None:
-        """Make this the current call and span in a context other calls share (``with``
-        blocks, which generators may interleave): see :meth:`leave_shared`."""
-        self.enter()
-        before = otel_context.get_current()
-        self.otel_before = before
-        if self.span is not None:
-            self.otel_ctx = trace.set_span_in_context(self.span, before)
-            otel_context.attach(self.otel_ctx)
-
-    def leave_shared(self) -> None:
-        """Undo :meth:`enter_shared` in any order: a token reset would bring back whatever span
-        was current at enter, even one whose block ended meanwhile; instead the nearest open
-        enclosing call's span (else what was current before the first of them) becomes
-        current, and only when this call's is current now."""
-        self.leave()
-        if self.otel_ctx is None or otel_context.get_current() is not self.otel_ctx:
-            return
-        target, parent = self.otel_before, self.parent
-        while isinstance(parent, Call) and parent._done:
-            target, parent = parent.otel_before, parent.parent
-        if target is not None:
-            otel_context.attach(target)
+def count_result(call: Call, result: Any) -> None:
+    """A returned result's tokens by the site's counters, else by default (ids, counts,
+    ``usage``); its ids judged as the call's whole output; a str kept when capturing."""
+    site, facts = call.site, call.facts
+    kind = type(result)
+    if (kind is list or kind is tuple) and site.counts_by_default:
+        # ids, or a batch of them: the common answer, with no usage to read
+        first = type(result[0]) if result else None
+        if first is int:
+            n = len(result)
+            if n >= _config.current().degenerate_min_tokens:
+                outputs().judge_result(call.output_watch(), result)
+        else:
+            n = sequence_count(result)
+            if first is list or first is tuple:
+                outputs().judge_result(call.output_watch(), result)
+        if not facts.explicit_output:
+            facts.output_tokens += n
+        return
+    try:
+        if site.count_output is not None:
+            call._add_counted("count_output", site.count_output(result), output=True)
+        elif not facts.explicit_output:
+            facts.output_tokens += default_output_count(result) or 0
+        if site.count_input is not None:
+            call._add_counted("count_input", site.count_input(result), output=False)
+        elif not facts.explicit_input:
+            facts.input_tokens += default_input_count(result) or 0
+        if facts.response is None and isinstance(result, str) and site.capture():
+            facts.response = [clip(result)]
+    except Exception as exc:
+        internal_error("token_counter", _config.loggable(exc), f"{describe(result)} result")
+    if may_hold_ids(result) and not _short_ids(result):
+        outputs().judge_result(call.output_watch(), result)
 
 
 def may_hold_ids(value: Any) -> bool:
