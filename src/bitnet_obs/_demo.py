@@ -31,6 +31,7 @@ import numpy.typing as npt
 import bitnet_obs
 from bitnet_obs import crossval, quant, runtime, sla
 from bitnet_obs._instruments import FALLBACKS, REQUESTS, TOKENS
+from bitnet_obs._semconv import TOKEN_TYPE
 
 MODEL = "bitnet-demo-tiny"
 
@@ -335,7 +336,7 @@ def _prompt(rng: random.Random, model: TinyBitNet) -> list[int]:
 
 def _summary(stats: _Stats, started: float, canary: crossval.Canary | None = None) -> str:
     requests = REQUESTS
-    tokens = TOKENS.value(**{"gen_ai.token.type": "output"})
+    tokens = TOKENS.value(**{TOKEN_TYPE: "output"})
     elapsed = max(time.monotonic() - started, 1e-9)
     return (
         f"requests {requests.value():6d} "

@@ -109,9 +109,9 @@ def overview() -> list[Panel]:
             "Tokens/s (service)",
             [
                 (
-                    "sum by (gen_ai_token_type) "
+                    "sum by (bitnet_token_type) "
                     f"(instance_model_type:bitnet_inference_tokens:rate5m{{{REQ}}})",
-                    "{{gen_ai_token_type}}",
+                    "{{bitnet_token_type}}",
                 )
             ],
             unit="short",
