@@ -777,7 +777,7 @@ def correctness() -> list[Panel]:
 
 MODEL = 'gen_ai_request_model=~"$model"'  # fleet panels: every replica of the selected models
 ISA = "{{host_arch}} {{bitnet_cpu_simd}} ({{bitnet_cpu_features}})"
-OUTPUT = f'gen_ai_token_type="output", {MODEL}'
+OUTPUT = f'bitnet_token_type="output", {MODEL}'
 SLO_OBJECTIVE = "on (bitnet_slo) group_left () (1 - bitnet:slo_objective:ratio)"
 
 
@@ -815,7 +815,7 @@ def fleet() -> list[Panel]:
             [
                 (
                     f"job_model_type:bitnet_inference_tokens:rate5m{{{MODEL}}}",
-                    "{{job}} {{gen_ai_token_type}}",
+                    "{{job}} {{bitnet_token_type}}",
                 )
             ],
             width=6,
