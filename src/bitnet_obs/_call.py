@@ -401,7 +401,7 @@ class Call(Placement, Reporter):
             recorder.finish(variant, facts, outcome, end, self.context, active, records)
             if span is not None and span.is_recording():
                 shown = None if records is None else records.span_attributes
-                annotate(span, facts, outcome, site.capture(), shown)
+                annotate(span, facts, outcome, site.capture, shown)
         except Exception as error:  # e.g. RecursionError at the bottom of a deep recursion
             with contextlib.suppress(Exception):
                 internal_error("finish", error)

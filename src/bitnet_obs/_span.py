@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
@@ -41,10 +41,11 @@ def annotate(
     span: Span,
     facts: RequestFacts,
     outcome: Outcome,
-    capture: bool,
+    capture: Callable[[], bool],
     outputs: Mapping[str, AttrValue] | None,
 ) -> None:
-    """What the request learned, on its (recording) span; ``outputs``: its judged outputs."""
+    """What the request learned, on its (recording) span; ``outputs``: its judged outputs;
+    ``capture``: whether content may go on it (asked only for an exception)."""
     extra: dict[str, AttrValue] = {}
     if facts.input_tokens:
         extra[sc.USAGE_INPUT_TOKENS] = facts.input_tokens
@@ -69,7 +70,7 @@ def annotate(
     exc = outcome.exception
     if exc is not None and outcome.kind == "error":
         event: dict[str, AttrValue] = {"exception.type": outcome.error_type}
-        if capture:  # messages and stacks may quote the prompt: opt-in, clipped
+        if capture():  # messages and stacks may quote the prompt: opt-in, clipped
             event["exception.message"] = clip(str(exc))
             stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             event["exception.stacktrace"] = clip(stack)
