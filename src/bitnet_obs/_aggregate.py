@@ -27,7 +27,7 @@ import struct
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, NamedTuple
@@ -159,8 +159,7 @@ class Store:
     def record_many(self, items: Sequence[tuple[Cell, float]], span: SpanIds) -> None:
         """Several records under one lock acquisition (the end of a request)."""
         with self.lock:
-            for cell, value in items:
-                self.add_locked(cell, value, span)
+            self.add_many_locked(items, span)
 
     def add_gaps(self, cell: Cell, stamps: Sequence[float], span: SpanIds) -> None:
         """The gaps between consecutive ``stamps`` as records of ``cell`` (a stream's
@@ -168,8 +167,7 @@ class Store:
         if len(stamps) < _VECTOR_GAPS:
             gaps = [b - a for a, b in pairwise(stamps)]
             with self.lock:
-                for gap in gaps:
-                    self.add_locked(cell, gap, span)
+                self.add_many_locked([(cell, gap) for gap in gaps], span)
             return
         import numpy as np  # loaded by the first long stream only
 
@@ -198,22 +196,28 @@ class Store:
                     cell.exemplars[i] = (self.seq, value, now, span)
 
     def add_locked(self, cell: Cell, value: float, span: SpanIds) -> None:
-        """One record by a caller that holds :data:`~bitnet_obs._tally.REQUEST_LOCK`.
-        Negative values are dropped, as the SDK drops them."""
-        if value < 0:
-            return
-        if not cell.live:
-            cell = self._admit(cell)
-        i = bisect_left(cell.bounds, value)
-        cell.counts[i] += 1
-        cell.sum += value
-        if value < cell.min:
-            cell.min = value
-        if value > cell.max:
-            cell.max = value
-        if self.exemplars_on and (span is not None or self.always):
-            self.seq += 1
-            cell.exemplars[i] = (self.seq, value, time.time_ns(), span)
+        """One record by a caller that holds :data:`~bitnet_obs._tally.REQUEST_LOCK`."""
+        self.add_many_locked(((cell, value),), span)
+
+    def add_many_locked(self, records: Iterable[tuple[Cell, float]], span: SpanIds) -> None:
+        """Records of one request by a caller that holds the lock. Negative values are
+        dropped, as the SDK drops them."""
+        offer = self.exemplars_on and (span is not None or self.always)
+        for cell, value in records:
+            if value < 0:
+                continue
+            if not cell.live:
+                cell = self._admit(cell)
+            i = bisect_left(cell.bounds, value)
+            cell.counts[i] += 1
+            cell.sum += value
+            if value < cell.min:
+                cell.min = value
+            if value > cell.max:
+                cell.max = value
+            if offer:
+                self.seq += 1
+                cell.exemplars[i] = (self.seq, value, time.time_ns(), span)
 
     def snapshot(self, since_seq: int) -> tuple[dict[str, list[Point]], int]:
         """Every cell as a point (exemplars offered after ``since_seq`` only), and the sequence

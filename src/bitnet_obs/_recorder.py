@@ -224,18 +224,33 @@ class Recorder:
         active: AttrKey | None,
         outputs: OutputRecords | None,
     ) -> None:
-        """The request's counts; call with REQUEST_LOCK held."""
+        """The request's counts; call with REQUEST_LOCK held (the series are updated in place:
+        a method call per update cost a tenth of a request)."""
         requests, tokens, active_tally, degenerate = self.tallies
-        requests.add_locked(variant.req_key, 1)
-        if facts.input_tokens:
-            tokens.add_locked(variant.in_key, facts.input_tokens)
-        if facts.output_tokens:
-            tokens.add_locked(variant.out_key, facts.output_tokens)
+        try:
+            requests.series[variant.req_key] += 1
+        except KeyError:
+            requests.add_new(variant.req_key, 1)
+        n = facts.output_tokens
+        if n:
+            try:
+                tokens.series[variant.out_key] += n
+            except KeyError:
+                tokens.add_new(variant.out_key, n)
+        n = facts.input_tokens
+        if n:
+            try:
+                tokens.series[variant.in_key] += n
+            except KeyError:
+                tokens.add_new(variant.in_key, n)
         if active is not None:
-            active_tally.add_locked(active, -1)
+            try:
+                active_tally.series[active] -= 1
+            except KeyError:
+                active_tally.add_new(active, -1)
         if outputs is not None:
-            for key, n in outputs.counts:
-                degenerate.add_locked(key, n)
+            for key, count in outputs.counts:
+                degenerate.add_locked(key, count)
 
     def _after(
         self,
@@ -338,14 +353,11 @@ class OwnRecorder(Recorder):
         ids = (
             None if span is None or not span.trace_flags.sampled else (span.span_id, span.trace_id)
         )
-        add = self.store.add_locked
+        if outputs is not None:
+            records.extend(outputs.records)
         with _tally.REQUEST_LOCK:
             self._count(variant, facts, active, outputs)
-            for cell, value in records:
-                add(cell, value, ids)
-            if outputs is not None:
-                for cell, value in outputs.records:
-                    add(cell, value, ids)
+            self.store.add_many_locked(records, ids)
         if variant.usage or _context.observers:
             self._after(variant, facts, outcome, end, span)
 

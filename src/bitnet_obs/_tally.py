@@ -60,14 +60,16 @@ def _key(key: Iterable[tuple[str, AttrValue]]) -> AttrKey:
 class Tally:
     """Totals per attribute set, safe under threads; reset in a forked child."""
 
-    __slots__ = ("__weakref__", "_lock", "_values", "limit", "name", "overflowed", "shared")
+    __slots__ = ("__weakref__", "_lock", "limit", "name", "overflowed", "series", "shared")
 
     def __init__(self, name: str, limit: int = 2000, shared: bool = False) -> None:
         self.name = name
         self.limit = limit
         self.shared = shared  # uses REQUEST_LOCK
         self._lock = REQUEST_LOCK if shared else threading.Lock()
-        self._values: dict[AttrKey, int] = {}
+        #: the totals by attribute key; update them with the lock held (``add_new`` for a
+        #: key not there yet, which applies the limit)
+        self.series: dict[AttrKey, int] = {}
         self.overflowed = 0
         _ALL.add(self)
 
@@ -75,25 +77,25 @@ class Tally:
         if type(key) is not frozenset:
             key = _key(key)
         with self._lock:
-            values = self._values
+            values = self.series
             if key in values:
                 values[key] += amount
             else:
-                self._add_new(key, amount)
+                self.add_new(key, amount)
 
     def declare(self, key: Iterable[tuple[str, AttrValue]]) -> None:
         """Report this series at 0 until its first event (so ``rate()`` sees that event)."""
         key = _key(key)
         with self._lock:
-            if key not in self._values and len(self._values) < self.limit:
-                self._values[key] = 0
+            if key not in self.series and len(self.series) < self.limit:
+                self.series[key] = 0
 
     def add_if_positive(self, key: Iterable[tuple[str, AttrValue]], amount: int) -> bool:
         """Subtract ``-amount`` only while the series stays >= 0 (e.g. unloading a model that
         was never loaded must not go negative); False when refused."""
         key = _key(key)
         with self._lock:
-            if self._values.get(key, 0) + amount < 0:
+            if self.series.get(key, 0) + amount < 0:
                 return False
             self._add_locked(key, amount)
             return True
@@ -107,23 +109,23 @@ class Tally:
 
     def add_locked(self, key: AttrKey, amount: int) -> None:
         """``add`` for a caller that holds REQUEST_LOCK (a shared tally only)."""
-        values = self._values
+        values = self.series
         if key in values:
             values[key] += amount
         else:
-            self._add_new(key, amount)
+            self.add_new(key, amount)
 
     def _add_locked(self, key: AttrKey, amount: int) -> None:
-        values = self._values
+        values = self.series
         if key in values:
             values[key] += amount
         else:
-            self._add_new(key, amount)
+            self.add_new(key, amount)
 
-    def _add_new(self, key: AttrKey, amount: int) -> None:
+    def add_new(self, key: AttrKey, amount: int) -> None:
         """A series not seen yet (call with the lock held): kept, or folded into the overflow
         series past the limit."""
-        values = self._values
+        values = self.series
         if len(values) < self.limit:
             values[key] = amount
         else:
@@ -132,7 +134,7 @@ class Tally:
 
     def snapshot(self) -> dict[AttrKey, int]:
         with self._lock:
-            return dict(self._values)
+            return dict(self.series)
 
     def value(self, **attributes: AttrValue) -> int:
         """Sum of the series whose attributes include the given ones (for tests and the demo)."""
@@ -146,14 +148,14 @@ class Tally:
 
     def reset(self) -> None:
         with self._lock:
-            self._values.clear()
+            self.series.clear()
             self.overflowed = 0
 
     def _after_fork(self) -> None:
         # The parent's lock may have been held by another thread at fork time, and its
         # totals belong to the parent's own series: start clean.
         self._lock = REQUEST_LOCK if self.shared else threading.Lock()
-        self._values = {}
+        self.series = {}
         self.overflowed = 0
 
 
