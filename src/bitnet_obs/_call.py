@@ -164,7 +164,7 @@ class Call(Placement, Reporter):
             if spans is not None:
                 span = spans.start_span(site.span_name, kind=_INTERNAL, attributes=site.attrs)
                 context = span.get_span_context()
-                if context.is_valid:
+                if recorder.valid_spans or context.is_valid:
                     self.span, self.context = span, context
                     if handed is not None and span.is_recording():
                         wait, priority = handed
@@ -399,9 +399,12 @@ class Call(Placement, Reporter):
                 records = outputs().records(variant, watch, outcome.kind == "ok")
             active, self._counted = self._counted, None
             recorder.finish(variant, facts, outcome, end, self.context, active, records)
-            if span is not None and span.is_recording():
-                shown = None if records is None else records.span_attributes
-                annotate(span, facts, outcome, site.capture, shown)
+            if span is not None:
+                if span.is_recording():
+                    shown = None if records is None else records.span_attributes
+                    annotate(span, facts, outcome, site.capture, shown)
+                else:  # an unsampled span: its end() does nothing, so it is not called
+                    self.span = None
         except Exception as error:  # e.g. RecursionError at the bottom of a deep recursion
             with contextlib.suppress(Exception):
                 internal_error("finish", error)

@@ -165,6 +165,9 @@ class Recorder:
         self.tallies = tallies
         self.token_usage = token_usage
         self.spans = spans
+        #: the SDK's tracer makes valid spans only (a proxy or another API implementation
+        #: may hand out the invalid span: those are checked per call)
+        self.valid_spans = type(spans).__module__.startswith("opentelemetry.sdk.")
 
     # ----- what differs between the two -----
     def handle(self, instrument: HistogramSpec, attributes: Mapping[str, AttrValue]) -> Handle:
