@@ -16,7 +16,8 @@ per byte in order ``(i, j, a, c, b)`` with the four 8-byte groups of each 32 byt
 0, 2, 1, 3; then the sign bits (``v < 0``) 16 per little-endian uint16 in order
 ``(i, j, a, c, y)`` holding triple ``q = j*BK/3 + c*8 + x // 2`` of row ``b = (x % 2)*16 + y``
 at bit ``15 - x``; then the K remainder (``K % BK``, a multiple of 32) as TL1 pairs tiled with
-BK = 32, bm = 32 and the same group order; then zeros up to the converter's size formula.
+BK = 32, bm = 32 and the same group order; then zeros up to the converter's size formula.  A
+tensor with K < BK has no 3-weight part: the converter writes its whole K as that remainder.
 
 The scale is not part of these bytes in the GGUF file: the converter writes it as a separate
 float32 tensor ``<name>_scale`` right after, which GGUF's 32-byte alignment places exactly where
@@ -154,15 +155,17 @@ def _tl1_geometry(shape: tuple[int, int], cfg: KernelConfig, fmt: str = "TL1") -
 
 
 def _tl2_split(shape: tuple[int, int], cfg: KernelConfig) -> tuple[int, int]:
+    """(three_k, two_k) as the converter splits K.  K < BK is packed as the converter packs it:
+    no 3-weight groups at all (``three_k = 0``), every column a TL1-style pair."""
     m, k = shape
     bm, bk, bmm = cfg
     _require(min(cfg) > 0, "TL2", shape, cfg, "positive bm, bk and bmm")
     _require(bmm == _TL2_BM, "TL2", shape, cfg, "bmm == 32 (codegen_tl2.py)")
     _require(m % bm == 0 and bm % _TL2_BM == 0, "TL2", shape, cfg, "M % bm == 0, bm % 32 == 0")
-    _require(bk % 24 == 0, "TL2", shape, cfg, "bk % 24 == 0 (3-weight groups, 16 sign bits)")
     three_k = k // bk * bk
+    if three_k:  # the 3-weight tiles: groups of 3, 16 sign bits per uint16
+        _require(bk % 24 == 0, "TL2", shape, cfg, "bk % 24 == 0 (3-weight groups, 16 sign bits)")
     _require((k - three_k) % 32 == 0, "TL2", shape, cfg, "(K % bk) % 32 == 0")
-    _require(three_k > 0, "TL2", shape, cfg, "K >= bk")
     return three_k, k - three_k
 
 
@@ -385,7 +388,8 @@ def pack_tl2(codes: object, scale: object, config: Tiling) -> bytes:
     K splits into ``three_k = K // bk * bk`` columns of 3-weight groups (4-bit magnitudes, two
     per byte, then sign bits, 16 per uint16) and a remainder of TL1 pairs; the converter pads
     the whole to ``(K-256)*M//3*5//8 + 256*M//2*4//8`` bytes.  Needs bmm == 32, M % bm == 0,
-    bk % 24 == 0 and (K % bk) % 32 == 0 (codegen_tl2.py's rules).  Returns
+    bk % 24 == 0 (when K >= bk) and (K % bk) % 32 == 0 (codegen_tl2.py's rules); K < bk is all
+    remainder, as the converter writes it.  Returns
     :func:`packed_nbytes` ``("tl2", shape)`` bytes, the scale in the last 32.
 
     >>> data = pack_tl2(np.ones((160, 256), np.int8), 0.5, KernelConfig(160, 96, 32))
