@@ -453,7 +453,8 @@ def test_thresholds_from_env() -> None:
             "BITNET_OBS_DEGENERATE_CYCLE_SPAN": "",
         }
     )
-    assert (th.repeat_run, th.min_distinct_fraction, th.window, th.cycle_span) == (64, 0.1, 128, 192)
+    got = (th.repeat_run, th.min_distinct_fraction, th.window, th.cycle_span)
+    assert got == (64, 0.1, 128, 192)
     with pytest.raises(ConfigError, match=r"BITNET_OBS_DEGENERATE_WINDOW='x' is not valid; acc"):
         thresholds_from_env({"BITNET_OBS_DEGENERATE_WINDOW": "x"})
     with pytest.raises(ConfigError, match="BITNET_OBS_DEGENERATE_MIN_TOKENS='0' is not valid"):

@@ -459,7 +459,7 @@ def test_packed_weights_with_zero_rows_have_a_defined_row(
     }
     text = json.dumps(header).encode()
     path.write_bytes(len(text).to_bytes(8, "little") + text + np.float32(2).tobytes())
-    status, out, err, report, _ = _report(capsys, path, tmp_path)
+    status, _, err, report, _ = _report(capsys, path, tmp_path)
     assert status == 0, err
     assert report is not None
     assert _rows(report)["l.q_proj.weight"]["reason"] == "empty (shape 0x256): no values"
@@ -563,7 +563,7 @@ def test_a_projection_of_an_unknown_type_is_exit_2(
         tmp_path / "u.gguf",
         [("blk.0.attn_q.weight", (4, 256), 99, b""), ("token_embd.weight", (4, 8), 99, b"")],
     )
-    status, out, err, report, _ = _report(capsys, path, tmp_path)
+    status, _, err, report, _ = _report(capsys, path, tmp_path)
     assert status == 2 and "could not be read" in err
     assert report is not None and report["summary"]["exit_status"] == 2
     rows = _rows(report)
@@ -577,10 +577,11 @@ def test_metadata_and_names_never_reach_the_terminal_or_page_raw(
     evil = "bitnet\x1b]0;owned\x07\x1b[2J\r\x9b31m"
     path = cp.raw_gguf(
         tmp_path / "e.gguf",
-        [(f"blk.0.attn_q.weight\x1b[1A{evil}", (4, 128), _F32, bytes(4 * 4 * 128))],
+        [(f"blk.0.attn_q.weight\x1b[1A{evil}", (4, 128), _F32, np.ones(512, "<f4").tobytes())],
         metadata={"general.architecture": evil, "general.name": evil},
     )
     status, out, err, report, page = _report(capsys, path, tmp_path, "--all")
+    assert status == 0, err
     _clean(out, err, page)
     assert "architecture bitnet\\x1b]0;owned\\x07\\x1b[2J\\x0d\\x9b31m" in out
     assert report is not None and report["notes"][0] == f"architecture {evil}"

@@ -7,7 +7,6 @@ import re
 import threading
 import time
 import weakref
-from typing import Any
 
 from bitnet_obs import _state, health
 from bitnet_obs._candidate import Failure, FailureKind, Runner
@@ -180,7 +179,7 @@ class Canary:
             return failed_report(self.golden, stuck, self._judge.model)
         try:
             return run(self.candidate, self.golden, self.reference, self._runner, self._judge)
-        except BaseException as exc:  # noqa: BLE001 - a run that cannot run is a failing run
+        except BaseException as exc:
             if not isinstance(exc, Exception):
                 internal_error("canary", RuntimeError(type(exc).__name__), f"{self.name!r} run")
             else:

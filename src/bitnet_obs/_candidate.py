@@ -122,14 +122,14 @@ def _array(value: Any, who: str, what: str, ndim: int, kinds: str) -> npt.NDArra
     try:
         a = np.asarray(value)
     except Exception as exc:
-        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {what} of type "
-                   f"{type(value).__name__}") from exc  # fmt: skip
+        what_type = type(value).__name__
+        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {what} of type {what_type}") from exc
     if a.ndim == ndim + 1 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != ndim or (a.size and a.dtype.kind not in kinds):
         shape = f"{a.ndim}-D {a.dtype} {tuple(a.shape)}"
-        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {what} {shape}; accepted: "
-                   f"{_ACCEPTED[what]}")  # fmt: skip
+        accepted = _ACCEPTED[what]
+        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {what} {shape}; accepted: {accepted}")
     return a
 
 
@@ -145,26 +145,30 @@ def _ids(value: Any, who: str, max_new: int, vocab: int | None) -> npt.NDArray[n
         raise _Bad(FailureKind.OUT_OF_RANGE, f"{who} returned a token id beyond int64")
     ids = a.astype(np.int64)
     if ids.shape[0] > max_new:
-        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {ids.shape[0]} ids for "
-                   f"max_new_tokens={max_new} (return the new ids only, not the prompt)")  # fmt: skip
+        raise _Bad(
+            FailureKind.BAD_OUTPUT,
+            f"{who} returned {ids.shape[0]} ids for max_new_tokens={max_new} (return the new "
+            "ids only, not the prompt)",
+        )
     if ids.size:
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or (vocab is not None and high >= vocab):
             bad = low if low < 0 else high
             limit = f"0..{vocab - 1}" if vocab is not None else "ids >= 0"
-            raise _Bad(FailureKind.OUT_OF_RANGE, f"{who} returned token id {bad}; accepted: "
-                       f"{limit}")  # fmt: skip
+            detail = f"{who} returned token id {bad}; accepted: {limit}"
+            raise _Bad(FailureKind.OUT_OF_RANGE, detail)
     return ids
 
 
 def _logits(value: Any, who: str, vocab: int | None) -> npt.NDArray[np.floating[Any]]:
     a = _array(value, who, "logits", 2, "f")
     if a.dtype.kind != "f" or a.shape[1] < 2:
-        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned logits {a.dtype} {tuple(a.shape)}; "
-                   f"accepted: {_ACCEPTED['logits']}")  # fmt: skip
+        shape = f"{a.dtype} {tuple(a.shape)}"
+        accepted = _ACCEPTED["logits"]
+        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned logits {shape}; accepted: {accepted}")
     if vocab is not None and a.shape[1] != vocab:
-        raise _Bad(FailureKind.BAD_OUTPUT,
-                   f"{who} returned logits of vocab {a.shape[1]}, the golden {vocab}")  # fmt: skip
+        detail = f"{who} returned logits of vocab {a.shape[1]}, the golden {vocab}"
+        raise _Bad(FailureKind.BAD_OUTPUT, detail)
     with np.errstate(all="ignore"):
         finite = bool(np.isfinite(a).all())
     if not finite:
@@ -180,8 +184,8 @@ def _judge_shape(result: Any, who: str, max_new: int, vocab: int | None) -> tupl
         and not isinstance(result[0], int | np.integer)
     ):
         ids, logits = result
-        return _ids(ids, who, max_new, vocab), (None if logits is None else _logits(logits, who,
-                                                                                    vocab))  # fmt: skip
+        checked = None if logits is None else _logits(logits, who, vocab)
+        return _ids(ids, who, max_new, vocab), checked
     return _ids(result, who, max_new, vocab), None
 
 
@@ -232,7 +236,7 @@ class Runner:
         started = time.perf_counter()
         try:
             box.value = fn(prompt, max_new)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt of user code
+        except BaseException as exc:
             box.error = exc
         finally:
             box.seconds = time.perf_counter() - started

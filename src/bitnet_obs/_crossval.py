@@ -46,6 +46,15 @@ from bitnet_obs.quant import logits_agreement
 Implementation = Callable[[list[int], int], Any]
 
 __all__ = [
+    "AGREEMENT",
+    "KL",
+    "LOGITS_STEPS",
+    "MAX_KL",
+    "MAX_LOGITS_STEPS",
+    "MAX_NEW_TOKENS",
+    "MAX_SECONDS",
+    "NEW_TOKENS",
+    "SECONDS",
     "CandidateError",
     "CaseResult",
     "CrossvalError",
@@ -53,9 +62,13 @@ __all__ = [
     "Failure",
     "FailureKind",
     "Implementation",
+    "Judge",
     "check",
     "emit_metrics",
+    "failed_report",
+    "judge",
     "record",
+    "run",
 ]
 
 #: Bounds of every number cross-validation takes (the canary and the CLI use the same ones).

@@ -109,7 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _quant_report.run(args)
     if args.command == "demo":
         from bitnet_obs import _demo
-
         from bitnet_obs._commands import guarded
 
         return guarded(

@@ -218,8 +218,7 @@ def render_html(report: Report) -> str:
     head += [f'<p class="note">{_e(n)}</p>' for n in report.notes]
     if opts.reference:
         head.append(
-            f'<p class="note">reference: {_e(opts.reference)} '
-            f"({_e(report.reference_format)})</p>"
+            f'<p class="note">reference: {_e(opts.reference)} ({_e(report.reference_format)})</p>'
         )
     # summary lines are escaped for the terminal already (printable): HTML escaping only
     head += [f'<p class="note"><b>{html.escape(line)}</b></p>' for line in summary_lines(report)]

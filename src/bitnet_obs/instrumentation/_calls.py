@@ -3,9 +3,10 @@
 Input tokens come from ``input_ids`` (or ``inputs_embeds``) per batch row, without the left
 padding that ``attention_mask`` (or, lacking one, the pad token, as ``generate`` infers it)
 marks; a call with neither starts each row from the BOS token ``generate`` creates, which
-counts as one input token per row and is not output. Output tokens are the new tokens each returned row really got: up to and including its
-first EOS token, never the padding after it. The first token's moment comes from a stopping
-criterion appended to the call, which the decoding loop consults after every new token.
+counts as one input token per row and is not output. Output tokens are the new tokens each
+returned row really got: up to and including its first EOS token, never the padding after it.
+The first token's moment comes from a stopping criterion appended to the call, which the
+decoding loop consults after every new token.
 """
 
 from __future__ import annotations
