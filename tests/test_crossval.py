@@ -643,3 +643,54 @@ def test_corrupted_golden_files_are_a_golden_error_or_a_usable_set(
         report = crossval.check(tiny_model.generate, gs, record_metrics=False)
         assert isinstance(report.passed, bool)
     assert loaded > 5
+
+
+class _HostileAnswer:
+    """An answer whose reading runs code that raises, exits or is interrupted."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise self.exc
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "detail"),
+    [
+        (_HostileAnswer(ValueError("x")), "bad_output", "returned ids of type _HostileAnswer"),
+        (_HostileAnswer(SystemExit(0)), "exited", "SystemExit(0) while its answer was read"),
+        (_HostileAnswer(KeyboardInterrupt()), "interrupted", "while its answer was read"),
+    ],
+)
+def test_an_answer_that_raises_when_read_is_a_failure(
+    golden: GoldenSet, answer: Any, kind: str, detail: str
+) -> None:
+    report = crossval.check(_returning(answer), golden, record_metrics=False)
+    assert report.failure is not None and report.failure.kind.value == kind
+    assert detail in report.reason
+
+
+def test_hostile_exit_codes_and_candidate_details_stay_one_line(golden: GoldenSet) -> None:
+    report = crossval.check(_raising(SystemExit(_BadRepr())), golden, record_metrics=False)
+    assert report.reason == "case 0: the candidate raised SystemExit(_BadRepr)"
+    error = crossval.CandidateError("unavailable", "refused\n\x1b[2Jfake log line")
+    assert error.failure.detail == "refused\\x0a\\x1b[2Jfake log line"
+
+
+def test_a_golden_set_built_in_code_is_checked(golden: GoldenSet) -> None:
+    for bad in (
+        GoldenSet(golden.cases, {"model": "x"}),  # no max_new_tokens
+        GoldenSet((), dict(golden.header)),
+        GoldenSet((crossval.GoldenCase(np.zeros(0, np.int64), np.zeros(1, np.int64)),),
+                  dict(golden.header)),
+    ):  # fmt: skip
+        with pytest.raises(GoldenError, match="golden set: "):
+            crossval.check(tiny_model.generate, bad, record_metrics=False)
+        with pytest.raises(GoldenError, match="golden set: "):
+            crossval.Canary(tiny_model.generate, bad)

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_obs._untrusted import one_line
+
 __all__ = [
     "STOPPING",
     "CandidateError",
@@ -97,7 +99,7 @@ class CandidateError(CrossvalError):
         except ValueError:
             accepted = ", ".join(k.value for k in FailureKind)
             raise ValueError(f"CandidateError kind={kind!r}; accepted: {accepted}") from None
-        self.detail = str(detail)
+        self.detail = one_line(str(detail), 500)  # it reaches logs and /health: one line
         super().__init__(self.detail)
 
     @property
@@ -189,11 +191,19 @@ def _judge_shape(result: Any, who: str, max_new: int, vocab: int | None) -> tupl
     return _ids(result, who, max_new, vocab), None
 
 
+def _code(exc: SystemExit) -> str:
+    """``SystemExit``'s code as shown, whatever object it is (its repr may itself raise)."""
+    try:
+        return one_line(repr(exc.code), 80)
+    except Exception:  # a hostile __repr__
+        return type(exc.code).__name__
+
+
 def _raised(exc: BaseException, who: str) -> Failure:
     if isinstance(exc, CandidateError):
         return exc.failure
     if isinstance(exc, SystemExit):
-        return Failure(FailureKind.EXITED, f"{who} raised SystemExit({exc.code!r})")
+        return Failure(FailureKind.EXITED, f"{who} raised SystemExit({_code(exc)})")
     if isinstance(exc, KeyboardInterrupt):
         return Failure(FailureKind.INTERRUPTED, f"{who} raised KeyboardInterrupt")
     return Failure(FailureKind.RAISED, f"{who} raised {type(exc).__name__}")
@@ -265,10 +275,16 @@ class Runner:
                 )
         if box.error is not None:
             return _raised(box.error, who)
-        try:
+        try:  # reading the answer runs its code too (__array__, __len__, __iter__)
             ids, logits = _judge_shape(box.value, who, max_new, vocab)
         except _Bad as bad:
             return bad.failure
+        except BaseException as exc:  # reading the answer raised, exited or was interrupted
+            if isinstance(exc, SystemExit | KeyboardInterrupt):
+                failure = _raised(exc, who)
+                return Failure(failure.kind, f"{failure.detail} while its answer was read")
+            detail = f"{who} returned an answer that raised {type(exc).__name__} when read"
+            return Failure(FailureKind.BAD_OUTPUT, detail)
         return Outcome(ids, logits, box.seconds)
 
 

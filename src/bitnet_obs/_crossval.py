@@ -38,6 +38,7 @@ from bitnet_obs._golden import (
     GoldenSet,
     load,
     save,
+    usable,
 )
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._version import __version__
@@ -391,7 +392,7 @@ def check(
         report = crossval.check(new_build, "golden.npz", reference=old_build)
         print(report.token_agreement, report.throughput_ratio)
     """
-    gs = golden if isinstance(golden, GoldenSet) else load(golden)
+    gs = usable(golden) if isinstance(golden, GoldenSet) else load(golden)
     if not callable(candidate) or (reference is not None and not callable(reference)):
         raise ConfigError("candidate and reference: accepted: fn(prompt_ids, max_new_tokens)")
     how = judge(min_agreement, max_kl, budget_s, model)

@@ -319,3 +319,16 @@ def test_round_trip_for_every_preset_configuration(
     pack, unpack = (pack_tl1, unpack_tl1) if fmt == "tl1" else (pack_tl2, unpack_tl2)
     out, s = unpack(pack(codes, 0.125, KernelConfig(*cfg)), (bm, k), KernelConfig(*cfg))
     assert s == 0.125 and np.array_equal(out, codes)
+
+
+def test_a_kernel_config_that_is_not_a_small_regular_file_is_refused(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "kernel_config.ini"
+    os.mkfifo(fifo)
+    with pytest.raises(QuantInputError, match="is not a regular file"):
+        read_kernel_config(fifo)  # never waits for a writer
+    big = tmp_path / "big.ini"
+    big.write_bytes(b"#" * ((1 << 20) + 1))
+    with pytest.raises(QuantInputError, match="at most 1048576"):
+        read_kernel_config(big)

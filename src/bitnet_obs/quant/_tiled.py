@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import stat
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -88,8 +89,7 @@ def read_kernel_config(path: str | os.PathLike[str]) -> dict[tuple[int, int], Ke
     """
     parser = configparser.ConfigParser()
     try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
+        parser.read_string(_small_text(path))
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         raise QuantInputError(
             f"cannot read kernel configuration {os.fspath(path)!r} ({exc}); accepted: a "
@@ -112,6 +112,22 @@ def read_kernel_config(path: str | os.PathLike[str]) -> dict[tuple[int, int], Ke
             "kernel_config.ini with [Kernels_N] sections"
         )
     return table
+
+
+_MAX_INI = 1 << 20
+
+
+def _small_text(path: str | os.PathLike[str]) -> str:
+    """A small regular text file: a FIFO or device named as the configuration is refused, not
+    waited on, and a huge file is not read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{os.fspath(path)} is not a regular file")
+        if st.st_size > _MAX_INI:
+            raise OSError(f"{st.st_size} bytes; a kernel_config.ini is at most {_MAX_INI}")
+        return f.read(_MAX_INI).decode("utf-8")
 
 
 def _config(tiling: object, shape: tuple[int, int], fmt: str) -> KernelConfig:
