@@ -37,7 +37,7 @@ ATTRS = {
     "bitnet.device": "cpu",
 }
 OK_ATTRS = dict(ATTRS, **{"bitnet.outcome": "ok"})
-OUT_ATTRS = dict(ATTRS, **{"gen_ai.token.type": "output"})
+OUT_ATTRS = dict(ATTRS, **{"bitnet.token.type": "output"})
 # Same boundaries as the catalogue: the GenAI semantic conventions' duration advice, and
 # 1-2-5 steps for tokens/s.
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
@@ -273,7 +273,7 @@ def prometheus_client_cases() -> dict[str, Timed]:
         "bitnet_inference_requests", "r", [*names, "bitnet_outcome"], registry=registry
     ).labels(*values, "ok")
     tokens = Counter(
-        "bitnet_inference_tokens", "k", [*names, "gen_ai_token_type"], registry=registry
+        "bitnet_inference_tokens", "k", [*names, "bitnet_token_type"], registry=registry
     ).labels(*values, "output")
 
     def call() -> list[int]:

@@ -40,7 +40,7 @@ def populate(models: int) -> None:
     """Every request-path, model-load, fallback and cache instrument, once per model.
 
     One successful streamed request per model: one series per model in every metric, two in
-    those split by ``gen_ai.token.type`` (tokens, token usage).
+    those split by ``bitnet.token.type`` (tokens, token usage).
     """
 
     def stream(n_tokens: int) -> Iterator[int]:

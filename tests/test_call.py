@@ -31,7 +31,7 @@ from bitnet_obs.testing import (
 )
 
 OK = {"bitnet.outcome": "ok"}
-OUT = {"gen_ai.token.type": "output"}
+OUT = {"bitnet.token.type": "output"}
 SECRET = "Dear Dr. Smith, the biopsy shows"
 
 
@@ -277,7 +277,7 @@ def test_kernel_fallback_finish_reason_and_stream_attributes(cap: TelemetryCaptu
             1,
         )
     ]
-    length = {"gen_ai.response.finish_reason": "length", **OK}
+    length = {"bitnet.response.finish_reason": "length", **OK}
     assert cap.value("bitnet.inference.requests", **length) == 2
     span = cap.spans()[-1]
     assert span.attributes is not None
@@ -295,7 +295,7 @@ def test_kernel_fallback_finish_reason_and_stream_attributes(cap: TelemetryCaptu
     before = internal_errors()
     plain()
     assert internal_errors() == before + 2
-    assert cap.value("bitnet.inference.requests", **{"gen_ai.response.finish_reason": "other"})
+    assert cap.value("bitnet.inference.requests", **{"bitnet.response.finish_reason": "other"})
     assert cap.spans()[-1].attributes["gen_ai.request.stream"] is False  # type: ignore[index]
     with pytest.raises(bitnet_obs.ConfigError, match="kernel="):
         monitored_inference(model="m", kernel="AVX 2")

@@ -36,6 +36,8 @@ def _exposition() -> str:
         OTEL_EXPORTER_OTLP_TIMEOUT="300",
         BITNET_OBS_QUANT_SAMPLE_RATE="1",
         BITNET_OBS_QUANT_BUDGET="1",
+        # 0.1's names too, so that they are recorded (and promtool-checked) as well
+        BITNET_OBS_SEMCONV_STABILITY_OPT_IN="gen_ai_latest/dup",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests._support.everything"],
@@ -85,7 +87,8 @@ def test_every_instrument_once_promtool_clean_and_attributes_declared() -> None:
     for inst in CATALOGUE:
         name = _family(inst)
         assert name in families, f"{inst.name} ({inst.prometheus_name}) was never recorded"
-        declared = {label_name(a) for a in inst.attributes} | {"otel_metric_overflow"}
+        declared = {label_name(a) for a in (*inst.attributes, *inst.renamed.values())}
+        declared.add("otel_metric_overflow")
         for sample in families[name].samples:
             extra = set(sample.labels) - declared - {"le"}
             assert not extra, f"{inst.name} records undeclared attributes {sorted(extra)}"

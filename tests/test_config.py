@@ -211,6 +211,7 @@ def test_every_documented_variable_is_parsed(tmp_path: Path) -> None:
         "OTEL_TRACES_SAMPLER_ARG": "0.5",
         "BITNET_OBS_SERVER": "on",
         "BITNET_OBS_CAPTURE_CONTENT": "true",
+        "BITNET_OBS_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest/dup",
         "BITNET_OBS_CARDINALITY_LIMIT": "3",
         "BITNET_OBS_QUANT_SAMPLE_RATE": "0.3",
         "BITNET_OBS_QUANT_BUDGET": "0.3",

@@ -22,8 +22,8 @@ from bitnet_obs.testing import TelemetryCapture, capture_telemetry
 OK = {"bitnet.outcome": "ok"}
 ERR = {"bitnet.outcome": "error"}
 CANCELLED = {"bitnet.outcome": "cancelled"}
-OUT = {"gen_ai.token.type": "output"}
-IN = {"gen_ai.token.type": "input"}
+OUT = {"bitnet.token.type": "output"}
+IN = {"bitnet.token.type": "input"}
 
 
 @pytest.fixture
@@ -425,8 +425,16 @@ def test_client_token_usage_is_opt_in(cap: TelemetryCapture) -> None:
         return {"usage": {"prompt_tokens": 5, "completion_tokens": 8}}
 
     f()
-    assert cap.points("gen_ai.client.token.usage", **IN)[0].sum == 5
-    assert cap.points("gen_ai.client.token.usage", **OUT)[0].sum == 8
+    assert cap.points("gen_ai.client.inference.operation.input_tokens")[0].sum == 5
+    assert cap.points("gen_ai.client.inference.operation.output_tokens")[0].sum == 8
+
+    @monitored_inference(model="n")
+    def g() -> Any:
+        return {"usage": {"prompt_tokens": 5, "completion_tokens": 8}}
+
+    g()
+    model = {"gen_ai.request.model": "n"}
+    assert not cap.points("gen_ai.client.inference.operation.input_tokens", **model)
 
 
 # --- the caller's generators behave exactly as without us ---------------------------------

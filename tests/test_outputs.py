@@ -148,7 +148,7 @@ def test_add_output_ids_continues_one_output_and_counts_its_tokens(
 
     generate()
     assert degenerate(cap, "repeat_run") == 1
-    assert cap.value("bitnet.inference.tokens", **{"gen_ai.token.type": "output"}) == 40
+    assert cap.value("bitnet.inference.tokens", **{"bitnet.token.type": "output"}) == 40
 
 
 def test_add_output_ids_with_a_batch_and_the_returned_ids_are_judged_once(
@@ -162,7 +162,7 @@ def test_add_output_ids_with_a_batch_and_the_returned_ids_are_judged_once(
 
     generate()
     assert outputs(cap) == 2 and degenerate(cap) == 1
-    assert cap.value("bitnet.inference.tokens", **{"gen_ai.token.type": "output"}) == 80
+    assert cap.value("bitnet.inference.tokens", **{"bitnet.token.type": "output"}) == 80
 
 
 @pytest.mark.parametrize(
@@ -188,7 +188,7 @@ def test_a_streamed_id_beyond_int64_stops_judging_without_breaking_the_stream(
     assert list(stream(ids)) == ids
     assert internal_errors("bad_output_ids") == before + 1
     assert degenerate(cap, "repeat_run") == 1  # what came before the bad id is judged
-    assert cap.value("bitnet.inference.tokens", **{"gen_ai.token.type": "output"}) == len(ids)
+    assert cap.value("bitnet.inference.tokens", **{"bitnet.token.type": "output"}) == len(ids)
 
 
 def test_an_async_stream_is_judged(cap: TelemetryCapture) -> None:

@@ -78,7 +78,7 @@ def test_prometheus_scrapes_our_metrics_and_promtool_accepts_them(
             'bitnet_inference_requests_total{bitnet_outcome="ok"}', timeout=90
         )
         assert sum(float(s["value"][1]) for s in result) == 10
-        output = 'sum(bitnet_inference_tokens_total{gen_ai_token_type="output"})'
+        output = 'sum(bitnet_inference_tokens_total{bitnet_token_type="output"})'
         assert prom.query_value(output, at) == 30
         assert prom.query_value("sum(gen_ai_server_request_duration_seconds_count)", at) == 10
         assert prom.query_value("sum(gen_ai_server_time_to_first_token_seconds_count)", at) == 5

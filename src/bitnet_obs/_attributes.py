@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from bitnet_obs import _semconv as sc
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._names import label_name
 from bitnet_obs._tally import AttrValue
@@ -24,7 +25,7 @@ OPERATIONS = (
 )
 QUANT_FORMATS = ("i2_s", "tl1", "tl2", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other")
 PRIORITIES = ("low", "normal", "high", "critical")
-#: ``gen_ai.response.finish_reason`` on the request counter; anything else counts as "other".
+#: ``bitnet.response.finish_reason`` on the request counter; anything else counts as "other".
 FINISH_REASONS = (
     "stop", "length", "content_filter", "tool_calls", "cancelled", "error", "other"
 )  # fmt: skip
@@ -34,6 +35,8 @@ DEVICE_PATTERN = r"[a-z][a-z0-9_.-]{0,31}(:[0-9]{1,3})?"
 _DEVICE = re.compile(DEVICE_PATTERN)
 _MODEL = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 _PROVIDER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# server.address: a DNS name, an IP address (v6 bracketed or not) or a Unix socket path.
+_ADDRESS = re.compile(r"[A-Za-z0-9_.:\[\]%/@-]{1,255}")
 
 # Prometheus label names: [a-zA-Z_][a-zA-Z0-9_]*, "__" prefixed ones reserved; ``le`` and
 # ``quantile`` carry bucket bounds and quantiles; ``job`` and ``instance`` are set by the scraper
@@ -103,6 +106,39 @@ def check_provider(value: object) -> str:
     if not isinstance(value, str) or not _PROVIDER.fullmatch(value):
         raise ConfigError(f"provider={value!r} is not valid; accepted: 1-64 of A-Z a-z 0-9 _ . -")
     return value
+
+
+def endpoint(
+    response_model: object = None, server_address: object = None, server_port: object = None
+) -> dict[str, AttrValue]:
+    """``gen_ai.response.model``, ``server.address`` and ``server.port`` where known (the
+    conventions recommend them; ``server.port`` only beside an address)."""
+    out: dict[str, AttrValue] = {}
+    if response_model is not None:
+        out[sc.RESPONSE_MODEL] = check_model(response_model, "response_model")
+    if server_address is not None:
+        if not isinstance(server_address, str) or not _ADDRESS.fullmatch(server_address):
+            raise ConfigError(
+                f"server_address={server_address!r} is not valid; accepted: a host name, an IP "
+                "address or a socket path (1-255 of A-Z a-z 0-9 _ . : [ ] % / @ -)"
+            )
+        out[sc.SERVER_ADDRESS] = server_address
+    if server_port is not None:
+        if (
+            isinstance(server_port, bool)
+            or not isinstance(server_port, int)
+            or not 0 < server_port < 65536
+        ):
+            raise ConfigError(
+                f"server_port={server_port!r} is not valid; accepted: an int in [1, 65535]"
+            )
+        if server_address is None:
+            raise ConfigError(
+                f"server_port={server_port!r} without server_address; accepted: a port with "
+                "the address it belongs to (the conventions set server.port only beside it)"
+            )
+        out[sc.SERVER_PORT] = server_port
+    return out
 
 
 def check_operation(value: object) -> str:

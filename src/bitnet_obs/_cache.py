@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from bitnet_obs import _semconv as sc
 from bitnet_obs import _state
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._instruments import CACHE_HITS, CACHE_MISSES, CACHE_USAGE
@@ -37,7 +38,7 @@ def record_cache(hits: int = 0, misses: int = 0, *, cache: str = "kv", model: st
             return
         attrs: dict[str, AttrValue] = {"bitnet.cache.name": str(cache)[:64]}
         if model:
-            attrs["gen_ai.request.model"] = str(model)[:128]
+            attrs[sc.REQUEST_MODEL] = str(model)[:128]
         key = key_of(attrs)
         _HITS.add(key, n_hits)
         _MISSES.add(key, n_misses)

@@ -29,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
 from bitnet_obs import _config, _context, _instruments, _tally
+from bitnet_obs import _semconv as sc
 from bitnet_obs._aggregate import Cell
 from bitnet_obs._attributes import error_type, finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
@@ -105,13 +106,13 @@ class Variant:
         self.base_attrs = dict(base)  # without error.type: streams' gaps, of every outcome
         req = dict(base, **{"bitnet.outcome": outcome})
         if finish is not None:
-            req["gen_ai.response.finish_reason"] = finish
+            req[sc.FINISH_REASON] = finish
         if err:
-            req["error.type"] = err
-            self.attrs["error.type"] = err
+            req[sc.ERROR_TYPE] = err
+            self.attrs[sc.ERROR_TYPE] = err
         self.req_key: AttrKey = key_of(req)
-        self.in_key: AttrKey = key_of(dict(base, **{"gen_ai.token.type": "input"}))
-        self.out_key: AttrKey = key_of(dict(base, **{"gen_ai.token.type": "output"}))
+        self.in_key: AttrKey = key_of(dict(base, **{sc.TOKEN_TYPE: "input"}))
+        self.out_key: AttrKey = key_of(dict(base, **{sc.TOKEN_TYPE: "output"}))
         self.base_key: AttrKey = key_of(base)
         self._bound: tuple[int, tuple[Bound, ...]] | None = None
         self._outputs: tuple[int, Bounds] | None = None
@@ -293,11 +294,11 @@ class Call(InferenceContext):
 
     @property
     def model(self) -> str | None:
-        return str(self.site.attrs.get("gen_ai.request.model", ""))
+        return str(self.site.attrs.get(sc.REQUEST_MODEL, ""))
 
     @property
     def operation(self) -> str | None:
-        return str(self.site.attrs.get("gen_ai.operation.name", ""))
+        return str(self.site.attrs.get(sc.OPERATION_NAME, ""))
 
     @property
     def device(self) -> str | None:
@@ -406,7 +407,7 @@ class Call(InferenceContext):
         declared = self.site.kernel
         if first and declared is not None and name != declared:
             attrs: dict[str, AttrValue] = {
-                "gen_ai.request.model": self.model or "",
+                sc.REQUEST_MODEL: self.model or "",
                 "bitnet.kernel.declared": declared,
                 "bitnet.kernel.actual": name,
             }
@@ -764,11 +765,7 @@ class Call(InferenceContext):
             for observer in _context.observers:
                 observer(elapsed, ttft, n_out, outcome)
         if self.site.client_token_usage:
-            usage = _instruments.TOKEN_USAGE
-            if n_in:
-                usage.record(n_in, dict(attrs, **{"gen_ai.token.type": "input"}), span_context)
-            if n_out:
-                usage.record(n_out, dict(attrs, **{"gen_ai.token.type": "output"}), span_context)
+            _instruments.record_token_usage(n_in, n_out, attrs, span_context)
         if span is not None and span.is_recording():
             self._annotate(span, outcome, err, exc, n_in, n_out)
             if verdicts:
@@ -785,26 +782,26 @@ class Call(InferenceContext):
     ) -> None:
         extra: dict[str, AttrValue] = {}
         if n_in:
-            extra["gen_ai.usage.input_tokens"] = n_in
+            extra[sc.USAGE_INPUT_TOKENS] = n_in
         if n_out:
-            extra["gen_ai.usage.output_tokens"] = n_out
+            extra[sc.USAGE_OUTPUT_TOKENS] = n_out
         if outcome != "ok":
             extra["bitnet.outcome"] = outcome
         if self.finish_reason is not None:
-            span.set_attribute("gen_ai.response.finish_reasons", [self.finish_reason])
+            span.set_attribute(sc.RESPONSE_FINISH_REASONS, [self.finish_reason])
         if self.stamps is not None:
-            extra["gen_ai.request.stream"] = True
+            extra[sc.REQUEST_STREAM] = True
             if self.first_token_at is not None:
                 arrival = self.start - (self.queue_wait or 0.0)
-                extra["gen_ai.response.time_to_first_chunk"] = self.first_token_at - arrival
+                extra[sc.RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_token_at - arrival
         else:
-            extra["gen_ai.request.stream"] = False
+            extra[sc.REQUEST_STREAM] = False
         if err:
-            extra["error.type"] = err
+            extra[sc.ERROR_TYPE] = err
         if self.content_in is not None:
-            extra["gen_ai.input.messages"] = _messages("user", self.content_in)
+            extra[sc.INPUT_MESSAGES] = _messages("user", self.content_in)
         if self.content_out:
-            extra["gen_ai.output.messages"] = _messages("assistant", "".join(self.content_out))
+            extra[sc.OUTPUT_MESSAGES] = _messages("assistant", "".join(self.content_out))
         if extra:
             span.set_attributes(extra)
         if exc is not None and outcome == "error":
@@ -911,7 +908,7 @@ def record_fallback(
             "bitnet.fallback.reason": str(reason)[:64] or "unknown",
         }
         if model:
-            attrs["gen_ai.request.model"] = model
+            attrs[sc.REQUEST_MODEL] = model
         _instruments.FALLBACKS.add(key_of(attrs), 1)
         target = span if span is not None else trace.get_current_span()
         if target.is_recording():

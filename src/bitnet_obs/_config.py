@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from bitnet_obs import _state
+from bitnet_obs import _instruments, _state
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._selfmon import internal_error
 
@@ -567,6 +567,15 @@ class Settings:
         "the process, in telemetry or in logs.",
         env="BITNET_OBS_CAPTURE_CONTENT",
     )
+    semconv_stability_opt_in: str = setting(
+        "gen_ai_latest",
+        Choice("gen_ai_latest", "gen_ai_latest/dup"),
+        "Which GenAI semantic-convention names to emit: `gen_ai_latest`, the current ones; "
+        "`gen_ai_latest/dup`, also the names 0.1 used (`gen_ai.client.token.usage`, "
+        "`gen_ai.token.type`, `gen_ai.response.finish_reason`) beside them, while dashboards "
+        "migrate. The 0.1 names go away in 0.3 (docs/metrics.md, Migration).",
+        env="BITNET_OBS_SEMCONV_STABILITY_OPT_IN",
+    )
     cardinality_limit: int = setting(
         2000,
         Integer(1, 100_000),
@@ -710,6 +719,11 @@ class Settings:
         return DegenerateThresholds(
             **{name: getattr(self, f"degenerate_{name}") for name in DEGENERATE_FIELDS}
         )
+
+    @property
+    def semconv_dup(self) -> bool:
+        """Emit 0.1's GenAI names beside the current ones (``gen_ai_latest/dup``)."""
+        return self.semconv_stability_opt_in == "gen_ai_latest/dup"
 
     @property
     def server_enabled(self) -> bool:
@@ -1011,6 +1025,10 @@ def current() -> Settings:
                 internal_error("config", exc)
                 _from_env = Settings()
         return _from_env
+
+
+# The catalogue sits below this module: it reads the naming mode through this callback.
+_instruments.set_dup_reader(lambda: current().semconv_dup)
 
 
 def in_force() -> Settings | None:

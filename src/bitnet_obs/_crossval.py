@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_obs import _instruments, runtime
+from bitnet_obs import _semconv as sc
 from bitnet_obs._candidate import (
     STOPPING,
     CandidateError,
@@ -485,10 +486,10 @@ def _judge(
 def emit_metrics(report: CrossvalReport) -> None:
     """The bitnet.crossval.* metrics of one run; never raises."""
     try:
-        model = {"gen_ai.request.model": report.model}
+        model = {sc.REQUEST_MODEL: report.model}
         outcome = "pass" if report.passed else "fail"
         for each in ("pass", "fail"):  # both series exist from the first run on
-            key = (("bitnet.crossval.outcome", each), ("gen_ai.request.model", report.model))
+            key = (("bitnet.crossval.outcome", each), (sc.REQUEST_MODEL, report.model))
             _instruments.CROSSVAL_RUNS.add(key, 1 if each == outcome else 0)
         _instruments.CROSSVAL_PASSING.set(1 if report.passed else 0, model)
         if math.isfinite(report.token_agreement):

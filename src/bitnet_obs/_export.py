@@ -71,6 +71,7 @@ from bitnet_obs._config import OTLPSettings, Settings
 from bitnet_obs._exposition import PullReader
 from bitnet_obs._instruments import BY_NAME, SCOPE
 from bitnet_obs._selfmon import count_dropped, exporter_health, internal_error, logger
+from bitnet_obs._semconv import SCHEMA_URL
 from bitnet_obs._version import __version__
 
 INSTRUMENT_TYPES: tuple[type, ...] = (
@@ -524,8 +525,8 @@ def merge(
     now = time.time_ns()
     ours = [_metric(name, found, now) for name, found in points.items() if found]
     if data is None or not data.resource_metrics:
-        scope = InstrumentationScope(SCOPE, __version__)
-        return MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, ours, "")], "")])
+        scope = InstrumentationScope(SCOPE, __version__, schema_url=SCHEMA_URL)
+        return MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, ours, SCHEMA_URL)], "")])
     first, *rest = data.resource_metrics
     scopes = list(first.scope_metrics)
     for i, scope_metrics in enumerate(scopes):
@@ -534,7 +535,8 @@ def merge(
             scopes[i] = ScopeMetrics(scope_metrics.scope, merged, scope_metrics.schema_url)
             break
     else:
-        scopes.append(ScopeMetrics(InstrumentationScope(SCOPE, __version__), ours, ""))
+        scope = InstrumentationScope(SCOPE, __version__, schema_url=SCHEMA_URL)
+        scopes.append(ScopeMetrics(scope, ours, SCHEMA_URL))
     return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
 
 

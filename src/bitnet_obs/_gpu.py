@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from bitnet_obs import _semconv as sc
 from bitnet_obs._selfmon import internal_error
 
 logger = logging.getLogger("bitnet_obs")
@@ -125,7 +126,7 @@ class NvmlSampler:
                 continue
             uuid = _optional(nv, "nvmlDeviceGetUUID", handle) or f"gpu-index-{index}"
             name = _optional(nv, "nvmlDeviceGetName", handle) or "unknown"
-            attrs = {"hw.id": uuid, "hw.type": "gpu", "hw.name": name, "bitnet.gpu.index": index}
+            attrs = {sc.HW_ID: uuid, sc.HW_TYPE: "gpu", sc.HW_NAME: name, "bitnet.gpu.index": index}
             devices.append(_Device(index, handle, attrs))
         if not devices:
             _shutdown(nv)
@@ -169,7 +170,7 @@ class NvmlSampler:
         """Availability and, from a fresh-enough reading, which devices are failing."""
         if not self.start():
             return GpuStatus(False, f"gpu: not available ({self._reason})")
-        self.points("hw.gpu.utilization")  # refreshes the reading when stale
+        self.points(sc.HW_GPU_UTILIZATION)  # refreshes the reading when stale
         with self._lock:
             failing = tuple(d.index for d in self._devices if d.error)
             errors = "; ".join(f"GPU {d.index}: {d.error}" for d in self._devices if d.error)
@@ -249,28 +250,28 @@ Reading = list[tuple[str, float, dict[str, Any]]]
 
 def _utilization(nv: ModuleType, handle: Any) -> Reading:
     rates = nv.nvmlDeviceGetUtilizationRates(handle)
-    return [("hw.gpu.utilization", rates.gpu / 100.0, {})]
+    return [(sc.HW_GPU_UTILIZATION, rates.gpu / 100.0, {})]
 
 
 def _memory(nv: ModuleType, handle: Any) -> Reading:
     info = nv.nvmlDeviceGetMemoryInfo(handle)
     out: Reading = [
-        ("hw.gpu.memory.usage", int(info.used), {}),
-        ("hw.gpu.memory.limit", int(info.total), {}),
+        (sc.HW_GPU_MEMORY_USAGE, int(info.used), {}),
+        (sc.HW_GPU_MEMORY_LIMIT, int(info.total), {}),
     ]
     if info.total:
-        out.append(("hw.gpu.memory.utilization", info.used / info.total, {}))
+        out.append((sc.HW_GPU_MEMORY_UTILIZATION, info.used / info.total, {}))
     return out
 
 
 def _temperature(nv: ModuleType, handle: Any) -> Reading:
     celsius = nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)
-    return [("hw.temperature", float(celsius), {})]
+    return [(sc.HW_TEMPERATURE, float(celsius), {})]
 
 
 def _power(nv: ModuleType, handle: Any) -> Reading:
     milliwatts = nv.nvmlDeviceGetPowerUsage(handle)
-    return [("hw.power", milliwatts / 1000.0, {})]
+    return [(sc.HW_POWER, milliwatts / 1000.0, {})]
 
 
 def _ecc(nv: ModuleType, handle: Any) -> Reading:
@@ -280,7 +281,7 @@ def _ecc(nv: ModuleType, handle: Any) -> Reading:
         (nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, "uncorrected"),
     ):
         count = nv.nvmlDeviceGetTotalEccErrors(handle, kind, nv.NVML_VOLATILE_ECC)
-        out.append(("hw.errors", int(count), {"error.type": error_type}))
+        out.append((sc.HW_ERRORS, int(count), {sc.ERROR_TYPE: error_type}))
     return out
 
 
@@ -292,11 +293,11 @@ _READERS: tuple[tuple[str, Callable[[ModuleType, Any], Reading]], ...] = (
     ("ecc", _ecc),
 )
 GPU_INSTRUMENTS = (
-    "hw.gpu.utilization",
-    "hw.gpu.memory.usage",
-    "hw.gpu.memory.limit",
-    "hw.gpu.memory.utilization",
-    "hw.temperature",
-    "hw.power",
-    "hw.errors",
+    sc.HW_GPU_UTILIZATION,
+    sc.HW_GPU_MEMORY_USAGE,
+    sc.HW_GPU_MEMORY_LIMIT,
+    sc.HW_GPU_MEMORY_UTILIZATION,
+    sc.HW_TEMPERATURE,
+    sc.HW_POWER,
+    sc.HW_ERRORS,
 )

@@ -26,6 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from bitnet_obs import _context
+from bitnet_obs import _semconv as sc
 from bitnet_obs._attributes import (
     check_attribute_values,
     check_device,
@@ -36,6 +37,7 @@ from bitnet_obs._attributes import (
     check_priority,
     check_provider,
     check_quant_format,
+    endpoint,
 )
 from bitnet_obs._call import GAP_CHUNK, OUTSIDE, Call, Site, TokenCounter, record_fallback
 from bitnet_obs._context import InferenceContext
@@ -65,7 +67,8 @@ Priority = Literal["low", "normal", "high", "critical"]
 
 #: Attribute keys bitnet-obs records beside a site's own: user keys must not collide with them.
 _OURS = frozenset(
-    {*REQUEST_DURATION.attributes, *REQUESTS.attributes, *TOKENS.attributes}
+    {*REQUEST_DURATION.attributes, *REQUESTS.attributes, *TOKENS.attributes,
+     *REQUESTS.renamed.values(), *TOKENS.renamed.values()}  # 0.1's, with gen_ai_latest/dup
 )  # fmt: skip
 
 
@@ -149,11 +152,15 @@ class InferenceMonitor:
         client_token_usage: bool = False,
         priority: Priority | None = None,
         kernel: str | None = None,
+        response_model: str | None = None,
+        server_address: str | None = None,
+        server_port: int | None = None,
     ) -> None:
         attrs: dict[str, AttrValue] = {
-            "gen_ai.operation.name": check_operation(operation),
-            "gen_ai.request.model": check_model(model),
-            "gen_ai.provider.name": check_provider(provider),
+            sc.OPERATION_NAME: check_operation(operation),
+            sc.REQUEST_MODEL: check_model(model),
+            sc.PROVIDER_NAME: check_provider(provider),
+            **endpoint(response_model, server_address, server_port),
             "bitnet.quant.format": check_quant_format(quant_format),
             "bitnet.device": check_device(device),
         }
@@ -506,6 +513,9 @@ def monitored_inference(
     client_token_usage: bool = False,
     priority: Priority | None = None,
     kernel: str | None = None,
+    response_model: str | None = None,
+    server_address: str | None = None,
+    server_port: int | None = None,
 ) -> InferenceMonitor: ...
 def monitored_inference(fn: F | None = None, /, **options: Any) -> F | InferenceMonitor:
     """Monitor an inference function: sync, async, generator or async generator.
@@ -539,6 +549,9 @@ if TYPE_CHECKING:
         client_token_usage: bool = False,
         priority: Priority | None = None,
         kernel: str | None = None,
+        response_model: str | None = None,
+        server_address: str | None = None,
+        server_port: int | None = None,
     ) -> InferenceMonitor:
         """The same monitor as a context manager."""
 

@@ -34,7 +34,9 @@ from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observa
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Tracer, TracerProvider
 
 from bitnet_obs import _names, _state
+from bitnet_obs import _semconv as sc
 from bitnet_obs._aggregate import Cell, SpanIds, Store
+from bitnet_obs._semconv import ERROR_TYPE, RENAMED_ATTRIBUTES, SCHEMA_URL
 from bitnet_obs._tally import AttrKey, AttrValue, Tally
 from bitnet_obs._version import __version__
 
@@ -57,7 +59,9 @@ _CATALOGUE: list[Instrument] = []
 
 
 class Instrument:
-    """One instrument of the catalogue. ``seed`` names the seed-design metric(s) it replaces."""
+    """One instrument of the catalogue. ``seed`` names the seed-design metric(s) it replaces;
+    ``until`` marks a 0.1 name kept only for ``gen_ai_latest/dup`` (the release that drops it);
+    :attr:`renamed` maps each renamed attribute to the 0.1 name emitted beside it then."""
 
     kind: ClassVar[Kind]
 
@@ -70,6 +74,7 @@ class Instrument:
         *,
         buckets: tuple[float, ...] | None = None,
         seed: str = "",
+        until: str = "",
     ) -> None:
         self.name = name
         self.unit = unit
@@ -77,6 +82,8 @@ class Instrument:
         self.attributes = attributes
         self.buckets = buckets
         self.seed = seed
+        self.until = until
+        self.renamed = {k: v for k, v in RENAMED_ATTRIBUTES.items() if k in attributes}
         self._sdk: Any = None
         _CATALOGUE.append(self)
 
@@ -246,6 +253,9 @@ class Counter(_Observed):
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         out = list(self.tally.observe(options))
+        renamed = self.renamed
+        if renamed and _dup_reader():  # 0.1's attribute names beside the current ones
+            out = [_with_legacy(o, renamed) for o in out]
         out.extend(super()._observe(options))
         return out
 
@@ -253,6 +263,30 @@ class Counter(_Observed):
         return meter.create_observable_counter(
             self.name, callbacks=[self._observe], unit=self.unit, description=self.description
         )
+
+
+def _with_legacy(observation: Observation, renamed: Mapping[str, str]) -> Observation:
+    attributes = observation.attributes
+    if not attributes or not any(k in attributes for k in renamed):
+        return observation
+    extra = {renamed[k]: v for k, v in attributes.items() if k in renamed}
+    return Observation(observation.value, {**attributes, **extra})
+
+
+def _latest_only() -> bool:
+    return False
+
+
+#: Whether 0.1's GenAI names are emitted beside the current ones; read at collection and at
+#: the end of an opted-in request only.
+_dup_reader: Callable[[], bool] = _latest_only
+
+
+def set_dup_reader(reader: Callable[[], bool]) -> None:
+    """How the catalogue learns the naming mode (``BITNET_OBS_SEMCONV_STABILITY_OPT_IN``):
+    ``_config``, which imports this module, registers a reader of the settings in force."""
+    global _dup_reader
+    _dup_reader = reader
 
 
 class UpDownCounter(Counter):
@@ -275,6 +309,8 @@ DURATION_BUCKETS = (
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
 )
+# Time per output token: the advised 0.01..2.5 s, all kept, plus three boundaries below them
+# (small 1-bit models, and larger ones on a GPU, can decode under 10 ms a token; docs/metrics.md).
 TPOT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
     2.5
@@ -288,8 +324,10 @@ ITL_BUCKETS = (
 THROUGHPUT_BUCKETS = (
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0
 )
+# The GenAI conventions' advice for per-operation token histograms.
 TOKEN_USAGE_BUCKETS = (
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+    4194304.0, 16777216.0, 67108864.0
 )
 # Ternary weights sit near 0.887 against FP32, kernels near 1.0 against the quantized reference:
 # fine buckets in both regions, plus the seed's 0.9 / 0.95 / 0.99 / 0.995 / 0.999 / 1.0.
@@ -314,9 +352,12 @@ HEALTH_CHECK_BUCKETS = (
 )
 
 _REQ = (
-    "gen_ai.operation.name",
-    "gen_ai.request.model",
-    "gen_ai.provider.name",
+    sc.OPERATION_NAME,
+    sc.REQUEST_MODEL,
+    sc.PROVIDER_NAME,
+    sc.RESPONSE_MODEL,  # where known (response_model=, instrumentors)
+    sc.SERVER_ADDRESS,  # where known (server_address=, server_port=)
+    sc.SERVER_PORT,
     "bitnet.quant.format",
     "bitnet.device",
     "bitnet.request.priority",
@@ -328,28 +369,28 @@ _QUANT = (
     "bitnet.tensor",
     "bitnet.quant.row_sample",
 )
-_GPU = ("hw.id", "hw.type", "hw.name", "bitnet.gpu.index")
+_GPU = (sc.HW_ID, sc.HW_TYPE, sc.HW_NAME, "bitnet.gpu.index")
 
 MODEL_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_FORMATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 # fmt: on
-_MODEL = ("gen_ai.request.model", "bitnet.quant.format", "bitnet.device")
+_MODEL = (sc.REQUEST_MODEL, "bitnet.quant.format", "bitnet.device")
 _QUEUE = ("bitnet.queue.name", "bitnet.request.priority")
-_CACHE = ("bitnet.cache.name", "gen_ai.request.model")
+_CACHE = ("bitnet.cache.name", sc.REQUEST_MODEL)
 
 
 REQUEST_DURATION = Histogram(
-    "gen_ai.server.request.duration",
+    sc.SERVER_REQUEST_DURATION,
     "s",
     "End-to-end duration of an inference request (with its wait in a RequestQueue, if any).",
-    (*_REQ, "error.type"),
+    (*_REQ, ERROR_TYPE),
     buckets=DURATION_BUCKETS,
     seed="bitnet_inference_duration_seconds",
 )
 TIME_TO_FIRST_TOKEN = Histogram(
-    "gen_ai.server.time_to_first_token",
+    sc.SERVER_TIME_TO_FIRST_TOKEN,
     "s",
     "Time from the request's arrival (with its wait in a RequestQueue, if any) to the first "
     "output token.",
@@ -357,7 +398,7 @@ TIME_TO_FIRST_TOKEN = Histogram(
     buckets=TTFT_BUCKETS,
 )
 TIME_PER_OUTPUT_TOKEN = Histogram(
-    "gen_ai.server.time_per_output_token",
+    sc.SERVER_TIME_PER_OUTPUT_TOKEN,
     "s",
     "Mean time per output token after the first one.",
     _REQ,
@@ -367,8 +408,8 @@ REQUESTS = Counter(
     "bitnet.inference.requests",
     "{request}",
     "Finished inference requests by outcome (ok, error, cancelled), error.type and, when the "
-    "code reports one, gen_ai.response.finish_reason (stop, length, ...).",
-    (*_REQ, "bitnet.outcome", "error.type", "gen_ai.response.finish_reason"),
+    "code reports one, bitnet.response.finish_reason (stop, length, ...).",
+    (*_REQ, "bitnet.outcome", ERROR_TYPE, sc.FINISH_REASON),
     seed="bitnet_inference_requests_total",
     shared=True,
 )
@@ -383,8 +424,8 @@ ACTIVE_REQUESTS = UpDownCounter(
 TOKENS = Counter(
     "bitnet.inference.tokens",
     "{token}",
-    "Tokens processed, by gen_ai.token.type (input, output); rate() gives tokens/s.",
-    (*_REQ, "gen_ai.token.type"),
+    "Tokens processed, by bitnet.token.type (input, output); rate() gives tokens/s.",
+    (*_REQ, sc.TOKEN_TYPE),
     shared=True,
 )
 INTER_TOKEN_LATENCY = Histogram(
@@ -417,18 +458,49 @@ THROUGHPUT = Histogram(
     buckets=THROUGHPUT_BUCKETS,
     seed="bitnet_tokens_per_second",
 )
-TOKEN_USAGE = Histogram(
-    "gen_ai.client.token.usage",
+INPUT_TOKENS_PER_OPERATION = Histogram(
+    sc.CLIENT_OPERATION_INPUT_TOKENS,
     "{token}",
-    "Tokens per request by gen_ai.token.type (opt-in: client_token_usage=True).",
-    (*_REQ, "gen_ai.token.type"),
+    "Input tokens of each request, failed ones included (opt-in: client_token_usage=True).",
+    (*_REQ, ERROR_TYPE),
     buckets=TOKEN_USAGE_BUCKETS,
 )
+OUTPUT_TOKENS_PER_OPERATION = Histogram(
+    sc.CLIENT_OPERATION_OUTPUT_TOKENS,
+    "{token}",
+    "Output tokens of each request, failed ones included (opt-in: client_token_usage=True).",
+    (*_REQ, ERROR_TYPE),
+    buckets=TOKEN_USAGE_BUCKETS,
+)
+TOKEN_USAGE = Histogram(
+    sc.LEGACY_CLIENT_TOKEN_USAGE,
+    "{token}",
+    "0.1's per-request token histogram by gen_ai.token.type (opt-in, and only with "
+    "gen_ai_latest/dup).",
+    (*_REQ, ERROR_TYPE, sc.LEGACY_TOKEN_TYPE),
+    buckets=TOKEN_USAGE_BUCKETS,
+    until="0.3",
+)
+
+
+def record_token_usage(
+    n_in: int, n_out: int, attributes: Mapping[str, AttrValue], span: SpanContext | None
+) -> None:
+    """The opt-in per-request token histograms of one finished request (failed ones too, as the
+    conventions ask); with ``gen_ai_latest/dup`` also 0.1's ``gen_ai.client.token.usage``."""
+    INPUT_TOKENS_PER_OPERATION.record(n_in, attributes, span)
+    OUTPUT_TOKENS_PER_OPERATION.record(n_out, attributes, span)
+    if _dup_reader():
+        for kind, n in (("input", n_in), ("output", n_out)):
+            if n:
+                TOKEN_USAGE.record(n, {**attributes, sc.LEGACY_TOKEN_TYPE: kind}, span)
+
+
 FALLBACKS = Counter(
     "bitnet.device.fallbacks",
     "{fallback}",
     "Device fallbacks (e.g. GPU to CPU) and why.",
-    ("bitnet.device.from", "bitnet.device.to", "bitnet.fallback.reason", "gen_ai.request.model"),
+    ("bitnet.device.from", "bitnet.device.to", "bitnet.fallback.reason", sc.REQUEST_MODEL),
     seed="bitnet_device_fallback_events_total",
 )
 KERNEL_FALLBACKS = Counter(
@@ -436,7 +508,7 @@ KERNEL_FALLBACKS = Counter(
     "{call}",
     "Calls whose kernel (set_kernel) differs from the one declared on the decorator (kernel=): "
     "a silent fall back to a slower or wrong path.",
-    ("gen_ai.request.model", "bitnet.kernel.declared", "bitnet.kernel.actual"),
+    (sc.REQUEST_MODEL, "bitnet.kernel.declared", "bitnet.kernel.actual"),
 )
 QUANT_ACCURACY = Histogram(
     "bitnet.quant.accuracy",
@@ -514,91 +586,91 @@ DROPPED = Counter(
     ("bitnet.obs.signal", "bitnet.obs.drop_reason"),
 )
 SYSTEM_CPU_UTILIZATION = ObservedGauge(
-    "system.cpu.utilization",
+    sc.SYSTEM_CPU_UTILIZATION,
     "1",
     "Fraction of host CPU time (all logical CPUs) spent in each cpu.mode since the last read.",
-    ("cpu.mode",),
+    (sc.CPU_MODE,),
     seed="bitnet_cpu_utilization_ratio",
 )
 SYSTEM_MEMORY_USAGE = UpDownCounter(
-    "system.memory.usage",
+    sc.SYSTEM_MEMORY_USAGE,
     "By",
     "Host memory by system.memory.state (used, free, cached, buffers).",
-    ("system.memory.state",),
+    (sc.SYSTEM_MEMORY_STATE,),
     seed="bitnet_system_memory_usage_bytes",
 )
 SYSTEM_MEMORY_UTILIZATION = ObservedGauge(
-    "system.memory.utilization",
+    sc.SYSTEM_MEMORY_UTILIZATION,
     "1",
     "Fraction of host memory in each system.memory.state.",
-    ("system.memory.state",),
+    (sc.SYSTEM_MEMORY_STATE,),
 )
 SYSTEM_DISK_IO = Counter(
-    "system.disk.io",
+    sc.SYSTEM_DISK_IO,
     "By",
     "Bytes read from and written to the host's disks (summed over disks).",
-    ("disk.io.direction",),
+    (sc.DISK_IO_DIRECTION,),
 )
 SYSTEM_NETWORK_IO = Counter(
-    "system.network.io",
+    sc.SYSTEM_NETWORK_IO,
     "By",
     "Bytes received and transmitted on the host's interfaces other than loopback.",
-    ("network.io.direction",),
+    (sc.NETWORK_IO_DIRECTION,),
 )
 PROCESS_CPU_UTILIZATION = ObservedGauge(
-    "process.cpu.utilization",
+    sc.PROCESS_CPU_UTILIZATION,
     "1",
     "CPU used by this process since the last read, as a fraction of the CPUs it may run on.",
-    ("cpu.mode",),
+    (sc.CPU_MODE,),
 )
 PROCESS_MEMORY_USAGE = UpDownCounter(
-    "process.memory.usage",
+    sc.PROCESS_MEMORY_USAGE,
     "By",
     "Resident memory (RSS) of this process.",
 )
 GPU_UTILIZATION = ObservedGauge(
-    "hw.gpu.utilization",
+    sc.HW_GPU_UTILIZATION,
     "1",
     "Fraction of time the GPU was busy over NVML's last sample period.",
     _GPU,
     seed="bitnet_gpu_utilization_ratio",
 )
 GPU_MEMORY_USAGE = UpDownCounter(
-    "hw.gpu.memory.usage",
+    sc.HW_GPU_MEMORY_USAGE,
     "By",
     "GPU memory in use.",
     _GPU,
     seed="bitnet_gpu_memory_usage_bytes",
 )
 GPU_MEMORY_LIMIT = UpDownCounter(
-    "hw.gpu.memory.limit",
+    sc.HW_GPU_MEMORY_LIMIT,
     "By",
     "GPU memory size.",
     _GPU,
 )
 GPU_MEMORY_UTILIZATION = ObservedGauge(
-    "hw.gpu.memory.utilization",
+    sc.HW_GPU_MEMORY_UTILIZATION,
     "1",
     "Fraction of GPU memory in use.",
     _GPU,
 )
 GPU_TEMPERATURE = ObservedGauge(
-    "hw.temperature",
+    sc.HW_TEMPERATURE,
     "Cel",
     "GPU core temperature.",
     _GPU,
 )
 GPU_POWER = ObservedGauge(
-    "hw.power",
+    sc.HW_POWER,
     "W",
     "GPU power draw.",
     _GPU,
 )
 GPU_ERRORS = Counter(
-    "hw.errors",
+    sc.HW_ERRORS,
     "{error}",
     "GPU ECC memory errors since the driver loaded, by error.type (corrected, uncorrected).",
-    (*_GPU, "error.type"),
+    (*_GPU, ERROR_TYPE),
 )
 HEALTH_STATUS = ObservedGauge(
     "bitnet.health.status",
@@ -619,7 +691,7 @@ HEALTH_CHECK_FAILURES = Counter(
     "bitnet.health.check.failures",
     "{failure}",
     "Health check runs that were unhealthy, timed out or raised, by error.type.",
-    ("bitnet.health.component", "error.type"),
+    ("bitnet.health.component", ERROR_TYPE),
     seed="bitnet_health_check_failures_total",
 )
 SLA_COMPLIANCE = ObservedGauge(
@@ -640,7 +712,7 @@ MODEL_LOAD_DURATION = Histogram(
     "bitnet.model.load.duration",
     "s",
     "Time to load a model (weights read, quantized, placed on the device).",
-    (*_MODEL, "error.type"),
+    (*_MODEL, ERROR_TYPE),
     buckets=MODEL_LOAD_BUCKETS,
     seed="bitnet_model_load_duration_seconds",
 )
@@ -648,7 +720,7 @@ MODEL_LOADS = Counter(
     "bitnet.model.loads",
     "{load}",
     "Model loads by outcome (ok, error) and error.type.",
-    (*_MODEL, "bitnet.outcome", "error.type"),
+    (*_MODEL, "bitnet.outcome", ERROR_TYPE),
     seed="bitnet_model_load_failures_total (outcome=error)",
 )
 MODEL_LOADED = UpDownCounter(
@@ -722,34 +794,34 @@ CROSSVAL_RUNS = Counter(
     "{run}",
     "Cross-validation runs against golden outputs (crossval.check, canaries), by "
     "bitnet.crossval.outcome (pass, fail).",
-    ("gen_ai.request.model", "bitnet.crossval.outcome"),
+    (sc.REQUEST_MODEL, "bitnet.crossval.outcome"),
     seed="bitnet_crossval_test_failures_total (outcome=fail)",
 )
 CROSSVAL_PASSING = Gauge(
     "bitnet.crossval.passing",
     "1",
     "1 if the last cross-validation run passed, 0 if it failed.",
-    ("gen_ai.request.model",),
+    (sc.REQUEST_MODEL,),
 )
 CROSSVAL_TOKEN_AGREEMENT = Gauge(
     "bitnet.crossval.token_agreement",
     "1",
     "Fraction of golden output tokens the candidate reproduced in the last run.",
-    ("gen_ai.request.model",),
+    (sc.REQUEST_MODEL,),
     seed="bitnet_crossval_accuracy_difference (as 1 - agreement)",
 )
 CROSSVAL_KL = Gauge(
     "bitnet.crossval.kl",
     "{nat}",
     "Mean KL(golden || candidate) of next-token distributions in the last run.",
-    ("gen_ai.request.model",),
+    (sc.REQUEST_MODEL,),
 )
 CROSSVAL_THROUGHPUT = Gauge(
     "bitnet.crossval.throughput",
     "{token}/s",
     "Tokens/s on the golden cases in the last run, by bitnet.crossval.implementation "
     "(candidate, reference).",
-    ("gen_ai.request.model", "bitnet.crossval.implementation"),
+    (sc.REQUEST_MODEL, "bitnet.crossval.implementation"),
     seed="per-implementation throughput (candidate / reference)",
 )
 RUNTIME_INFO = ObservedGauge(
@@ -758,13 +830,13 @@ RUNTIME_INFO = ObservedGauge(
     "1 per process; the attributes say what it runs on: CPU model and BitNet-relevant "
     "ISA features, OS/arch, Python, numpy, torch and transformers versions.",
     (
-        "host.arch",
-        "os.type",
-        "host.cpu.model.name",
-        "host.cpu.vendor.id",
+        sc.HOST_ARCH,
+        sc.OS_TYPE,
+        sc.HOST_CPU_MODEL_NAME,
+        sc.HOST_CPU_VENDOR_ID,
         "bitnet.cpu.features",
         "bitnet.cpu.simd",
-        "process.runtime.version",
+        sc.PROCESS_RUNTIME_VERSION,
         "bitnet.numpy.version",
         "bitnet.torch.version",
         "bitnet.transformers.version",
@@ -854,7 +926,7 @@ def bind(
     With a ``store``, histograms are aggregated by us into it (the caller merges it into what
     the providers' readers collect); without, they are recorded through the SDK instruments.
     """
-    meter = meter_provider.get_meter(SCOPE, __version__)
+    meter = meter_provider.get_meter(SCOPE, __version__, schema_url=SCHEMA_URL)
     made = tuple(instrument._create(meter) for instrument in CATALOGUE)
     _install(meter_provider, tracer_provider, store, made)
 
@@ -870,7 +942,7 @@ def _install(
         for instrument, sdk in zip(CATALOGUE, made, strict=True):
             instrument._sdk = sdk
         _generation += 1
-        tracer = tracer_provider.get_tracer(SCOPE, __version__)
+        tracer = tracer_provider.get_tracer(SCOPE, __version__, schema_url=SCHEMA_URL)
         _binding = _Binding(meter_provider, tracer_provider, store, tracer, _generation, made)
         _store = store
 

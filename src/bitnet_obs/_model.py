@@ -35,6 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from bitnet_obs import _instruments, _provenance, health
+from bitnet_obs import _semconv as sc
 from bitnet_obs._attributes import check_device, check_model, check_quant_format, error_type
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._instruments import MODEL_LOAD_DURATION, MODEL_LOADED, MODEL_LOADS, MODEL_SIZE
@@ -131,7 +132,7 @@ class ModelLoadMonitor:
         self.size_bytes = size_bytes
         self.mark_ready = bool(mark_ready)
         self.attrs: dict[str, AttrValue] = {
-            "gen_ai.request.model": model,
+            sc.REQUEST_MODEL: model,
             "bitnet.quant.format": quant_format,
             "bitnet.device": device,
         }
@@ -167,7 +168,7 @@ class ModelLoadMonitor:
     def _finish(self, load: ModelLoad, exc: BaseException | None, result: Any = None) -> None:
         try:
             elapsed = time.perf_counter() - load.start
-            model = str(self.attrs["gen_ai.request.model"])
+            model = str(self.attrs[sc.REQUEST_MODEL])
             if exc is None:
                 if load.size_bytes is None and result is not None:
                     load.size_bytes = _nbytes(result)
@@ -180,7 +181,7 @@ class ModelLoadMonitor:
                     health.mark_ready()
             else:
                 err = error_type(exc)
-                attrs = dict(self.attrs, **{"error.type": err})
+                attrs = dict(self.attrs, **{sc.ERROR_TYPE: err})
                 MODEL_LOAD_DURATION.record(elapsed, attrs)
                 _LOADS.add(key_of(dict(attrs, **{"bitnet.outcome": "error"})), 1)
                 if self.mark_ready and _LOADED.value() <= 0:
@@ -262,7 +263,7 @@ def unload_model(*, model: str, quant_format: str = "i2_s", device: str = "cpu")
     unload of a model that was not loaded is a counted internal error). Never raises."""
     try:
         attrs: dict[str, AttrValue] = {
-            "gen_ai.request.model": model,
+            sc.REQUEST_MODEL: model,
             "bitnet.quant.format": quant_format,
             "bitnet.device": device,
         }

@@ -24,12 +24,13 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from bitnet_obs import _instruments, _state
+from bitnet_obs import _semconv as sc
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tally import AttrValue
 
 __all__ = ["FileFacts", "begin", "finish", "forget"]
 
-_MODEL_KEYS = ("gen_ai.request.model", "bitnet.quant.format", "bitnet.device")
+_MODEL_KEYS = (sc.REQUEST_MODEL, "bitnet.quant.format", "bitnet.device")
 
 _lock = threading.Lock()
 # model attributes (as a sorted tuple) -> the info series' attributes, once complete

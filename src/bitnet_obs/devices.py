@@ -54,6 +54,7 @@ from typing import Any
 import psutil
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from bitnet_obs import _semconv as sc
 from bitnet_obs import _state
 from bitnet_obs._config import Number
 from bitnet_obs._errors import ConfigError
@@ -177,14 +178,14 @@ def _memory_states() -> tuple[int, dict[str, int]]:
 
 def _memory_usage() -> list[Point]:
     _, states = _memory_states()
-    return [(value, {"system.memory.state": state}) for state, value in states.items()]
+    return [(value, {sc.SYSTEM_MEMORY_STATE: state}) for state, value in states.items()]
 
 
 def _memory_utilization() -> list[Point]:
     total, states = _memory_states()
     if not total:
         return []
-    return [(value / total, {"system.memory.state": state}) for state, value in states.items()]
+    return [(value / total, {sc.SYSTEM_MEMORY_STATE: state}) for state, value in states.items()]
 
 
 def _disk_io() -> list[Point]:
@@ -237,20 +238,23 @@ def _gpu_reader(name: str) -> Callable[[], list[Point]]:
 # group -> (instrument, callback); lambdas look the readers up at call time (fork resets them)
 _CALLBACKS: dict[str, list[tuple[str, Callback]]] = {
     "system": [
-        ("system.cpu.utilization", _callback("system.cpu.utilization", lambda: _system.cpu())),
-        ("system.memory.usage", _callback("system.memory.usage", _memory_usage)),
-        ("system.memory.utilization", _callback("system.memory.utilization", _memory_utilization)),
-        ("system.disk.io", _callback("system.disk.io", _disk_io)),
-        ("system.network.io", _callback("system.network.io", _network_io)),
+        (sc.SYSTEM_CPU_UTILIZATION, _callback(sc.SYSTEM_CPU_UTILIZATION, lambda: _system.cpu())),
+        (sc.SYSTEM_MEMORY_USAGE, _callback(sc.SYSTEM_MEMORY_USAGE, _memory_usage)),
+        (
+            sc.SYSTEM_MEMORY_UTILIZATION,
+            _callback(sc.SYSTEM_MEMORY_UTILIZATION, _memory_utilization),
+        ),
+        (sc.SYSTEM_DISK_IO, _callback(sc.SYSTEM_DISK_IO, _disk_io)),
+        (sc.SYSTEM_NETWORK_IO, _callback(sc.SYSTEM_NETWORK_IO, _network_io)),
     ],
     "process": [
         (
-            "process.cpu.utilization",
-            _callback("process.cpu.utilization", lambda: _system.process_cpu()),
+            sc.PROCESS_CPU_UTILIZATION,
+            _callback(sc.PROCESS_CPU_UTILIZATION, lambda: _system.process_cpu()),
         ),
         (
-            "process.memory.usage",
-            _callback("process.memory.usage", lambda: _system.process_memory()),
+            sc.PROCESS_MEMORY_USAGE,
+            _callback(sc.PROCESS_MEMORY_USAGE, lambda: _system.process_memory()),
         ),
     ],
     "gpu": [(name, _callback(name, _gpu_reader(name))) for name in GPU_INSTRUMENTS],

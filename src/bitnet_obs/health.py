@@ -57,6 +57,7 @@ from typing import Any, Literal
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from bitnet_obs import _semconv as sc
 from bitnet_obs import _server, _state
 from bitnet_obs._config import Number
 from bitnet_obs._errors import ConfigError
@@ -245,7 +246,7 @@ def _coerce(value: object) -> CheckResult:
 
 
 def _failure_key(name: str, error_type: str) -> tuple[tuple[str, str], ...]:
-    return (("bitnet.health.component", name), ("error.type", error_type))
+    return (("bitnet.health.component", name), (sc.ERROR_TYPE, error_type))
 
 
 _logged: set[str] = set()

@@ -31,6 +31,7 @@ import numpy as np
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from bitnet_obs import _instruments, _state
+from bitnet_obs import _semconv as sc
 from bitnet_obs._selfmon import internal_error
 
 __all__ = [
@@ -126,13 +127,13 @@ class RuntimeInfo:
     def attributes(self) -> dict[str, str]:
         """The attributes of ``bitnet.runtime.info``."""
         return {
-            "host.arch": self.arch,
-            "os.type": self.os_type,
-            "host.cpu.model.name": self.cpu.model,
-            "host.cpu.vendor.id": self.cpu.vendor,
+            sc.HOST_ARCH: self.arch,
+            sc.OS_TYPE: self.os_type,
+            sc.HOST_CPU_MODEL_NAME: self.cpu.model,
+            sc.HOST_CPU_VENDOR_ID: self.cpu.vendor,
             "bitnet.cpu.features": ",".join(self.cpu.features) or "none",
             "bitnet.cpu.simd": self.cpu.simd,
-            "process.runtime.version": self.python,
+            sc.PROCESS_RUNTIME_VERSION: self.python,
             "bitnet.numpy.version": self.numpy,
             "bitnet.torch.version": self.torch,
             "bitnet.transformers.version": self.transformers,

@@ -25,7 +25,13 @@ import bitnet_obs  # noqa: E402
 from bitnet_obs import crossval, health, quant, sla  # noqa: E402
 
 
-@bitnet_obs.monitored_inference(model="every-model", client_token_usage=True)
+@bitnet_obs.monitored_inference(
+    model="every-model",
+    client_token_usage=True,
+    response_model="every-model-i2_s",
+    server_address="127.0.0.1",
+    server_port=8080,
+)
 def call(n: int) -> list[int]:
     inf = bitnet_obs.current_inference()
     inf.add_input_tokens(5)

@@ -168,7 +168,7 @@ def test_llama_gets_request_metrics_only(instrument: Instrument, cap: TelemetryC
     instrumentor = instrument(fidelity_sample_rate=1.0, fidelity_layers=None)
     model.generate(PROMPT, max_new_tokens=3, min_new_tokens=3)
     assert instrumentor.flush(60)
-    assert cap.value("bitnet.inference.tokens", **{"gen_ai.token.type": "output"}) == 3
+    assert cap.value("bitnet.inference.tokens", **{"bitnet.token.type": "output"}) == 3
     assert cap.points("bitnet.quant.accuracy") == []
     assert cap.points("bitnet.quant.samples_skipped") == []
 

@@ -45,7 +45,7 @@ def batch(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tokens(cap: TelemetryCapture, kind: str) -> float:
-    return cap.value("bitnet.inference.tokens", **{"gen_ai.token.type": kind})
+    return cap.value("bitnet.inference.tokens", **{"bitnet.token.type": kind})
 
 
 def generated(sequences: torch.Tensor, prompt_len: int, eos: int) -> list[list[int]]:
@@ -106,10 +106,25 @@ def test_wrong_options_raise_config_error() -> None:
         {"operation": "sing"},
         {"weight_accuracy": "yes"},
         {"tracer_provider": object()},
+        {"server_port": 8080},  # a port needs its address
+        {"server_address": "h", "server_port": "80"},
     ):
         with pytest.raises(bitnet_obs.ConfigError):
             instrumentor.instrument(**options)
         assert not instrumentor.is_instrumented_by_opentelemetry
+
+
+def test_response_model_and_the_endpoint_it_is_given(
+    instrument: Instrument, cap: TelemetryCapture
+) -> None:
+    model = tiny_llama_model()
+    ids, mask = batch(1)
+    instrument(server_address="127.0.0.1", server_port=8000)
+    model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    (point,) = cap.points("gen_ai.server.request.duration")
+    assert point.attributes["gen_ai.response.model"] == point.attributes["gen_ai.request.model"]
+    assert point.attributes["server.address"] == "127.0.0.1"
+    assert point.attributes["server.port"] == 8000
 
 
 # ----------------------------------------------------------------- outputs and tokens
@@ -161,7 +176,7 @@ def test_exact_token_counts(
     assert span.attributes["gen_ai.request.max_tokens"] == 10
     reason = "stop" if all(row[-1] == eos for row in new) else "length"
     assert span.attributes["gen_ai.response.finish_reasons"] == (reason,)
-    finished = {"bitnet.outcome": "ok", "gen_ai.response.finish_reason": reason}
+    finished = {"bitnet.outcome": "ok", "bitnet.response.finish_reason": reason}
     assert cap.value("bitnet.inference.requests", **finished) == 1
     assert cap.value("bitnet.inference.requests", **{"bitnet.outcome": "ok"}) == 1
 
@@ -389,9 +404,9 @@ def test_a_request_monitored_by_the_caller_is_counted_once(
     handle([5, 6, 7])
     assert cap.value("bitnet.inference.requests") == 1
     assert [span.name for span in cap.spans()] == ["text_completion my-handler"]
-    output = {"gen_ai.token.type": "output", "gen_ai.request.model": "my-handler"}
+    output = {"bitnet.token.type": "output", "gen_ai.request.model": "my-handler"}
     assert cap.value("bitnet.inference.tokens", **output) == 4
-    assert cap.value("bitnet.inference.tokens", **{"gen_ai.token.type": "input"}) == 3
+    assert cap.value("bitnet.inference.tokens", **{"bitnet.token.type": "input"}) == 3
     assert cap.points("gen_ai.server.time_to_first_token")[0].count == 1
 
 

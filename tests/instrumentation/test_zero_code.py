@@ -81,7 +81,7 @@ def test_plain_script_under_opentelemetry_instrument(tmp_path: Path) -> None:
         assert span.attributes["gen_ai.usage.input_tokens"] == 6
         assert span.attributes["gen_ai.usage.output_tokens"] == 10
         assert span.resource["service.name"] == "zero-code-app"
-        output = {"gen_ai.token.type": "output", "gen_ai.request.model": "llama"}
+        output = {"bitnet.token.type": "output", "gen_ai.request.model": "llama"}
         assert rx.latest_value("bitnet.inference.tokens", **output) == 10
         assert rx.latest_value("bitnet.inference.requests", **{"bitnet.outcome": "ok"}) == 1
         assert rx.metric_points("gen_ai.server.time_to_first_token")

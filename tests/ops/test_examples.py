@@ -82,7 +82,7 @@ def test_quickstart(receiver: OTLPReceiver) -> None:
     run_example(receiver, "quickstart.py", "5")
     attrs = {"gen_ai.request.model": MODEL}
     assert total(receiver, "bitnet.inference.requests", **attrs) == 5
-    assert total(receiver, "bitnet.inference.tokens", **{"gen_ai.token.type": "output"}) == 20
+    assert total(receiver, "bitnet.inference.tokens", **{"bitnet.token.type": "output"}) == 20
     assert total(receiver, "gen_ai.server.request.duration", **attrs) == 5
 
 
@@ -96,7 +96,7 @@ def test_streaming(receiver: OTLPReceiver) -> None:
     (ttft,) = latest(receiver, "gen_ai.server.time_to_first_token")
     assert ttft.sum is not None and ttft.count
     assert 0.02 <= ttft.sum / ttft.count < 0.5  # the 20 ms prefill dominates
-    assert total(receiver, "bitnet.inference.tokens", **{"gen_ai.token.type": "input"}) == 100
+    assert total(receiver, "bitnet.inference.tokens", **{"bitnet.token.type": "input"}) == 100
 
 
 def test_async_server(receiver: OTLPReceiver) -> None:
@@ -197,9 +197,9 @@ def test_hugging_face_transformers(receiver: OTLPReceiver) -> None:
     assert len(batch) == 3 and all(1 <= n <= 12 for n in batch)
     assert outcomes(receiver) == {"ok": 5, "error": 0, "cancelled": 0}  # 3 streams, batch, pipe
     assert total(receiver, "gen_ai.server.time_to_first_token") == 5
-    out_tokens = total(receiver, "bitnet.inference.tokens", **{"gen_ai.token.type": "output"})
+    out_tokens = total(receiver, "bitnet.inference.tokens", **{"bitnet.token.type": "output"})
     assert out_tokens == 3 * 12 + sum(batch) + 12
-    in_tokens = total(receiver, "bitnet.inference.tokens", **{"gen_ai.token.type": "input"})
+    in_tokens = total(receiver, "bitnet.inference.tokens", **{"bitnet.token.type": "input"})
     assert in_tokens > 3 * 4 + 10 + 3
     checks = latest(receiver, "bitnet.quant.accuracy")
     assert len(checks) == 5  # one BitNet layer per sampled call, in turn

@@ -141,6 +141,9 @@ _VALID = {
     "count_stream_item": st.just(lambda item: 1),
     "capture_content": st.sampled_from([None, True, False]),
     "client_token_usage": st.booleans(),
+    "response_model": st.sampled_from(["bitnet-b1.58-2B-i2_s", "m"]),
+    "server_address": st.sampled_from(["127.0.0.1", "inference.local", "[::1]"]),
+    "server_port": st.integers(1, 65535),
 }
 
 

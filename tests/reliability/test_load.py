@@ -144,10 +144,10 @@ def test_200k_calls_under_scrapes_every_second(
         )
         failed = "" if good == scrapes else _failed_scrapes(prom, at, window)
         output = prom.query_value(
-            'sum(bitnet_inference_tokens_total{gen_ai_token_type="output"})', at
+            'sum(bitnet_inference_tokens_total{bitnet_token_type="output"})', at
         )
         inputs = prom.query_value(
-            'sum(bitnet_inference_tokens_total{gen_ai_token_type="input"})', at
+            'sum(bitnet_inference_tokens_total{bitnet_token_type="input"})', at
         )
         durations = prom.query_value("sum(gen_ai_server_request_duration_seconds_count)", at)
         # healthy at the end (a scrape that timed out just now is retried a second later)

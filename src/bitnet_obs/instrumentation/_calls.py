@@ -21,10 +21,17 @@ from torch.utils.hooks import RemovableHandle
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from bitnet_obs import InferenceContext, InferenceMonitor
+from bitnet_obs import _semconv as sc
 from bitnet_obs._selfmon import internal_error
 
 # generate(inputs, generation_config, logits_processor, stopping_criteria, ..., streamer, ...)
 _GENERATION_CONFIG_ARG = 1
+#: Sampling parameters of a sampled call, as generation settings and span attributes.
+_SAMPLING = (
+    ("temperature", sc.REQUEST_TEMPERATURE),
+    ("top_p", sc.REQUEST_TOP_P),
+    ("top_k", sc.REQUEST_TOP_K),
+)
 _STOPPING_CRITERIA_ARG = 3
 _STREAMER_ARG = 7
 
@@ -160,15 +167,19 @@ class Call:
             call.add_input_tokens(self._input_tokens())
             max_new = self._setting("max_new_tokens")
             if isinstance(max_new, int):
-                call.set_attribute("gen_ai.request.max_tokens", max_new)
+                call.set_attribute(sc.REQUEST_MAX_TOKENS, max_new)
             choices = self._setting("num_return_sequences")
             if isinstance(choices, int) and choices > 1:
-                call.set_attribute("gen_ai.request.choice.count", choices)
+                call.set_attribute(sc.REQUEST_CHOICE_COUNT, choices)
             if self._setting("do_sample"):
-                for key in ("temperature", "top_p", "top_k"):
+                for key, name in _SAMPLING:
                     value = self._setting(key)
                     if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        call.set_attribute(f"gen_ai.request.{key}", value)
+                        if name == sc.REQUEST_TOP_K:  # an int in the conventions (since #217)
+                            if value != int(value):
+                                continue
+                            value = int(value)
+                        call.set_attribute(name, value)
         except Exception as exc:
             internal_error("hf_input_tokens", exc)
         try:

@@ -217,11 +217,15 @@ class Instrumentation:
 
     def _monitor(self, info: _Model, device: str) -> InferenceMonitor:
         # Checked at runtime by InferenceMonitor (and the options by instrument()).
+        options = self.options
         fixed: dict[str, Any] = {
             "model": info.name,
-            "operation": self.options.operation,
-            "provider": self.options.provider,
+            "response_model": info.name,  # the checkpoint that generates is the one asked for
+            "operation": options.operation,
+            "provider": options.provider,
             "quant_format": info.fmt,
+            "server_address": options.server_address,
+            "server_port": options.server_port,
         }
         try:
             monitor = InferenceMonitor(device=device, **fixed)

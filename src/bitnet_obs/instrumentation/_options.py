@@ -13,3 +13,5 @@ class Options:
     fidelity_sample_rate: float | None = None  # None: BITNET_OBS_QUANT_SAMPLE_RATE
     fidelity_layers: int | None = 1  # None: every BitNet layer of a sampled call
     weight_accuracy: bool = True
+    server_address: str | None = None  # server.address / server.port: the endpoint served,
+    server_port: int | None = None  # when the application tells us (we cannot see it)

@@ -46,6 +46,8 @@ _OPTIONS = (
     "fidelity_sample_rate",
     "fidelity_layers",
     "weight_accuracy",
+    "server_address",
+    "server_port",
 )
 
 
@@ -112,7 +114,11 @@ def _options(kwargs: dict[str, Any]) -> Options:
         )
     operation = kwargs.get("operation", "text_completion")
     provider = kwargs.get("provider", "transformers")
-    InferenceMonitor(operation=operation, provider=provider)  # raises ConfigError if wrong
+    address, port = kwargs.get("server_address"), kwargs.get("server_port")
+    # raises ConfigError if wrong
+    InferenceMonitor(
+        operation=operation, provider=provider, server_address=address, server_port=port
+    )
     for flag in ("layer_fidelity", "weight_accuracy"):
         if not isinstance(kwargs.get(flag, True), bool):
             raise ConfigError(f"{flag}={kwargs[flag]!r} is not valid; accepted: True or False")
@@ -138,6 +144,8 @@ def _options(kwargs: dict[str, Any]) -> Options:
         fidelity_sample_rate=None if rate is None else float(rate),
         fidelity_layers=layers,
         weight_accuracy=kwargs.get("weight_accuracy", True),
+        server_address=address,
+        server_port=port,
     )
 
 
