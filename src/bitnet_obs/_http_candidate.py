@@ -194,7 +194,7 @@ class HTTPCandidate:
             status, raw = self._exchange(conn, body, deadline)
         except ServerError:
             raise
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise ServerError(
                 "timeout", f"{self.endpoint} did not answer within {self.timeout_s:g}s"
             ) from None

@@ -17,22 +17,57 @@ MONITORING = EXAMPLES / "monitoring"
 RULES = MONITORING / "rules"
 RECORDING_RULES = RULES / "bitnet-recording.yml"
 ALERT_RULES = RULES / "bitnet-alerts.yml"
+LLAMACPP_RECORDING_RULES = RULES / "bitnet-llamacpp-recording.yml"
+LLAMACPP_ALERT_RULES = RULES / "bitnet-llamacpp-alerts.yml"
+#: every rule file, in pairs: NAME-recording.yml and NAME-alerts.yml
+RECORDING_FILES = sorted(RULES.glob("*-recording.yml"))
+ALERT_FILES = sorted(RULES.glob("*-alerts.yml"))
 RULE_TESTS = sorted((MONITORING / "tests").glob("*_test.yml"))
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "bitnet-obs.json"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 SEVERITIES = ("critical", "warning", "info")
+LLAMA_SERVER_ROW = "llama-server"
+
+#: The llamacpp:* series the kit reads from llama-server's --metrics, and whether the llama.cpp
+#: the tests build exports them (tests/ops/test_llama_server_stack.py checks both ways on a
+#: real server). The others are exported by older servers only: bitnet.cpp's llama-server, and
+#: llama.cpp before #13660 (May 2025) removed them.
+LLAMA_SERVER_SERIES = {
+    "llamacpp:prompt_tokens_total": True,
+    "llamacpp:prompt_seconds_total": True,
+    "llamacpp:tokens_predicted_total": True,
+    "llamacpp:tokens_predicted_seconds_total": True,
+    "llamacpp:requests_processing": True,
+    "llamacpp:requests_deferred": True,
+    "llamacpp:n_busy_slots_per_decode": True,
+    "llamacpp:n_tokens_max": True,
+    "llamacpp:kv_cache_usage_ratio": False,
+}
 
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def alert_rules() -> list[dict[str, Any]]:
-    return [r for g in load_yaml(ALERT_RULES)["groups"] for r in g["rules"] if "alert" in r]
+def alert_rules(*files: Path) -> list[dict[str, Any]]:
+    """The alert rules of *files* (default: every ``*-alerts.yml``)."""
+    return [
+        r
+        for path in files or ALERT_FILES
+        for g in load_yaml(path)["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    ]
 
 
-def recording_rules() -> list[dict[str, Any]]:
-    return [r for g in load_yaml(RECORDING_RULES)["groups"] for r in g["rules"]]
+def recording_rules(*files: Path) -> list[dict[str, Any]]:
+    """The recording rules of *files* (default: every ``*-recording.yml``)."""
+    return [
+        r
+        for path in files or RECORDING_FILES
+        for g in load_yaml(path)["groups"]
+        for r in g["rules"]
+    ]
 
 
 def dashboard() -> dict[str, Any]:
@@ -48,6 +83,18 @@ def panel_queries() -> list[tuple[str, str]]:
         if panel["type"] != "row"
         for target in panel["targets"]
     ]
+
+
+def panels_by_row() -> dict[str, list[dict[str, Any]]]:
+    """The panels under each row (a row holds the panels that follow it)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    current: list[dict[str, Any]] = []
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            current = rows.setdefault(panel["title"], [])
+        else:
+            current.append(panel)
+    return rows
 
 
 def exposed_names() -> set[str]:
