@@ -141,8 +141,7 @@ class HTTPCandidate:
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
-        prefix = parts.path.rstrip("/")
-        self._target = prefix if prefix.endswith(self.path) else prefix + self.path
+        self._target = _join(parts.path.rstrip("/"), self.path)
         host = f"[{self._host}]" if ":" in self._host else self._host
         self.endpoint = f"{parts.scheme}://{host}:{self._port}{self._target}"
 
@@ -248,6 +247,9 @@ class HTTPCandidate:
                 raise ServerError("bad_output", f"{self.endpoint} answered over "
                                   f"{MAX_RESPONSE_BYTES} bytes")  # fmt: skip
             parts.append(chunk)
+        if length is not None and length.isdigit() and size < int(length):
+            raise ServerError("unavailable", f"{self.endpoint}: the connection closed after "
+                              f"{size} of {int(length)} bytes")  # fmt: skip
         return response.status, b"".join(parts)
 
     def _decode(self, raw: bytes) -> str:
@@ -256,6 +258,17 @@ class HTTPCandidate:
         except UnicodeDecodeError:
             raise ServerError("bad_output", f"{self.endpoint} answered with no UTF-8 text"
                               ) from None  # fmt: skip
+
+
+def _join(prefix: str, path: str) -> str:
+    """``prefix`` + ``path`` without repeating the segments ``prefix`` already ends with:
+    ``/v1`` + ``/v1/completions`` is ``/v1/completions``."""
+    segments = path.split("/")  # ["", "v1", "completions"]
+    for cut in range(len(segments), 1, -1):
+        head = "/".join(segments[:cut])
+        if prefix.endswith(head):
+            return prefix + path[len(head) :]
+    return prefix + path
 
 
 def _remaining(deadline: float, conn: http.client.HTTPConnection) -> None:

@@ -1,0 +1,146 @@
+"""A real llama-server for the tests: started on 127.0.0.1 with a free port and ``--metrics`` on
+one of the fixture's GGUF files, ready when ``/health`` says so, stopped (or killed) on demand.
+
+::
+
+    with LlamaServer(llama_engine, tiny_bitnet.tq2_0, workdir=tmp_path) as server:
+        candidate = crossval.LlamaServerCandidate(server.url)
+
+One slot (``--parallel 1``) and one thread by default: the tests share two cores with other
+work, and a single slot makes every request deterministic in order. The log goes to
+``workdir/llama-server.log`` and is quoted when the server does not come up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from tests._support.prometheus import _die_with_parent, free_port
+
+STARTUP_TIMEOUT_S = 120.0  # a 2-core machine under load; the fixture's model loads in < 1 s
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Engine(Protocol):
+    """What the server needs of tests/_support/llama.py's LlamaEngine."""
+
+    @property
+    def server(self) -> Path: ...
+
+    @property
+    def lib_dir(self) -> Path: ...
+
+
+class LlamaServer:
+    """One llama-server process (see the module)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model: Path,
+        *,
+        workdir: Path,
+        args: Sequence[str] = (),
+        threads: int = 1,
+        parallel: int = 1,
+        ctx_size: int = 512,
+    ) -> None:
+        self.engine, self.model, self.workdir = engine, Path(model), Path(workdir)
+        self.extra = [
+            "--threads", str(threads), "--parallel", str(parallel), "--ctx-size", str(ctx_size),
+            "--no-warmup", *args,
+        ]  # fmt: skip
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "llama-server.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> LlamaServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(self.engine.lib_dir), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        cmd = [
+            str(self.engine.server), "-m", str(self.model), "--host", "127.0.0.1",
+            "--port", str(self.port), "--metrics", *self.extra,
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"llama-server exited ({self.proc.returncode}):\n{self.log()}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                _OPENER.open(f"{self.url}/health", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return self
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"llama-server not ready after {timeout}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+        """(status, body) of a GET on the server, error statuses included."""
+        try:
+            with _OPENER.open(f"{self.url}{path}", timeout=timeout) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return int(exc.code), exc.read()
+
+    def log(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after *grace* seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies as in a crash, mid-request or not."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
