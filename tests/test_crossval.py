@@ -3,7 +3,10 @@ candidates (a kernel with a flipped sign, one that emits a constant token), and 
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,7 +179,7 @@ def test_bad_golden_files_are_one_clear_error(golden_path: Path, tmp_path: Path)
         archive.open("header.npy", "w") as f,
     ):
         np.lib.format.write_array(f, objects, allow_pickle=True)
-    cases.append((tmp_path / "pickled.npz", "unreadable archive .*allow_pickle=False"))
+    cases.append((tmp_path / "pickled.npz", "member header.npy holds object; accepted: numbers"))
     for path, message in cases:
         with pytest.raises(GoldenError, match=message) as info:
             crossval.load(path)
@@ -317,3 +320,244 @@ def test_check_validates_its_arguments(golden: GoldenSet, tmp_path: Path) -> Non
         crossval.check("generate", golden)  # type: ignore[arg-type]
     with pytest.raises(GoldenError, match="no such file"):
         crossval.check(tiny_model.generate, tmp_path / "nope.npz")
+
+
+# ------------------------------------------------------------------ every failure is a failed run
+
+
+class _Hang:
+    """A candidate that blocks until released (a hung kernel)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, prompt: list[int], n: int) -> list[int]:
+        self.release.wait(60)
+        return [0] * n
+
+
+class _Odd(BaseException):
+    """Neither an Exception nor an exit: still a failure of the candidate."""
+
+
+def _returning(value: Any) -> Any:
+    return lambda prompt, n: value
+
+
+def _logits_with(value: float) -> Any:
+    def generate(prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
+        ids, logits = tiny_model.generate(prompt, n)
+        logits[n // 2, 3] = value
+        return ids, logits
+
+    return generate
+
+
+def _raising(exc: BaseException) -> Any:
+    def generate(prompt: list[int], n: int) -> list[int]:
+        raise exc
+
+    return generate
+
+
+FAILURES = [
+    (_raising(ValueError("x")), "raised", "the candidate raised ValueError", False),
+    (_raising(_Odd()), "raised", "the candidate raised _Odd", False),
+    (tiny_model.generate_exits, "exited", "the candidate raised SystemExit(0)", True),
+    (_raising(SystemExit("bye")), "exited", "raised SystemExit('bye')", True),
+    (tiny_model.generate_interrupted, "interrupted", "raised KeyboardInterrupt", True),
+    (tiny_model.generate_nan, "non_finite", "the candidate returned 768 NaN/infinite logits",
+     False),
+    (_logits_with(np.inf), "non_finite", "returned 1 NaN/infinite logits", False),
+    (_logits_with(-np.inf), "non_finite", "returned 1 NaN/infinite logits", False),
+    (_returning([-1] * MAX_NEW), "out_of_range", "returned token id -1; accepted: 0..63", False),
+    (_returning([64] * MAX_NEW), "out_of_range", "returned token id 64; accepted: 0..63", False),
+    (_returning(np.full(MAX_NEW, 2**63, np.uint64)), "out_of_range", "beyond int64", False),
+    (_returning([1] * (MAX_NEW + 1)), "bad_output", "returned 13 ids for max_new_tokens=12",
+     False),
+    (_returning(["a", "b"]), "bad_output", "returned ids 1-D <U1 (2,)", False),
+    (_returning([[1, 2], [3, 4]]), "bad_output", "returned ids 2-D", False),
+    (_returning(([1] * MAX_NEW, np.zeros((MAX_NEW, 64, 2)))), "bad_output",
+     "returned logits 3-D", False),
+    (_returning(([1] * MAX_NEW, np.zeros((MAX_NEW, 10)))), "bad_output",
+     "returned logits of vocab 10, the golden 64", False),
+    (lambda p, n: _raising(crossval.CandidateError("unavailable", "http://127.0.0.1:1: refused"))(
+        p, n), "unavailable", "http://127.0.0.1:1: refused", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("candidate", "kind", "detail", "stops"), FAILURES)
+def test_every_failure_of_a_candidate_fails_the_run_with_its_reason(
+    golden: GoldenSet, candidate: Any, kind: str, detail: str, stops: bool
+) -> None:
+    """An exception, an exit, an interrupt, NaN/Inf logits, ids out of the vocabulary and
+    mis-shaped answers are all a failed run with a typed reason -- never an exception out of
+    check(), never a pass."""
+    report = crossval.check(candidate, golden, record_metrics=False)
+    assert not report.passed
+    assert report.failure is not None and report.failure.kind == crossval.FailureKind(kind)
+    assert report.reason.startswith("case 0: ") and detail in report.reason
+    case = report.cases[0]
+    assert case.failure is not None and case.failure.kind.value == kind
+    assert case.error == case.failure.detail
+    # an exit or an interrupt ends the run: nothing else is started on a candidate that left
+    assert (len(report.cases), report.cases_skipped) == ((1, 4) if stops else (5, 0))
+    from bitnet_obs._untrusted import strict_json
+
+    assert json.loads(strict_json(report.to_dict()))["failure"]["kind"] == kind
+
+
+def test_a_call_past_timeout_s_fails_the_run_and_is_abandoned(golden: GoldenSet) -> None:
+    hang = _Hang()
+    try:
+        report = crossval.check(hang, golden, timeout_s=0.05, record_metrics=False)
+    finally:
+        hang.release.set()
+    assert not report.passed and report.failure is not None
+    assert report.failure.kind == crossval.FailureKind.TIMEOUT
+    assert report.reason == "case 0: the candidate did not answer within 0.05s"
+    assert len(report.cases) == 1 and report.cases_skipped == 4
+
+
+def test_a_reference_that_exits_stops_the_run_and_fails_it(golden: GoldenSet) -> None:
+    report = crossval.check(
+        tiny_model.generate, golden, reference=tiny_model.generate_exits, record_metrics=False
+    )
+    assert not report.passed and report.failure is not None
+    assert report.failure.kind == crossval.FailureKind.EXITED
+    assert report.reason == "case 0: the reference raised SystemExit(0); the run stopped"
+
+
+def test_a_nan_kernel_after_a_good_start_fails(golden: GoldenSet) -> None:
+    """The canary's own case: a kernel that breaks into NaN logits."""
+    model = tiny_model.TinyModel()
+    assert crossval.check(model.generate, golden, record_metrics=False).passed
+    model.fault = "nan"
+    report = crossval.check(model.generate, golden, record_metrics=False)
+    assert not report.passed and report.failure is not None
+    assert report.failure.kind == crossval.FailureKind.NON_FINITE
+
+
+def test_candidate_error_kinds_are_checked() -> None:
+    with pytest.raises(ValueError, match="kind='slow'; accepted: raised, exited"):
+        crossval.CandidateError("slow", "x")
+    error = crossval.CandidateError(crossval.FailureKind.TIMEOUT, "no answer in 5 s")
+    assert error.failure == crossval.Failure(crossval.FailureKind.TIMEOUT, "no answer in 5 s")
+    assert str(error.failure) == "no answer in 5 s" and error.failure.kind.value == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"budget_s": float("inf")}, "budget_s=inf is not valid; accepted: a number in (0, 86400]"),
+        ({"budget_s": 0}, "budget_s=0 is not valid"),
+        ({"timeout_s": 1e10}, "timeout_s=10000000000.0 is not valid"),
+        ({"timeout_s": float("nan")}, "timeout_s=nan is not valid"),
+        ({"max_kl": float("inf")}, "max_kl=inf is not valid; accepted: a number in [0, 1000]"),
+        ({"min_agreement": float("nan")}, "min_agreement=nan is not valid"),
+        ({"model": 3}, "model=3; accepted: a string"),
+    ],
+)
+def test_every_number_of_check_is_bounded(
+    golden: GoldenSet, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        crossval.check(tiny_model.generate, golden, record_metrics=False, **kwargs)
+    assert message in str(info.value)
+
+
+# ------------------------------------------------------------------ hostile golden files
+
+
+def _zip_member(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _npy(header: str, data: bytes = b"") -> bytes:
+    text = header.encode() + b" " * (118 - len(header)) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
+
+
+def _members(golden_path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(golden_path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_hostile_golden_files_are_a_golden_error_before_any_allocation(
+    golden_path: Path, tmp_path: Path
+) -> None:
+    good = _members(golden_path)
+    huge = "{'descr': '<f8', 'fortran_order': False, 'shape': (65536, 65536), }"  # 32 GiB
+    deep = "[" * 100_000 + "]" * 100_000
+    nan_header = json.loads(good_header(golden_path)) | {"x": 1}
+    cases = {
+        "a 32 GiB array": ({**good, "logits.npy": _npy(huge)}, "declares float64 (65536, 65536) but holds 0 bytes"),
+        "a 2**40 dimension": (
+            {**good, "prompt_ids.npy": _npy(
+                "{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776, 0), }")},
+            "each dimension at most 2147483648",
+        ),
+        "a deeply nested header": (
+            {**good, "header.npy": _array_bytes(np.frombuffer(deep.encode(), np.uint8))},
+            "nests arrays/objects deeper than 16 levels",
+        ),
+        "NaN in the header": (
+            {**good, "header.npy": _array_bytes(np.frombuffer(
+                json.dumps(nan_header).replace('"x": 1', '"x": NaN').encode(),
+                np.uint8))},
+            "NaN is not JSON",
+        ),
+        "a billion cases": (
+            {**good, "header.npy": _array_bytes(np.frombuffer(
+                json.dumps(json.loads(good_header(golden_path)) | {"cases": 10**9}).encode(),
+                np.uint8))},
+            "header cases=1000000000; accepted: an integer in [1, 100000]",
+        ),
+        "negative ids": (
+            {**good, "output_ids.npy": _array_bytes(-np.ones(5 * MAX_NEW, np.int64))},
+            "output_ids holds ids outside [0, 64)",
+        ),
+    }  # fmt: skip
+    for what, (members, message) in cases.items():
+        path = _zip_member(tmp_path / f"{what}.npz", members)
+        with pytest.raises(GoldenError) as info:
+            crossval.load(path)
+        assert message in str(info.value), what
+        assert "\n" not in str(info.value)
+
+
+def good_header(golden_path: Path) -> str:
+    with np.load(golden_path) as raw:
+        return raw["header"].tobytes().decode()
+
+
+def _array_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a)
+    return buf.getvalue()
+
+
+def test_a_golden_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "golden.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(GoldenError, match="is a FIFO, not a regular file"):
+        crossval.load(fifo)  # never blocks waiting for a writer
+
+
+def test_record_into_a_missing_directory_is_a_golden_error(tmp_path: Path) -> None:
+    with pytest.raises(GoldenError, match=r"nowhere/g.npz: cannot write \(No such file"):
+        crossval.record(tiny_model.generate, PROMPTS, tmp_path / "nowhere" / "g.npz")
+
+
+def test_record_bounds_its_numbers(tmp_path: Path) -> None:
+    for kwargs, message in (
+        ({"max_new_tokens": 10**12}, "max_new_tokens=1000000000000 is not valid"),
+        ({"logits_steps": 10**6}, "logits_steps=1000000 is not valid"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            crossval.record(tiny_model.generate, PROMPTS, tmp_path / "g.npz", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"prompts\[0\]: accepted"):
+        crossval.record(tiny_model.generate, [[2**64 - 1]], tmp_path / "g.npz")

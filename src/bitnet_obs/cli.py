@@ -52,7 +52,11 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bitnet-obs", description=_plain(__doc__))
+    """Run a command and return its exit status (see :mod:`bitnet_obs._commands`): a usage
+    error is one line on stderr and 2, returned rather than raised."""
+    from bitnet_obs._commands import OneLineParser
+
+    parser = OneLineParser(prog="bitnet-obs", description=_plain(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run an instrumented synthetic BitNet server")
     demo.add_argument(
@@ -95,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quant_report.add_arguments(report)
     _crossval_cli.add_parser(sub)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command == "crossval":
         return _crossval_cli.run(args)
     if args.command == "quant-report":
@@ -103,8 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from bitnet_obs import _demo
 
-        return _demo.run(
-            args.duration, args.port, args.workers, args.inject_fault, args.fault_after
+        from bitnet_obs._commands import guarded
+
+        return guarded(
+            "bitnet-obs demo",
+            lambda: _demo.run(
+                args.duration, args.port, args.workers, args.inject_fault, args.fault_after
+            ),
         )
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2

@@ -18,6 +18,12 @@ and continuously in the serving process (:class:`Canary`, which gates ``/health/
 
     canary = crossval.Canary(generate, "golden.npz", interval_s=300).start()
 
+A candidate that cannot answer -- it raises, calls ``sys.exit``, hangs past ``timeout_s``,
+returns NaN logits, ids out of the vocabulary or something that is not ids -- fails the run:
+``report.failure`` says why (a :class:`FailureKind` and one line), and the canary's
+``/health/ready`` answers 503 with that line. A candidate that is not a Python function (an HTTP
+server, a subprocess) reports its own failures by raising :class:`CandidateError`.
+
 Token agreement counts the common prefix: after the first divergence the two runs condition on
 different text, so later matches mean nothing. Logits (KL, top-1, with
 :func:`bitnet_obs.quant.logits_agreement`) are compared up to and including that step for the
@@ -28,9 +34,9 @@ same reason. Metrics: ``bitnet.crossval.runs`` (by outcome), ``.passing``, ``.to
 from __future__ import annotations
 
 from bitnet_obs._canary import Canary
+from bitnet_obs._candidate import CandidateError, CrossvalError, Failure, FailureKind
 from bitnet_obs._crossval import (
     CaseResult,
-    CrossvalError,
     CrossvalReport,
     Implementation,
     check,
@@ -39,10 +45,13 @@ from bitnet_obs._crossval import (
 from bitnet_obs._golden import GoldenCase, GoldenError, GoldenSet, load
 
 __all__ = [
+    "CandidateError",
     "Canary",
     "CaseResult",
     "CrossvalError",
     "CrossvalReport",
+    "Failure",
+    "FailureKind",
     "GoldenCase",
     "GoldenError",
     "GoldenSet",

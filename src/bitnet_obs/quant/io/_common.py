@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_obs._untrusted import printable
+
 __all__ = [
     "Checkpoint",
     "FloatTensor",
@@ -240,23 +242,6 @@ def bf16_to_f32(raw: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
     out = np.empty(raw.shape, np.uint32)
     np.left_shift(raw, np.uint32(16), out=out)
     return out.view(np.float32)
-
-
-def printable(text: str) -> str:
-    """*text* with control and other non-printable characters (and backslashes) escaped, so a
-    hostile tensor name cannot move the cursor or rewrite a terminal."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
 
 
 def checked_count(value: int, limit: int, what: str, where: str) -> int:
