@@ -8,7 +8,8 @@ ids and those log-probabilities (:class:`~bitnet_obs._topk.TopLogprobs`). Nothin
 no text, no sampling knobs beyond greedy's, the prompt cache off (``cache_prompt: false``) so
 each run evaluates the whole prompt, as the golden's implementation did.
 
-Every failure is a :class:`ServerError` with a kind and one line, bounded in time: the whole
+Every failure is a :class:`ServerError` (a :class:`~bitnet_obs.crossval.CandidateError`: a
+run records its kind and line as the case's failure) bounded in time: the whole
 call -- connecting, sending, waiting, reading -- must finish within ``timeout_s`` (a server
 trickling bytes cannot stretch it), the answer is read up to :data:`MAX_RESPONSE_BYTES`, and
 it is checked field by field (ids are non-negative integers, one top-k list per generated
@@ -42,6 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_obs._candidate import CandidateError
 from bitnet_obs._config import Integer, Number
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._topk import TopkError, TopLogprobs, checked
@@ -71,13 +73,9 @@ _CHUNK = 64 * 1024
 _ID_PREFIX = "token_id:"  # vLLM's return_tokens_as_token_ids
 
 
-class ServerError(Exception):
+class ServerError(CandidateError):
     """A server that could not answer: ``kind`` (``unavailable``, ``timeout``, ``bad_output``)
-    and one line of ``detail`` for an operator."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind, self.detail = kind, detail
+    and one line of ``detail`` for an operator; a run records it as its failure."""
 
 
 def _clip(text: object) -> str:
