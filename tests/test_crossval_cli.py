@@ -192,8 +192,7 @@ def test_a_module_that_exits_at_import_is_bad_input(
     assert main(["crossval", "check", spec, "--golden", str(golden)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (
-        "bitnet-obs crossval check: cannot import 'tests._support.exits_on_import' "
-        "(SystemExit: 0)"
+        "bitnet-obs crossval check: cannot import 'tests._support.exits_on_import' (SystemExit: 0)"
     )
 
 

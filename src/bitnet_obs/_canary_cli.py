@@ -206,6 +206,7 @@ def _verdict(report: Any) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     import bitnet_obs
+    from bitnet_obs import health
     from bitnet_obs._canary import Canary
     from bitnet_obs._golden import load
 
@@ -228,6 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         max_kl=args.max_kl,
     )
+    # never ready before the canary's check gates readiness, nor after it is gone
+    health.mark_not_ready("starting: the canary has not run yet")
     telemetry = bitnet_obs.configure(**overrides)  # a busy port: ConfigError, exit 2
     stop = threading.Event()
 
@@ -245,6 +248,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  metrics: {telemetry.metrics_url}", flush=True)
             print(f"  ready:   {telemetry.health_url}/ready", flush=True)
         canary.start()
+        health.mark_ready()  # from now on the canary's own check decides
         seen, said = 0, ""
         while not stop.wait(0.25):
             report = canary.last_report
@@ -257,6 +261,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(line, flush=True)
                 said = key
     finally:
+        health.mark_not_ready("stopping")
         canary.stop(timeout=2.0)
         bitnet_obs.shutdown()
         for sig, handler in previous.items():

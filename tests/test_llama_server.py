@@ -1,0 +1,350 @@
+"""bitnet-obs watching a real llama-server from outside (issue 20, section 2): the server
+candidates, ``bitnet-obs crossval check --server`` and the ``bitnet-obs canary`` sidecar, on
+the fixture's TQ2_0 file (tests/_support/llama_model.py), a broken conversion of it, and a
+server that is killed or was never there.
+
+Every server is started on 127.0.0.1 with a free port and ``--metrics``
+(tests/_support/llama_server.py); the engine is built once per machine by
+tools/ensure_llama.py (a missing engine skips here and fails under CI=true).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bitnet_obs import crossval
+from bitnet_obs.cli import main
+from tests._support.llama_server import LlamaServer
+from tests._support.prometheus import free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(scope="module")
+def healthy(
+    llama_engine: Any, tiny_bitnet: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LlamaServer]:
+    with LlamaServer(
+        llama_engine, tiny_bitnet.tq2_0, workdir=tmp_path_factory.mktemp("healthy")
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def broken(
+    llama_engine: Any, broken_bitnet: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LlamaServer]:
+    """The same model with two FFN projections swapped in conversion, quantized the same way."""
+    model = broken_bitnet("swap")
+    with LlamaServer(llama_engine, model, workdir=tmp_path_factory.mktemp("broken")) as server:
+        yield server
+
+
+def _check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
+    code = main(["crossval", "check", *argv])
+    out = capsys.readouterr()
+    return code, out.out.splitlines(), out.err
+
+
+# ------------------------------------------------------------------ crossval check --server
+
+
+@pytest.mark.parametrize("api", ["llama", "openai"])
+def test_the_healthy_server_reproduces_the_transformers_golden(
+    healthy: LlamaServer, tiny_bitnet: Any, api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, err = _check(
+        capsys, "--server", healthy.url, "--api", api, "--golden", str(tiny_bitnet.golden)
+    )
+    assert code == 0, (lines, err, healthy.log())
+    assert lines[0] == "PASS"
+    summary = re.fullmatch(
+        r"  (\d+) cases, token agreement 1\.000, logits KL >= ([\d.e-]+) \(bound from the "
+        r"top-20\), top-1 ([\d.]+)",
+        lines[1],
+    )
+    assert summary is not None, lines
+    assert int(summary[1]) == len(crossval.load(tiny_bitnet.golden).cases)
+    assert float(summary[3]) == 1.0  # every step's most likely token is the golden's
+    assert lines[2].startswith("  candidate ") and lines[2].endswith(" tok/s")
+    assert err == ""
+
+
+def test_json_report_from_a_server(
+    healthy: LlamaServer, tiny_bitnet: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, _ = _check(
+        capsys, "--server", healthy.url, "--golden", str(tiny_bitnet.golden), "--top-k", "5",
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads("\n".join(lines))
+    assert report["passed"] is True and report["kl_top_k"] == 5
+    assert all(case["top_k"] == 5 and case["error"] is None for case in report["cases"])
+    assert report["top1"] == 1.0 and report["kl"] >= 0
+
+
+def test_ids_only(
+    healthy: LlamaServer, tiny_bitnet: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, _ = _check(
+        capsys, "--server", healthy.url, "--golden", str(tiny_bitnet.golden), "--top-k", "0"
+    )
+    assert code == 0
+    assert "KL" not in lines[1]
+
+
+def test_a_broken_conversion_fails_the_check(
+    broken: LlamaServer, tiny_bitnet: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, err = _check(capsys, "--server", broken.url, "--golden", str(tiny_bitnet.golden))
+    assert code == 3, (lines, err)
+    assert re.fullmatch(
+        r"FAIL: case \d+ diverges at token \d+ of \d+ \(token agreement .*", lines[0]
+    )
+    assert err == ""
+
+
+def test_a_server_that_is_not_there_fails_cleanly(
+    tiny_bitnet: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, lines, err = _check(capsys, "--server", url, "--golden", str(tiny_bitnet.golden))
+    assert code == 3
+    assert lines[0] == f"FAIL: case 0: {url}/completion: connection refused"
+    assert err == ""
+
+
+def test_a_killed_server_fails_cleanly(
+    llama_engine: Any, tiny_bitnet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = LlamaServer(llama_engine, tiny_bitnet.tq2_0, workdir=tmp_path).start()
+    candidate = crossval.LlamaServerCandidate(server.url, timeout_s=30)
+    assert crossval.check(candidate, tiny_bitnet.golden, record_metrics=False).passed
+    server.kill()
+    report = crossval.check(candidate, tiny_bitnet.golden, record_metrics=False)
+    assert not report.passed and report.failure is not None
+    assert report.failure.kind is crossval.FailureKind.UNAVAILABLE
+    assert report.reason == f"case 0: {server.url}/completion: connection refused"
+
+
+# ---------------------------------------------------------------------- the canary sidecar
+
+
+class Sidecar:
+    """``bitnet-obs canary`` as a subprocess, as it runs beside a server."""
+
+    def __init__(self, server_url: str, golden: Path, workdir: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.log_path = workdir / f"canary-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "bitnet_obs", "canary", "--server", server_url,
+                    "--golden", str(golden), "--port", str(self.port), "--interval", "1",
+                    *extra,
+                ],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with _OPENER.open(self.url + path, timeout=5) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return int(exc.code), exc.read().decode()
+
+    def wait_for(
+        self, path: str, predicate: Callable[[int, str], bool], timeout: float = 90
+    ) -> str:
+        deadline = time.monotonic() + timeout
+        last: tuple[int, str] | None = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the sidecar exited: {self.log()}"
+            with contextlib.suppress(OSError):
+                last = self.get(path)
+                if predicate(*last):
+                    return last[1]
+            time.sleep(0.2)
+        raise AssertionError(f"{path} never matched; last {last}; log:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError(f"the sidecar ignored SIGTERM: {self.log()}") from None
+        return self.proc.returncode
+
+
+@pytest.fixture
+def sidecars(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
+    started: list[Sidecar] = []
+
+    def start(url: str, golden: Path, *extra: str) -> Sidecar:
+        started.append(Sidecar(url, golden, tmp_path, *extra))
+        return started[-1]
+
+    yield start
+    for sidecar in started:
+        with contextlib.suppress(AssertionError):
+            sidecar.stop()
+
+
+def _ready(code: int, _: str) -> bool:
+    return code == 200
+
+
+def _not_ready(code: int, _: str) -> bool:
+    return code == 503
+
+
+def test_the_sidecar_passes_a_healthy_server_and_serves_its_metrics(
+    healthy: LlamaServer, tiny_bitnet: Any, sidecars: Callable[..., Sidecar]
+) -> None:
+    sidecar = sidecars(healthy.url, tiny_bitnet.golden)
+    body = json.loads(sidecar.wait_for("/health/ready", _ready))
+    assert body["status"] == "healthy"
+    assert body["checks"]["canary"]["detail"].startswith("passed ")
+    metrics = sidecar.wait_for(
+        "/metrics",
+        lambda code, text: 'bitnet_crossval_runs_total{bitnet_crossval_outcome="pass"' in text,
+    )
+    model = crossval.load(tiny_bitnet.golden).model
+    assert f'bitnet_crossval_passing{{gen_ai_request_model="{model}"}} 1.0' in metrics
+    assert re.search(
+        rf'bitnet_crossval_token_agreement\{{gen_ai_request_model="{model}"}} 1\.0', metrics
+    )
+    assert re.search(r"bitnet_crossval_kl\{[^}]*\} [\d.e+-]+", metrics)
+    assert re.search(
+        r'bitnet_crossval_throughput_per_second\{bitnet_crossval_implementation="candidate"',
+        metrics,
+    )
+    assert 'bitnet_health_status{bitnet_health_component="canary"} 1.0' in metrics
+    assert 'service_name="bitnet-canary"' in metrics
+    assert sidecar.stop() == 0  # SIGTERM: a clean stop
+    log = sidecar.log()
+    assert "PASS: " in log and log.rstrip().endswith("bitnet-obs canary: stopped")
+    assert "Traceback" not in log
+
+
+def test_the_sidecar_takes_a_broken_server_out_of_rotation(
+    broken: LlamaServer, tiny_bitnet: Any, sidecars: Callable[..., Sidecar]
+) -> None:
+    sidecar = sidecars(broken.url, tiny_bitnet.golden)
+    body = json.loads(
+        sidecar.wait_for("/health/ready", lambda code, text: code == 503 and "diverges" in text)
+    )
+    (reason,) = body["reasons"]
+    assert re.fullmatch(
+        r"canary: case \d+ diverges at token \d+ of \d+ \(token agreement .*\)", reason
+    )
+    metrics = sidecar.wait_for("/metrics", lambda code, text: "bitnet_crossval_passing" in text)
+    assert re.search(r"bitnet_crossval_passing\{[^}]*\} 0\.0", metrics)
+    assert sidecar.stop() == 0
+    assert "FAIL: case " in sidecar.log()
+
+
+def test_the_sidecar_follows_a_server_that_dies(
+    llama_engine: Any, tiny_bitnet: Any, tmp_path: Path, sidecars: Callable[..., Sidecar]
+) -> None:
+    server = LlamaServer(llama_engine, tiny_bitnet.tq2_0, workdir=tmp_path / "dies").start()
+    try:
+        sidecar = sidecars(server.url, tiny_bitnet.golden, "--timeout", "10")
+        sidecar.wait_for("/health/ready", _ready)
+        server.kill()
+        body = json.loads(
+            sidecar.wait_for("/health/ready", lambda c, t: c == 503 and "refused" in t)
+        )
+        assert body["reasons"] == [f"canary: case 0: {server.url}/completion: connection refused"]
+    finally:
+        server.stop()
+    assert sidecar.stop() == 0
+
+
+def test_the_sidecar_is_not_ready_before_its_first_pass(
+    tiny_bitnet: Any, sidecars: Callable[..., Sidecar]
+) -> None:
+    sidecar = sidecars(f"http://127.0.0.1:{free_port()}", tiny_bitnet.golden)
+    text = sidecar.wait_for("/health/ready", _not_ready)
+    assert "canary" in text
+    assert sidecar.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--server", "ftp://x:1"], "url='ftp://x:1'; accepted: http://host:port"),
+        (["--server", "http://127.0.0.1:1", "--interval", "0"], "--interval"),
+        (["--server", "http://127.0.0.1:1", "--timeout", "nan"], "--timeout"),
+        (["--server", "http://127.0.0.1:1", "--api", "grpc"], "invalid choice"),
+        (["--server", "http://127.0.0.1:1", "--port", "70000"], "--port"),
+        (["--server", "http://127.0.0.1:1", "--top-k", "500"], "--top-k"),
+        (["--server", "http://127.0.0.1:1", "--api-key-file", "/nonexistent"], "--api-key-file"),
+        (["--golden", "/nonexistent.npz", "--server", "http://127.0.0.1:1"], "nonexistent"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    tiny_bitnet: Any, argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if "--golden" not in argv:
+        argv = [*argv, "--golden", str(tiny_bitnet.golden)]
+    code = main(["canary", *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("bitnet-obs canary"), err
+    assert says in err
+
+
+def test_a_busy_port_is_exit_2(tiny_bitnet: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        code = main(["canary", "--server", "http://127.0.0.1:1", "--golden",
+                     str(tiny_bitnet.golden), "--port", str(port)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(port) in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ([], "either MODULE:FUNC or --server URL"),
+        (["tests._support.tiny_model:generate", "--server", "http://h:1"], "one candidate"),
+        (["--server", "http://h:1/?q"], "no query"),
+    ],
+)
+def test_crossval_check_needs_exactly_one_candidate(
+    tiny_bitnet: Any, argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _check(capsys, *argv, "--golden", str(tiny_bitnet.golden))
+    assert code == 2 and err.count("\n") == 1 and says in err, err
