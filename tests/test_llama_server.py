@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +22,10 @@ import pytest
 
 from bitnet_obs import crossval
 from bitnet_obs.cli import main
-from tests._support.llama_server import LlamaServer
+from tests._support.llama_server import LlamaServer, Sidecar
 from tests._support.prometheus import free_port
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -145,64 +137,6 @@ def test_a_killed_server_fails_cleanly(
 
 
 # ---------------------------------------------------------------------- the canary sidecar
-
-
-class Sidecar:
-    """``bitnet-obs canary`` as a subprocess, as it runs beside a server."""
-
-    def __init__(self, server_url: str, golden: Path, workdir: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.log_path = workdir / f"canary-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "bitnet_obs", "canary", "--server", server_url,
-                    "--golden", str(golden), "--port", str(self.port), "--interval", "1",
-                    *extra,
-                ],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with _OPENER.open(self.url + path, timeout=5) as response:
-                return int(response.status), response.read().decode()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return int(exc.code), exc.read().decode()
-
-    def wait_for(
-        self, path: str, predicate: Callable[[int, str], bool], timeout: float = 90
-    ) -> str:
-        deadline = time.monotonic() + timeout
-        last: tuple[int, str] | None = None
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"the sidecar exited: {self.log()}"
-            with contextlib.suppress(OSError):
-                last = self.get(path)
-                if predicate(*last):
-                    return last[1]
-            time.sleep(0.2)
-        raise AssertionError(f"{path} never matched; last {last}; log:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-                raise AssertionError(f"the sidecar ignored SIGTERM: {self.log()}") from None
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -325,8 +259,6 @@ def test_bad_arguments_are_one_line_and_exit_2(
 
 
 def test_a_busy_port_is_exit_2(tiny_bitnet: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    import socket
-
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         code = main(["canary", "--server", "http://127.0.0.1:1", "--golden",

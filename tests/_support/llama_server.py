@@ -1,5 +1,6 @@
 """A real llama-server for the tests: started on 127.0.0.1 with a free port and ``--metrics`` on
-one of the fixture's GGUF files, ready when ``/health`` says so, stopped (or killed) on demand.
+one of the fixture's GGUF files, ready when ``/health`` says so, stopped (or killed) on demand;
+and the ``bitnet-obs canary`` sidecar beside it, as a subprocess (:class:`Sidecar`).
 
 ::
 
@@ -17,16 +18,18 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from tests._support.prometheus import _die_with_parent, free_port
 
+ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 120.0  # a 2-core machine under load; the fixture's model loads in < 1 s
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -144,3 +147,69 @@ class LlamaServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class Sidecar:
+    """``bitnet-obs canary`` as a subprocess, as it runs beside a server."""
+
+    def __init__(
+        self,
+        server_url: str,
+        golden: Path,
+        workdir: Path,
+        *extra: str,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.log_path = workdir / f"canary-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
+        env.update(environ or {})
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "bitnet_obs", "canary", "--server", server_url,
+                    "--golden", str(golden), "--port", str(self.port), "--interval", "1",
+                    *extra,
+                ],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with _OPENER.open(self.url + path, timeout=5) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return int(exc.code), exc.read().decode()
+
+    def wait_for(
+        self, path: str, predicate: Callable[[int, str], bool], timeout: float = 90
+    ) -> str:
+        deadline = time.monotonic() + timeout
+        last: tuple[int, str] | None = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the sidecar exited: {self.log()}"
+            with contextlib.suppress(OSError):
+                last = self.get(path)
+                if predicate(*last):
+                    return last[1]
+            time.sleep(0.2)
+        raise AssertionError(f"{path} never matched; last {last}; log:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError(f"the sidecar ignored SIGTERM: {self.log()}") from None
+        return self.proc.returncode
