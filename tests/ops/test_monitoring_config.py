@@ -19,7 +19,6 @@ from tests._support.prometheus import (
 )
 from tests._support.tools import find_tool
 from tests.ops._kit import (
-    ALERT_FILES,
     DASHBOARD,
     LLAMA_SERVER_ROW,
     LLAMA_SERVER_SERIES,
@@ -27,7 +26,6 @@ from tests.ops._kit import (
     LLAMACPP_RECORDING_RULES,
     MONITORING,
     OPERATIONS_DOC,
-    RECORDING_FILES,
     RULE_TESTS,
     SEVERITIES,
     alert_rules,
@@ -40,6 +38,7 @@ from tests.ops._kit import (
     panel_queries,
     panels_by_row,
     recording_rules,
+    rule_files,
 )
 
 pytestmark = pytest.mark.prometheus
@@ -50,23 +49,12 @@ pytestmark = pytest.mark.prometheus
 def test_promtool_check_config(promtool_bin: str) -> None:
     code, output = promtool_check_config(MONITORING / "prometheus.yml", binary=promtool_bin)
     assert code == 0, output
-    files = RECORDING_FILES + ALERT_FILES
-    assert f"{len(files)} rule files found" in output
-    loaded = {MONITORING / p for p in load_yaml(MONITORING / "prometheus.yml")["rule_files"]}
-    assert loaded == set(files), "prometheus.yml loads every rule file, and only those"
-
-
-def test_rule_files_come_in_pairs() -> None:
-    """NAME-recording.yml beside each NAME-alerts.yml: the alerts read their recording rules."""
-    names = {p.name.removesuffix("-recording.yml") for p in RECORDING_FILES}
-    assert names == {p.name.removesuffix("-alerts.yml") for p in ALERT_FILES}
-    assert {p.name for p in (MONITORING / "rules").iterdir()} == {
-        p.name for p in RECORDING_FILES + ALERT_FILES
-    }
+    assert f"{len(rule_files())} rule files found" in output
+    assert set(rule_files()) == set((MONITORING / "rules").glob("*.yml")), "a rule file not loaded"
 
 
 def test_promtool_check_rules(promtool_bin: str) -> None:
-    code, output = promtool_check_rules(*RECORDING_FILES, *ALERT_FILES, binary=promtool_bin)
+    code, output = promtool_check_rules(*rule_files(), binary=promtool_bin)
     assert code == 0, output
 
 
@@ -80,11 +68,11 @@ def test_promtool_test_rules(promtool_bin: str) -> None:
 def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
     firing: set[str] = set()
     silent: set[str] = set()
+    loaded = [f"../rules/{path.name}" for path in rule_files()]
     for path in RULE_TESTS:
         doc = load_yaml(path)
-        recording, alerts = doc["rule_files"]  # a pair, as prometheus.yml loads them
-        assert recording.removesuffix("-recording.yml") == alerts.removesuffix("-alerts.yml")
-        assert (path.parent / recording).resolve() in RECORDING_FILES, path.name
+        # shipped rule files only, in the order Prometheus loads them
+        assert doc["rule_files"] == [f for f in loaded if f in doc["rule_files"]], path.name
         for test in doc["tests"]:
             for case in test.get("alert_rule_test", []):
                 (firing if case.get("exp_alerts") else silent).add(case["alertname"])
@@ -152,6 +140,7 @@ def test_rules_and_dashboard_use_only_real_metric_and_label_names() -> None:
     labels = exposed_labels() | {"alertname", "alertstate", "severity"}
     labels |= {k for r in recording_rules() for k in r.get("labels", {})}
     exprs = [(r.get("record") or r["alert"], r["expr"]) for r in recording_rules() + alert_rules()]
+    labels |= {made for _, expr in exprs for made in _LABEL_REPLACE_TARGET.findall(expr)}
     exprs += panel_queries()
     for where, expr in exprs:
         assert metric_names(expr) or expr.startswith("vector("), f"{where}: reads no metric"
@@ -364,6 +353,7 @@ def test_dashboard_layout_rows_and_variables() -> None:
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
     assert rows == [
         "Overview",
+        "Fleet",
         "Serving lifecycle",
         "Quantization",
         "Devices",
@@ -428,6 +418,10 @@ def test_dashboard_layout_rows_and_variables() -> None:
         "KV-cache usage",
         "Canary (sidecar)",
     } <= titles
+
+
+# label_replace(v, "dst", "replacement", "src", "regex"): the label a rule makes
+_LABEL_REPLACE_TARGET = re.compile(r'"(\w+)",\s*"[^"]*",\s*"[^"]*",\s*"[^"]*"\s*\)')
 
 
 def _anchor(heading: str) -> str:
