@@ -32,15 +32,14 @@ import yaml
 from tests._support.llama_server import LlamaServer, Sidecar
 from tests._support.prometheus import PrometheusServer, ScrapeJob
 from tests.ops._kit import (
-    ALERT_FILES,
     LLAMA_SERVER_ROW,
     LLAMA_SERVER_SERIES,
     MONITORING,
-    RECORDING_FILES,
     dashboard,
     load_yaml,
     panels_by_row,
     recording_rules,
+    rule_files,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
@@ -78,7 +77,7 @@ def _traffic(url: str, stop: threading.Event) -> None:
 def _rules_for_e2e(workdir: Path) -> list[Path]:
     """Every rule file, with BitNetLlamaServerDown's `for` at 0s."""
     out = []
-    for path in RECORDING_FILES + ALERT_FILES:
+    for path in rule_files():
         rules = load_yaml(path)
         for group in rules["groups"]:
             for rule in group["rules"]:
