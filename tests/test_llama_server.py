@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from bitnet_obs import crossval
+from bitnet_obs import crossval, health
 from bitnet_obs.cli import main
+from bitnet_obs.testing import capture_telemetry, reset
 from tests._support.llama_server import LlamaServer, Sidecar
 from tests._support.prometheus import free_port
 
@@ -134,6 +135,29 @@ def test_a_killed_server_fails_cleanly(
     assert not report.passed and report.failure is not None
     assert report.failure.kind is crossval.FailureKind.UNAVAILABLE
     assert report.reason == f"case 0: {server.url}/completion: connection refused"
+
+
+def test_an_in_process_canary_through_the_server_candidate(
+    healthy: LlamaServer, broken: LlamaServer, tiny_bitnet: Any
+) -> None:
+    """crossval.Canary over a LlamaServerCandidate in any process: green on the healthy server,
+    red (readiness 503, the passing gauge 0) on the broken conversion."""
+    reset()
+    for name in ("model", "devices", "exporters", "memory"):  # only the canaries' checks
+        health.unregister(name)
+    try:
+        with capture_telemetry() as cap:
+            for server, passed in ((healthy, True), (broken, False)):
+                candidate = crossval.LlamaServerCandidate(server.url, timeout_s=30)
+                with crossval.Canary(candidate, tiny_bitnet.golden, interval_s=3600) as canary:
+                    report = canary.run_once()
+                    assert report.passed is passed, report.reason
+                    assert (health.evaluate("readiness").http_status == 200) is passed
+                model = crossval.load(tiny_bitnet.golden).model
+                gauge = cap.value("bitnet.crossval.passing", **{"gen_ai.request.model": model})
+                assert gauge == (1 if passed else 0)
+    finally:
+        reset()
 
 
 # ---------------------------------------------------------------------- the canary sidecar
