@@ -111,7 +111,7 @@ def stack(
         traffic.start()
         cleanup.callback(traffic.join, 60)
         cleanup.callback(stop.set)
-        sidecar = Sidecar(server.url, tiny_bitnet.golden, workdir, "--interval", "2")
+        sidecar = Sidecar(server.url, tiny_bitnet.golden_llama, workdir, "--interval", "2")
         cleanup.callback(sidecar.stop)
         sidecar.wait_for("/health/ready", lambda code, _: code == 200)
         prom = PrometheusServer(
