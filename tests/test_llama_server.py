@@ -27,6 +27,9 @@ from tests._support.llama_server import LlamaServer, Sidecar
 from tests._support.prometheus import free_port
 
 pytestmark = pytest.mark.slow
+# tests that reach a real llama-server take the engine's fixtures (llama_engine, tiny_bitnet,
+# broken_bitnet: a missing engine skips them, and fails them under CI=true); the others
+# (arguments, a server that is not there) run anywhere on any_golden
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +50,16 @@ def broken(
     model = broken_bitnet("swap")
     with LlamaServer(llama_engine, model, workdir=tmp_path_factory.mktemp("broken")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def any_golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A golden file for the tests that never reach a server (no engine needed)."""
+    from tests._support.tiny_model import PROMPTS, generate
+
+    path = tmp_path_factory.mktemp("any-golden") / "golden.npz"
+    crossval.record(generate, PROMPTS, path, max_new_tokens=4, model="tiny")
+    return path
 
 
 def _check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
@@ -143,10 +156,10 @@ def test_a_broken_conversion_fails_the_check(
 
 
 def test_a_server_that_is_not_there_fails_cleanly(
-    tiny_bitnet: Any, capsys: pytest.CaptureFixture[str]
+    any_golden: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    code, lines, err = _check(capsys, "--server", url, "--golden", str(tiny_bitnet.golden))
+    code, lines, err = _check(capsys, "--server", url, "--golden", str(any_golden))
     assert code == 3
     assert lines[0] == f"FAIL: case 0: {url}/completion: connection refused"
     assert err == ""
@@ -279,9 +292,9 @@ def test_the_sidecar_follows_a_server_that_dies(
 
 
 def test_the_sidecar_is_not_ready_before_its_first_pass(
-    tiny_bitnet: Any, sidecars: Callable[..., Sidecar]
+    any_golden: Path, sidecars: Callable[..., Sidecar]
 ) -> None:
-    sidecar = sidecars(f"http://127.0.0.1:{free_port()}", tiny_bitnet.golden)
+    sidecar = sidecars(f"http://127.0.0.1:{free_port()}", any_golden)
     text = sidecar.wait_for("/health/ready", _not_ready)
     assert "canary" in text
     assert sidecar.stop() == 0
@@ -301,10 +314,10 @@ def test_the_sidecar_is_not_ready_before_its_first_pass(
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(
-    tiny_bitnet: Any, argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+    any_golden: Path, argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if "--golden" not in argv:
-        argv = [*argv, "--golden", str(tiny_bitnet.golden)]
+        argv = [*argv, "--golden", str(any_golden)]
     code = main(["canary", *argv])
     err = capsys.readouterr().err
     assert code == 2
@@ -312,11 +325,11 @@ def test_bad_arguments_are_one_line_and_exit_2(
     assert says in err
 
 
-def test_a_busy_port_is_exit_2(tiny_bitnet: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_busy_port_is_exit_2(any_golden: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         code = main(["canary", "--server", "http://127.0.0.1:1", "--golden",
-                     str(tiny_bitnet.golden), "--port", str(port)])  # fmt: skip
+                     str(any_golden), "--port", str(port)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(port) in err
 
@@ -330,7 +343,7 @@ def test_a_busy_port_is_exit_2(tiny_bitnet: Any, capsys: pytest.CaptureFixture[s
     ],
 )
 def test_crossval_check_needs_exactly_one_candidate(
-    tiny_bitnet: Any, argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+    any_golden: Path, argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _check(capsys, *argv, "--golden", str(tiny_bitnet.golden))
+    code, _, err = _check(capsys, *argv, "--golden", str(any_golden))
     assert code == 2 and err.count("\n") == 1 and says in err, err
