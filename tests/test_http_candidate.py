@@ -294,7 +294,8 @@ def test_malformed_answers(body: str | bytes, says: str) -> None:
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        (lambda a: a.pop("completion_probabilities"), "0 top-k lists for 2 generated tokens"),
+        (lambda a: a["completion_probabilities"].append(a["completion_probabilities"][0]),
+         "3 top-k lists for 2 generated tokens"),
         (lambda a: a["completion_probabilities"][1].update(id=40), "is not the generated token"),
         (lambda a: a["completion_probabilities"][0]["top_logprobs"][1].update(logprob=0.5),
          "NaN or above 0"),
@@ -314,6 +315,46 @@ def test_impossible_log_probabilities(change: Callable[[dict[str, Any]], Any], s
         error = fail(LlamaServerCandidate(server.url, top_k=2), [1], 2)
     assert error.kind == "bad_output"
     assert says in error.detail
+
+
+def test_steps_llama_server_does_not_report_end_the_top_k() -> None:
+    """llama-server reports no probabilities for a token that ends inside a UTF-8 character
+    (a byte piece): the top-k covers the steps before the first such token."""
+    answer = llama_answer([7, 30, 31, 9], k=2)
+    del answer["completion_probabilities"][1]  # 30 opened a character, 31 completed it
+    with scripted(reply(200, json.dumps(answer))) as server:
+        ids, top = LlamaServerCandidate(server.url, top_k=2)([1], 4)
+    assert ids.tolist() == [7, 30, 31, 9]
+    assert top is not None and top.ids[:, 0].tolist() == [7]
+    answer = llama_answer([7, 8, 30], k=2)
+    del answer["completion_probabilities"][2]  # the answer ended inside a character
+    with scripted(reply(200, json.dumps(answer))) as server:
+        _, top = LlamaServerCandidate(server.url, top_k=2)([1], 4)
+    assert top is not None and top.ids[:, 0].tolist() == [7, 8]
+    with scripted(reply(200, json.dumps({"tokens": [4, 5]}))) as server:
+        _, top = LlamaServerCandidate(server.url, top_k=2)([1], 4)  # a server without n_probs
+    assert top is not None and top.steps == 0
+
+
+def test_openai_ids_come_from_llama_servers_verbose_tokens() -> None:
+    content = llama_answer([7, 31, 9], k=2)["completion_probabilities"]
+    answer = {
+        "choices": [{"logprobs": {"content": content}}],
+        "usage": {"completion_tokens": 4},
+        "__verbose": {"tokens": [7, 30, 31, 9]},
+    }
+    with scripted(reply(200, json.dumps(answer))) as server:
+        ids, top = OpenAICompletionsCandidate(server.url, top_k=2)([1], 4)
+        sent = server.body()
+    assert sent["verbose"] is True and sent["return_tokens"] is True
+    assert ids.tolist() == [7, 30, 31, 9]
+    assert top is not None and top.ids[:, 0].tolist() == [7]
+    del answer["__verbose"]  # a server that names 3 of the 4 tokens it generated
+    with scripted(reply(200, json.dumps(answer))) as server:
+        error = fail(OpenAICompletionsCandidate(server.url, top_k=2), [1], 4)
+    assert error.kind == "bad_output"
+    assert error.detail.endswith("generated 4 tokens but named 3 (llama-server: use --api llama, "
+                                 "or a version that returns __verbose.tokens)")  # fmt: skip
 
 
 def test_oversized_answers_are_cut_off() -> None:

@@ -334,22 +334,35 @@ def _id_of_token(text: object, what: str) -> int:
 
 
 def _top(
-    ids: list[int], steps: list[list[tuple[int, float]]], k: int
+    ids: list[int], steps: list[tuple[int, list[tuple[int, float]]]], k: int
 ) -> tuple[npt.NDArray[np.int64], TopLogprobs | None]:
-    """The generated ids and, when asked for, their top-k as arrays (every step as long as
-    the shortest: a server may return fewer than k where the vocabulary runs out)."""
+    """The generated ids and, when asked for, the top-k of the steps the server reported, as
+    arrays (every step as long as the shortest: a server may return fewer than k where the
+    vocabulary runs out).
+
+    ``steps`` pairs each reported step's generated id with its top-k. llama-server reports no
+    step for a token that leaves its text inside a UTF-8 character (a byte-fallback piece): its
+    list is then shorter than ``ids``, the first step missing is where the ids stop matching
+    the list position by position (that token begins a character the next one completes, so
+    its id differs from the one reported there), and the top-k covers the steps before it. A
+    list as long as the ids must match them one for one."""
     out = np.asarray(ids, dtype=np.int64).reshape(-1)
     if k == 0:
         return out, None
-    if len(steps) != len(ids):
+    if len(steps) > len(ids):
         raise TypeError(f"{len(steps)} top-k lists for {len(ids)} generated tokens")
-    if not steps:
+    known = 0
+    while known < len(steps) and steps[known][0] == ids[known]:
+        known += 1
+    if len(steps) == len(ids) and known < len(ids):
+        raise TypeError(f"top-k list {known} is not the generated token's")
+    if not known:
         return out, TopLogprobs(np.zeros((0, 1), np.int64), np.zeros((0, 1), np.float64))
-    width = min(len(s) for s in steps)
+    width = min(len(top) for _, top in steps[:known])
     if width < 1:
         raise TypeError("an empty top-k list")
-    top_ids = np.array([[t for t, _ in s[:width]] for s in steps], dtype=np.int64)
-    top_lp = np.array([[lp for _, lp in s[:width]] for s in steps], dtype=np.float64)
+    top_ids = np.array([[t for t, _ in top[:width]] for _, top in steps[:known]], np.int64)
+    top_lp = np.array([[lp for _, lp in top[:width]] for _, top in steps[:known]], np.float64)
     return out, checked(TopLogprobs(top_ids, top_lp))
 
 
@@ -401,14 +414,11 @@ class LlamaServerCandidate(HTTPCandidate):
         if not isinstance(answer, Mapping):
             raise TypeError("the answer is not an object")
         ids = [_int_id(t, "tokens[]") for t in _list(answer["tokens"], "tokens")]
-        steps: list[list[tuple[int, float]]] = []
+        steps: list[tuple[int, list[tuple[int, float]]]] = []
         if self.top_k:
             probs = _list(answer.get("completion_probabilities", []), "completion_probabilities")
             for i, entry in enumerate(probs):
-                chosen, top = _llama_step(entry, f"completion_probabilities[{i}]")
-                if i < len(ids) and chosen != ids[i]:
-                    raise TypeError(f"completion_probabilities[{i}] is not the generated token")
-                steps.append(top)
+                steps.append(_llama_step(entry, f"completion_probabilities[{i}]"))
         return _top(ids, steps, self.top_k)
 
 
@@ -418,11 +428,14 @@ class OpenAICompletionsCandidate(HTTPCandidate):
         candidate = crossval.OpenAICompletionsCandidate("http://127.0.0.1:8080", top_k=5)
 
     Sends ``prompt`` as ids, ``max_tokens``, ``temperature: 0``, ``logprobs`` (``top_k``, at
-    least 1: the generated ids are read from the log-probabilities), ``cache_prompt: false``
-    (llama-server) and ``return_tokens_as_token_ids`` (vLLM). Reads llama-server's
+    least 1: the generated ids are read from the log-probabilities), and three extensions other
+    servers ignore: ``cache_prompt: false`` and ``return_tokens`` with ``verbose`` (llama-server:
+    the generated ids in ``__verbose.tokens``, since its ``logprobs.content`` skips a token that
+    ends inside a UTF-8 character), ``return_tokens_as_token_ids`` (vLLM). Reads llama-server's
     ``logprobs.content`` (ids and log-probabilities per token), or the classic
     ``tokens``/``top_logprobs`` lists when the server names tokens ``token_id:N``; a server that
-    names them only by text cannot be judged on ids and fails the call saying so.
+    names them only by text cannot be judged on ids and fails the call saying so, and so does
+    one whose ``usage.completion_tokens`` says it generated tokens it does not name.
     """
 
     api = "openai"
@@ -444,6 +457,8 @@ class OpenAICompletionsCandidate(HTTPCandidate):
             "stream": False,
             "n": 1,
             "cache_prompt": False,
+            "return_tokens": True,
+            "verbose": True,
             "return_tokens_as_token_ids": True,
         }
         if self.model is not None:
@@ -460,12 +475,14 @@ class OpenAICompletionsCandidate(HTTPCandidate):
         if not isinstance(logprobs, Mapping):
             raise ServerError("bad_output", f"{self.endpoint} answered without logprobs")
         ids: list[int] = []
-        steps: list[list[tuple[int, float]]] = []
+        steps: list[tuple[int, list[tuple[int, float]]]] = []
         if "content" in logprobs:  # llama-server
             for i, entry in enumerate(_list(logprobs["content"], "logprobs.content")):
-                chosen, top = _llama_step(entry, f"logprobs.content[{i}]")
-                ids.append(chosen)
-                steps.append(top)
+                steps.append(_llama_step(entry, f"logprobs.content[{i}]"))
+            ids = [chosen for chosen, _ in steps]
+            verbose = answer.get("__verbose")
+            if isinstance(verbose, Mapping) and verbose.get("tokens"):
+                ids = [_int_id(t, "__verbose.tokens[]") for t in _list(verbose["tokens"], "tokens")]
         else:  # the classic shape (vLLM with return_tokens_as_token_ids)
             tokens = _list(logprobs["tokens"], "logprobs.tokens")
             ids = [_id_of_token(t, f"{self.endpoint} logprobs.tokens") for t in tokens]
@@ -476,7 +493,15 @@ class OpenAICompletionsCandidate(HTTPCandidate):
                     (_id_of_token(t, f"{self.endpoint} logprobs.top_logprobs"), _logprob(lp, t))
                     for t, lp in entry.items()
                 ]
-                steps.append(sorted(pairs, key=lambda p: -p[1]))
+                steps.append((ids[i] if i < len(ids) else -1, sorted(pairs, key=lambda p: -p[1])))
+        usage = answer.get("usage")
+        told = usage.get("completion_tokens") if isinstance(usage, Mapping) else None
+        if isinstance(told, int) and not isinstance(told, bool) and told != len(ids):
+            raise ServerError(
+                "bad_output",
+                f"{self.endpoint} generated {told} tokens but named {len(ids)} (llama-server: "
+                "use --api llama, or a version that returns __verbose.tokens)",
+            )
         return _top(ids, steps, self.top_k)
 
 
