@@ -108,6 +108,22 @@ def test_the_healthy_server_passes_the_transformers_golden_within_tolerance(
     assert "(bound from the top-20)" in lines[1]
 
 
+def test_with_flash_attention_the_server_still_passes_across_implementations(
+    llama_engine: Any, tiny_bitnet: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """llama-server's own default turns flash attention on for the CPU: its sums differ from
+    llama-cpp-python's, a near-tie late in one case flips (so llama.cpp's own golden fails on
+    exact ids), and the cross-implementation tolerance holds."""
+    with LlamaServer(llama_engine, tiny_bitnet.tq2_0, workdir=tmp_path, flash_attn=True) as s:
+        code, lines, _ = _check(
+            capsys, "--server", s.url, "--golden", str(tiny_bitnet.golden), *_tolerance()
+        )
+        assert code == 0, lines
+        own = str(tiny_bitnet.golden_llama)
+        code, lines, _ = _check(capsys, "--server", s.url, "--golden", own, *_tolerance())
+        assert code == 0, lines
+
+
 def _tolerance() -> list[str]:
     from tests._support.llama_model import CROSS_IMPL
 
@@ -126,7 +142,10 @@ def test_json_report_from_a_server(
     assert code == 0
     report = json.loads("\n".join(lines))
     assert report["passed"] is True and report["kl_top_k"] == 5
-    assert all(case["top_k"] == 5 and case["error"] is None for case in report["cases"])
+    assert all(case["error"] is None for case in report["cases"])
+    # a case whose first generated token is a byte piece has no reported step to compare
+    compared = [case for case in report["cases"] if case["logits_steps"]]
+    assert compared and all(case["top_k"] == 5 for case in compared)
     assert report["top1"] == 1.0 and report["kl"] >= 0
 
 
@@ -251,9 +270,10 @@ def test_the_sidecar_passes_a_healthy_server_and_serves_its_metrics(
     )
     assert 'bitnet_health_status{bitnet_health_component="canary"} 1.0' in metrics
     assert 'service_name="bitnet-canary"' in metrics
+    assert re.search(r"\nPASS: \d+ cases, token agreement 1\.000, ", sidecar.wait_log("PASS: "))
     assert sidecar.stop() == 0  # SIGTERM: a clean stop
     log = sidecar.log()
-    assert "PASS: " in log and log.rstrip().endswith("bitnet-obs canary: stopped")
+    assert log.rstrip().endswith("bitnet-obs canary: stopped")
     assert "Traceback" not in log
 
 
@@ -270,8 +290,8 @@ def test_the_sidecar_takes_a_broken_server_out_of_rotation(
     )
     metrics = sidecar.wait_for("/metrics", lambda code, text: "bitnet_crossval_passing" in text)
     assert re.search(r"bitnet_crossval_passing\{[^}]*\} 0\.0", metrics)
+    sidecar.wait_log("FAIL: case ")
     assert sidecar.stop() == 0
-    assert "FAIL: case " in sidecar.log()
 
 
 def test_the_sidecar_follows_a_server_that_dies(

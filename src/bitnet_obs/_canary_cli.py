@@ -229,16 +229,17 @@ def _run(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         max_kl=args.max_kl,
     )
-    # never ready before the canary's check gates readiness, nor after it is gone
-    health.mark_not_ready("starting: the canary has not run yet")
-    telemetry = bitnet_obs.configure(**overrides)  # a busy port: ConfigError, exit 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    # from before the HTTP server answers: a SIGTERM at any moment is a clean stop
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        # never ready before the canary's check gates readiness, nor after it is gone
+        health.mark_not_ready("starting: the canary has not run yet")
+        telemetry = bitnet_obs.configure(**overrides)  # a busy port: ConfigError, exit 2
         print(
             f"bitnet-obs canary: {len(golden.cases)} golden cases against {candidate.endpoint} "
             f"every {args.interval:g}s",

@@ -8,7 +8,11 @@ and the ``bitnet-obs canary`` sidecar beside it, as a subprocess (:class:`Sideca
         candidate = crossval.LlamaServerCandidate(server.url)
 
 One slot (``--parallel 1``) and one thread by default: the tests share two cores with other
-work, and a single slot makes every request deterministic in order. The log goes to
+work, and a single slot makes every request deterministic in order. Flash attention is off by
+default, as in llama-cpp-python (``Llama(flash_attn=False)``): llama-server's own default
+(``--flash-attn auto``) turns it on for the CPU, whose different summation flips a near-tie of
+the random model late in one golden case; with it off the server reproduces a golden recorded
+by llama-cpp-python from the same file bit for bit. The log goes to
 ``workdir/llama-server.log`` and is quoted when the server does not come up.
 """
 
@@ -57,11 +61,12 @@ class LlamaServer:
         threads: int = 1,
         parallel: int = 1,
         ctx_size: int = 512,
+        flash_attn: bool = False,
     ) -> None:
         self.engine, self.model, self.workdir = engine, Path(model), Path(workdir)
         self.extra = [
             "--threads", str(threads), "--parallel", str(parallel), "--ctx-size", str(ctx_size),
-            "--no-warmup", *args,
+            "--flash-attn", "on" if flash_attn else "off", "--no-warmup", *args,
         ]  # fmt: skip
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -202,6 +207,14 @@ class Sidecar:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 60) -> str:
+        """The log once it holds ``text`` (the sidecar prints a line per change of verdict)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            assert time.monotonic() < deadline, f"{text!r} never logged:\n{self.log()}"
+            time.sleep(0.1)
+        return self.log()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
