@@ -14,6 +14,8 @@ What it does:
 
 * ``pip download --no-deps --no-binary :all: llama-cpp-python==VERSION`` (the one pinned version;
   its SHA-256 is checked against the pin) into the cache; nothing is fetched from anywhere else.
+* Needs cmake >= 3.21 (from PATH, else the ``cmake`` wheel installed into the running virtual
+  environment) and a C/C++ compiler (as root on Debian/Ubuntu, ``apt-get install g++ make``).
 * Configures the llama.cpp vendored in that source distribution with cmake and builds only the
   targets the tests use: ``llama-server`` and ``llama-quantize``, which pull in the shared
   libraries ``llama-cpp-python`` loads (``libllama``, ``libggml``, ``libggml-base``,
@@ -471,13 +473,28 @@ def find_cmake(log: Path) -> str:
     return str(venv_cmake)
 
 
-def check_compiler() -> None:
-    for tool in (os.environ.get("CC") or "cc", os.environ.get("CXX") or "c++"):
-        if shutil.which(tool) is None:
-            raise BuildError(
-                f"no C/C++ compiler ({tool!r} not found): install one (Debian/Ubuntu: "
-                "apt-get install --no-install-recommends g++ make) and run this again"
-            )
+def check_compiler(log: Path) -> None:
+    """A C and a C++ compiler; as root on Debian/Ubuntu, ``apt-get install g++ make`` if not."""
+    tools = (os.environ.get("CC") or "cc", os.environ.get("CXX") or "c++")
+    if all(shutil.which(tool) for tool in tools):
+        return
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if is_root and shutil.which("apt-get") and not (os.environ.get("CC") or os.environ.get("CXX")):
+        say("no C/C++ compiler: installing g++ and make with apt-get")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+        for cmd in (
+            [*apt, "update"],
+            [*apt, "install", "-y", "--no-install-recommends", "g++", "make"],
+        ):
+            with contextlib.suppress(BuildError):
+                run_logged(cmd, log, env=env)
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        raise BuildError(
+            f"no C/C++ compiler ({', '.join(missing)} not found): install one (Debian/Ubuntu: "
+            "apt-get install --no-install-recommends g++ make) and run this again"
+        )
 
 
 def library_file(build_bin: Path, name: str) -> Path:
@@ -517,7 +534,7 @@ def build_engine(cache: Path, final: Path, key: str, material: dict[str, Any], j
     partial.mkdir(parents=True)
     try:
         log = partial / "build.log"
-        check_compiler()
+        check_compiler(log)
         cmake = find_cmake(log)
         python_wheel = ensure_python_wheel(cache)
         sdist = ensure_sdist(cache)

@@ -166,11 +166,15 @@ def test_libraries_join_the_wheel_with_a_valid_record(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- the built engine
 
 
-def _needed(binary: Path) -> list[str]:
-    out = subprocess.run(
-        ["readelf", "-d", str(binary)], capture_output=True, text=True, check=True
-    ).stdout
-    return [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+def _loaded(binary: Path) -> dict[str, str]:
+    """What the dynamic loader resolves for ``binary``: library name -> path (or "not found")."""
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        name, arrow, where = line.strip().partition(" => ")
+        if arrow:
+            found[name] = where.split(" (")[0].strip()
+    return found
 
 
 @pytest.mark.slow
@@ -183,10 +187,12 @@ def test_the_engine_is_the_pinned_llama_cpp_trimmed(llama_engine: LlamaEngine) -
     assert version.returncode == 0, version.stderr
     assert "version" in (version.stdout + version.stderr)
     for binary in (llama_engine.server, llama_engine.quantize):
-        needed = _needed(binary)
-        assert "libllama.so" in needed
+        loaded = _loaded(binary)
+        assert "not found" not in loaded.values(), loaded
+        # llama.cpp's libraries from the engine's own directory, found through $ORIGIN
+        assert Path(loaded["libllama.so"]).parent.resolve() == llama_engine.lib_dir.resolve()
         # nothing of the network: no curl, no OpenSSL
-        assert not [n for n in needed if "curl" in n or "ssl" in n or "crypto" in n], needed
+        assert not [n for n in loaded if "curl" in n or "ssl" in n or "crypto" in n], loaded
     for name in tool.LIBRARIES:
         assert (llama_engine.lib_dir / f"lib{name}.so").is_file()
     assert llama_engine.converter.is_file()
