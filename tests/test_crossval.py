@@ -494,7 +494,10 @@ def test_hostile_golden_files_are_a_golden_error_before_any_allocation(
     deep = "[" * 100_000 + "]" * 100_000
     nan_header = json.loads(good_header(golden_path)) | {"x": 1}
     cases = {
-        "a 32 GiB array": ({**good, "logits.npy": _npy(huge)}, "declares float64 (65536, 65536) but holds 0 bytes"),
+        "a 32 GiB array": (
+            {**good, "logits.npy": _npy(huge)},
+            "declares float64 (65536, 65536) but holds 0 bytes",
+        ),
         "a 2**40 dimension": (
             {**good, "prompt_ids.npy": _npy(
                 "{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776, 0), }")},
@@ -561,3 +564,133 @@ def test_record_bounds_its_numbers(tmp_path: Path) -> None:
             crossval.record(tiny_model.generate, PROMPTS, tmp_path / "g.npz", **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"prompts\[0\]: accepted"):
         crossval.record(tiny_model.generate, [[2**64 - 1]], tmp_path / "g.npz")
+
+
+def test_corrupted_golden_files_are_a_golden_error_or_a_usable_set(
+    golden_path: Path, tmp_path: Path
+) -> None:
+    """A second hostile round, fuzz-style: any bytes changed or cut give a GoldenError (one
+    line) or a set check() can run -- never another exception, a hang or a huge allocation."""
+    import random
+
+    rng = random.Random(23)
+    original = golden_path.read_bytes()
+    stored = tmp_path / "stored.npz"
+    with np.load(golden_path) as raw:
+        np.savez(stored, **{name: raw[name] for name in raw.files})  # uncompressed members
+    sources = [original, stored.read_bytes()]
+    outcomes = {"refused": 0, "loaded": 0}
+    for i in range(int(os.environ.get("FUZZ_EXAMPLES", "300"))):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data))
+            data[at] = rng.choice([0, 0xFF, 0x7F, rng.randrange(256)])
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(1, len(data))]
+        path = tmp_path / f"g{i % 4}.npz"
+        path.write_bytes(bytes(data))
+        try:
+            gs = crossval.load(path)
+        except GoldenError as exc:
+            refused = str(exc)
+            outcomes["refused"] += 1
+            assert "\n" not in refused
+            continue
+        outcomes["loaded"] += 1
+        report = crossval.check(tiny_model.generate, gs, record_metrics=False)
+        assert isinstance(report.passed, bool)
+    assert outcomes["refused"] > 20, outcomes
+    # the zip's CRCs refuse most byte changes: change the arrays themselves too
+    with np.load(golden_path) as raw:
+        arrays = {name: raw[name] for name in raw.files}
+    header = json.loads(arrays["header"].tobytes())
+    choices: list[Any] = [
+        lambda: rng.randint(-(2**63), 2**63 - 1), lambda: rng.randint(-3, 70),
+        lambda: float("nan"), lambda: rng.random(), lambda: "x\x1b[2J", lambda: None,
+        lambda: [1] * rng.randint(0, 3), lambda: {"a": {"b": []}}, lambda: True,
+    ]  # fmt: skip
+    loaded = 0
+    for i in range(int(os.environ.get("FUZZ_EXAMPLES", "300"))):
+        changed = dict(arrays)
+        name = rng.choice(sorted(arrays))
+        if name == "header":
+            h = dict(header)
+            h[rng.choice([*sorted(h), "vocab_size", "cases"])] = rng.choice(choices)()
+            text = json.dumps(h, allow_nan=True)
+            changed[name] = np.frombuffer(text.encode(), np.uint8)
+        else:
+            a = arrays[name].copy()
+            kind = rng.randrange(4)
+            if kind == 0 and a.size:
+                bad = [-1, 64, 2**40, 0] if a.dtype.kind in "iu" else [np.nan, np.inf, 1e38]
+                a.flat[rng.randrange(a.size)] = rng.choice(bad)
+            elif kind == 1:
+                a = a[: rng.randrange(a.shape[0] + 1)]
+            elif kind == 2:
+                a = a.astype(rng.choice([np.float32, np.int8, np.uint64, np.int64]))
+            else:
+                a = a.reshape(-1)[None, :] if a.ndim == 1 else a.reshape(-1)
+            changed[name] = a
+        path = tmp_path / f"a{i % 4}.npz"
+        np.savez(path, **changed)
+        try:
+            gs = crossval.load(path)
+        except GoldenError as exc:
+            refused = str(exc)
+            assert "\n" not in refused
+            continue
+        loaded += 1
+        report = crossval.check(tiny_model.generate, gs, record_metrics=False)
+        assert isinstance(report.passed, bool)
+    assert loaded > 5
+
+
+class _HostileAnswer:
+    """An answer whose reading runs code that raises, exits or is interrupted."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise self.exc
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "detail"),
+    [
+        (_HostileAnswer(ValueError("x")), "bad_output", "returned ids of type _HostileAnswer"),
+        (_HostileAnswer(SystemExit(0)), "exited", "SystemExit(0) while its answer was read"),
+        (_HostileAnswer(KeyboardInterrupt()), "interrupted", "while its answer was read"),
+    ],
+)
+def test_an_answer_that_raises_when_read_is_a_failure(
+    golden: GoldenSet, answer: Any, kind: str, detail: str
+) -> None:
+    report = crossval.check(_returning(answer), golden, record_metrics=False)
+    assert report.failure is not None and report.failure.kind.value == kind
+    assert detail in report.reason
+
+
+def test_hostile_exit_codes_and_candidate_details_stay_one_line(golden: GoldenSet) -> None:
+    report = crossval.check(_raising(SystemExit(_BadRepr())), golden, record_metrics=False)
+    assert report.reason == "case 0: the candidate raised SystemExit(_BadRepr)"
+    error = crossval.CandidateError("unavailable", "refused\n\x1b[2Jfake log line")
+    assert error.failure.detail == "refused\\x0a\\x1b[2Jfake log line"
+
+
+def test_a_golden_set_built_in_code_is_checked(golden: GoldenSet) -> None:
+    for bad in (
+        GoldenSet(golden.cases, {"model": "x"}),  # no max_new_tokens
+        GoldenSet((), dict(golden.header)),
+        GoldenSet((crossval.GoldenCase(np.zeros(0, np.int64), np.zeros(1, np.int64)),),
+                  dict(golden.header)),
+    ):  # fmt: skip
+        with pytest.raises(GoldenError, match="golden set: "):
+            crossval.check(tiny_model.generate, bad, record_metrics=False)
+        with pytest.raises(GoldenError, match="golden set: "):
+            crossval.Canary(tiny_model.generate, bad)

@@ -20,7 +20,7 @@ from bitnet_obs._selfmon import errors as internal_errors
 from bitnet_obs.testing import TelemetryCapture, capture_telemetry, override_settings, reset
 
 REASONS = ("repeat_run", "cycle", "low_diversity")
-CYCLE = [11, 12, 13] * 40  # 120 tokens cycling through 3 ids
+CYCLE = [11, 12, 13] * 80  # 240 tokens cycling through 3 ids
 HEALTHY = list(np.random.default_rng(1).integers(0, 32_000, 300))
 
 
@@ -125,7 +125,7 @@ def test_returned_ids_are_judged_one_output_per_row(cap: TelemetryCapture) -> No
         return batch
 
     generate([5] * 40)  # a list of ids
-    generate(np.array([CYCLE, [int(x) for x in HEALTHY[:120]]]))  # a batch of two rows
+    generate(np.array([CYCLE, [int(x) for x in HEALTHY[:240]]]))  # a batch of two rows
     generate(torch.tensor([[9] * 40]))  # a tensor, as transformers returns it
     generate([[1, 2], [3, 4]])  # a batch of short rows: never judged, nothing recorded
     generate([1, 2, 3])  # a short answer: the same

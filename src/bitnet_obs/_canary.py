@@ -7,7 +7,6 @@ import re
 import threading
 import time
 import weakref
-from typing import Any
 
 from bitnet_obs import _state, health
 from bitnet_obs._candidate import Failure, FailureKind, Runner
@@ -23,7 +22,7 @@ from bitnet_obs._crossval import (
     run,
 )
 from bitnet_obs._errors import ConfigError
-from bitnet_obs._golden import GoldenSet, load
+from bitnet_obs._golden import GoldenSet, load, usable
 from bitnet_obs._selfmon import internal_error, logger
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -83,7 +82,7 @@ class Canary:
         timeout = SECONDS.check("timeout_s", timeout_s)
         self.timeout_s = min(2 * self.budget_s, MAX_SECONDS) if timeout is None else timeout
         self._judge = judge(min_agreement, max_kl, self.budget_s, model)
-        self.golden = golden if isinstance(golden, GoldenSet) else load(golden)  # GoldenError
+        self.golden = usable(golden) if isinstance(golden, GoldenSet) else load(golden)
         self.candidate, self.reference = candidate, reference
         self.gate_readiness, self.name = bool(gate_readiness), name
         self._lock = threading.Lock()  # state below; never held during a run
@@ -180,7 +179,7 @@ class Canary:
             return failed_report(self.golden, stuck, self._judge.model)
         try:
             return run(self.candidate, self.golden, self.reference, self._runner, self._judge)
-        except BaseException as exc:  # noqa: BLE001 - a run that cannot run is a failing run
+        except BaseException as exc:
             if not isinstance(exc, Exception):
                 internal_error("canary", RuntimeError(type(exc).__name__), f"{self.name!r} run")
             else:

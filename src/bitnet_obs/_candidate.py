@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_obs._topk import TopkError, TopLogprobs, checked
+from bitnet_obs._untrusted import one_line
 
 __all__ = [
     "STOPPING",
@@ -99,7 +100,7 @@ class CandidateError(CrossvalError):
         except ValueError:
             accepted = ", ".join(k.value for k in FailureKind)
             raise ValueError(f"CandidateError kind={kind!r}; accepted: {accepted}") from None
-        self.detail = str(detail)
+        self.detail = one_line(str(detail), 500)  # it reaches logs and /health: one line
         super().__init__(self.detail)
 
     @property
@@ -128,14 +129,14 @@ def _array(value: Any, who: str, what: str, ndim: int, kinds: str) -> npt.NDArra
     try:
         a = np.asarray(value)
     except Exception as exc:
-        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {what} of type "
-                   f"{type(value).__name__}") from exc  # fmt: skip
+        what_type = type(value).__name__
+        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {what} of type {what_type}") from exc
     if a.ndim == ndim + 1 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != ndim or (a.size and a.dtype.kind not in kinds):
         shape = f"{a.ndim}-D {a.dtype} {tuple(a.shape)}"
-        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {what} {shape}; accepted: "
-                   f"{_ACCEPTED[what]}")  # fmt: skip
+        accepted = _ACCEPTED[what]
+        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {what} {shape}; accepted: {accepted}")
     return a
 
 
@@ -151,26 +152,30 @@ def _ids(value: Any, who: str, max_new: int, vocab: int | None) -> npt.NDArray[n
         raise _Bad(FailureKind.OUT_OF_RANGE, f"{who} returned a token id beyond int64")
     ids = a.astype(np.int64)
     if ids.shape[0] > max_new:
-        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned {ids.shape[0]} ids for "
-                   f"max_new_tokens={max_new} (return the new ids only, not the prompt)")  # fmt: skip
+        raise _Bad(
+            FailureKind.BAD_OUTPUT,
+            f"{who} returned {ids.shape[0]} ids for max_new_tokens={max_new} (return the new "
+            "ids only, not the prompt)",
+        )
     if ids.size:
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or (vocab is not None and high >= vocab):
             bad = low if low < 0 else high
             limit = f"0..{vocab - 1}" if vocab is not None else "ids >= 0"
-            raise _Bad(FailureKind.OUT_OF_RANGE, f"{who} returned token id {bad}; accepted: "
-                       f"{limit}")  # fmt: skip
+            detail = f"{who} returned token id {bad}; accepted: {limit}"
+            raise _Bad(FailureKind.OUT_OF_RANGE, detail)
     return ids
 
 
 def _logits(value: Any, who: str, vocab: int | None) -> npt.NDArray[np.floating[Any]]:
     a = _array(value, who, "logits", 2, "f")
     if a.dtype.kind != "f" or a.shape[1] < 2:
-        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned logits {a.dtype} {tuple(a.shape)}; "
-                   f"accepted: {_ACCEPTED['logits']}")  # fmt: skip
+        shape = f"{a.dtype} {tuple(a.shape)}"
+        accepted = _ACCEPTED["logits"]
+        raise _Bad(FailureKind.BAD_OUTPUT, f"{who} returned logits {shape}; accepted: {accepted}")
     if vocab is not None and a.shape[1] != vocab:
-        raise _Bad(FailureKind.BAD_OUTPUT,
-                   f"{who} returned logits of vocab {a.shape[1]}, the golden {vocab}")  # fmt: skip
+        detail = f"{who} returned logits of vocab {a.shape[1]}, the golden {vocab}"
+        raise _Bad(FailureKind.BAD_OUTPUT, detail)
     with np.errstate(all="ignore"):
         finite = bool(np.isfinite(a).all())
     if not finite:
@@ -201,11 +206,19 @@ def _judge_shape(result: Any, who: str, max_new: int, vocab: int | None) -> tupl
     return _ids(result, who, max_new, vocab), None
 
 
+def _code(exc: SystemExit) -> str:
+    """``SystemExit``'s code as shown, whatever object it is (its repr may itself raise)."""
+    try:
+        return one_line(repr(exc.code), 80)
+    except Exception:  # a hostile __repr__
+        return type(exc.code).__name__
+
+
 def _raised(exc: BaseException, who: str) -> Failure:
     if isinstance(exc, CandidateError):
         return exc.failure
     if isinstance(exc, SystemExit):
-        return Failure(FailureKind.EXITED, f"{who} raised SystemExit({exc.code!r})")
+        return Failure(FailureKind.EXITED, f"{who} raised SystemExit({_code(exc)})")
     if isinstance(exc, KeyboardInterrupt):
         return Failure(FailureKind.INTERRUPTED, f"{who} raised KeyboardInterrupt")
     return Failure(FailureKind.RAISED, f"{who} raised {type(exc).__name__}")
@@ -248,7 +261,7 @@ class Runner:
         started = time.perf_counter()
         try:
             box.value = fn(prompt, max_new)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt of user code
+        except BaseException as exc:
             box.error = exc
         finally:
             box.seconds = time.perf_counter() - started
@@ -277,10 +290,16 @@ class Runner:
                 )
         if box.error is not None:
             return _raised(box.error, who)
-        try:
+        try:  # reading the answer runs its code too (__array__, __len__, __iter__)
             ids, logits = _judge_shape(box.value, who, max_new, vocab)
         except _Bad as bad:
             return bad.failure
+        except BaseException as exc:  # reading the answer raised, exited or was interrupted
+            if isinstance(exc, SystemExit | KeyboardInterrupt):
+                failure = _raised(exc, who)
+                return Failure(failure.kind, f"{failure.detail} while its answer was read")
+            detail = f"{who} returned an answer that raised {type(exc).__name__} when read"
+            return Failure(FailureKind.BAD_OUTPUT, detail)
         return Outcome(ids, logits, box.seconds)
 
 

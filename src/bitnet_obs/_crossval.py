@@ -39,6 +39,7 @@ from bitnet_obs._golden import (
     GoldenSet,
     load,
     save,
+    usable,
 )
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._topk import TopLogprobs, topk_agreement
@@ -48,6 +49,15 @@ from bitnet_obs.quant import logits_agreement
 Implementation = Callable[[list[int], int], Any]
 
 __all__ = [
+    "AGREEMENT",
+    "KL",
+    "LOGITS_STEPS",
+    "MAX_KL",
+    "MAX_LOGITS_STEPS",
+    "MAX_NEW_TOKENS",
+    "MAX_SECONDS",
+    "NEW_TOKENS",
+    "SECONDS",
     "CandidateError",
     "CaseResult",
     "CrossvalError",
@@ -55,9 +65,13 @@ __all__ = [
     "Failure",
     "FailureKind",
     "Implementation",
+    "Judge",
     "check",
     "emit_metrics",
+    "failed_report",
+    "judge",
     "record",
+    "run",
 ]
 
 #: Bounds of every number cross-validation takes (the canary and the CLI use the same ones).
@@ -389,7 +403,7 @@ def check(
         report = crossval.check(new_build, "golden.npz", reference=old_build)
         print(report.token_agreement, report.throughput_ratio)
     """
-    gs = golden if isinstance(golden, GoldenSet) else load(golden)
+    gs = usable(golden) if isinstance(golden, GoldenSet) else load(golden)
     if not callable(candidate) or (reference is not None and not callable(reference)):
         raise ConfigError("candidate and reference: accepted: fn(prompt_ids, max_new_tokens)")
     how = judge(min_agreement, max_kl, budget_s, model)

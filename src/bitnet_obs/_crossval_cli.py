@@ -19,7 +19,6 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bitnet_obs._commands import (
@@ -144,7 +143,7 @@ def load_callable(spec: str) -> Any:
         raise
     except KeyboardInterrupt:
         raise
-    except BaseException as exc:  # noqa: BLE001 - SystemExit at import is bad input, not exit 0
+    except BaseException as exc:
         why = f"{type(exc).__name__}: {exc}"
         raise InputError(f"cannot import {module_name!r} ({one_line(why, 300)})") from None
     if not callable(obj):

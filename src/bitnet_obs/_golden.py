@@ -280,3 +280,38 @@ def load(path: str | os.PathLike[str]) -> GoldenSet:
         for p, o, lg in zip(prompts, outputs, logits, strict=True)
     )
     return GoldenSet(cases, header)
+
+
+def usable(golden: GoldenSet) -> GoldenSet:
+    """A :class:`GoldenSet` built in code (not read by :func:`load`) checked the same way:
+    :class:`GoldenError` when a run could not use it."""
+    where = "golden set"
+    if not isinstance(golden, GoldenSet) or not isinstance(golden.header, Mapping):
+        raise GoldenError(f"{where}: accepted: a GoldenSet with a header mapping")
+    _positive(golden.header, "max_new_tokens", MAX_NEW_TOKENS, where)
+    if not golden.cases or len(golden.cases) > MAX_CASES:
+        raise GoldenError(f"{where}: accepted: 1 to {MAX_CASES} cases")
+    for i, case in enumerate(golden.cases):
+        ok = isinstance(case, GoldenCase) and all(
+            isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "iu"
+            for a in (case.prompt_ids, case.output_ids)
+        )
+        logits = case.logits if ok else None
+        if (
+            not ok
+            or case.prompt_ids.size == 0
+            or (
+                logits is not None
+                and not (
+                    isinstance(logits, np.ndarray)
+                    and logits.ndim == 2
+                    and logits.dtype.kind == "f"
+                    and bool(np.isfinite(logits).all())
+                )
+            )
+        ):
+            raise GoldenError(
+                f"{where}: case {i} is not a GoldenCase of 1-D integer ids (a non-empty "
+                "prompt) and finite (steps, vocab) logits or None"
+            )
+    return golden

@@ -57,9 +57,12 @@ def printable(text: str) -> str:
 
 
 def one_line(text: str, limit: int = 2000) -> str:
-    """*text* escaped (newlines included) and cut to *limit* characters: one line of stderr."""
-    shown = printable(text)
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+    """*text* with its non-printable characters (newlines included) escaped, cut to *limit*
+    characters: one line of stderr.  Backslashes are left as they are: messages already escape
+    the names they quote (with :func:`printable` or ``repr``), and a backslash moves no cursor."""
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else printable(ch) for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def html_text(text: object) -> str:

@@ -91,6 +91,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    telemetry = _start_export() if args.export else None  # a bad setting fails before the work
+    try:
+        return _report(args, telemetry)
+    finally:
+        if telemetry is not None:
+            import bitnet_obs
+
+            bitnet_obs.shutdown()
+
+
+def _report(args: argparse.Namespace, telemetry: object) -> int:
     from ._analyse import Options, analyse
     from ._progress import progress_bar
 
@@ -121,8 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     status = report.exit_status()
     if status == EXIT_BAD_INPUT:
         error(_PROG, "some tensors could not be read (status 'skipped')")
-    if args.export:
-        _export(report)
+    if telemetry is not None:
+        _export(report, telemetry)
     return status
 
 
@@ -142,39 +153,43 @@ def _write(report: object, as_json: bool, out: TextIO, seconds: float) -> None:
     out.flush()
 
 
-def _export(report: object) -> None:
-    """Send the measured rows as metrics; a setting that cannot be used (a busy port, a bad
-    ``OTEL_METRICS_EXPORTER``) is bad input: ``ConfigError``, one line and exit 2."""
+def _start_export() -> object:
+    """``configure()`` for ``--export``, before any work: a setting that cannot be used (a busy
+    port, a bad ``OTEL_METRICS_EXPORTER``) is bad input -- ``ConfigError``, one line, exit 2."""
+    import bitnet_obs
+
+    try:
+        return bitnet_obs.configure()
+    except OSError as exc:  # a server that cannot start for a reason configure() did not name
+        raise InputError(f"--export: cannot start the exporters ({exc})") from None
+
+
+def _export(report: object, telemetry: object) -> None:
+    """Send the measured rows as metrics (``shutdown()`` flushes them)."""
     import bitnet_obs
     from bitnet_obs.quant import WeightReport, _record
 
     from ._analyse import SHARED, Report
 
     assert isinstance(report, Report)
-    try:
-        telemetry = bitnet_obs.configure()
-    except OSError as exc:  # a server that cannot start for a reason configure() did not name
-        raise InputError(f"--export: cannot start the exporters ({exc})") from None
-    try:
-        for row in report.measured():
-            if row.accuracy is None or row.scale is None or len(row.shape) != 2:
-                continue
-            formats = ["i2_s", "tl1", "tl2"] if row.format == SHARED else [row.format or ""]
-            formats = [f for f in formats if f in ("i2_s", "tl1", "tl2")]
-            rep = WeightReport(
-                format="i2_s",
-                shape=(row.shape[0], row.shape[1]),
-                scale=row.scale,
-                code_fractions=row.code_fractions or (math.nan, math.nan, math.nan),
-                bits_per_weight=2.0,
-                accuracy=row.accuracy,
-            )
-            _record.emit_weight_report(row.name, rep, formats, 0.0)
-        if "prometheus" in telemetry.settings.metrics_exporters and telemetry.server:
-            print(
-                "note: a one-shot process cannot be scraped; for --export set "
-                "OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_METRICS_EXPORTER=otlp/console)",
-                file=sys.stderr,
-            )
-    finally:
-        bitnet_obs.shutdown()
+    assert isinstance(telemetry, bitnet_obs.Telemetry)
+    for row in report.measured():
+        if row.accuracy is None or row.scale is None or len(row.shape) != 2:
+            continue
+        formats = ["i2_s", "tl1", "tl2"] if row.format == SHARED else [row.format or ""]
+        formats = [f for f in formats if f in ("i2_s", "tl1", "tl2")]
+        rep = WeightReport(
+            format="i2_s",
+            shape=(row.shape[0], row.shape[1]),
+            scale=row.scale,
+            code_fractions=row.code_fractions or (math.nan, math.nan, math.nan),
+            bits_per_weight=2.0,
+            accuracy=row.accuracy,
+        )
+        _record.emit_weight_report(row.name, rep, formats, 0.0)
+    if "prometheus" in telemetry.settings.metrics_exporters and telemetry.server:
+        print(
+            "note: a one-shot process cannot be scraped; for --export set "
+            "OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_METRICS_EXPORTER=otlp/console)",
+            file=sys.stderr,
+        )

@@ -30,6 +30,7 @@ __all__ = [
     "TensorInfo",
     "TernaryTensor",
     "bf16_to_f32",
+    "checked_shape",
     "map_file",
     "open_regular",
     "printable",
@@ -242,6 +243,23 @@ def bf16_to_f32(raw: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
     out = np.empty(raw.shape, np.uint32)
     np.left_shift(raw, np.uint32(16), out=out)
     return out.view(np.float32)
+
+
+#: The largest dimension a header may declare.  A dimension bigger than anything a file can
+#: hold (even of a tensor with a zero dimension, which needs no bytes) is corruption: numpy
+#: cannot shape an array beyond 2**63 elements per axis, and nothing downstream should try.
+MAX_DIM = 1 << 40
+
+
+def checked_shape(shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """A shape read from a header, each dimension in [0, MAX_DIM]."""
+    for d in shape:
+        if not 0 <= d <= MAX_DIM:
+            raise ReadError(
+                f"{where}: declares a dimension of {d}; accepted: dimensions up to {MAX_DIM} "
+                "(corrupt or hostile header)"
+            )
+    return shape
 
 
 def checked_count(value: int, limit: int, what: str, where: str) -> int:
