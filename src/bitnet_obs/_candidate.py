@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_obs._topk import TopkError, TopLogprobs, checked
 from bitnet_obs._untrusted import one_line
 
 __all__ = [
@@ -109,14 +110,18 @@ class CandidateError(CrossvalError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """A successful call: the new ids, the logits (steps, vocab) or None, and its seconds."""
+    """A successful call: the new ids, the logits (steps, vocab) -- or, from a server, the
+    top-k log-probabilities of each step -- or None, and its seconds."""
 
     ids: npt.NDArray[np.int64]
-    logits: npt.NDArray[np.floating[Any]] | None
+    logits: npt.NDArray[np.floating[Any]] | TopLogprobs | None
     seconds: float
 
 
-_ACCEPTED = {"ids": "1-D integer ids", "logits": "floats of shape (steps, vocab)"}
+_ACCEPTED = {
+    "ids": "1-D integer ids",
+    "logits": "floats of shape (steps, vocab), or crossval.TopLogprobs",
+}
 
 
 def _array(value: Any, who: str, what: str, ndim: int, kinds: str) -> npt.NDArray[Any]:
@@ -179,6 +184,14 @@ def _logits(value: Any, who: str, vocab: int | None) -> npt.NDArray[np.floating[
     return a
 
 
+def _top_logprobs(value: TopLogprobs, who: str, vocab: int | None) -> TopLogprobs:
+    try:
+        return checked(value, vocab)
+    except TopkError as exc:
+        kind = FailureKind.OUT_OF_RANGE if "token id" in str(exc) else FailureKind.BAD_OUTPUT
+        raise _Bad(kind, f"{who} returned {exc}") from None
+
+
 def _judge_shape(result: Any, who: str, max_new: int, vocab: int | None) -> tuple[Any, Any]:
     if (
         isinstance(result, tuple)
@@ -186,8 +199,10 @@ def _judge_shape(result: Any, who: str, max_new: int, vocab: int | None) -> tupl
         and not isinstance(result[0], int | np.integer)
     ):
         ids, logits = result
-        checked = None if logits is None else _logits(logits, who, vocab)
-        return _ids(ids, who, max_new, vocab), checked
+        if isinstance(logits, TopLogprobs):
+            return _ids(ids, who, max_new, vocab), _top_logprobs(logits, who, vocab)
+        checked_logits = None if logits is None else _logits(logits, who, vocab)
+        return _ids(ids, who, max_new, vocab), checked_logits
     return _ids(result, who, max_new, vocab), None
 
 

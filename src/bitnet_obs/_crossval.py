@@ -42,6 +42,7 @@ from bitnet_obs._golden import (
     usable,
 )
 from bitnet_obs._selfmon import internal_error
+from bitnet_obs._topk import TopLogprobs, topk_agreement
 from bitnet_obs._version import __version__
 from bitnet_obs.quant import logits_agreement
 
@@ -147,7 +148,7 @@ def record(
                 raise KeyboardInterrupt
             raise CrossvalError(f"prompt {i}: {got}")
         kept = None
-        if got.logits is not None and steps:
+        if got.logits is not None and not isinstance(got.logits, TopLogprobs) and steps:
             kept = np.ascontiguousarray(got.logits[:steps], np.float32)
             if not np.isfinite(kept).all():  # finite in float64, beyond float32
                 raise CrossvalError(f"prompt {i}: the implementation returned logits beyond "
@@ -203,6 +204,7 @@ class CaseResult:
     reference_error: str | None = None
     failure: Failure | None = None
     reference_failure: Failure | None = None
+    top_k: int | None = None
 
     @property
     def matched(self) -> int:
@@ -230,6 +232,7 @@ class CrossvalReport:
     reference_tokens_per_s: float | None
     duration_s: float
     failure: Failure | None = None
+    kl_top_k: int | None = None
 
     @property
     def throughput_ratio(self) -> float | None:
@@ -304,12 +307,13 @@ def _judge_case(index: int, case: GoldenCase, got: Outcome, ref: dict[str, Any])
     expected, ids, logits = case.output_ids, got.ids, got.logits
     prefix, length = _agreement(expected, ids)
     diverged = prefix < length
-    kl = top1 = None
+    kl = top1 = top_k = None
     steps = 0
     if case.logits is not None and logits is not None:
-        steps = min(case.logits.shape[0], logits.shape[0], prefix + 1 if diverged else length)
-        if logits.shape[1] != case.logits.shape[1]:  # a golden file without vocab_size
-            failure = Failure(
+        given = logits.steps if isinstance(logits, TopLogprobs) else logits.shape[0]
+        steps = min(case.logits.shape[0], given, prefix + 1 if diverged else length)
+        if not isinstance(logits, TopLogprobs) and logits.shape[1] != case.logits.shape[1]:
+            failure = Failure(  # a golden file without vocab_size
                 FailureKind.BAD_OUTPUT,
                 f"the candidate returned logits of vocab {logits.shape[1]}, the golden "
                 f"{case.logits.shape[1]}",
@@ -317,13 +321,18 @@ def _judge_case(index: int, case: GoldenCase, got: Outcome, ref: dict[str, Any])
             return _failed_case(index, expected.shape[0], failure, **ref)
         if steps:
             try:
-                agreement = logits_agreement(case.logits[:steps], logits[:steps])
-            except Exception as exc:  # finite logits of the right shape: a bug of ours
+                if isinstance(logits, TopLogprobs):
+                    top = TopLogprobs(logits.ids[:steps], logits.logprobs[:steps])
+                    bound = topk_agreement(case.logits[:steps], top)
+                    kl, top1, top_k = bound.kl_bound, bound.top1, top.k
+                else:
+                    agreement = logits_agreement(case.logits[:steps], logits[:steps])
+                    kl, top1 = agreement.kl_mean, agreement.top1
+            except Exception as exc:  # checked logits of the right shape: a bug of ours
                 failure = Failure(
                     FailureKind.INTERNAL, f"comparing logits failed ({type(exc).__name__})"
                 )
                 return _failed_case(index, expected.shape[0], failure, **ref)
-            kl, top1 = agreement.kl_mean, agreement.top1
     return CaseResult(
         index,
         expected.shape[0],
@@ -335,6 +344,7 @@ def _judge_case(index: int, case: GoldenCase, got: Outcome, ref: dict[str, Any])
         steps,
         got.seconds,
         **ref,
+        top_k=top_k,
     )
 
 
@@ -443,6 +453,8 @@ def _judge(
     steps = sum(r.logits_steps for r in with_logits)
     kl = sum((r.kl or 0.0) * r.logits_steps for r in with_logits) / steps if steps else None
     top1 = sum((r.top1 or 0.0) * r.logits_steps for r in with_logits) / steps if steps else None
+    # from a server's top-k log-probabilities, the KL is a lower bound (bitnet_obs._topk)
+    top_ks = [r.top_k for r in with_logits if r.top_k is not None]
     reason = ""
     failure: Failure | None = None
     failed = next((r for r in results if r.failure is not None), None)
@@ -461,7 +473,7 @@ def _judge(
             f"{worst.expected_tokens} (token agreement {agreement:.3f} < {how.min_agreement:g})"
         )
     elif how.max_kl is not None and kl is not None and not kl <= how.max_kl:
-        reason = f"logits KL {kl:.3g} > {how.max_kl:g}"
+        reason = f"logits KL {'at least ' if top_ks else ''}{kl:.3g} > {how.max_kl:g}"
     cand_s = sum(r.candidate_s for r in results)
     ref_runs = [r for r in results if r.reference_s is not None]
     return CrossvalReport(
@@ -480,6 +492,7 @@ def _judge(
         ),
         duration_s=duration,
         failure=failure,
+        kl_top_k=min(top_ks) if top_ks else None,
     )
 
 

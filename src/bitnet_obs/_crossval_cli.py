@@ -1,5 +1,9 @@
 """``bitnet-obs crossval record|check``: gate a new build or a new GGUF on golden outputs.
 
+``check --server URL [--api llama|openai]`` checks a running server (llama-server, bitnet.cpp's
+``run_inference_server.py``) in place of ``MODULE:FUNC``: an unreachable, slow, erroring or
+malformed server is a failed check (exit 3) with its reason.
+
 Exit codes (:mod:`bitnet_obs._commands`): 0 only after a completed, passing check (or a golden
 file written), 3 the candidate diverged or failed (raised, exited, timed out, NaN logits, ids out
 of range), 2 bad input -- an unimportable ``MODULE:FUNC`` (or one whose import raises or exits),
@@ -72,7 +76,20 @@ def add_parser(sub: Any) -> None:
     rec.add_argument("--model", default="", help="model name for the header and metrics")
     rec.add_argument("--quant-format", default="", help="e.g. i2_s, tl2")
     chk = actions.add_parser("check", help="run a candidate on the golden cases; exit 3 if off")
-    chk.add_argument("implementation", metavar="MODULE:FUNC", help="the candidate")
+    chk.add_argument(
+        "implementation", metavar="MODULE:FUNC", nargs="?", help="the candidate (or --server)"
+    )
+    chk.add_argument(
+        "--server",
+        metavar="URL",
+        help="the candidate is this server (llama-server, bitnet.cpp): http://host:port",
+    )
+    chk.add_argument(
+        "--api",
+        choices=("llama", "openai"),
+        default="llama",
+        help="with --server: llama-server's /completion (default) or /v1/completions",
+    )
     chk.add_argument("--golden", required=True, help="a golden .npz from 'crossval record'")
     chk.add_argument("--reference", metavar="MODULE:FUNC", help="also time this one")
     chk.add_argument(
@@ -92,8 +109,11 @@ def add_parser(sub: Any) -> None:
         type=_bounded(cv.SECONDS.inner, "--timeout"),
         default=None,
         help=f"seconds a call may take before it fails the run, up to {cv.MAX_SECONDS:g} "
-        "(default: no limit)",
+        "(default: no limit; with --server, 60 s per request)",
     )
+    from bitnet_obs._canary_cli import server_options
+
+    server_options(chk)
     chk.add_argument("--json", action="store_true", help="machine-readable report on stdout")
 
 
@@ -212,7 +232,22 @@ def _check(args: argparse.Namespace) -> int:
     from bitnet_obs._crossval import check
     from bitnet_obs._golden import load
 
-    candidate = load_callable(args.implementation)
+    if (args.implementation is None) == (args.server is None):
+        raise InputError(
+            "accepted: either MODULE:FUNC or --server URL, the candidate to check"
+            if args.implementation is None
+            else f"{printable(args.implementation)} and --server: accepted: one candidate"
+        )
+    timeout = args.timeout
+    if args.server is not None:
+        from bitnet_obs._canary_cli import server_from
+        from bitnet_obs._http_candidate import DEFAULT_TIMEOUT_S
+
+        # the request bounds itself (a thread is left behind by nothing)
+        candidate = server_from(args, DEFAULT_TIMEOUT_S if timeout is None else timeout)
+        timeout = None
+    else:
+        candidate = load_callable(args.implementation)
     reference = load_callable(args.reference) if args.reference else None
     golden = load(args.golden)
     # with --json, whatever the implementations print goes to stderr, not into the report
@@ -224,7 +259,7 @@ def _check(args: argparse.Namespace) -> int:
             reference,
             min_agreement=args.min_agreement,
             max_kl=args.max_kl,
-            timeout_s=args.timeout,
+            timeout_s=timeout,
         )
     if args.json:
         write_json({**report.to_dict(), "golden": dict(golden.header)})
@@ -242,7 +277,12 @@ def _lines(report: Any) -> list[str]:
     verdict = "PASS" if report.passed else f"FAIL: {printable(report.reason)}"
     lines = [verdict]
     summary = f"  {len(report.cases)} cases, token agreement {report.token_agreement:.3f}"
-    if report.kl is not None:
+    if report.kl is not None and report.kl_top_k:  # a server's top-k: a lower bound
+        summary += (
+            f", logits KL >= {report.kl:.3g} (bound from the top-{report.kl_top_k}), "
+            f"top-1 {report.top1:.3f}"
+        )
+    elif report.kl is not None:
         summary += f", logits KL {report.kl:.3g}, top-1 {report.top1:.3f}"
     if report.cases_skipped:
         summary += f" ({report.cases_skipped} not run)"

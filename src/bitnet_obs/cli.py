@@ -1,4 +1,4 @@
-"""The ``bitnet-obs`` command: ``demo``, ``quant-report`` and ``crossval``."""
+"""The ``bitnet-obs`` command: ``demo``, ``quant-report``, ``crossval`` and ``canary``."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"make the served I2_S kernel FACTOR times slower, 1 to {DEMO_MAX_SLOWDOWN:g} "
         "(default: 1), like a replica on a CPU without the SIMD its kernels need",
     )
-    from bitnet_obs import _crossval_cli, _quant_report
+    from bitnet_obs import _canary_cli, _crossval_cli, _quant_report
 
     report = sub.add_parser(
         "quant-report",
@@ -120,12 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quant_report.add_arguments(report)
     _crossval_cli.add_parser(sub)
+    _canary_cli.add_parser(sub)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
         return exc.code if isinstance(exc.code, int) else 2
     if args.command == "crossval":
         return _crossval_cli.run(args)
+    if args.command == "canary":
+        return _canary_cli.run(args)
     if args.command == "quant-report":
         return _quant_report.run(args)
     if args.command == "demo":
