@@ -154,9 +154,9 @@ class Instrumentation:
         self._originals: dict[str, Any] = {}
         self._patches: dict[str, Any] = {}
         for name, operation in CALLS:
-            self._patch(name, lambda fn, n=name, op=operation: self._wrap_call(fn, n, op))
+            self._patch(name, functools.partial(self._wrap_call, name=name, operation=operation))
         for name in EMBEDDINGS:
-            self._patch(name, lambda fn, n=name: self._wrap_embedding(fn, n))
+            self._patch(name, functools.partial(self._wrap_embedding, name=name))
         self._patch("generate", self._wrap_generate)
         self._patch("__init__", self._wrap_init)
         self._patch("close", self._wrap_close)
@@ -295,7 +295,7 @@ class Instrumentation:
         return close
 
     # ----- calls -----
-    def _wrap_call(self, original: Callable[..., Any], name: str, operation: str) -> Any:
+    def _wrap_call(self, original: Callable[..., Any], *, name: str, operation: str) -> Any:
         method = Method.of(name, operation, original)
 
         @functools.wraps(original)
@@ -382,10 +382,10 @@ class Instrumentation:
             while True:
                 try:
                     if thrown is not None:
-                        error, thrown = thrown, None
+                        into, thrown = thrown, None
                         if throw is None:
-                            raise error
-                        item = run(throw, error)
+                            raise into
+                        item = run(throw, into)
                     elif send is not None:
                         item = run(send, value)
                     else:
@@ -418,7 +418,7 @@ class Instrumentation:
                 _finish(inference, last)
             run(monitor.__exit__, None if ended is None else type(ended), ended, None)
 
-    def _wrap_embedding(self, original: Callable[..., Any], name: str) -> Any:
+    def _wrap_embedding(self, original: Callable[..., Any], *, name: str) -> Any:
         method = Method.of(name, "embeddings", original)
         counted = "return_count" in method.positions  # embed(): the engine's own count
 
@@ -494,8 +494,8 @@ def _tokens(
                 if thrown is None:
                     token = send(value)
                 else:
-                    error, thrown = thrown, None
-                    token = throw(error)
+                    into, thrown = thrown, None
+                    token = throw(into)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             mark()
@@ -527,7 +527,8 @@ def last_logits(llama: Any) -> npt.NDArray[np.float32]:
     data = llama_cpp.llama_get_logits_ith(llama.ctx, -1)
     if not data:
         raise ValueError("llama.cpp has no logits for the last position")
-    return np.ctypeslib.as_array(data, shape=(int(llama.n_vocab()),)).copy()
+    view = np.ctypeslib.as_array(data, shape=(int(llama.n_vocab()),))
+    return np.array(view, dtype=np.float32)  # a copy: the context's buffer is reused
 
 
 # ----- what a call says, read once (never raising) -----

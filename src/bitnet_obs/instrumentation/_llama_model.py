@@ -80,6 +80,8 @@ def describe_file(path: str | os.PathLike[str] | None) -> ModelFile:
     if path is None:
         return ModelFile("unknown", "other", None)
     stem = clean_name(Path(os.fsdecode(path)).name.removesuffix(".gguf"))
+    if not os.path.isfile(path):  # the load fails too, and is recorded so
+        return ModelFile(stem, "other", None)
     try:
         with io.open_checkpoint(path) as ckpt:
             meta = ckpt.metadata
@@ -90,8 +92,6 @@ def describe_file(path: str | os.PathLike[str] | None) -> ModelFile:
                 quant_format(ckpt.weights()),
                 clean_name(arch)[:64] if isinstance(arch, str) and arch.strip() else None,
             )
-    except OSError:  # missing or unreadable: the load fails too, and is recorded as failed
-        pass
     except Exception as exc:  # a header our reader refuses (corrupt, or a newer GGUF)
         internal_error("llama_cpp_model_file", exc)
     return ModelFile(stem, "other", None)
