@@ -48,6 +48,7 @@ from bitnet_obs import (
     monitor_model_load,
     unload_model,
 )
+from bitnet_obs import _config
 from bitnet_obs import _semconv as sc
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs.instrumentation._llama_model import ModelFile, describe_file
@@ -485,6 +486,8 @@ def _tokens(
     ids: list[int] = []
     append = ids.append
     reported = False
+    settings = _config.current()  # outputs too short to be judged are only counted
+    judged = settings.degenerate_min_tokens if settings.degenerate_detection else FLUSH_IDS + 1
     send, throw = inner.send, inner.throw
     value: Any = None
     thrown: BaseException | None = None
@@ -501,7 +504,7 @@ def _tokens(
             mark()
             append(token)
             if len(ids) >= FLUSH_IDS:
-                inference.add_output_ids(ids)
+                inference.add_output_ids(_id_array(ids))
                 reported = True
                 ids = []
                 append = ids.append
@@ -515,10 +518,21 @@ def _tokens(
         inner.close()
         raise
     finally:
-        if ids:
-            inference.add_output_ids(ids)
+        if reported or len(ids) >= judged:
+            inference.add_output_ids(_id_array(ids))  # counted, and judged for degenerate output
+        elif ids:
+            inference.add_output_tokens(len(ids))
         if ids or reported:
             inference.observe_logits(functools.partial(last_logits, llama))
+
+
+def _id_array(ids: list[int]) -> Any:
+    """The sampled ids as one int64 array (what the detector reads, without checking every
+    element's type again); the list itself if they are not all ids."""
+    try:
+        return np.array(ids, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return ids
 
 
 def last_logits(llama: Any) -> npt.NDArray[np.float32]:
@@ -561,32 +575,31 @@ def _begin(
         internal_error("llama_cpp_request", exc)
 
 
-#: ``generate``'s keyword -> the span attribute of the value the engine samples with.
-_SAMPLING = (
-    ("temp", sc.REQUEST_TEMPERATURE),
-    ("top_p", sc.REQUEST_TOP_P),
-    ("top_k", sc.REQUEST_TOP_K),
+def _sampling(inference: InferenceContext, kwargs: Mapping[str, Any]) -> None:
+    """The sampling parameters ``generate`` runs with (after the chat handler's and the
+    completion's defaults): those that apply. top_p and top_k only when sampling (temperature
+    above 0), a penalty only when there is one (llama-cpp-python always passes 0.0)."""
+    temp = kwargs.get("temp")
+    if type(temp) is not float and type(temp) is not int:
+        return
+    inference.set_attribute(sc.REQUEST_TEMPERATURE, temp)
+    if temp > 0:
+        top_p, top_k = kwargs.get("top_p"), kwargs.get("top_k")
+        if type(top_p) is float or type(top_p) is int:
+            inference.set_attribute(sc.REQUEST_TOP_P, top_p)
+        if type(top_k) is int:  # an int in the conventions
+            inference.set_attribute(sc.REQUEST_TOP_K, top_k)
+    for key, name in _PENALTIES:
+        value = kwargs.get(key)
+        if value and (type(value) is float or type(value) is int):
+            inference.set_attribute(name, value)
+
+
+#: ``generate``'s penalties -> their attributes (each recorded when it is not 0).
+_PENALTIES = (
     ("frequency_penalty", sc.REQUEST_FREQUENCY_PENALTY),
     ("presence_penalty", sc.REQUEST_PRESENCE_PENALTY),
 )
-
-
-def _sampling(inference: InferenceContext, kwargs: Mapping[str, Any]) -> None:
-    """The sampling parameters ``generate`` runs with (after the chat handler's and the
-    completion's defaults). top_p and top_k apply only when sampling (temperature > 0)."""
-    temp = kwargs.get("temp")
-    greedy = not isinstance(temp, (int, float)) or temp <= 0
-    for key, name in _SAMPLING:
-        value = kwargs.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        if key in ("top_p", "top_k") and greedy:
-            continue
-        if name == sc.REQUEST_TOP_K:  # an int in the conventions
-            if value != int(value):
-                continue
-            value = int(value)
-        inference.set_attribute(name, value)
 
 
 def _reason(result: Any) -> str | None:
