@@ -103,7 +103,6 @@ def _setup(mode: str, path: str) -> Mapping[str, Handler]:
     import llama_cpp
 
     import bitnet_obs
-
     from bitnet_obs.instrumentation.llama_cpp import LlamaCppInstrumentor
 
     _configure(mode)

@@ -44,11 +44,11 @@ from bitnet_obs import (
     ConfigError,
     InferenceContext,
     InferenceMonitor,
+    _config,
     _state,
     monitor_model_load,
     unload_model,
 )
-from bitnet_obs import _config
 from bitnet_obs import _semconv as sc
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs.instrumentation._llama_model import ModelFile, describe_file
