@@ -35,6 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
         (["--workers", "2.5"], "got '2.5'"),
         (["--port", "70000"], "argument --port: expected a whole number from 0 to 65535"),
         (["--port", "-1"], "got '-1'"),
+        (["--slow-kernel", "0.5"], "argument --slow-kernel: expected a factor from 1 to 100"),
+        (["--slow-kernel", "101"], "got '101'"),
+        (["--slow-kernel", "nan"], "got 'nan'"),
+        (["--slow-kernel", "fast"], "got 'fast'"),
     ],
 )
 def test_demo_refuses_numbers_out_of_range_with_exit_code_2(
@@ -79,6 +83,7 @@ def test_help_is_plain_text_with_the_ranges(capsys: pytest.CaptureFixture[str]) 
     assert "above 0 and at most 604800" in demo
     assert "1 to 64 (default: 2)" in demo
     assert "0 to 65535" in demo
+    assert "1 to 100 (default: 1)" in demo
 
 
 def _demo(*args: str) -> subprocess.Popen[str]:

@@ -9,7 +9,9 @@ A cross-validation canary checks the served I2_S kernel every 10 s against golde
 recorded at start from the float64 quantized reference, and times it against the TL2 kernel;
 ``--inject-fault sign|constant`` breaks the I2_S kernel ``--fault-after`` seconds after the
 canary's first run, so the failing canary, the 503 on ``/health/ready`` and the alerts can be
-watched.
+watched. ``--slow-kernel FACTOR`` makes the served kernel FACTOR times slower, like a replica on a
+CPU without the SIMD its kernels were built for: run several demos, one of them slowed or
+faulty, to watch the fleet rules pick out the replica that went wrong.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class TinyBitNet:
     scales: list[float] = field(init=False, repr=False)
     head: np.ndarray = field(init=False, repr=False)
     fault: str | None = field(default=None, init=False)  # "sign" or "constant": a broken I2_S
+    slowdown: float = field(default=1.0, init=False)  # the I2_S kernel takes this many times longer
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
@@ -80,14 +83,21 @@ class TinyBitNet:
         self, token: int, fmt: str = "i2_s", check: bool = False
     ) -> npt.NDArray[np.float32]:
         x: npt.NDArray[np.float32] = self.embed[token][None, :]
+        slow = self.slowdown > 1.0 and fmt == "i2_s"
+        spent = 0.0
         for i, (codes, scale) in enumerate(zip(self.codes, self.scales, strict=True)):
+            started = time.perf_counter() if slow else 0.0
             y = quant.matmul(x, codes, scale, format=fmt)
+            if slow:
+                spent += time.perf_counter() - started
             if self.fault == "sign" and fmt == "i2_s":
                 y = -y  # a kernel with a flipped sign
             if check:
                 self._check_layer(i, x, y)
             h = np.maximum(y, 0.0) + 0.1 * x  # ReLU with a residual, keeps activations alive
             x = (h / (np.sqrt(np.mean(h * h)) + 1e-6)).astype(np.float32)  # RMS norm
+        if slow:  # a slower kernel path: sleeping the difference costs the host no CPU
+            time.sleep((self.slowdown - 1.0) * spent)
         return x
 
     def _check_layer(self, i: int, x: np.ndarray, y: np.ndarray) -> None:
@@ -359,6 +369,7 @@ def run(
     workers: int = 2,
     fault: str | None = None,
     fault_after: float = 20.0,
+    slow_kernel: float = 1.0,
 ) -> int:
     try:
         telemetry = (
@@ -376,6 +387,7 @@ def run(
         return 2
     with bitnet_obs.monitor_model_load(model=MODEL, quant_format="i2_s", device="cpu") as load:
         model = TinyBitNet()  # not ready until this block ends well
+        model.slowdown = slow_kernel
         load.add_tensors([*model.codes, model.embed, model.head])
         model.record_weights()
     runtime.enable()
@@ -406,6 +418,8 @@ def run(
         f"checked every {canary.interval_s:g}s (reference timing: TL2)"
         + (f"; fault {fault!r} {fault_after:g}s after its first run" if fault else "")
     )
+    if slow_kernel > 1.0:
+        print(f"  kernel: I2_S slowed {slow_kernel:g}x (--slow-kernel)")
     print(f"  running {f'for {duration:g}s' if duration else 'until Ctrl-C'}", flush=True)
     stats = _Stats()
     threads = [

@@ -22,6 +22,7 @@ def _plain(doc: str | None) -> str:
 # --- demo: every number bounded, stated in --help; a bad one exits 2 (argparse) with the reason
 DEMO_MAX_DURATION_S = 7 * 24 * 3600  # longer: leave --duration out and stop it with Ctrl-C
 DEMO_MAX_WORKERS = 64  # request loops are threads of one process
+DEMO_MAX_SLOWDOWN = 100.0  # a slowed kernel still answers within a request's lifetime
 
 
 def _demo_duration(text: str) -> float:
@@ -32,6 +33,18 @@ def _demo_duration(text: str) -> float:
     if not 0 < value <= DEMO_MAX_DURATION_S:  # refuses nan and inf too
         raise argparse.ArgumentTypeError(
             f"expected seconds above 0 and at most {DEMO_MAX_DURATION_S} (a week), got {text!r}"
+        )
+    return value
+
+
+def _demo_slowdown(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 1 <= value <= DEMO_MAX_SLOWDOWN:  # refuses nan and inf too
+        raise argparse.ArgumentTypeError(
+            f"expected a factor from 1 to {DEMO_MAX_SLOWDOWN:g}, got {text!r}"
         )
     return value
 
@@ -87,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"seconds after the first canary run, above 0 and at most {DEMO_MAX_DURATION_S} "
         "(default: 20)",
     )
+    demo.add_argument(
+        "--slow-kernel",
+        type=_demo_slowdown,
+        default=1.0,
+        metavar="FACTOR",
+        help=f"make the served I2_S kernel FACTOR times slower, 1 to {DEMO_MAX_SLOWDOWN:g} "
+        "(default: 1), like a replica on a CPU without the SIMD its kernels need",
+    )
     from bitnet_obs import _crossval_cli, _quant_report
 
     report = sub.add_parser(
@@ -104,7 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bitnet_obs import _demo
 
         return _demo.run(
-            args.duration, args.port, args.workers, args.inject_fault, args.fault_after
+            args.duration,
+            args.port,
+            args.workers,
+            args.inject_fault,
+            args.fault_after,
+            args.slow_kernel,
         )
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2

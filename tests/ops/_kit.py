@@ -17,6 +17,8 @@ MONITORING = EXAMPLES / "monitoring"
 RULES = MONITORING / "rules"
 RECORDING_RULES = RULES / "bitnet-recording.yml"
 ALERT_RULES = RULES / "bitnet-alerts.yml"
+FLEET_RECORDING_RULES = RULES / "bitnet-fleet-recording.yml"
+FLEET_ALERT_RULES = RULES / "bitnet-fleet-alerts.yml"
 RULE_TESTS = sorted((MONITORING / "tests").glob("*_test.yml"))
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "bitnet-obs.json"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
@@ -27,17 +29,40 @@ def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def alert_rules() -> list[dict[str, Any]]:
-    return [r for g in load_yaml(ALERT_RULES)["groups"] for r in g["rules"] if "alert" in r]
+def rule_files() -> list[Path]:
+    """The rule files prometheus.yml loads, in its order."""
+    return [MONITORING / path for path in load_yaml(MONITORING / "prometheus.yml")["rule_files"]]
 
 
-def recording_rules() -> list[dict[str, Any]]:
-    return [r for g in load_yaml(RECORDING_RULES)["groups"] for r in g["rules"]]
+def _rules(paths: list[Path]) -> list[dict[str, Any]]:
+    return [r for p in paths or rule_files() for g in load_yaml(p)["groups"] for r in g["rules"]]
+
+
+def alert_rules(*paths: Path) -> list[dict[str, Any]]:
+    """The alert rules of ``paths`` (default: every rule file prometheus.yml loads)."""
+    return [r for r in _rules(list(paths)) if "alert" in r]
+
+
+def recording_rules(*paths: Path) -> list[dict[str, Any]]:
+    """The recording rules of ``paths`` (default: every rule file prometheus.yml loads)."""
+    return [r for r in _rules(list(paths)) if "record" in r]
 
 
 def dashboard() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     return data
+
+
+def panels_by_row() -> dict[str, list[dict[str, Any]]]:
+    """The dashboard's panels under each row title, rows excluded."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    current: list[dict[str, Any]] = []
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            current = rows.setdefault(panel["title"], [])
+        else:
+            current.append(panel)
+    return rows
 
 
 def panel_queries() -> list[tuple[str, str]]:

@@ -17,7 +17,6 @@ One stack for the module (starting it costs the ~6 s before Prometheus' first sc
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -28,7 +27,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +35,30 @@ import yaml
 
 from bitnet_obs.testing import OTLPReceiver
 from tests._support.prometheus import PrometheusServer, ScrapeJob, free_port
-from tests._support.tools import find_tool
 from tests.ops._kit import (
     ALERT_RULES,
-    MONITORING,
     RECORDING_RULES,
     ROOT,
     dashboard,
     load_yaml,
+    panels_by_row,
     recording_rules,
+)
+from tests.ops._live import (
+    Alertmanager,
+    Webhook,
+    firing,
+    grafana_substitute,
+    has_data,
+    regex_value,
+    stop_process,
+    wait_http,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
 
 E2E_ALERT = "BitNetDeviceFallbackRate"
-RATE_INTERVAL = "1m"  # what Grafana would put for $__rate_interval
 NO_DATA_IN_DEMO = {
     "GPU utilization": "no GPU here: NVML is absent, so no hw.gpu.* series exist",
     "GPU memory": "no GPU here: NVML is absent, so no hw.gpu.* series exist",
@@ -65,89 +72,6 @@ DEMO_SLA = {
     "BITNET_OBS_SLA_MIN_TOKENS_PER_SECOND": "5",
     "BITNET_OBS_SLA_ERROR_RATE": "0.1",
 }
-
-
-class Webhook:
-    """Records the JSON bodies POSTed to it, by path (each receiver has its own path)."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with hook._cond:
-                    hook.received.append((self.path, json.loads(body)))
-                    hook._cond.notify_all()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def wait_for_alert(self, name: str, timeout: float) -> tuple[str, dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for path, body in self.received:
-                    for alert in body["alerts"]:
-                        if alert["labels"]["alertname"] == name:
-                            return path, alert
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{name} never reached the webhook: {self.received}")
-                self._cond.wait(left)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Alertmanager:
-    """prometheus-alertmanager on loopback with our alertmanager.yml, webhooks redirected."""
-
-    def __init__(self, workdir: Path, webhook: Webhook) -> None:
-        config = load_yaml(MONITORING / "alertmanager.yml")
-        for receiver in config["receivers"]:
-            for hook in receiver.get("webhook_configs", []):
-                hook["url"] = hook["url"].replace("http://127.0.0.1:5001", webhook.url)
-        for route in [config["route"], *config["route"]["routes"]]:
-            route["group_wait"] = "1s"  # the test's only change to the routing
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.log = open(workdir / "alertmanager.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                find_tool("prometheus-alertmanager", "alertmanager"),
-                f"--config.file={workdir / 'alertmanager.yml'}",
-                f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        _wait_http(f"http://{self.address}/-/ready", self.proc, workdir / "alertmanager.log")
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        _stop(self.proc, signal.SIGTERM)
-        self.log.close()
 
 
 @dataclass
@@ -190,8 +114,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str) -> Iter
             stdout=demo_log,
             stderr=subprocess.STDOUT,
         )
-        cleanup.callback(_stop, demo, signal.SIGINT)
-        _wait_http(f"http://127.0.0.1:{port}/metrics", demo, workdir / "demo.log")
+        cleanup.callback(stop_process, demo, signal.SIGINT)
+        wait_http(f"http://127.0.0.1:{port}/metrics", demo, workdir / "demo.log")
         stop_probing = threading.Event()
         prober = threading.Thread(
             target=_probe_health, args=(f"http://127.0.0.1:{port}/health", stop_probing)
@@ -229,64 +153,14 @@ def _probe_health(url: str, stop: threading.Event) -> None:
             response.read()
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"{log.stem} exited ({proc.returncode}): {log.read_text()}")
-        with contextlib.suppress(OSError), opener.open(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} not up after {timeout}s: {log.read_text()}")
-        time.sleep(0.1)
-
-
-def _firing(prom: PrometheusServer) -> set[str]:
-    return {a["labels"]["alertname"] for a in prom.alerts() if a["state"] == "firing"}
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.25)
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def _regex_value(value: str) -> str:
-    """A variable's value as Grafana writes it into a =~ matcher: regex-escaped, in a PromQL
-    string (so each backslash doubled)."""
-    return re.escape(value).replace("\\", "\\\\")
-
-
 def _grafana_substitute(expr: str, stack: Stack) -> str:
-    return (
-        expr.replace("$__rate_interval", RATE_INTERVAL)
-        .replace("$model", _regex_value(stack.model))
-        .replace("$instance", _regex_value(stack.instance))
-    )
+    return grafana_substitute(expr, regex_value(stack.model), regex_value(stack.instance))
 
 
 def _between(low: float, high: float) -> Callable[[list[dict[str, Any]]], bool]:
     """One sample strictly between ``low`` and ``high`` (NaN, from 0/0, is not): what the
     demo's ratios settle to once both counters have grown over the rate window."""
     return lambda result: len(result) == 1 and low < float(result[0]["value"][1]) < high
-
-
-def _has_data(result: list[dict[str, Any]]) -> bool:
-    values = [s["value"][1] for s in result]
-    return any(v not in ("NaN", "+Inf", "-Inf") for v in values)
 
 
 def test_every_dashboard_panel_query_returns_data_from_the_demo(stack: Stack) -> None:
@@ -303,7 +177,8 @@ def test_every_dashboard_panel_query_returns_data_from_the_demo(stack: Stack) ->
     # the panels: every one that can have data in the demo must have it (one generous
     # deadline for all: they fill as the demo runs; only a panel that never does fails)
     deadline = time.monotonic() + 120
-    panels = [p for p in dashboard()["panels"] if p["type"] != "row"]
+    # the Fleet row has its own live test against four replicas (test_live_fleet.py)
+    panels = [p for row, ps in panels_by_row().items() if row != "Fleet" for p in ps]
     assert set(NO_DATA_IN_DEMO) <= {p["title"] for p in panels}
     failures = []
     checked = 0
@@ -314,11 +189,11 @@ def test_every_dashboard_panel_query_returns_data_from_the_demo(stack: Stack) ->
             result = prom.query(query)  # a PromQL error raises here, excused panel or not
             if panel["title"] in NO_DATA_IN_DEMO:
                 continue
-            while not _has_data(result) and time.monotonic() < deadline:
+            while not has_data(result) and time.monotonic() < deadline:
                 time.sleep(0.5)
                 result = prom.query(query)
             checked += 1
-            if not _has_data(result):
+            if not has_data(result):
                 failures.append(f"{panel['title']}: {query} -> {result}")
     assert not failures, "panels without data:\n" + "\n".join(failures)
     assert checked >= 50
@@ -340,7 +215,7 @@ def test_an_alert_from_our_rules_reaches_alertmanager_and_the_webhook(stack: Sta
         rf"[\d.]+% of {stack.model} requests fall back to another device on {stack.instance}",
         alert["annotations"]["summary"],
     ), alert["annotations"]["summary"]
-    _wait(lambda: E2E_ALERT in _firing(stack.prom), 60, "Prometheus shows it firing")
+    wait_until(lambda: E2E_ALERT in firing(stack.prom), 60, "Prometheus shows it firing")
     # every delivered alert went to its severity's receiver; the demo's kernels are faithful
     for receiver_path, body in stack.webhook.received:
         for delivered in body["alerts"]:

@@ -19,11 +19,9 @@ from tests._support.prometheus import (
 )
 from tests._support.tools import find_tool
 from tests.ops._kit import (
-    ALERT_RULES,
     DASHBOARD,
     MONITORING,
     OPERATIONS_DOC,
-    RECORDING_RULES,
     RULE_TESTS,
     SEVERITIES,
     alert_rules,
@@ -35,6 +33,7 @@ from tests.ops._kit import (
     metric_names,
     panel_queries,
     recording_rules,
+    rule_files,
 )
 
 pytestmark = pytest.mark.prometheus
@@ -45,11 +44,12 @@ pytestmark = pytest.mark.prometheus
 def test_promtool_check_config(promtool_bin: str) -> None:
     code, output = promtool_check_config(MONITORING / "prometheus.yml", binary=promtool_bin)
     assert code == 0, output
-    assert "2 rule files found" in output
+    assert f"{len(rule_files())} rule files found" in output
+    assert set(rule_files()) == set((MONITORING / "rules").glob("*.yml")), "a rule file not loaded"
 
 
 def test_promtool_check_rules(promtool_bin: str) -> None:
-    code, output = promtool_check_rules(RECORDING_RULES, ALERT_RULES, binary=promtool_bin)
+    code, output = promtool_check_rules(*rule_files(), binary=promtool_bin)
     assert code == 0, output
 
 
@@ -63,9 +63,11 @@ def test_promtool_test_rules(promtool_bin: str) -> None:
 def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
     firing: set[str] = set()
     silent: set[str] = set()
+    loaded = [f"../rules/{path.name}" for path in rule_files()]
     for path in RULE_TESTS:
         doc = load_yaml(path)
-        assert doc["rule_files"] == ["../rules/bitnet-recording.yml", "../rules/bitnet-alerts.yml"]
+        # shipped rule files only, in the order Prometheus loads them
+        assert doc["rule_files"] == [f for f in loaded if f in doc["rule_files"]], path.name
         for test in doc["tests"]:
             for case in test.get("alert_rule_test", []):
                 (firing if case.get("exp_alerts") else silent).add(case["alertname"])
@@ -128,6 +130,7 @@ def test_rules_and_dashboard_use_only_real_metric_and_label_names() -> None:
     labels = exposed_labels() | {"alertname", "alertstate", "severity"}
     labels |= {k for r in recording_rules() for k in r.get("labels", {})}
     exprs = [(r.get("record") or r["alert"], r["expr"]) for r in recording_rules() + alert_rules()]
+    labels |= {made for _, expr in exprs for made in _LABEL_REPLACE_TARGET.findall(expr)}
     exprs += panel_queries()
     for where, expr in exprs:
         assert metric_names(expr) or expr.startswith("vector("), f"{where}: reads no metric"
@@ -307,6 +310,7 @@ def test_dashboard_layout_rows_and_variables() -> None:
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
     assert rows == [
         "Overview",
+        "Fleet",
         "Serving lifecycle",
         "Quantization",
         "Devices",
@@ -363,6 +367,10 @@ def test_dashboard_layout_rows_and_variables() -> None:
         "Candidate / reference tokens/s",
         "Runtime",
     } <= titles
+
+
+# label_replace(v, "dst", "replacement", "src", "regex"): the label a rule makes
+_LABEL_REPLACE_TARGET = re.compile(r'"(\w+)",\s*"[^"]*",\s*"[^"]*",\s*"[^"]*"\s*\)')
 
 
 def _anchor(heading: str) -> str:
