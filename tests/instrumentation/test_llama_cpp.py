@@ -127,10 +127,13 @@ def span_of(cap: TelemetryCapture, operation: str) -> Any:
 
 def name_of(path: Path) -> str:
     """The model name the instrumentor must use: the file's general.name, read by the gguf
-    package (an independent reader)."""
+    package (an independent reader), else the file's name without ``.gguf`` (llama.cpp's
+    converter writes no name for the fixture's unnamed checkpoint)."""
     from gguf import GGUFReader
 
-    field = GGUFReader(path).fields["general.name"]
+    field = GGUFReader(path).fields.get("general.name")
+    if field is None:
+        return path.name.removesuffix(".gguf")
     return bytes(field.parts[field.data[0]]).decode()
 
 
@@ -216,7 +219,7 @@ def test_load_records_the_files_provenance(
     reader = GGUFReader(path)
     arch_field = reader.fields["general.architecture"]
     arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
-    assert arch == llm.metadata["general.architecture"]
+    assert arch == llm.metadata["general.architecture"] == "bitnet"
 
     def info() -> dict[str, Any]:
         points = cap.points("bitnet.model.info", **attrs)
@@ -622,6 +625,29 @@ def test_degenerate_output_is_flagged(
     assert run.sum == 40
     span = span_of(cap, "text_completion")
     assert span.attributes["bitnet.degenerate.reason"] == "repeat_run"
+
+
+def test_a_broken_conversion_that_repeats_one_token_is_flagged(
+    instrument: Instrument, cap: TelemetryCapture, broken_bitnet: Callable[..., Path]
+) -> None:
+    """The engine's fixture with its output norm zeroed (every logit 0: token 0 forever, the
+    "!!!!" of microsoft/BitNet#547), run through a plain chat completion and a stream."""
+    import llama_cpp
+
+    instrument(hash_content=False)
+    path = broken_bitnet("constant")
+    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, verbose=False)
+    try:
+        llm.create_completion(PROMPT, max_tokens=48, temperature=0.0)
+        list(llm.create_completion(PROMPT, max_tokens=48, temperature=0.0, stream=True))
+    finally:
+        llm.close()
+    degenerate = {"bitnet.degenerate.reason": "repeat_run"}
+    assert cap.value("bitnet.output.degenerate", **degenerate) == 2
+    assert cap.value("bitnet.output.degenerate", **{"bitnet.quant.format": "tq2_0"}) == 2
+    for span in [s for s in cap.spans() if s.name.startswith("text_completion")]:
+        assert span.attributes["bitnet.degenerate.reason"] == "repeat_run"
+        assert span.attributes["bitnet.output.repeat_run"] == 48
 
 
 def test_last_logits_at_the_sample_rate(
