@@ -76,7 +76,8 @@ def main() -> None:
                 text += choice["delta"].get("content") or ""
                 reason = choice["finish_reason"] or reason
         elapsed = time.perf_counter() - started
-        print(f"{'completion' if i % 2 == 0 else 'chat stream'}: {reason} in {elapsed:.2f} s: {text!r}")
+        kind = "completion" if i % 2 == 0 else "chat stream"
+        print(f"{kind}: {reason} in {elapsed:.2f} s: {text!r}")
 
     stream = llm.create_completion("Once upon a time", max_tokens=args.max_tokens, stream=True)
     next(stream)
