@@ -62,7 +62,7 @@ _request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
     "bitnet_obs_llama_cpp", default=None
 )
 
-#: (attribute of Llama, operation); the first present ones are patched.
+#: (attribute of Llama, operation): each one this llama-cpp-python has is patched.
 CALLS = (
     ("__call__", "text_completion"),
     ("create_completion", "text_completion"),
@@ -70,8 +70,12 @@ CALLS = (
 )
 EMBEDDINGS = ("create_embedding", "embed")
 #: llama.cpp's finish reasons -> ours (``function_call`` is the legacy name of a tool call).
-FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls"}
-FINISH["function_call"] = "tool_calls"
+FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
 
 
 class _Request:
