@@ -253,6 +253,7 @@ class Call(InferenceContext):
         "stamped",
         "stamps",
         "start",
+        "streamed",
         "watch",
     )
 
@@ -285,6 +286,7 @@ class Call(InferenceContext):
         self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
         self.ids_reported = False
         self.logits_admitted: bool | None = None  # drawn at the first observe_logits
+        self.streamed: bool | None = None  # set_stream(); None: a stream if it has stamps
         self.start = time.perf_counter()
 
     # ----- InferenceContext: what the call is -----
@@ -383,6 +385,12 @@ class Call(InferenceContext):
         stamps.append(now)
         if len(stamps) >= GAP_CHUNK:
             self.flush_gaps()
+
+    def set_stream(self, streamed: bool) -> None:
+        if not isinstance(streamed, bool):
+            internal_error("bad_stream_flag", detail=f"set_stream({describe(streamed)})")
+            return
+        self.streamed = streamed
 
     def set_device(self, name: str) -> None:
         if not valid_device(name):
@@ -789,7 +797,8 @@ class Call(InferenceContext):
             extra["bitnet.outcome"] = outcome
         if self.finish_reason is not None:
             span.set_attribute(sc.RESPONSE_FINISH_REASONS, [self.finish_reason])
-        if self.stamps is not None:
+        streamed = self.stamps is not None if self.streamed is None else self.streamed
+        if streamed:
             extra[sc.REQUEST_STREAM] = True
             if self.first_token_at is not None:
                 arrival = self.start - (self.queue_wait or 0.0)
