@@ -14,11 +14,41 @@ MYPY = "mypy==2.4.1"
 LINTED = ["src", "tests", "examples", "benchmarks", "tools", "noxfile.py"]
 
 
+ENSURE_LLAMA = "tools/ensure_llama.py"
+
+
+def _llama_wheel(session: nox.Session, *args: str) -> str | None:
+    """Run tools/ensure_llama.py (a lookup once its cache is warm), return the wheel it names.
+
+    The first run on a machine builds llama.cpp from llama-cpp-python's source distribution
+    (tens of minutes on 2 cores, once: the cache is shared by every checkout and session).
+    """
+    session.run("python", ENSURE_LLAMA, *args)
+    out = session.run("python", ENSURE_LLAMA, "--check", *args, silent=True, success_codes=[0, 1])
+    last = str(out or "").strip().splitlines()[-1:] or [""]
+    return last[0] if last[0].endswith(".whl") else None
+
+
+def _install_llama(session: nox.Session) -> list[str]:
+    """llama-cpp-python from the engine's wheel (its libraries inside, compiled once per
+    machine); the extras to add: ``llamacpp`` when it is installed, none otherwise (pip would
+    compile llama.cpp again from the source distribution)."""
+    wheel = _llama_wheel(session, "--print", "wheel")
+    if wheel is None:
+        session.warn("no llama.cpp engine: its tests skip (or fail under CI=true)")
+        return []
+    # the same version may be a rebuilt engine (new compiler, CPU, flags): always replace it
+    session.install("--no-deps", "--force-reinstall", "--quiet", wheel)
+    return ["llamacpp"]
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite, with the real prometheus/promtool/alertmanager binaries."""
+    """The whole suite, with the real prometheus/promtool/alertmanager binaries and llama.cpp."""
     session.install("torch==2.13.0")  # the local CPU wheel; a bare torch pulls a CUDA build
-    session.install(".[test,gpu,safetensors,hf,gguf,report,docs]")
+    extras = ["test", "gpu", "safetensors", "hf", "gguf", "report", "docs"]
+    extras += _install_llama(session)
+    session.install(f".[{','.join(extras)}]")
     session.run("python", "tools/ensure_tools.py")
     session.run("pytest", *session.posargs)
 
@@ -50,7 +80,11 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install("torch==2.13.0")  # the instrumentation is typed against torch/transformers
-    session.install(MYPY, "types-PyYAML", ".[test,hf]")
+    # llama_cpp's Python files for its types (no compilation: its wheel without libraries)
+    wheel = _llama_wheel(session, "--python-only", "--print", "python-wheel")
+    if wheel:
+        session.install("--no-deps", wheel)
+    session.install(MYPY, "types-PyYAML", ".[test,hf]" if wheel is None else ".[test,hf,llamacpp]")
     session.run("mypy", "--strict")  # packages and paths come from pyproject.toml
 
 
@@ -84,9 +118,10 @@ def bench(session: nox.Session) -> None:
     A peer that fails to install only skips its rows (the bench says why).
     """
     session.install("torch==2.13.0")  # the local CPU wheel: the transformers benchmark
-    session.install(".[test,hf,gguf,safetensors]")
+    extras = ",".join(["test", "hf", "gguf", "safetensors", *_install_llama(session)])
+    session.install(f".[{extras}]")
     try:
-        session.install(*PEERS_RUNTIME, ".[test,hf,gguf,safetensors]")
+        session.install(*PEERS_RUNTIME, f".[{extras}]")
         session.install("--no-deps", *PEERS_NO_DEPS)
     except nox.command.CommandFailed:
         session.warn("the peers (OpenLIT, OpenLLMetry) did not install: their rows are skipped")

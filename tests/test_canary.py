@@ -19,6 +19,7 @@ import pytest
 from bitnet_obs import ConfigError, _server, crossval, health
 from bitnet_obs.crossval import Canary, GoldenSet
 from bitnet_obs.testing import TelemetryCapture, capture_telemetry, reset
+from tests._support import tiny_model as crossval_support
 from tests._support.tiny_model import PROMPTS, TinyModel
 
 DEADLINE = 60.0  # generous: CI shares two cores; every wait ends as soon as its condition holds
@@ -178,11 +179,35 @@ def test_a_run_hanging_past_its_budget_gates_readiness(
     server: _server.MetricsServer, golden: GoldenSet
 ) -> None:
     gate = Gate()
-    with Canary(gate, golden, interval_s=0.05, budget_s=0.05):
+    with Canary(gate, golden, interval_s=0.05, budget_s=0.05, timeout_s=30) as canary:
         assert gate.entered.wait(DEADLINE)
         wait_until("hang reported", ready(server, 503, "over twice its budget of 0.05s"))
         gate.release.set()
         wait_until("recovered", ready(server, 200))
+    assert canary.runs >= 1
+
+
+def test_a_call_past_its_time_limit_fails_the_run_and_no_call_piles_up(
+    server: _server.MetricsServer, golden: GoldenSet
+) -> None:
+    """The call is abandoned at timeout_s (default: twice the budget) and the run recorded as
+    failed; while it has not returned, later runs fail without calling the candidate again."""
+    gate = Gate()
+    with Canary(gate, golden, interval_s=3600, budget_s=0.05) as canary:
+        assert canary.timeout_s == 0.1
+        wait_until("timed out", ready(server, 503, "the candidate did not answer within 0.1s"))
+        report = canary.last_report
+        assert report is not None and report.failure is not None
+        assert report.failure.kind == crossval.FailureKind.TIMEOUT
+        again = canary.run_once()  # the abandoned call is still inside the candidate
+        assert again.failure is not None and again.failure.kind == crossval.FailureKind.TIMEOUT
+        assert "has not returned from a call abandoned" in again.reason
+        assert gate.calls == 1  # no pile-up
+        gate.release.set()
+        wait_until("the abandoned call returned", lambda: gate.inside == 0)
+        assert canary.run_once().passed
+        wait_until("recovered", ready(server, 200))
+    assert gate.most_inside == 1
 
 
 def test_without_gating_a_failure_is_reported_but_ready(
@@ -239,3 +264,97 @@ def test_constructor_reads_the_golden_file_once(tmp_path: Path, golden: GoldenSe
         Canary(TinyModel().generate, tmp_path / "missing.npz")
     with pytest.raises(ConfigError, match="accepted: fn"):
         Canary(None, golden)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the canary never misses
+
+
+def test_nan_logits_after_a_pass_gate_readiness(
+    server: _server.MetricsServer, golden: GoldenSet, cap: TelemetryCapture
+) -> None:
+    """A kernel that breaks into NaN logits after a passing run: every later run is a failed
+    run with the reason, and /health/ready answers 503 (the last pass never stands)."""
+    model = TinyModel()
+    with Canary(model.generate, golden, interval_s=0.05, budget_s=30) as canary:
+        wait_until("first pass", ready(server, 200))
+        model.fault = "nan"
+        wait_until("NaN: 503", ready(server, 503, "NaN/infinite logits"))
+        report = canary.last_report
+        assert report is not None and report.failure is not None
+        assert report.failure.kind == crossval.FailureKind.NON_FINITE
+        model.fault = None
+        wait_until("recovered", ready(server, 200))
+    assert cap.value("bitnet.crossval.runs", **{"bitnet.crossval.outcome": "fail"}) >= 1
+
+
+@pytest.mark.parametrize(
+    ("candidate", "kind"),
+    [
+        (crossval_support.generate_exits, "exited"),
+        (crossval_support.generate_interrupted, "interrupted"),
+        (crossval_support.generate_noisy, "bad_output"),
+    ],
+)
+def test_a_candidate_that_exits_or_breaks_the_contract_is_a_failed_run(
+    golden: GoldenSet, candidate: Any, kind: str
+) -> None:
+    canary = Canary(candidate, golden, interval_s=3600)
+    report = canary.run_once()
+    assert not report.passed and report.failure is not None
+    assert report.failure.kind.value == kind
+    assert canary.last_report is report and canary.runs == 1
+    with canary:  # and the background thread survives it
+        wait_until("a background run", lambda: canary.runs == 2)
+        last = canary.last_report
+        assert last is not None and not last.passed and canary.running
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"interval_s": 1e10}, "interval_s=10000000000.0 is not valid; accepted: a number in "
+                               "(0, 604800] seconds"),
+        ({"budget_s": 1e10}, "budget_s=10000000000.0 is not valid"),
+        ({"timeout_s": float("inf")}, "timeout_s=inf is not valid"),
+        ({"max_kl": float("inf")}, "max_kl=inf is not valid"),
+        ({"min_agreement": float("nan")}, "min_agreement=nan is not valid"),
+    ],
+)  # fmt: skip
+def test_every_number_has_a_finite_bound(
+    golden: GoldenSet, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Canary(TinyModel().generate, golden, **kwargs)
+    assert message in str(info.value)
+
+
+def test_a_run_finishing_after_stop_is_not_recorded(golden: GoldenSet) -> None:
+    gate = Gate()
+    canary = Canary(gate, golden, interval_s=3600, budget_s=30).start()
+    assert gate.entered.wait(DEADLINE)
+    canary.stop(timeout=0)  # the run in flight cannot be interrupted ...
+    gate.release.set()
+    after = canary.run_once()  # waits for the run in flight to end, then runs and records
+    assert canary.runs == 1 and canary.last_report is after  # ... which was not recorded
+
+
+def test_two_canaries_never_share_a_readiness_slot(
+    server: _server.MetricsServer, golden: GoldenSet
+) -> None:
+    broken = TinyModel()
+    broken.fault = "sign"
+    first = Canary(broken.generate, golden, interval_s=0.05).start()
+    twin = Canary(TinyModel().generate, golden, interval_s=0.05)
+    with pytest.raises(ConfigError, match="name='canary': another running canary has this name"):
+        twin.start()
+    assert not twin.running
+    wait_until("the first gates", ready(server, 503, "canary: case "))
+    other = Canary(TinyModel().generate, golden, interval_s=0.05, name="canary-b").start()
+    other.stop()  # stopping one never removes another's gate
+    _, body = get(server, "/health/ready")
+    assert "canary" in body["checks"] and "canary-b" not in body["checks"]
+    assert get(server, "/health/ready")[0] == 503
+    first.stop()
+    twin.start()  # the name is free again
+    wait_until("the twin passes", ready(server, 200))
+    twin.stop()

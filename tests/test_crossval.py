@@ -3,7 +3,10 @@ candidates (a kernel with a flipped sign, one that emits a constant token), and 
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,7 +179,7 @@ def test_bad_golden_files_are_one_clear_error(golden_path: Path, tmp_path: Path)
         archive.open("header.npy", "w") as f,
     ):
         np.lib.format.write_array(f, objects, allow_pickle=True)
-    cases.append((tmp_path / "pickled.npz", "unreadable archive .*allow_pickle=False"))
+    cases.append((tmp_path / "pickled.npz", "member header.npy holds object; accepted: numbers"))
     for path, message in cases:
         with pytest.raises(GoldenError, match=message) as info:
             crossval.load(path)
@@ -317,3 +320,377 @@ def test_check_validates_its_arguments(golden: GoldenSet, tmp_path: Path) -> Non
         crossval.check("generate", golden)  # type: ignore[arg-type]
     with pytest.raises(GoldenError, match="no such file"):
         crossval.check(tiny_model.generate, tmp_path / "nope.npz")
+
+
+# ------------------------------------------------------------------ every failure is a failed run
+
+
+class _Hang:
+    """A candidate that blocks until released (a hung kernel)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, prompt: list[int], n: int) -> list[int]:
+        self.release.wait(60)
+        return [0] * n
+
+
+class _Odd(BaseException):
+    """Neither an Exception nor an exit: still a failure of the candidate."""
+
+
+def _returning(value: Any) -> Any:
+    return lambda prompt, n: value
+
+
+def _logits_with(value: float) -> Any:
+    def generate(prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
+        ids, logits = tiny_model.generate(prompt, n)
+        logits[n // 2, 3] = value
+        return ids, logits
+
+    return generate
+
+
+def _raising(exc: BaseException) -> Any:
+    def generate(prompt: list[int], n: int) -> list[int]:
+        raise exc
+
+    return generate
+
+
+FAILURES = [
+    (_raising(ValueError("x")), "raised", "the candidate raised ValueError", False),
+    (_raising(_Odd()), "raised", "the candidate raised _Odd", False),
+    (tiny_model.generate_exits, "exited", "the candidate raised SystemExit(0)", True),
+    (_raising(SystemExit("bye")), "exited", "raised SystemExit('bye')", True),
+    (tiny_model.generate_interrupted, "interrupted", "raised KeyboardInterrupt", True),
+    (tiny_model.generate_nan, "non_finite", "the candidate returned 768 NaN/infinite logits",
+     False),
+    (_logits_with(np.inf), "non_finite", "returned 1 NaN/infinite logits", False),
+    (_logits_with(-np.inf), "non_finite", "returned 1 NaN/infinite logits", False),
+    (_returning([-1] * MAX_NEW), "out_of_range", "returned token id -1; accepted: 0..63", False),
+    (_returning([64] * MAX_NEW), "out_of_range", "returned token id 64; accepted: 0..63", False),
+    (_returning(np.full(MAX_NEW, 2**63, np.uint64)), "out_of_range", "beyond int64", False),
+    (_returning([1] * (MAX_NEW + 1)), "bad_output", "returned 13 ids for max_new_tokens=12",
+     False),
+    (_returning(["a", "b"]), "bad_output", "returned ids 1-D <U1 (2,)", False),
+    (_returning([[1, 2], [3, 4]]), "bad_output", "returned ids 2-D", False),
+    (_returning(([1] * MAX_NEW, np.zeros((MAX_NEW, 64, 2)))), "bad_output",
+     "returned logits 3-D", False),
+    (_returning(([1] * MAX_NEW, np.zeros((MAX_NEW, 10)))), "bad_output",
+     "returned logits of vocab 10, the golden 64", False),
+    (lambda p, n: _raising(crossval.CandidateError("unavailable", "http://127.0.0.1:1: refused"))(
+        p, n), "unavailable", "http://127.0.0.1:1: refused", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("candidate", "kind", "detail", "stops"), FAILURES)
+def test_every_failure_of_a_candidate_fails_the_run_with_its_reason(
+    golden: GoldenSet, candidate: Any, kind: str, detail: str, stops: bool
+) -> None:
+    """An exception, an exit, an interrupt, NaN/Inf logits, ids out of the vocabulary and
+    mis-shaped answers are all a failed run with a typed reason -- never an exception out of
+    check(), never a pass."""
+    report = crossval.check(candidate, golden, record_metrics=False)
+    assert not report.passed
+    assert report.failure is not None and report.failure.kind == crossval.FailureKind(kind)
+    assert report.reason.startswith("case 0: ") and detail in report.reason
+    case = report.cases[0]
+    assert case.failure is not None and case.failure.kind.value == kind
+    assert case.error == case.failure.detail
+    # an exit or an interrupt ends the run: nothing else is started on a candidate that left
+    assert (len(report.cases), report.cases_skipped) == ((1, 4) if stops else (5, 0))
+    from bitnet_obs._untrusted import strict_json
+
+    assert json.loads(strict_json(report.to_dict()))["failure"]["kind"] == kind
+
+
+def test_a_call_past_timeout_s_fails_the_run_and_is_abandoned(golden: GoldenSet) -> None:
+    hang = _Hang()
+    try:
+        report = crossval.check(hang, golden, timeout_s=0.05, record_metrics=False)
+    finally:
+        hang.release.set()
+    assert not report.passed and report.failure is not None
+    assert report.failure.kind == crossval.FailureKind.TIMEOUT
+    assert report.reason == "case 0: the candidate did not answer within 0.05s"
+    assert len(report.cases) == 1 and report.cases_skipped == 4
+
+
+def test_a_reference_that_exits_stops_the_run_and_fails_it(golden: GoldenSet) -> None:
+    report = crossval.check(
+        tiny_model.generate, golden, reference=tiny_model.generate_exits, record_metrics=False
+    )
+    assert not report.passed and report.failure is not None
+    assert report.failure.kind == crossval.FailureKind.EXITED
+    assert report.reason == "case 0: the reference raised SystemExit(0); the run stopped"
+
+
+def test_a_nan_kernel_after_a_good_start_fails(golden: GoldenSet) -> None:
+    """The canary's own case: a kernel that breaks into NaN logits."""
+    model = tiny_model.TinyModel()
+    assert crossval.check(model.generate, golden, record_metrics=False).passed
+    model.fault = "nan"
+    report = crossval.check(model.generate, golden, record_metrics=False)
+    assert not report.passed and report.failure is not None
+    assert report.failure.kind == crossval.FailureKind.NON_FINITE
+
+
+def test_candidate_error_kinds_are_checked() -> None:
+    with pytest.raises(ValueError, match="kind='slow'; accepted: raised, exited"):
+        crossval.CandidateError("slow", "x")
+    error = crossval.CandidateError(crossval.FailureKind.TIMEOUT, "no answer in 5 s")
+    assert error.failure == crossval.Failure(crossval.FailureKind.TIMEOUT, "no answer in 5 s")
+    assert str(error.failure) == "no answer in 5 s" and error.failure.kind.value == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"budget_s": float("inf")}, "budget_s=inf is not valid; accepted: a number in (0, 86400]"),
+        ({"budget_s": 0}, "budget_s=0 is not valid"),
+        ({"timeout_s": 1e10}, "timeout_s=10000000000.0 is not valid"),
+        ({"timeout_s": float("nan")}, "timeout_s=nan is not valid"),
+        ({"max_kl": float("inf")}, "max_kl=inf is not valid; accepted: a number in [0, 1000]"),
+        ({"min_agreement": float("nan")}, "min_agreement=nan is not valid"),
+        ({"model": 3}, "model=3; accepted: a string"),
+    ],
+)
+def test_every_number_of_check_is_bounded(
+    golden: GoldenSet, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        crossval.check(tiny_model.generate, golden, record_metrics=False, **kwargs)
+    assert message in str(info.value)
+
+
+# ------------------------------------------------------------------ hostile golden files
+
+
+def _zip_member(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _npy(header: str, data: bytes = b"") -> bytes:
+    text = header.encode() + b" " * (118 - len(header)) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
+
+
+def _members(golden_path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(golden_path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_hostile_golden_files_are_a_golden_error_before_any_allocation(
+    golden_path: Path, tmp_path: Path
+) -> None:
+    good = _members(golden_path)
+    huge = "{'descr': '<f8', 'fortran_order': False, 'shape': (65536, 65536), }"  # 32 GiB
+    deep = "[" * 100_000 + "]" * 100_000
+    nan_header = json.loads(good_header(golden_path)) | {"x": 1}
+    cases = {
+        "a 32 GiB array": (
+            {**good, "logits.npy": _npy(huge)},
+            "declares float64 (65536, 65536) but holds 0 bytes",
+        ),
+        "a 2**40 dimension": (
+            {**good, "prompt_ids.npy": _npy(
+                "{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776, 0), }")},
+            "each dimension at most 2147483648",
+        ),
+        "a deeply nested header": (
+            {**good, "header.npy": _array_bytes(np.frombuffer(deep.encode(), np.uint8))},
+            "nests arrays/objects deeper than 16 levels",
+        ),
+        "NaN in the header": (
+            {**good, "header.npy": _array_bytes(np.frombuffer(
+                json.dumps(nan_header).replace('"x": 1', '"x": NaN').encode(),
+                np.uint8))},
+            "NaN is not JSON",
+        ),
+        "a billion cases": (
+            {**good, "header.npy": _array_bytes(np.frombuffer(
+                json.dumps(json.loads(good_header(golden_path)) | {"cases": 10**9}).encode(),
+                np.uint8))},
+            "header cases=1000000000; accepted: an integer in [1, 100000]",
+        ),
+        "negative ids": (
+            {**good, "output_ids.npy": _array_bytes(-np.ones(5 * MAX_NEW, np.int64))},
+            "output_ids holds ids outside [0, 64)",
+        ),
+    }  # fmt: skip
+    for what, (members, message) in cases.items():
+        path = _zip_member(tmp_path / f"{what}.npz", members)
+        with pytest.raises(GoldenError) as info:
+            crossval.load(path)
+        assert message in str(info.value), what
+        assert "\n" not in str(info.value)
+
+
+def good_header(golden_path: Path) -> str:
+    with np.load(golden_path) as raw:
+        return raw["header"].tobytes().decode()
+
+
+def _array_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a)
+    return buf.getvalue()
+
+
+def test_a_golden_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "golden.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(GoldenError, match="is a FIFO, not a regular file"):
+        crossval.load(fifo)  # never blocks waiting for a writer
+
+
+def test_record_into_a_missing_directory_is_a_golden_error(tmp_path: Path) -> None:
+    with pytest.raises(GoldenError, match=r"nowhere/g.npz: cannot write \(No such file"):
+        crossval.record(tiny_model.generate, PROMPTS, tmp_path / "nowhere" / "g.npz")
+
+
+def test_record_bounds_its_numbers(tmp_path: Path) -> None:
+    for kwargs, message in (
+        ({"max_new_tokens": 10**12}, "max_new_tokens=1000000000000 is not valid"),
+        ({"logits_steps": 10**6}, "logits_steps=1000000 is not valid"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            crossval.record(tiny_model.generate, PROMPTS, tmp_path / "g.npz", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"prompts\[0\]: accepted"):
+        crossval.record(tiny_model.generate, [[2**64 - 1]], tmp_path / "g.npz")
+
+
+def test_corrupted_golden_files_are_a_golden_error_or_a_usable_set(
+    golden_path: Path, tmp_path: Path
+) -> None:
+    """A second hostile round, fuzz-style: any bytes changed or cut give a GoldenError (one
+    line) or a set check() can run -- never another exception, a hang or a huge allocation."""
+    import random
+
+    rng = random.Random(23)
+    original = golden_path.read_bytes()
+    stored = tmp_path / "stored.npz"
+    with np.load(golden_path) as raw:
+        np.savez(stored, **{name: raw[name] for name in raw.files})  # uncompressed members
+    sources = [original, stored.read_bytes()]
+    outcomes = {"refused": 0, "loaded": 0}
+    for i in range(int(os.environ.get("FUZZ_EXAMPLES", "300"))):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data))
+            data[at] = rng.choice([0, 0xFF, 0x7F, rng.randrange(256)])
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(1, len(data))]
+        path = tmp_path / f"g{i % 4}.npz"
+        path.write_bytes(bytes(data))
+        try:
+            gs = crossval.load(path)
+        except GoldenError as exc:
+            refused = str(exc)
+            outcomes["refused"] += 1
+            assert "\n" not in refused
+            continue
+        outcomes["loaded"] += 1
+        report = crossval.check(tiny_model.generate, gs, record_metrics=False)
+        assert isinstance(report.passed, bool)
+    assert outcomes["refused"] > 20, outcomes
+    # the zip's CRCs refuse most byte changes: change the arrays themselves too
+    with np.load(golden_path) as raw:
+        arrays = {name: raw[name] for name in raw.files}
+    header = json.loads(arrays["header"].tobytes())
+    choices: list[Any] = [
+        lambda: rng.randint(-(2**63), 2**63 - 1), lambda: rng.randint(-3, 70),
+        lambda: float("nan"), lambda: rng.random(), lambda: "x\x1b[2J", lambda: None,
+        lambda: [1] * rng.randint(0, 3), lambda: {"a": {"b": []}}, lambda: True,
+    ]  # fmt: skip
+    loaded = 0
+    for i in range(int(os.environ.get("FUZZ_EXAMPLES", "300"))):
+        changed = dict(arrays)
+        name = rng.choice(sorted(arrays))
+        if name == "header":
+            h = dict(header)
+            h[rng.choice([*sorted(h), "vocab_size", "cases"])] = rng.choice(choices)()
+            text = json.dumps(h, allow_nan=True)
+            changed[name] = np.frombuffer(text.encode(), np.uint8)
+        else:
+            a = arrays[name].copy()
+            kind = rng.randrange(4)
+            if kind == 0 and a.size:
+                bad = [-1, 64, 2**40, 0] if a.dtype.kind in "iu" else [np.nan, np.inf, 1e38]
+                a.flat[rng.randrange(a.size)] = rng.choice(bad)
+            elif kind == 1:
+                a = a[: rng.randrange(a.shape[0] + 1)]
+            elif kind == 2:
+                a = a.astype(rng.choice([np.float32, np.int8, np.uint64, np.int64]))
+            else:
+                a = a.reshape(-1)[None, :] if a.ndim == 1 else a.reshape(-1)
+            changed[name] = a
+        path = tmp_path / f"a{i % 4}.npz"
+        np.savez(path, **changed)
+        try:
+            gs = crossval.load(path)
+        except GoldenError as exc:
+            refused = str(exc)
+            assert "\n" not in refused
+            continue
+        loaded += 1
+        report = crossval.check(tiny_model.generate, gs, record_metrics=False)
+        assert isinstance(report.passed, bool)
+    assert loaded > 5
+
+
+class _HostileAnswer:
+    """An answer whose reading runs code that raises, exits or is interrupted."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise self.exc
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "detail"),
+    [
+        (_HostileAnswer(ValueError("x")), "bad_output", "returned ids of type _HostileAnswer"),
+        (_HostileAnswer(SystemExit(0)), "exited", "SystemExit(0) while its answer was read"),
+        (_HostileAnswer(KeyboardInterrupt()), "interrupted", "while its answer was read"),
+    ],
+)
+def test_an_answer_that_raises_when_read_is_a_failure(
+    golden: GoldenSet, answer: Any, kind: str, detail: str
+) -> None:
+    report = crossval.check(_returning(answer), golden, record_metrics=False)
+    assert report.failure is not None and report.failure.kind.value == kind
+    assert detail in report.reason
+
+
+def test_hostile_exit_codes_and_candidate_details_stay_one_line(golden: GoldenSet) -> None:
+    report = crossval.check(_raising(SystemExit(_BadRepr())), golden, record_metrics=False)
+    assert report.reason == "case 0: the candidate raised SystemExit(_BadRepr)"
+    error = crossval.CandidateError("unavailable", "refused\n\x1b[2Jfake log line")
+    assert error.failure.detail == "refused\\x0a\\x1b[2Jfake log line"
+
+
+def test_a_golden_set_built_in_code_is_checked(golden: GoldenSet) -> None:
+    for bad in (
+        GoldenSet(golden.cases, {"model": "x"}),  # no max_new_tokens
+        GoldenSet((), dict(golden.header)),
+        GoldenSet((crossval.GoldenCase(np.zeros(0, np.int64), np.zeros(1, np.int64)),),
+                  dict(golden.header)),
+    ):  # fmt: skip
+        with pytest.raises(GoldenError, match="golden set: "):
+            crossval.check(tiny_model.generate, bad, record_metrics=False)
+        with pytest.raises(GoldenError, match="golden set: "):
+            crossval.Canary(tiny_model.generate, bad)

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bitnet_obs import crossval
@@ -108,15 +112,16 @@ def test_jsonl_prompts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         (["check", f"{MOD}:generate", "--golden", "{golden}", "--reference", "x:"],
          "'x:': accepted: MODULE:FUNC"),
         (["check", f"{MOD}:generate", "--golden", "{golden}", "--min-agreement", "2"],
-         "min_agreement=2.0; accepted: 0..1"),
+         "--min-agreement='2' is not valid; accepted: a number in [0, 1]"),
         (["record", f"{MOD}:generate", "--prompts", "{tmp}/none.json", "--out", "{tmp}/o.npz"],
-         "--prompts {tmp}/none.json: cannot read"),
+         "--prompts {tmp}/none.json: no such file"),
         (["record", f"{MOD}:generate", "--prompts", "{bad_prompts}", "--out", "{tmp}/o.npz"],
          "accepted: a non-empty list of non-empty lists of token ids >= 0"),
         (["record", f"{MOD}:Broken.generate", "--prompts", "{prompts}", "--out", "{tmp}/o.npz"],
          "prompt 0: the implementation raised RuntimeError"),
         (["record", f"{MOD}:generate", "--prompts", "{prompts}", "--out", "{tmp}/o.npz",
-          "--max-new-tokens", "0"], "max_new_tokens=0; accepted: an integer >= 1"),
+          "--max-new-tokens", "0"],
+         "--max-new-tokens='0' is not valid; accepted: an integer in [1, 1_048_576]"),
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_line(
@@ -159,3 +164,108 @@ def test_exit_codes_of_the_real_command(golden: Path) -> None:
     assert bad.stderr == ("bitnet-obs crossval check: /nonexistent/golden.npz: no such file\n")
     usage = run("check", f"{MOD}:generate")  # --golden missing: argparse's own exit 2
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+# ------------------------------------------------------------------ exit 0 only through a pass
+
+
+@pytest.mark.parametrize(
+    ("candidate", "code", "reason"),
+    [
+        ("generate_exits", 3, "FAIL: case 0: the candidate raised SystemExit(0)"),
+        ("generate_nan", 3, "FAIL: case 0: the candidate returned 640 NaN/infinite logits"),
+        ("generate_interrupted", 130, "FAIL: case 0: the candidate raised KeyboardInterrupt"),
+    ],
+)
+def test_a_failing_candidate_never_exits_0(
+    golden: Path, candidate: str, code: int, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["crossval", "check", f"{MOD}:{candidate}", "--golden", str(golden)]) == code
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == reason
+
+
+def test_a_module_that_exits_at_import_is_bad_input(
+    golden: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = "tests._support.exits_on_import:generate"
+    assert main(["crossval", "check", spec, "--golden", str(golden)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "bitnet-obs crossval check: cannot import 'tests._support.exits_on_import' (SystemExit: 0)"
+    )
+
+
+def test_sys_exit_0_in_the_real_command_exits_3(golden: Path) -> None:
+    for candidate, code in (("generate_exits", 3), ("generate_nan", 3)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bitnet_obs", "crossval", "check", f"{MOD}:{candidate}",
+             "--golden", str(golden)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == code, proc.stderr
+        assert "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitnet_obs", "crossval", "check",
+         "tests._support.exits_on_import:generate", "--golden", str(golden)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+
+
+def test_json_is_strict_and_names_the_failure(
+    golden: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["crossval", "check", f"{MOD}:generate_nan", "--golden", str(golden), "--json"])
+    assert code == 3
+    out = capsys.readouterr().out
+    report = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in --json"))
+    assert report["passed"] is False
+    assert report["failure"] == {
+        "kind": "non_finite",
+        "detail": "case 0: the candidate returned 640 NaN/infinite logits",
+    }
+    assert report["cases"][0]["failure"]["kind"] == "non_finite"
+
+
+def test_hostile_inputs_are_one_line_and_exit_2(
+    tmp_path: Path, golden: Path, prompts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    nan_golden = tmp_path / "nan.npz"
+    with zipfile.ZipFile(golden) as src, zipfile.ZipFile(nan_golden, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "header.npy":
+                header = json.loads(np.load(io.BytesIO(data)).tobytes())
+                text = json.dumps({**header, "model": 1.5}).replace("1.5", "NaN")
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.frombuffer(text.encode(), np.uint8))
+                data = buf.getvalue()
+            dst.writestr(name, data)
+    record = ["crossval", "record", f"{MOD}:generate", "--out"]
+    runs = [
+        ([*record, str(tmp_path / "o.npz"), "--prompts", str(deep)],
+         "nests arrays/objects deeper than 2 levels"),
+        ([*record, str(tmp_path / "o.npz"), "--prompts", str(fifo)],
+         "is a FIFO, not a regular file"),
+        ([*record, str(tmp_path / "missing" / "o.npz"), "--prompts", str(prompts)],
+         "missing/o.npz: cannot write (No such file or directory)"),
+        (["crossval", "check", f"{MOD}:generate", "--golden", str(nan_golden)],
+         "unreadable header (the header is not valid JSON (NaN is not JSON"),
+        (["crossval", "check", f"{MOD}:generate", "--golden", str(golden), "--timeout", "1e10"],
+         "argument --timeout: --timeout='1e10' is not valid; accepted: a number in (0, 86400]"),
+        (["crossval", "check", f"{MOD}:generate", "--golden", str(golden), "--max-kl", "inf"],
+         "--max-kl='inf' is not valid; accepted: a number in [0, 1000]"),
+        (["crossval", "check", f"{MOD}:generate"],
+         "error: the following arguments are required: --golden (see --help)"),
+    ]  # fmt: skip
+    for argv, message in runs:
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert message in line, (argv, line)
+        assert captured.out == ""

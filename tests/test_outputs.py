@@ -15,12 +15,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitnet_obs import current_inference, monitored_inference, output
+from bitnet_obs import current_inference, monitor_inference, monitored_inference, output
 from bitnet_obs._selfmon import errors as internal_errors
 from bitnet_obs.testing import TelemetryCapture, capture_telemetry, override_settings, reset
 
 REASONS = ("repeat_run", "cycle", "low_diversity")
-CYCLE = [11, 12, 13] * 40  # 120 tokens cycling through 3 ids
+CYCLE = [11, 12, 13] * 80  # 240 tokens cycling through 3 ids
 HEALTHY = list(np.random.default_rng(1).integers(0, 32_000, 300))
 
 
@@ -125,7 +125,7 @@ def test_returned_ids_are_judged_one_output_per_row(cap: TelemetryCapture) -> No
         return batch
 
     generate([5] * 40)  # a list of ids
-    generate(np.array([CYCLE, [int(x) for x in HEALTHY[:120]]]))  # a batch of two rows
+    generate(np.array([CYCLE, [int(x) for x in HEALTHY[:240]]]))  # a batch of two rows
     generate(torch.tensor([[9] * 40]))  # a tensor, as transformers returns it
     generate([[1, 2], [3, 4]])  # a batch of short rows: never judged, nothing recorded
     generate([1, 2, 3])  # a short answer: the same
@@ -329,6 +329,35 @@ def test_mark_token_times_a_callback_engine_as_a_stream(cap: TelemetryCapture) -
     generate()
     assert cap.value("bitnet.inference.inter_token_latency") == 4
     assert cap.spans()[0].attributes["gen_ai.request.stream"] is True
+
+
+def test_set_stream_says_whether_the_caller_got_a_stream(cap: TelemetryCapture) -> None:
+    """An engine that marks every decoding step of a call answered in one piece: its gaps are
+    recorded, and the span says it was not streamed (no time to first chunk either)."""
+
+    @monitored_inference(model="m")
+    def generate(streamed: bool | None) -> int:
+        inf = current_inference()
+        if streamed is not None:
+            inf.set_stream(streamed)
+        for _ in range(4):
+            inf.mark_token()
+        inf.add_output_tokens(4)
+        return 4
+
+    before = internal_errors("bad_stream_flag")
+    generate(False)
+    generate(True)
+    generate(None)
+    current_inference().set_stream(True)  # outside a call: nothing, and no error
+    with monitor_inference(model="m") as inf:
+        inf.set_stream("yes")  # type: ignore[arg-type]  # counted, ignored
+    assert internal_errors("bad_stream_flag") == before + 1
+    assert cap.value("bitnet.inference.inter_token_latency") == 9
+    flags = [s.attributes["gen_ai.request.stream"] for s in cap.spans()]
+    assert flags == [False, True, True, False]
+    chunked = ["gen_ai.response.time_to_first_chunk" in s.attributes for s in cap.spans()]
+    assert chunked == [False, True, True, False]
 
 
 def test_mark_token_inside_a_generator_is_ignored(cap: TelemetryCapture) -> None:

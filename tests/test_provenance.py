@@ -57,6 +57,9 @@ def test_a_gguf_load_records_what_was_loaded(cap: TelemetryCapture, gguf_file: P
     assert attrs["bitnet.model.file.quant_types"] == "I2_S=14,F32=5,F16=1"
     assert attrs["bitnet.model.file.size"] == len(data)
     assert attrs["bitnet.model.file.sha256"] == hashlib.sha256(data).hexdigest()
+    assert attrs["bitnet.model.architecture"] == "bitnet"  # general.architecture
+    master = cp.master_weights(2)  # every weight is in the file, whatever its stored type
+    assert attrs["bitnet.model.parameters"] == sum(w.size for w in master.values())
     (load,) = cap.spans("load_model m")
     assert load.attributes is not None
     assert load.attributes["bitnet.model.file.format"] == "gguf"
@@ -91,6 +94,8 @@ def test_a_checkpoint_directory_with_packed_weights(cap: TelemetryCapture, tmp_p
     attrs = _info(cap).attributes
     assert attrs["bitnet.model.file.format"] == "safetensors"
     assert attrs["bitnet.model.file.quant_types"] == "U8 (HF packed)=7,BF16=4"
+    assert "bitnet.model.architecture" not in attrs  # safetensors declares neither
+    assert "bitnet.model.parameters" not in attrs
     shard = (directory / "model.safetensors").read_bytes()
     assert attrs["bitnet.model.file.sha256"] == hashlib.sha256(shard).hexdigest()
 

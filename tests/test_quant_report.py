@@ -293,9 +293,9 @@ def test_bad_arguments_are_exit_2(
         ["--max-code-mismatch", "2"],
         ["--layout", "riscv"],
     ):
-        with pytest.raises(SystemExit) as exc:
-            main(["quant-report", str(files["gguf"]), *args])
-        assert exc.value.code == 2
+        assert main(["quant-report", str(files["gguf"]), *args]) == 2  # returned, not raised
+        (line,) = capsys.readouterr().err.splitlines()  # one line, no usage block
+        assert line.startswith("bitnet-obs quant-report: error: argument ")
     assert (
         main(["quant-report", str(files["gguf"]), "--reference", "/nonexistent.safetensors"]) == 2
     )
@@ -386,3 +386,265 @@ def test_export_sends_the_figures_as_metrics(files: dict[str, Path]) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '"name": "bitnet.quant.accuracy"' in proc.stdout
     assert '"bitnet.tensor": "model.layers.1.mlp.up_proj.weight"' in proc.stdout
+
+
+# ------------------------------------------------------------------ hostile files, round two
+
+_I2S, _TQ2, _F32 = 36, 35, 0
+
+
+def _tq2_block(scale: bytes) -> bytes:
+    return bytes([0xAA]) * 64 + scale  # every code +1, then the float16 scale
+
+
+def _report(
+    capsys: pytest.CaptureFixture[str], path: Path, tmp_path: Path, *extra: str
+) -> tuple[int, str, str, dict[str, Any] | None, str]:
+    """Table, JSON (strict: NaN/Infinity fail) and HTML of one file: status, out, err, json,
+    html.  The three runs must agree on the exit status."""
+    html = tmp_path / "r.html"
+    status = main(["quant-report", str(path), *extra, "--html", str(html)])
+    captured = capsys.readouterr()
+    json_status = main(["quant-report", str(path), *extra, "--json"])
+    text = capsys.readouterr().out
+    report = (
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in --json")) if text else None
+    )
+    assert json_status == status
+    page = html.read_text() if html.exists() else ""
+    return status, captured.out, captured.err, report, page
+
+
+def _clean(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text and "internal error" not in text
+        assert not any(ch in text for ch in "\x1b\x07\r\x9b"), "raw control characters"
+
+
+def test_zero_size_and_1d_ternary_tensors_have_a_defined_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    i2s_row = quant.pack_i2s(np.ones((1, 128), np.int8), 0.5)
+    path = cp.raw_gguf(
+        tmp_path / "odd.gguf",
+        [
+            ("blk.0.attn_q.weight", (0, 128), _I2S, bytes(32)),  # zero-size I2_S
+            ("blk.0.attn_k.weight", (0, 256), _TQ2, b""),  # zero-size TQ2_0
+            ("blk.0.attn_v.weight", (128,), _I2S, i2s_row),  # 1-D, named like a projection
+            ("blk.0.ffn_up.weight", (256,), _TQ2, _tq2_block(np.float16(0.25).tobytes())),
+        ],
+    )
+    status, out, err, report, page = _report(capsys, path, tmp_path)
+    assert status == 0, err
+    _clean(out, err, page)
+    assert report is not None
+    rows = _rows(report)
+    for name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight"):
+        assert rows[name]["status"] == "skipped" and rows[name]["reason"].startswith("empty")
+    v, up = rows["blk.0.attn_v.weight"], rows["blk.0.ffn_up.weight"]
+    assert v["status"] == up["status"] == "measured"
+    assert v["scale"] == 0.5 and v["code_fractions"] == [0.0, 0.0, 1.0]
+    assert up["scale"] == 0.25 and up["code_fractions"] == [0.0, 0.0, 1.0]
+    assert "1-D: not an (M, K) linear weight" in v["kernel_notes"][-1]
+    assert v["kernel_overflow_rows"] is None
+
+
+def test_packed_weights_with_zero_rows_have_a_defined_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "model.safetensors"
+    header = {
+        "l.q_proj.weight": {"dtype": "U8", "shape": [0, 256], "data_offsets": [0, 0]},
+        "l.q_proj.weight_scale": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+    }
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + np.float32(2).tobytes())
+    status, _, err, report, _ = _report(capsys, path, tmp_path)
+    assert status == 0, err
+    assert report is not None
+    assert _rows(report)["l.q_proj.weight"]["reason"] == "empty (shape 0x256): no values"
+
+
+@pytest.mark.parametrize("scale", [np.inf, -np.inf, np.nan, -1.0])
+def test_non_finite_tq_block_scales_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], scale: float
+) -> None:
+    good = _tq2_block(np.float16(0.5).tobytes())
+    path = cp.raw_gguf(
+        tmp_path / "tq.gguf",
+        [("blk.0.attn_q.weight", (2, 256), _TQ2, good + _tq2_block(np.float16(scale).tobytes()))],
+    )
+    status, out, err, report, page = _report(capsys, path, tmp_path)
+    assert status == 2, err  # refused (as I2_S and Q8_0 refuse theirs), never "measured"
+    _clean(out, err, page)
+    assert report is not None
+    row = _rows(report)["blk.0.attn_q.weight"]
+    assert row["status"] == "skipped" and "block 1 has scale" in row["reason"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "fragment"),
+    [((1 << 63, 0), "declares a dimension of 9223372036854775808"),
+     ((0, (1 << 64) - 1), "declares a dimension of 18446744073709551615")],
+)  # fmt: skip
+def test_a_huge_dimension_of_an_empty_tensor_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shape: tuple[int, int], fragment: str
+) -> None:
+    gguf_path = cp.raw_gguf(tmp_path / "dims.gguf", [("blk.0.attn_q.weight", shape, _F32, b"")])
+    st = tmp_path / "dims.safetensors"
+    text = json.dumps({"w": {"dtype": "F32", "shape": list(shape), "data_offsets": [0, 0]}})
+    st.write_bytes(len(text).to_bytes(8, "little") + text.encode())
+    from tests.quant.io.test_npz import _npz_with_header
+
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    npz = _npz_with_header(tmp_path / "dims.npz", header, b"", 0)
+    for path in (gguf_path, st, npz):
+        assert main(["quant-report", str(path)]) == 2, path
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert fragment in line and captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        ({"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}},
+         "unknown dtype ['F32']"),
+        ({"w": {"dtype": {"x": 1}, "shape": [1], "data_offsets": [0, 4]}}, "unknown dtype"),
+        ({"w": {"dtype": "F32", "shape": [[1]], "data_offsets": [0, 4]}},
+         "is not a list of ints"),
+    ],
+)  # fmt: skip
+def test_hostile_safetensors_headers_are_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], header: dict[str, Any], fragment: str
+) -> None:
+    path = tmp_path / "x.safetensors"
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + bytes(4))
+    assert main(["quant-report", str(path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert fragment in line
+
+
+def test_deeply_nested_headers_and_nul_shard_names_are_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = tmp_path / "deep.safetensors"
+    text = b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep.write_bytes(len(text).to_bytes(8, "little") + text)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "a\x00b.safetensors"}}))
+    config_dir = tmp_path / "packed"
+    config_dir.mkdir()
+    (config_dir / "config.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    header = {
+        "l.q_proj.weight": {"dtype": "U8", "shape": [1, 128], "data_offsets": [0, 128]},
+        "l.q_proj.weight_scale": {"dtype": "F32", "shape": [1], "data_offsets": [128, 132]},
+    }
+    raw = json.dumps(header).encode()
+    (config_dir / "model.safetensors").write_bytes(
+        len(raw).to_bytes(8, "little") + raw + bytes([0x55]) * 128 + np.float32(2).tobytes()
+    )
+    for path, fragment in (
+        (deep, "nests arrays/objects deeper than 4 levels"),
+        (index, r"maps to 'a\x00b.safetensors'; accepted: a file name"),
+        (config_dir, "config.json nests arrays/objects deeper than 64 levels"),
+    ):
+        assert main(["quant-report", str(path)]) == 2, path
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert fragment in line and "Recursion" not in line
+
+
+def test_a_projection_of_an_unknown_type_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = cp.raw_gguf(
+        tmp_path / "u.gguf",
+        [("blk.0.attn_q.weight", (4, 256), 99, b""), ("token_embd.weight", (4, 8), 99, b"")],
+    )
+    status, _, err, report, _ = _report(capsys, path, tmp_path)
+    assert status == 2 and "could not be read" in err
+    assert report is not None and report["summary"]["exit_status"] == 2
+    rows = _rows(report)
+    assert rows["blk.0.attn_q.weight"]["reason"] == "unknown GGUF type id 99"
+    assert rows["token_embd.weight"]["status"] == "skipped"  # not measured anyway: listed only
+
+
+def test_metadata_and_names_never_reach_the_terminal_or_page_raw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evil = "bitnet\x1b]0;owned\x07\x1b[2J\r\x9b31m"
+    path = cp.raw_gguf(
+        tmp_path / "e.gguf",
+        [(f"blk.0.attn_q.weight\x1b[1A{evil}", (4, 128), _F32, np.ones(512, "<f4").tobytes())],
+        metadata={"general.architecture": evil, "general.name": evil},
+    )
+    status, out, err, report, page = _report(capsys, path, tmp_path, "--all")
+    assert status == 0, err
+    _clean(out, err, page)
+    assert "architecture bitnet\\x1b]0;owned\\x07\\x1b[2J\\x0d\\x9b31m" in out
+    assert report is not None and report["notes"][0] == f"architecture {evil}"
+
+
+def test_layer_numbers_of_hundreds_of_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    names = [f"blk.{'9' * 400}.attn_q.weight", f"model.layers.{'7' * 5000}.mlp.up_proj.weight"]
+    path = tmp_path / "big.npz"
+    np.savez(path, **{n: rng.standard_normal((4, 128)).astype(np.float32) for n in names})
+    status, out, err, report, page = _report(capsys, path, tmp_path)
+    assert status == 0, err
+    _clean(out, err, page)
+    assert report is not None
+    assert [t["layer"] for t in report["tensors"]] == [None, None]
+    assert io.role(f"blk.{'9' * 6}.attn_q.weight").layer == 999_999
+
+
+def test_a_master_named_with_layer_1000000_allocates_nothing(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """--reference maps names with the gguf package's per-block table: its size must not follow
+    a layer number a file chose (the docs: hostile headers are refused before allocation).  Run
+    under a 1 GiB address-space limit: building the table for a million layers would not fit."""
+    master = cp.save_safetensors(
+        tmp_path / "m.safetensors",
+        {"model.layers.1000000.self_attn.q_proj.weight": np.ones((4, 128), np.float32),
+         "model.layers.999999.self_attn.q_proj.weight": np.ones((4, 128), np.float32)},
+    )  # fmt: skip
+    assert io.gguf_names_for(["model.layers.999999.self_attn.q_proj.weight"]) == {
+        "model.layers.999999.self_attn.q_proj.weight": "blk.999999.attn_q.weight"
+    }
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30));"
+        "from bitnet_obs.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "quant-report", str(files["gguf"]), "--reference",
+         str(master), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr  # the model's projections are missing: unfaithful
+    report = json.loads(proc.stdout)
+    assert len(report["reference"]["missing_in_file"]) == 2
+
+
+def test_export_settings_that_cannot_be_used_are_one_line_and_exit_2(
+    files: dict[str, Path],
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for env, fragment in (
+            ({"OTEL_METRICS_EXPORTER": "bogus"}, "OTEL_METRICS_EXPORTER="),
+            ({"OTEL_EXPORTER_PROMETHEUS_PORT": port}, port),
+        ):
+            proc = _cli(str(files["gguf"]), "--export", env_extra=env)
+            assert proc.returncode == 2, proc.stderr
+            (line,) = proc.stderr.splitlines()
+            assert line.startswith("bitnet-obs quant-report: ") and fragment in line
+            assert proc.stdout == ""  # refused before any work

@@ -147,3 +147,93 @@ def test_runtime_info_is_one_fixed_series(
     assert again.attributes == first.attributes  # the series stays the same
     runtime.disable()
     assert cap.points("bitnet.runtime.info") == []
+
+
+# llama_print_system_info() as upstream llama.cpp (0.3.36's) prints it: only what is on, per
+# backend; and as bitnet.cpp's older fork does: every flag, 0 or 1 (a build without AVX2).
+UPSTREAM = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+    "LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+)
+BITNET_CPP_NO_AVX2 = (
+    "AVX = 1 | AVX_VNNI = 0 | AVX2 = 0 | AVX512 = 0 | AVX512_VBMI = 0 | AVX512_VNNI = 0 | "
+    "AVX512_BF16 = 0 | FMA = 0 | NEON = 0 | SVE = 0 | ARM_FMA = 0 | F16C = 0 | FP16_VA = 0 | "
+    "RISCV_VECT = 0 | WASM_SIMD = 0 | BLAS = 0 | SSE3 = 1 | SSSE3 = 1 | VSX = 0 | "
+    "MATMUL_INT8 = 0 | LLAMAFILE = 1 | "
+)
+ARM = "CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | MATMUL_INT8 = 1 | DOTPROD = 1 | REPACK = 1 | "
+
+
+def test_parse_system_info() -> None:
+    assert runtime.parse_system_info(UPSTREAM) == (
+        "sse3", "ssse3", "avx", "avx2", "f16c", "fma", "bmi2", "llamafile", "openmp", "repack"
+    )  # fmt: skip
+    assert runtime.parse_system_info(BITNET_CPP_NO_AVX2) == ("avx", "sse3", "ssse3", "llamafile")
+    assert runtime.parse_system_info(ARM)[:2] == ("neon", "arm_fma")
+    assert runtime.parse_system_info("") == ()
+    # llama-server's log line starts with thread counts: not features
+    line = "n_threads = 6 (n_threads_batch = 6) / 6 | AVX = 1 | "
+    assert runtime.parse_system_info(line) == ("avx",)
+    assert runtime.parse_system_info("CUDA : ARCHS = 890 | USE_GRAPHS = 1 | ") == (
+        "archs", "use_graphs"
+    )  # fmt: skip
+    hostile = " | ".join(f"F{i} = 1" for i in range(500)) + " | \x1b[2J = 1 | A" * 3
+    assert len(runtime.parse_system_info(hostile)) == 40  # bounded
+
+
+def _engine(text: str, version: str = "0.3.36") -> types.ModuleType:
+    """A stand-in llama_cpp module as an application would have imported it."""
+    fake = types.ModuleType("llama_cpp")
+    fake.__version__ = version  # type: ignore[attr-defined]
+    fake.llama_print_system_info = lambda: text.encode()  # type: ignore[attr-defined]
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("text", "simd", "features"),
+    [
+        (UPSTREAM, "avx2", "sse3,ssse3,avx,avx2,f16c,fma,bmi2,llamafile,openmp,repack"),
+        (BITNET_CPP_NO_AVX2, "sse", "avx,sse3,ssse3,llamafile"),
+        (ARM, "neon_dotprod", "neon,arm_fma,fp16_va,matmul_int8,dotprod,repack"),
+        ("CPU : REPACK = 1 | ", "none", "repack"),
+        ("", "none", "none"),
+    ],
+)
+def test_the_engine_build_beside_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, text: str, simd: str, features: str
+) -> None:
+    """A build without the kernels the CPU could run shows as llama_cpp.simd below cpu.simd."""
+    monkeypatch.setitem(sys.modules, "llama_cpp", _engine(text))
+    attrs = runtime.fingerprint().attributes()
+    assert attrs["bitnet.llama_cpp.version"] == "0.3.36"
+    assert attrs["bitnet.llama_cpp.simd"] == simd
+    assert attrs["bitnet.llama_cpp.features"] == features
+
+
+def test_without_llama_cpp_the_engine_is_not_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
+    attrs = runtime.fingerprint().attributes()
+    assert attrs["bitnet.llama_cpp.version"] == "not_imported"
+    assert attrs["bitnet.llama_cpp.features"] == attrs["bitnet.llama_cpp.simd"] == "not_imported"
+    broken = types.ModuleType("llama_cpp")  # no llama_print_system_info: unknown, counted
+    monkeypatch.setitem(sys.modules, "llama_cpp", broken)
+    attrs = runtime.fingerprint().attributes()
+    assert attrs["bitnet.llama_cpp.features"] == attrs["bitnet.llama_cpp.simd"] == "unknown"
+
+
+def test_refresh_takes_a_new_fingerprint_once(
+    cap: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
+    runtime.enable()
+    (first,) = cap.points("bitnet.runtime.info")
+    assert first.attributes["bitnet.llama_cpp.version"] == "not_imported"
+    monkeypatch.setitem(sys.modules, "llama_cpp", _engine(UPSTREAM))  # imported later
+    (same,) = cap.points("bitnet.runtime.info")
+    assert same.attributes == first.attributes
+    runtime.refresh()
+    (now,) = cap.points("bitnet.runtime.info")
+    assert now.attributes["bitnet.llama_cpp.simd"] == "avx2"
+    assert {k: v for k, v in now.attributes.items() if "llama_cpp" not in k} == {
+        k: v for k, v in first.attributes.items() if "llama_cpp" not in k
+    }

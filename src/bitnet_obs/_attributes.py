@@ -23,7 +23,9 @@ OPERATIONS = (
     "invoke_agent",
     "execute_tool",
 )
-QUANT_FORMATS = ("i2_s", "tl1", "tl2", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other")
+QUANT_FORMATS = (
+    "i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other"
+)  # fmt: skip
 PRIORITIES = ("low", "normal", "high", "critical")
 #: ``bitnet.response.finish_reason`` on the request counter; anything else counts as "other".
 FINISH_REASONS = (

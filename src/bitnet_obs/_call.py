@@ -258,6 +258,12 @@ class Call(Placement, Reporter):
             return  # a generator's items are stamped by its loop
         meter.item(time.perf_counter())
 
+    def set_stream(self, streamed: bool) -> None:
+        if not isinstance(streamed, bool):
+            internal_error("bad_stream_flag", detail=f"set_stream({describe(streamed)})")
+            return
+        self.facts.stream_declared = streamed
+
     def set_device(self, name: str) -> None:
         if not valid_device(name):
             internal_error("bad_device", detail=f"set_device({describe(name)})")

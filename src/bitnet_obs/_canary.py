@@ -2,45 +2,59 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import threading
 import time
 import weakref
-from typing import Any
 
 from bitnet_obs import _state, health
-from bitnet_obs._crossval import CrossvalReport, Implementation, check, emit_metrics
+from bitnet_obs._candidate import Failure, FailureKind, Runner
+from bitnet_obs._parsers import Number
+from bitnet_obs._crossval import (
+    MAX_SECONDS,
+    SECONDS,
+    CrossvalReport,
+    Implementation,
+    emit_metrics,
+    failed_report,
+    judge,
+    run,
+)
 from bitnet_obs._errors import ConfigError
-from bitnet_obs._golden import GoldenSet, load
+from bitnet_obs._golden import GoldenSet, load, usable
 from bitnet_obs._selfmon import internal_error, logger
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _live: weakref.WeakSet[Canary] = weakref.WeakSet()
+_names_lock = threading.Lock()
+_running: dict[str, Canary] = {}  # name -> the started canary whose health check it is
 
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{name}={value!r}; accepted: a positive number of seconds")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name}={value!r}; accepted: a finite number of seconds")
-    return float(value)
+#: Bounds of a canary's times (every number has a finite upper bound).
+MAX_INTERVAL_S = 7 * 86_400.0
+INTERVAL = Number(0.0, MAX_INTERVAL_S, "seconds", lo_open=True)
+BUDGET = Number(0.0, MAX_SECONDS, "seconds", lo_open=True)
 
 
 class Canary:
     """Checks ``candidate`` against the golden cases at :meth:`start` and then every
     ``interval_s`` (counted from the end of a run) on one daemon thread, so runs never overlap
     and a probe or a scrape never waits for one. Each run stops starting cases once
-    ``budget_s`` is spent. With ``gate_readiness`` the health check ``name`` is critical:
-    ``/health/ready`` answers 503 with the reason from start until the first pass, and again
-    whenever a run fails or one has been running for over twice its budget; it recovers with
-    the next pass. ``gate_readiness=False`` reports the same check without gating::
+    ``budget_s`` is spent, and abandons a call that has not answered within ``timeout_s``
+    (default: twice the budget) as a failed run. With ``gate_readiness`` the health check
+    ``name`` is critical: ``/health/ready`` answers 503 with the reason from start until the
+    first pass, and again whenever a run fails -- the candidate diverged, raised, exited, hung,
+    returned NaN logits or ids out of range, or the run itself could not run -- or one has been
+    running for over twice its budget; it recovers with the next pass. A canary that cannot
+    run is never passing. ``gate_readiness=False`` reports the same check without gating::
 
         canary = crossval.Canary(generate, "golden.npz", interval_s=300, budget_s=30).start()
         ...
         canary.stop()
 
+    ``name`` is the health check's: two running canaries cannot share one (the second
+    :meth:`start` raises ``ConfigError``), so stopping one never removes another's gate. A run
+    still going when :meth:`stop` is called finishes in the background and is not recorded.
     Start canaries in each worker after forking: a thread does not survive ``fork()``.
     """
 
@@ -52,6 +66,7 @@ class Canary:
         reference: Implementation | None = None,
         interval_s: float = 300.0,
         budget_s: float = 60.0,
+        timeout_s: float | None = None,
         gate_readiness: bool = True,
         name: str = "canary",
         min_agreement: float = 1.0,
@@ -62,25 +77,21 @@ class Canary:
             raise ConfigError("candidate and reference: accepted: fn(prompt_ids, max_new_tokens)")
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"name={name!r}; accepted: 1-64 of A-Z a-z 0-9 _ . : -")
-        if not isinstance(min_agreement, int | float) or not 0.0 <= min_agreement <= 1.0:
-            raise ConfigError(f"min_agreement={min_agreement!r}; accepted: 0..1")
-        if max_kl is not None and (not isinstance(max_kl, int | float) or not max_kl >= 0):
-            raise ConfigError(f"max_kl={max_kl!r}; accepted: a number >= 0 or None")
-        self.golden = golden if isinstance(golden, GoldenSet) else load(golden)  # GoldenError
+        self.interval_s = INTERVAL.check("interval_s", interval_s)
+        self.budget_s = BUDGET.check("budget_s", budget_s)
+        timeout = SECONDS.check("timeout_s", timeout_s)
+        self.timeout_s = min(2 * self.budget_s, MAX_SECONDS) if timeout is None else timeout
+        self._judge = judge(min_agreement, max_kl, self.budget_s, model)
+        self.golden = usable(golden) if isinstance(golden, GoldenSet) else load(golden)
         self.candidate, self.reference = candidate, reference
-        self.interval_s = _seconds("interval_s", interval_s)
-        self.budget_s = _seconds("budget_s", budget_s)
         self.gate_readiness, self.name = bool(gate_readiness), name
-        self._judge: dict[str, Any] = {
-            "min_agreement": float(min_agreement),
-            "max_kl": max_kl,
-            "model": model,
-        }
         self._lock = threading.Lock()  # state below; never held during a run
         self._run_lock = threading.Lock()  # one run at a time, across restarts too
+        self._runner = Runner(self.timeout_s)  # used under _run_lock only
         self._last: CrossvalReport | None = None
         self._running_since: float | None = None
         self._runs = 0
+        self._logged = ""  # the last reason logged: a failure is logged when it changes
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
         _live.add(self)
@@ -88,10 +99,20 @@ class Canary:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> Canary:
-        """Register the health check and start the thread (idempotent); returns self."""
+        """Register the health check and start the thread (idempotent); returns self.
+        ``ConfigError`` when another running canary has this one's name."""
         with self._lock:
             if self._stop is not None:
                 return self
+            with _names_lock:
+                holder = _running.get(self.name)
+                if holder is not None and holder is not self:
+                    raise ConfigError(
+                        f"name={self.name!r}: another running canary has this name (its health "
+                        "check); accepted: a name of its own for each canary, e.g. "
+                        "name='canary-i2s'"
+                    )
+                _running[self.name] = self
             stop = self._stop = threading.Event()
         health.register(self.name, self._check, critical=self.gate_readiness, probe="readiness")
         thread = threading.Thread(
@@ -108,10 +129,14 @@ class Canary:
         with self._lock:
             stop, thread = self._stop, self._thread
             self._stop = self._thread = None
+            if stop is not None:
+                stop.set()  # under the lock: a run that finishes now sees it before recording
         if stop is None:
             return
-        stop.set()
-        health.unregister(self.name)
+        with _names_lock:
+            if _running.get(self.name) is self:
+                del _running[self.name]
+                health.unregister(self.name)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
@@ -131,7 +156,7 @@ class Canary:
 
     @property
     def runs(self) -> int:
-        """Runs finished since construction."""
+        """Runs finished and recorded since construction."""
         with self._lock:
             return self._runs
 
@@ -147,6 +172,23 @@ class Canary:
         assert report is not None  # only a stop event skips a run
         return report
 
+    def _attempt(self) -> CrossvalReport:
+        """One run; whatever goes wrong is a failed report, never an exception."""
+        stuck = self._runner.stuck()
+        if stuck is not None:
+            return failed_report(self.golden, stuck, self._judge.model)
+        try:
+            return run(self.candidate, self.golden, self.reference, self._runner, self._judge)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                internal_error("canary", RuntimeError(type(exc).__name__), f"{self.name!r} run")
+            else:
+                internal_error("canary", exc, f"canary {self.name!r} run")
+            failure = Failure(
+                FailureKind.INTERNAL, f"the canary could not run ({type(exc).__name__})"
+            )
+            return failed_report(self.golden, failure, self._judge.model)
+
     def _run(self, stop: threading.Event | None) -> CrossvalReport | None:
         with self._run_lock:
             if stop is not None and stop.is_set():  # stopped while an older run held the lock
@@ -154,30 +196,29 @@ class Canary:
             with self._lock:
                 self._running_since = time.monotonic()
             try:
-                report = check(
-                    self.candidate,
-                    self.golden,
-                    self.reference,
-                    budget_s=self.budget_s,
-                    record_metrics=False,
-                    **self._judge,
-                )
+                report = self._attempt()
             finally:
                 with self._lock:
                     self._running_since = None
             with self._lock:
+                if stop is not None and stop.is_set():
+                    return None  # finished after stop(): not recorded, as documented
                 self._last = report
                 self._runs += 1
+                news = report.reason != self._logged
+                self._logged = report.reason
             emit_metrics(report)  # after the state: a scrape never runs ahead of a probe
-        if not report.passed:
+        if news and not report.passed:  # once per new reason, not once per run
             logger.warning("canary %r failed: %s", self.name, report.reason)
+        elif news:
+            logger.info("canary %r passes again", self.name)
         return report
 
     def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self._run(stop)
-            except Exception as exc:  # check() reports implementation failures itself
+            except Exception as exc:  # pragma: no cover - _run records every failure itself
                 internal_error("canary", exc, f"canary {self.name!r} run")
             stop.wait(self.interval_s)
 
@@ -210,9 +251,15 @@ def _reinit_after_fork() -> None:
         canary._run_lock = threading.Lock()
         canary._thread = canary._stop = None  # the thread did not survive the fork
         canary._running_since = None
+        canary._runner = Runner(canary.timeout_s)  # an abandoned call's thread is gone too
+    global _names_lock
+    _names_lock = threading.Lock()
+    _running.clear()
 
 
 @_state.on_reset(phase=_state.STOP)
 def _stop_all() -> None:
     for canary in list(_live):
         canary.stop(timeout=1.0)
+    with _names_lock:
+        _running.clear()

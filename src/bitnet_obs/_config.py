@@ -420,7 +420,7 @@ class Settings:
         env="BITNET_OBS_DEGENERATE_REPEAT_RUN",
     )
     degenerate_cycle_span: int = setting(
-        64,
+        192,
         Integer(0, 1_000_000),
         "A cycle of period 2 to `BITNET_OBS_DEGENERATE_MAX_PERIOD` covering this many tokens "
         "makes an output degenerate (`cycle`); 0: off, else above the max period.",

@@ -94,6 +94,12 @@ class InferenceContext:
         tokens (report those with ``add_output_tokens``/``add_output_ids``); ignored in a
         monitored generator, whose items are stamped already."""
 
+    def set_stream(self, streamed: bool) -> None:
+        """Whether the caller asked for a streamed response (``gen_ai.request.stream``). By
+        default a monitored generator, or a call that marks tokens, is a stream; an engine that
+        marks every decoding step of a call answered in one piece says ``False`` here, and its
+        inter-token gaps are still recorded."""
+
     def set_device(self, name: str) -> None:
         """The device this call runs on, e.g. after choosing one (``cuda:0``, ``cpu``)."""
 

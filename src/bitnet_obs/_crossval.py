@@ -20,69 +20,70 @@ import numpy.typing as npt
 
 from bitnet_obs import _instruments, runtime
 from bitnet_obs import _semconv as sc
+from bitnet_obs._candidate import (
+    STOPPING,
+    CandidateError,
+    CrossvalError,
+    Failure,
+    FailureKind,
+    Outcome,
+    Runner,
+)
+from bitnet_obs._parsers import Integer, Maybe, Number
 from bitnet_obs._errors import ConfigError
-from bitnet_obs._golden import GoldenCase, GoldenSet, load, save
+from bitnet_obs._golden import (
+    MAX_CASES,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_TOKENS,
+    GoldenCase,
+    GoldenSet,
+    load,
+    save,
+    usable,
+)
 from bitnet_obs._selfmon import internal_error
+from bitnet_obs._topk import TopLogprobs, topk_agreement
 from bitnet_obs._version import __version__
 from bitnet_obs.quant import logits_agreement
 
 Implementation = Callable[[list[int], int], Any]
 
+__all__ = [
+    "AGREEMENT",
+    "KL",
+    "LOGITS_STEPS",
+    "MAX_KL",
+    "MAX_LOGITS_STEPS",
+    "MAX_NEW_TOKENS",
+    "MAX_SECONDS",
+    "NEW_TOKENS",
+    "SECONDS",
+    "CandidateError",
+    "CaseResult",
+    "CrossvalError",
+    "CrossvalReport",
+    "Failure",
+    "FailureKind",
+    "Implementation",
+    "Judge",
+    "check",
+    "emit_metrics",
+    "failed_report",
+    "judge",
+    "record",
+    "run",
+]
 
-class CrossvalError(Exception):
-    """An implementation broke the contract (raised, or returned something that is not ids)."""
-
-
-# --- running an implementation ---------------------------------------------------------------
-
-
-def _array(value: Any, who: str, what: str, ndim: int, kinds: str) -> npt.NDArray[Any]:
-    """``value`` as an ``ndim``-D array of dtype kind ``kinds`` (a batch of one is unwrapped)."""
-    try:
-        a = np.asarray(value)
-    except Exception as exc:
-        raise CrossvalError(f"{who} returned {what} of type {type(value).__name__}") from exc
-    if a.ndim == ndim + 1 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != ndim or (a.size and a.dtype.kind not in kinds):
-        shape = f"{a.ndim}-D {a.dtype} {tuple(a.shape)}"
-        raise CrossvalError(f"{who} returned {what} {shape}; accepted: {_ACCEPTED[what]}")
-    return a
-
-
-_ACCEPTED = {"ids": "1-D integer ids", "logits": "floats of shape (steps, vocab)"}
-
-
-def _as_ids(value: Any, who: str) -> npt.NDArray[np.int64]:
-    return _array(value, who, "ids", 1, "iu").astype(np.int64)
-
-
-def _as_logits(value: Any, who: str) -> npt.NDArray[np.floating[Any]]:
-    a = _array(value, who, "logits", 2, "f")
-    if a.dtype.kind != "f" or a.shape[1] < 2:
-        raise CrossvalError(f"{who} returned logits {a.dtype} {tuple(a.shape)}; accepted: "
-                            f"{_ACCEPTED['logits']}")  # fmt: skip
-    return a
-
-
-def _call(
-    fn: Implementation, prompt: npt.NDArray[np.int64], max_new: int, who: str
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.floating[Any]] | None, float]:
-    """(ids, logits or None, seconds) of one greedy run."""
-    started = time.perf_counter()
-    try:
-        result = fn(prompt.tolist(), max_new)
-    except Exception as exc:
-        raise CrossvalError(f"{who} raised {type(exc).__name__}") from exc
-    elapsed = time.perf_counter() - started
-    if (
-        isinstance(result, tuple)
-        and len(result) == 2
-        and not isinstance(result[0], int | np.integer)
-    ):
-        ids, logits = result
-        return _as_ids(ids, who), (None if logits is None else _as_logits(logits, who)), elapsed
-    return _as_ids(result, who), None, elapsed
+#: Bounds of every number cross-validation takes (the canary and the CLI use the same ones).
+MAX_LOGITS_STEPS = 4096
+MAX_SECONDS = 86_400.0
+MAX_KL = 1_000.0
+AGREEMENT = Number(0.0, 1.0)
+KL = Maybe(Number(0.0, MAX_KL))
+SECONDS = Maybe(Number(0.0, MAX_SECONDS, "seconds", lo_open=True))
+NEW_TOKENS = Integer(1, MAX_NEW_TOKENS)
+LOGITS_STEPS = Integer(0, MAX_LOGITS_STEPS)
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 def _name_of(fn: object) -> str:
@@ -94,11 +95,17 @@ def _name_of(fn: object) -> str:
 def _check_prompts(prompts: Sequence[Sequence[int]]) -> list[npt.NDArray[np.int64]]:
     if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence) or not prompts:
         raise ConfigError("prompts: accepted: a non-empty sequence of token-id sequences")
+    if len(prompts) > MAX_CASES:
+        raise ConfigError(f"prompts: {len(prompts)} prompts; accepted: at most {MAX_CASES}")
     out = []
     for i, prompt in enumerate(prompts):
         a = np.asarray(prompt) if not isinstance(prompt, str | bytes) else np.asarray([])
-        if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iu" or (a < 0).any():
-            raise ConfigError(f"prompts[{i}]: accepted: a non-empty sequence of token ids >= 0")
+        ok = a.ndim == 1 and 0 < a.size <= MAX_PROMPT_TOKENS and a.dtype.kind in "iu"
+        if not ok or (a < 0).any() or (a.dtype.kind == "u" and (a > _INT64_MAX).any()):
+            raise ConfigError(
+                f"prompts[{i}]: accepted: a non-empty sequence of at most {MAX_PROMPT_TOKENS} "
+                "token ids in [0, 2**63)"
+            )
         out.append(a.astype(np.int64))
     return out
 
@@ -129,40 +136,43 @@ def record(
     """
     if not callable(fn):
         raise ConfigError(f"fn={fn!r} is not callable; accepted: fn(prompt_ids, max_new_tokens)")
-    for name, value, low in (
-        ("max_new_tokens", max_new_tokens, 1),
-        ("logits_steps", logits_steps, 0),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name}={value!r}; accepted: an integer >= {low}")
+    max_new = NEW_TOKENS.check("max_new_tokens", max_new_tokens)
+    steps = LOGITS_STEPS.check("logits_steps", logits_steps)
+    runner = Runner()
     cases = []
+    vocab: int | None = None
     for i, prompt in enumerate(_check_prompts(prompts)):
-        try:
-            ids, logits, _ = _call(fn, prompt, max_new_tokens, "the implementation")
-        except CrossvalError as exc:
-            raise CrossvalError(f"prompt {i}: {exc}") from exc.__cause__
-        if ids.shape[0] > max_new_tokens:
-            raise CrossvalError(
-                f"prompt {i}: the implementation returned {ids.shape[0]} ids for "
-                f"max_new_tokens={max_new_tokens} (return the new ids only, not the prompt)"
-            )
+        got = runner.call(fn, prompt.tolist(), max_new, "the implementation", None)
+        if isinstance(got, Failure):
+            if got.kind is FailureKind.INTERRUPTED:
+                raise KeyboardInterrupt
+            raise CrossvalError(f"prompt {i}: {got}")
         kept = None
-        if logits is not None and logits_steps:
-            kept = np.ascontiguousarray(logits[:logits_steps], np.float32)
-            if not np.isfinite(kept).all():
-                raise CrossvalError(f"prompt {i}: the implementation returned non-finite logits")
-        cases.append(GoldenCase(prompt, ids, kept))
-    header = {
+        if got.logits is not None and not isinstance(got.logits, TopLogprobs) and steps:
+            kept = np.ascontiguousarray(got.logits[:steps], np.float32)
+            if not np.isfinite(kept).all():  # finite in float64, beyond float32
+                raise CrossvalError(f"prompt {i}: the implementation returned logits beyond "
+                                    "float32")  # fmt: skip
+            if vocab is not None and kept.shape[1] != vocab:
+                raise CrossvalError(
+                    f"prompt {i}: the implementation returned logits of vocab {kept.shape[1]}, "
+                    f"an earlier prompt {vocab}"
+                )
+            vocab = kept.shape[1]
+        cases.append(GoldenCase(prompt, got.ids, kept))
+    header: dict[str, Any] = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "created_by": created_by if created_by is not None else _who_made_it(),
         "implementation": _name_of(fn),
         "model": str(model),
         "quant_format": str(quant_format),
-        "max_new_tokens": max_new_tokens,
-        "logits_steps": logits_steps,
+        "max_new_tokens": max_new,
+        "logits_steps": steps,
         "bitnet_obs": __version__,
         "runtime": runtime.fingerprint().attributes(),
     }
+    if vocab is not None:
+        header["vocab_size"] = vocab
     golden = GoldenSet(tuple(cases), header)
     save(path, golden)
     return golden
@@ -174,7 +184,9 @@ def record(
 @dataclass(frozen=True)
 class CaseResult:
     """One golden case. ``first_divergence`` is the first output position that differs (None:
-    identical); ``error`` is set when the candidate raised or returned something unusable."""
+    identical); ``failure`` (and its text, ``error``) is set when the candidate failed -- it
+    raised, exited, timed out or returned something unusable -- and ``reference_failure``
+    (``reference_error``) when the reference did."""
 
     index: int
     expected_tokens: int
@@ -190,6 +202,9 @@ class CaseResult:
     reference_agreement: float | None = None
     error: str | None = None
     reference_error: str | None = None
+    failure: Failure | None = None
+    reference_failure: Failure | None = None
+    top_k: int | None = None
 
     @property
     def matched(self) -> int:
@@ -201,7 +216,9 @@ class CaseResult:
 
 @dataclass(frozen=True)
 class CrossvalReport:
-    """The answer of :func:`check`; ``reason`` says why it failed ("" when it passed)."""
+    """The answer of :func:`check`; ``reason`` says why it failed ("" when it passed) and
+    ``failure`` is set when it failed because something could not run (a failing candidate,
+    a stuck or interrupted run), not because the answers differ."""
 
     passed: bool
     reason: str
@@ -214,6 +231,8 @@ class CrossvalReport:
     candidate_tokens_per_s: float | None
     reference_tokens_per_s: float | None
     duration_s: float
+    failure: Failure | None = None
+    kl_top_k: int | None = None
 
     @property
     def throughput_ratio(self) -> float | None:
@@ -228,6 +247,24 @@ class CrossvalReport:
         return out
 
 
+def failed_report(gs: GoldenSet, failure: Failure, model: str | None = None) -> CrossvalReport:
+    """A run that could not run at all: failed, with *failure* as its reason."""
+    return CrossvalReport(
+        passed=False,
+        reason=failure.detail,
+        model=model if model is not None else (gs.model or "unknown"),
+        cases=(),
+        cases_skipped=len(gs.cases),
+        token_agreement=0.0,
+        kl=None,
+        top1=None,
+        candidate_tokens_per_s=None,
+        reference_tokens_per_s=None,
+        duration_s=0.0,
+        failure=failure,
+    )
+
+
 def _agreement(expected: npt.NDArray[np.int64], got: npt.NDArray[np.int64]) -> tuple[int, int]:
     """(common prefix length, compared length)."""
     common = min(expected.shape[0], got.shape[0])
@@ -236,44 +273,66 @@ def _agreement(expected: npt.NDArray[np.int64], got: npt.NDArray[np.int64]) -> t
     return prefix, max(expected.shape[0], got.shape[0])
 
 
+def _failed_case(index: int, expected: int, failure: Failure, **more: Any) -> CaseResult:
+    return CaseResult(index, expected, 0, 0.0, 0, error=failure.detail, failure=failure, **more)
+
+
 def _run_case(
     index: int,
     case: GoldenCase,
-    max_new: int,
+    gs: GoldenSet,
     candidate: Implementation,
     reference: Implementation | None,
+    runner: Runner,
 ) -> CaseResult:
     expected = case.output_ids
-    try:
-        ids, logits, seconds = _call(candidate, case.prompt_ids, max_new, "the candidate")
-    except CrossvalError as exc:
-        return CaseResult(index, expected.shape[0], 0, 0.0, 0, error=str(exc))
+    prompt = case.prompt_ids.tolist()
+    got = runner.call(candidate, prompt, gs.max_new_tokens, "the candidate", gs.vocab_size)
+    if isinstance(got, Failure):
+        return _failed_case(index, expected.shape[0], got)
     ref: dict[str, Any] = {}
     if reference is not None:
-        try:
-            ref_ids, _, ref["reference_s"] = _call(
-                reference, case.prompt_ids, max_new, "the reference"
-            )
-            prefix, length = _agreement(expected, ref_ids)
+        ref_got = runner.call(reference, prompt, gs.max_new_tokens, "the reference", gs.vocab_size)
+        if isinstance(ref_got, Failure):
+            ref["reference_error"], ref["reference_failure"] = ref_got.detail, ref_got
+        else:
+            prefix, length = _agreement(expected, ref_got.ids)
             ref["reference_agreement"] = prefix / length if length else 1.0
-            ref["reference_tokens"] = ref_ids.shape[0]
-        except CrossvalError as exc:
-            ref["reference_error"] = str(exc)
+            ref["reference_tokens"] = ref_got.ids.shape[0]
+            ref["reference_s"] = ref_got.seconds
+    return _judge_case(index, case, got, ref)
+
+
+def _judge_case(index: int, case: GoldenCase, got: Outcome, ref: dict[str, Any]) -> CaseResult:
+    expected, ids, logits = case.output_ids, got.ids, got.logits
     prefix, length = _agreement(expected, ids)
     diverged = prefix < length
-    kl = top1 = None
+    kl = top1 = top_k = None
     steps = 0
     if case.logits is not None and logits is not None:
-        steps = min(case.logits.shape[0], logits.shape[0], prefix + 1 if diverged else length)
-        if logits.shape[1] != case.logits.shape[1]:
-            error = f"logits have vocab {logits.shape[1]}, the golden {case.logits.shape[1]}"
-            return CaseResult(
-                index, expected.shape[0], ids.shape[0], prefix / length,
-                prefix if diverged else None, candidate_s=seconds, error=error, **ref,
-            )  # fmt: skip
+        given = logits.steps if isinstance(logits, TopLogprobs) else logits.shape[0]
+        steps = min(case.logits.shape[0], given, prefix + 1 if diverged else length)
+        if not isinstance(logits, TopLogprobs) and logits.shape[1] != case.logits.shape[1]:
+            failure = Failure(  # a golden file without vocab_size
+                FailureKind.BAD_OUTPUT,
+                f"the candidate returned logits of vocab {logits.shape[1]}, the golden "
+                f"{case.logits.shape[1]}",
+            )
+            return _failed_case(index, expected.shape[0], failure, **ref)
         if steps:
-            agreement = logits_agreement(case.logits[:steps], logits[:steps])
-            kl, top1 = agreement.kl_mean, agreement.top1
+            try:
+                if isinstance(logits, TopLogprobs):
+                    top = TopLogprobs(logits.ids[:steps], logits.logprobs[:steps])
+                    bound = topk_agreement(case.logits[:steps], top)
+                    kl, top1, top_k = bound.kl_bound, bound.top1, top.k
+                else:
+                    agreement = logits_agreement(case.logits[:steps], logits[:steps])
+                    kl, top1 = agreement.kl_mean, agreement.top1
+            except Exception as exc:  # checked logits of the right shape: a bug of ours
+                failure = Failure(
+                    FailureKind.INTERNAL, f"comparing logits failed ({type(exc).__name__})"
+                )
+                return _failed_case(index, expected.shape[0], failure, **ref)
     return CaseResult(
         index,
         expected.shape[0],
@@ -283,13 +342,41 @@ def _run_case(
         kl,
         top1,
         steps,
-        seconds,
+        got.seconds,
         **ref,
+        top_k=top_k,
     )
 
 
 def _rate(tokens: int, seconds: float) -> float | None:
     return tokens / seconds if seconds > 0 and tokens else None
+
+
+@dataclass(frozen=True)
+class Judge:
+    """How a run is judged (checked once, by :func:`judge`)."""
+
+    min_agreement: float = 1.0
+    max_kl: float | None = None
+    budget_s: float | None = None
+    model: str | None = None
+
+
+def judge(
+    min_agreement: object = 1.0,
+    max_kl: object = None,
+    budget_s: object = None,
+    model: object = None,
+) -> Judge:
+    """The checked judging options: bounded numbers, ``ConfigError`` otherwise."""
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"model={model!r}; accepted: a string or None")
+    return Judge(
+        AGREEMENT.check("min_agreement", min_agreement),
+        KL.check("max_kl", max_kl),
+        SECONDS.check("budget_s", budget_s),
+        model,
+    )
 
 
 def check(
@@ -300,44 +387,64 @@ def check(
     min_agreement: float = 1.0,
     max_kl: float | None = None,
     budget_s: float | None = None,
+    timeout_s: float | None = None,
     model: str | None = None,
     record_metrics: bool = True,
 ) -> CrossvalReport:
     """Run ``candidate`` (and ``reference``, for its tokens/s on the same cases) on every
-    golden case and judge it: it passes when nothing raised, the token agreement is at least
-    ``min_agreement`` (default: identical greedy outputs) and, when ``max_kl`` is given, the
-    logits KL is at most that. ``budget_s`` stops starting cases once spent (the first always
-    runs). Records the ``bitnet.crossval.*`` metrics unless ``record_metrics=False``::
+    golden case and judge it: it passes when every call answered (no exception, exit, timeout,
+    non-finite logits or ids out of range: those fail the run with a typed ``failure``), the
+    token agreement is at least ``min_agreement`` (default: identical greedy outputs) and, when
+    ``max_kl`` is given, the logits KL is at most that. ``budget_s`` stops starting cases once
+    spent (the first always runs); ``timeout_s`` abandons a call that has not answered by then
+    (it runs on a worker thread) and stops the run. Records the ``bitnet.crossval.*`` metrics
+    unless ``record_metrics=False``::
 
         report = crossval.check(new_build, "golden.npz", reference=old_build)
         print(report.token_agreement, report.throughput_ratio)
     """
-    gs = golden if isinstance(golden, GoldenSet) else load(golden)
+    gs = usable(golden) if isinstance(golden, GoldenSet) else load(golden)
     if not callable(candidate) or (reference is not None and not callable(reference)):
         raise ConfigError("candidate and reference: accepted: fn(prompt_ids, max_new_tokens)")
-    if not 0.0 <= min_agreement <= 1.0:
-        raise ConfigError(f"min_agreement={min_agreement!r}; accepted: 0..1")
-    if max_kl is not None and not max_kl >= 0:
-        raise ConfigError(f"max_kl={max_kl!r}; accepted: a number >= 0 or None")
-    started = time.monotonic()
-    results: list[CaseResult] = []
-    for index, case in enumerate(gs.cases):
-        if results and budget_s is not None and time.monotonic() - started >= budget_s:
-            break
-        results.append(_run_case(index, case, gs.max_new_tokens, candidate, reference))
-    report = _judge(gs, results, time.monotonic() - started, min_agreement, max_kl, model)
+    how = judge(min_agreement, max_kl, budget_s, model)
+    runner = Runner(SECONDS.check("timeout_s", timeout_s))
+    report = run(candidate, gs, reference, runner, how)
     if record_metrics:
         emit_metrics(report)
     return report
+
+
+def run(
+    candidate: Implementation,
+    gs: GoldenSet,
+    reference: Implementation | None,
+    runner: Runner,
+    how: Judge,
+) -> CrossvalReport:
+    """One judged run on *runner* (arguments already checked); never raises for anything the
+    implementations do."""
+    started = time.monotonic()
+    results: list[CaseResult] = []
+    stopped: Failure | None = None
+    for index, case in enumerate(gs.cases):
+        if results and how.budget_s is not None and time.monotonic() - started >= how.budget_s:
+            break
+        result = _run_case(index, case, gs, candidate, reference, runner)
+        results.append(result)
+        ref_failure = result.reference_failure
+        if result.failure is None and ref_failure is not None and ref_failure.kind in STOPPING:
+            stopped = Failure(ref_failure.kind, f"case {index}: {ref_failure}; the run stopped")
+        if (result.failure is not None and result.failure.kind in STOPPING) or stopped:
+            break
+    return _judge(gs, results, time.monotonic() - started, how, stopped)
 
 
 def _judge(
     gs: GoldenSet,
     results: list[CaseResult],
     duration: float,
-    min_agreement: float,
-    max_kl: float | None,
-    model: str | None,
+    how: Judge,
+    stopped: Failure | None,
 ) -> CrossvalReport:
     matched = sum(r.matched for r in results)
     compared = sum(max(r.expected_tokens, r.generated_tokens) for r in results)
@@ -346,24 +453,33 @@ def _judge(
     steps = sum(r.logits_steps for r in with_logits)
     kl = sum((r.kl or 0.0) * r.logits_steps for r in with_logits) / steps if steps else None
     top1 = sum((r.top1 or 0.0) * r.logits_steps for r in with_logits) / steps if steps else None
+    # from a server's top-k log-probabilities, the KL is a lower bound (bitnet_obs._topk)
+    top_ks = [r.top_k for r in with_logits if r.top_k is not None]
     reason = ""
-    failed = next((r for r in results if r.error), None)
-    if failed is not None:
-        reason = f"case {failed.index}: {failed.error}"
-    elif agreement < min_agreement:
+    failure: Failure | None = None
+    failed = next((r for r in results if r.failure is not None), None)
+    if failed is not None and failed.failure is not None:
+        reason = f"case {failed.index}: {failed.failure}"
+        failure = Failure(failed.failure.kind, reason)
+    elif stopped is not None:
+        reason, failure = stopped.detail, stopped
+    elif not results:
+        failure = Failure(FailureKind.INTERNAL, "no case was run")
+        reason = failure.detail
+    elif agreement < how.min_agreement:
         worst = min(results, key=lambda r: (r.token_agreement, r.index))
         reason = (
             f"case {worst.index} diverges at token {worst.first_divergence} of "
-            f"{worst.expected_tokens} (token agreement {agreement:.3f} < {min_agreement:g})"
+            f"{worst.expected_tokens} (token agreement {agreement:.3f} < {how.min_agreement:g})"
         )
-    elif max_kl is not None and kl is not None and kl > max_kl:
-        reason = f"logits KL {kl:.3g} > {max_kl:g}"
+    elif how.max_kl is not None and kl is not None and not kl <= how.max_kl:
+        reason = f"logits KL {'at least ' if top_ks else ''}{kl:.3g} > {how.max_kl:g}"
     cand_s = sum(r.candidate_s for r in results)
     ref_runs = [r for r in results if r.reference_s is not None]
     return CrossvalReport(
         passed=not reason,
         reason=reason,
-        model=model if model is not None else (gs.model or "unknown"),
+        model=how.model if how.model is not None else (gs.model or "unknown"),
         cases=tuple(results),
         cases_skipped=len(gs.cases) - len(results),
         token_agreement=agreement,
@@ -375,6 +491,8 @@ def _judge(
             sum(r.reference_s or 0.0 for r in ref_runs),
         ),
         duration_s=duration,
+        failure=failure,
+        kl_top_k=min(top_ks) if top_ks else None,
     )
 
 
@@ -387,7 +505,8 @@ def emit_metrics(report: CrossvalReport) -> None:
             key = (("bitnet.crossval.outcome", each), (sc.REQUEST_MODEL, report.model))
             _instruments.CROSSVAL_RUNS.add(key, 1 if each == outcome else 0)
         _instruments.CROSSVAL_PASSING.set(1 if report.passed else 0, model)
-        _instruments.CROSSVAL_TOKEN_AGREEMENT.set(report.token_agreement, model)
+        if math.isfinite(report.token_agreement):
+            _instruments.CROSSVAL_TOKEN_AGREEMENT.set(report.token_agreement, model)
         if report.kl is not None and math.isfinite(report.kl):
             _instruments.CROSSVAL_KL.set(report.kl, model)
         throughput = _instruments.CROSSVAL_THROUGHPUT
@@ -395,7 +514,7 @@ def emit_metrics(report: CrossvalReport) -> None:
             ("candidate", report.candidate_tokens_per_s),
             ("reference", report.reference_tokens_per_s),
         ):
-            if rate is not None:
+            if rate is not None and math.isfinite(rate):
                 throughput.set(rate, {**model, "bitnet.crossval.implementation": implementation})
     except Exception as exc:
         internal_error("crossval", exc, "recording cross-validation metrics")

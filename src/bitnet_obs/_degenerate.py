@@ -31,18 +31,29 @@ _ZEROS: Final[I64] = np.zeros(64, np.int64)  # left padding of a stream's first 
 class DegenerateThresholds:
     """When an output counts as degenerate. ``0`` switches a reason off.
 
-    The worst healthy figure of the texts in ``tests/fixtures/text`` is given for each; the
-    byte-level tokenizers are the hard case (BitNet models use BPE vocabularies, where healthy
-    text is much further away).
+    Set on real tokenizations (``tests/fixtures/tokens``: Llama 3's BPE, the tokenizer of
+    BitNet b1.58 2B4T; Llama 2's SentencePiece, 1bitLLM's; GPT-2's BPE; plus the byte-level
+    ByT5/Canine and small BPEs of ``tests/fixtures/text``).  With the two BitNet tokenizers the
+    healthy texts *and* the answers that are repetitive by nature -- a list of 40 zeros, an
+    empty Markdown table template, an 80-column box-drawing rule or frame -- stay at least 1.5x
+    away from every threshold; the worst figure is given for each.  Past that a content-free
+    detector cannot tell structure from a loop, and judges it degenerate (the boundary is
+    given too).
 
     * ``repeat_run`` (32): a run of one token this long -- "!!!!" collapse. Healthy: 21 (code
-      indentation and a table of contents' dot leaders, byte level); 4 with a BPE.
-    * ``cycle_span`` (64): a cycle of period 2..``max_period`` covering this many tokens.
-      Healthy: 41 (a 10-column Markdown table rule, byte level); 14 with a BPE.
+      indentation, byte level); structured: 20 (an 80-column rule, Llama 2: 4 columns per
+      token), 10 with Llama 3. Boundary: a rule of ~128 columns in Llama 2's tokens, ~256 in
+      Llama 3's; GPT-2 has no merged "─" runs (an 80-column frame is a run of 63).
+    * ``cycle_span`` (192): a cycle of period 2..``max_period`` covering this many tokens.
+      Healthy: 41 (a 10-column Markdown table rule, byte level), 21 with the real BPEs;
+      structured: 118 (a list of 40 zeros: "0", ",", " " in Llama 3 and 2). Boundary: a list
+      of ~65 zeros.
     * ``max_period`` (8): longest cycle period looked for.
     * ``min_distinct_fraction`` (0.03): a window whose fraction of distinct ids is below this.
-      Healthy: 0.047 (counting "1, 2, 3, ..." byte by byte: 12 symbols); prose 0.098 byte
-      level, 0.15-0.6 with a BPE. With a BPE vocabulary, 0.1 is still safe and catches more.
+      Healthy: 0.047 (counting "1, 2, 3, ..." byte by byte: 12 symbols), 0.0625 with Llama 2's
+      tokens; structured: 0.069 (a 15-row table template, Llama 2). Boundary: a *bare* list of
+      zeros (no other text: 5 distinct ids) is 0.042 at 40 zeros and judged degenerate from
+      ~55. With a BPE vocabulary, 0.1 is still safe for prose and catches more.
     * ``window`` (256): tokens per distinct-fraction window.
     * ``min_tokens`` (32): shorter outputs are measured but never judged; also the shortest
       trailing window that counts.
@@ -52,7 +63,7 @@ class DegenerateThresholds:
     """
 
     repeat_run: int = 32
-    cycle_span: int = 64
+    cycle_span: int = 192
     max_period: int = 8
     min_distinct_fraction: float = 0.03
     window: int = 256

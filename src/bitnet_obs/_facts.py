@@ -31,6 +31,7 @@ class RequestFacts:
         "response",
         "response_chars",
         "start",
+        "stream_declared",
         "streamed",
     )
 
@@ -50,6 +51,8 @@ class RequestFacts:
         self.first_token_at: float | None = None
         #: the call is a stream (a generator, or an engine marking its decoding steps)
         self.streamed = False
+        #: what the caller asked for (set_stream()); None: a stream if it is one
+        self.stream_declared: bool | None = None
         #: captured content (opt-in), clipped: the prompt, and the response's parts
         self.prompt: str | None = None
         self.response: list[str] | None = None

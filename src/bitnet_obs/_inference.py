@@ -64,7 +64,9 @@ R = TypeVar("R")
 Operation = Literal[
     "chat", "text_completion", "generate_content", "embeddings", "invoke_agent", "execute_tool"
 ]
-QuantFormat = Literal["i2_s", "tl1", "tl2", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other"]
+QuantFormat = Literal[
+    "i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other"
+]
 Priority = Literal["low", "normal", "high", "critical"]
 
 

@@ -479,7 +479,8 @@ MODEL_INFO = ObservedGauge(
     "bitnet.model.info",
     "1",
     "A loaded model file (value 1): its format, stored types with tensor counts, size "
-    "in bytes and SHA-256 (computed off the request path); gone at unload_model.",
+    "in bytes and SHA-256 (computed off the request path), and for GGUF the architecture and "
+    "parameter count its header declares; gone at unload_model.",
     (
         *_MODEL,
         "bitnet.model.file.name",
@@ -487,6 +488,8 @@ MODEL_INFO = ObservedGauge(
         "bitnet.model.file.quant_types",
         "bitnet.model.file.size",
         "bitnet.model.file.sha256",
+        "bitnet.model.architecture",
+        "bitnet.model.parameters",
     ),
 )
 # Output health (bitnet_obs.output; the request path's add_output_ids / observe_logits).
@@ -563,7 +566,8 @@ RUNTIME_INFO = ObservedGauge(
     "bitnet.runtime.info",
     "1",
     "1 per process; the attributes say what it runs on: CPU model and BitNet-relevant "
-    "ISA features, OS/arch, Python, numpy, torch and transformers versions.",
+    "ISA features, OS/arch, Python, numpy, torch and transformers versions, and "
+    "llama-cpp-python's version with the features its llama.cpp build compiled in.",
     (
         sc.HOST_ARCH,
         sc.OS_TYPE,
@@ -575,6 +579,9 @@ RUNTIME_INFO = ObservedGauge(
         "bitnet.numpy.version",
         "bitnet.torch.version",
         "bitnet.transformers.version",
+        "bitnet.llama_cpp.version",
+        "bitnet.llama_cpp.features",
+        "bitnet.llama_cpp.simd",
     ),
 )
 QUEUE_DEPTH = ObservedUpDownCounter(

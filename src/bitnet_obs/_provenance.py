@@ -1,7 +1,8 @@
 """What a model load read from disk: ``monitor_model_load(..., path=...)``.
 
 At the end of a successful load the file's header is read (no tensor data: a GGUF or safetensors
-header, an npz directory) for its format, its stored types with their tensor counts and its size;
+header, an npz directory) for its format, its stored types with their tensor counts and its size
+(and a GGUF's architecture and parameter count);
 they go on the load span and into a ``bitnet.model.info`` series (value 1) that stays until
 ``unload_model``.  The SHA-256 of the content is computed in a background thread started when the
 load starts, so it overlaps the load and never sits on the request path (``hash_content=False``
@@ -150,6 +151,10 @@ def finish(
                 "bitnet.model.file.size": summary.size_bytes,
             }
         )
+        if summary.architecture is not None:
+            attrs["bitnet.model.architecture"] = summary.architecture
+        if summary.parameters is not None:
+            attrs["bitnet.model.parameters"] = summary.parameters
     except Exception as exc:
         internal_error("model_provenance", exc)
         return

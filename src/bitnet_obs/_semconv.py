@@ -66,6 +66,9 @@ REQUEST_CHOICE_COUNT = gen_ai_attributes.GEN_AI_REQUEST_CHOICE_COUNT
 REQUEST_TEMPERATURE = gen_ai_attributes.GEN_AI_REQUEST_TEMPERATURE
 REQUEST_TOP_P = gen_ai_attributes.GEN_AI_REQUEST_TOP_P
 REQUEST_TOP_K = gen_ai_attributes.GEN_AI_REQUEST_TOP_K
+REQUEST_FREQUENCY_PENALTY = gen_ai_attributes.GEN_AI_REQUEST_FREQUENCY_PENALTY
+REQUEST_PRESENCE_PENALTY = gen_ai_attributes.GEN_AI_REQUEST_PRESENCE_PENALTY
+REQUEST_SEED = gen_ai_attributes.GEN_AI_REQUEST_SEED
 USAGE_INPUT_TOKENS = gen_ai_attributes.GEN_AI_USAGE_INPUT_TOKENS
 USAGE_OUTPUT_TOKENS = gen_ai_attributes.GEN_AI_USAGE_OUTPUT_TOKENS
 INPUT_MESSAGES = gen_ai_attributes.GEN_AI_INPUT_MESSAGES
@@ -174,11 +177,17 @@ TABLE: tuple[Row, ...] = (
     _same(RESPONSE_FINISH_REASONS, _S, GENAI),
     _same(REQUEST_STREAM, _S, GENAI),
     _same(RESPONSE_TIME_TO_FIRST_CHUNK, _S, GENAI),
-    _same(REQUEST_MAX_TOKENS, _S, GENAI, why="transformers instrumentor"),
+    _same(REQUEST_MAX_TOKENS, _S, GENAI, why="transformers and llama.cpp instrumentors"),
     _same(REQUEST_CHOICE_COUNT, _S, GENAI, why="transformers instrumentor"),
-    _same(REQUEST_TEMPERATURE, _S, GENAI, why="transformers instrumentor"),
-    _same(REQUEST_TOP_P, _S, GENAI, why="transformers instrumentor"),
-    _same(REQUEST_TOP_K, _S, GENAI, why="an int, as since #217 (transformers instrumentor)"),
+    _same(REQUEST_TEMPERATURE, _S, GENAI, why="transformers and llama.cpp instrumentors"),
+    _same(REQUEST_TOP_P, _S, GENAI, why="transformers and llama.cpp instrumentors"),
+    _same(
+        REQUEST_TOP_K, _S, GENAI,
+        why="an int, as since #217 (transformers and llama.cpp instrumentors)",
+    ),
+    _same(REQUEST_FREQUENCY_PENALTY, _S, GENAI, why="llama.cpp instrumentor"),
+    _same(REQUEST_PRESENCE_PENALTY, _S, GENAI, why="llama.cpp instrumentor"),
+    _same(REQUEST_SEED, _S, GENAI, why="llama.cpp instrumentor, when the request sets one"),
     _same(INPUT_MESSAGES, _S, GENAI, why="opt-in content capture only"),
     _same(OUTPUT_MESSAGES, _S, GENAI, why="opt-in content capture only"),
     *(_same(n, _M, CORE) for n in (

@@ -55,8 +55,10 @@ def annotate(
         extra["bitnet.outcome"] = outcome.kind
     if facts.finish_reason is not None:
         span.set_attribute(sc.RESPONSE_FINISH_REASONS, [facts.finish_reason])
-    extra[sc.REQUEST_STREAM] = facts.streamed
-    if facts.streamed and facts.first_token_at is not None:
+    declared = facts.stream_declared
+    streamed = facts.streamed if declared is None else declared
+    extra[sc.REQUEST_STREAM] = streamed
+    if streamed and facts.first_token_at is not None:
         extra[sc.RESPONSE_TIME_TO_FIRST_CHUNK] = facts.first_token_at - facts.arrival
     if outcome.error_type:
         extra[sc.ERROR_TYPE] = outcome.error_type

@@ -1,4 +1,4 @@
-"""The ``bitnet-obs`` command: ``demo``, ``quant-report`` and ``crossval``."""
+"""The ``bitnet-obs`` command: ``demo``, ``quant-report``, ``crossval`` and ``canary``."""
 
 from __future__ import annotations
 
@@ -65,7 +65,11 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bitnet-obs", description=_plain(__doc__))
+    """Run a command and return its exit status (see :mod:`bitnet_obs._commands`): a usage
+    error is one line on stderr and 2, returned rather than raised."""
+    from bitnet_obs._commands import OneLineParser
+
+    parser = OneLineParser(prog="bitnet-obs", description=_plain(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run an instrumented synthetic BitNet server")
     demo.add_argument(
@@ -108,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"make the served I2_S kernel FACTOR times slower, 1 to {DEMO_MAX_SLOWDOWN:g} "
         "(default: 1), like a replica on a CPU without the SIMD its kernels need",
     )
-    from bitnet_obs import _crossval_cli, _quant_report
+    from bitnet_obs import _canary_cli, _crossval_cli, _quant_report
 
     report = sub.add_parser(
         "quant-report",
@@ -116,21 +120,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quant_report.add_arguments(report)
     _crossval_cli.add_parser(sub)
-    args = parser.parse_args(argv)
+    _canary_cli.add_parser(sub)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command == "crossval":
         return _crossval_cli.run(args)
+    if args.command == "canary":
+        return _canary_cli.run(args)
     if args.command == "quant-report":
         return _quant_report.run(args)
     if args.command == "demo":
         from bitnet_obs import _demo
+        from bitnet_obs._commands import guarded
 
-        return _demo.run(
-            args.duration,
-            args.port,
-            args.workers,
-            args.inject_fault,
-            args.fault_after,
-            args.slow_kernel,
+        return guarded(
+            "bitnet-obs demo",
+            lambda: _demo.run(
+                args.duration,
+                args.port,
+                args.workers,
+                args.inject_fault,
+                args.fault_after,
+                args.slow_kernel,
+            ),
         )
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2

@@ -4,7 +4,10 @@
 x86 kernels need AVX2 (without it they compile to empty bodies), the ARM ones NEON, and the fast
 paths dotprod or i8mm. One series per process carries the CPU model, the instruction-set
 features that matter to those kernels, OS/arch and the versions of Python, numpy and -- when
-the application already imported them -- torch and transformers (never imported here)::
+the application already imported them -- torch, transformers and llama-cpp-python (never
+imported here). With llama-cpp-python, llama.cpp's own ``llama_print_system_info()`` says what
+its build compiled in: a CPU with AVX2 under a build without it (the kernels bitnet.cpp's #547
+describes as empty) shows as ``bitnet.cpu.simd="avx2"`` beside ``bitnet.llama_cpp.simd="sse"``::
 
     from bitnet_obs import runtime
 
@@ -13,8 +16,9 @@ the application already imported them -- torch and transformers (never imported 
 
 ``/proc/cpuinfo`` is read once per process (never a subprocess, never per scrape); elsewhere
 (macOS, Windows) the CPU fields say ``unknown``. The attributes are fixed at the first
-collection, after the application had its chance to import torch, so the series never changes
-within a process.
+collection, after the application had its chance to import torch, so the series changes
+within a process only when :func:`refresh` asks for a new fingerprint (the llama.cpp
+instrumentor does, once, for an engine imported after the first collection).
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ __all__ = [
     "enable",
     "fingerprint",
     "parse_cpuinfo",
+    "parse_system_info",
     "read_cpu",
+    "refresh",
 ]
 
 UNKNOWN = "unknown"
@@ -115,6 +121,20 @@ class CpuInfo:
 
 
 @dataclass(frozen=True)
+class EngineBuild:
+    """What a llama.cpp build compiled in, from its ``llama_print_system_info()``: ``features``
+    lower-case (``avx2``, ``neon``, ``dotprod``, ``openmp``, ...) and ``simd`` the widest family
+    in the sense of :class:`CpuInfo`, so the two compare."""
+
+    version: str
+    features: tuple[str, ...]
+    simd: str
+
+
+_NO_ENGINE = EngineBuild(NOT_IMPORTED, (), NOT_IMPORTED)
+
+
+@dataclass(frozen=True)
 class RuntimeInfo:
     cpu: CpuInfo
     arch: str
@@ -123,6 +143,7 @@ class RuntimeInfo:
     numpy: str
     torch: str
     transformers: str
+    llama_cpp: EngineBuild = _NO_ENGINE
 
     def attributes(self) -> dict[str, str]:
         """The attributes of ``bitnet.runtime.info``."""
@@ -137,6 +158,10 @@ class RuntimeInfo:
             "bitnet.numpy.version": self.numpy,
             "bitnet.torch.version": self.torch,
             "bitnet.transformers.version": self.transformers,
+            "bitnet.llama_cpp.version": self.llama_cpp.version,
+            "bitnet.llama_cpp.features": ",".join(self.llama_cpp.features)
+            or (self.llama_cpp.simd if self.llama_cpp.simd in (NOT_IMPORTED, UNKNOWN) else "none"),
+            "bitnet.llama_cpp.simd": self.llama_cpp.simd,
         }
 
 
@@ -211,6 +236,61 @@ def parse_cpuinfo(text: str, machine: str) -> CpuInfo:
     return CpuInfo(named or _arm_model(cores), vendor, features, simd)
 
 
+_MAX_FEATURES = 40  # a build lists about 15; the attribute stays bounded whatever it prints
+
+
+def parse_system_info(text: str) -> tuple[str, ...]:
+    """The features a llama.cpp build says it compiled in, from ``llama_print_system_info()``.
+
+    Upstream prints only what is on (``CPU : SSE3 = 1 | AVX2 = 1 | ... |``), bitnet.cpp's older
+    fork every flag (``AVX = 1 | AVX2 = 0 | NEON = 0 | ...``); either way a feature counts when
+    its value is not 0. Names are lower-cased, the backend prefix (``CPU :``) dropped::
+
+        parse_system_info("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 0 | ")   # ('sse3', 'avx')
+    """
+    found: list[str] = []
+    for part in text.split("|"):
+        name, sep, value = part.rpartition("=")
+        if not sep:
+            continue
+        name = name.rpartition(":")[2].strip().lower()
+        value = value.strip()
+        if not name or value in ("", "0") or not all(c.isalnum() or c == "_" for c in name):
+            continue
+        if name.isascii() and name not in found and len(found) < _MAX_FEATURES:
+            found.append(name[:32])
+    return tuple(found)
+
+
+def _engine_simd(features: tuple[str, ...]) -> str:
+    have = set(features)
+    if "avx512" in have or "avx512f" in have:
+        return "avx512"
+    if "avx2" in have:
+        return "avx2"
+    if "neon" in have:
+        return "neon_dotprod" if have & {"dotprod", "arm_dotprod"} else "neon"
+    if have & {"avx", "sse3", "ssse3"}:
+        return "sse"
+    return "none"
+
+
+def _llama_cpp() -> EngineBuild:
+    """llama-cpp-python's version and its library's build, when the application imported it."""
+    module = sys.modules.get("llama_cpp")
+    if module is None:
+        return _NO_ENGINE
+    version = str(getattr(module, "__version__", UNKNOWN))
+    try:
+        raw = module.llama_print_system_info()
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        features = parse_system_info(text)
+    except Exception as exc:  # a stub, or a library without the function
+        internal_error("runtime", exc, "reading llama_print_system_info()")
+        return EngineBuild(version, (), UNKNOWN)
+    return EngineBuild(version, features, _engine_simd(features))
+
+
 _cpu: CpuInfo | None = None
 _cpu_lock = threading.Lock()
 
@@ -242,7 +322,8 @@ def _version(module: str) -> str:
 
 
 def fingerprint() -> RuntimeInfo:
-    """This process' fingerprint now (torch and transformers only if already imported)."""
+    """This process' fingerprint now (torch, transformers and llama-cpp-python only if already
+    imported)."""
     return RuntimeInfo(
         cpu=read_cpu(),
         arch=platform.machine() or UNKNOWN,
@@ -251,6 +332,7 @@ def fingerprint() -> RuntimeInfo:
         numpy=np.__version__,
         torch=_version("torch"),
         transformers=_version("transformers"),
+        llama_cpp=_llama_cpp(),
     )
 
 
@@ -277,6 +359,14 @@ def enable() -> None:
         if not _enabled:
             _instruments.RUNTIME_INFO.register(_observe)
             _enabled = True
+
+
+def refresh() -> None:
+    """Take a new fingerprint at the next collection (the series changes once): for an engine
+    the application imported after the first one. Idempotent; never raises."""
+    global _frozen
+    with _lock:
+        _frozen = None
 
 
 def disable() -> None:

@@ -220,3 +220,33 @@ def packed_checkpoint(
             )
         )
     return directory
+
+
+RawTensor = tuple[str, tuple[int, ...], int, bytes]  # name, numpy-order shape, type id, data
+
+
+def raw_gguf(
+    path: Path, tensors: list[RawTensor], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """A GGUF v3 file written byte by byte, for shapes and types no writer would produce
+    (zero-size, 1-D ternary, dimensions of 2**63, unknown type ids).  Metadata: strings only."""
+    import struct
+
+    def text(s: str) -> bytes:
+        raw = s.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata or {})))
+    for key, value in (metadata or {}).items():
+        out += text(key) + struct.pack("<I", 8) + text(value)
+    offset = 0
+    for name, shape, ttype, data in tensors:
+        out += text(name) + struct.pack("<I", len(shape))
+        out += b"".join(struct.pack("<Q", d) for d in reversed(shape))
+        out += struct.pack("<IQ", ttype, offset)
+        offset += -(-len(data) // 32) * 32
+    out += bytes(-len(out) % 32)
+    for _, _, _, data in tensors:
+        out += data + bytes(-len(data) % 32)
+    path.write_bytes(bytes(out))
+    return path

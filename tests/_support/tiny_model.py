@@ -4,7 +4,9 @@ Ternary layers run with int8 activations through ``bitnet_obs.quant.matmul`` (th
 emulation) and a float LM head. Faults are the failure shapes seen in bitnet.cpp's tracker:
 
 * ``"sign"``: a kernel with a flipped sign (every ternary matmul output negated);
-* ``"constant"``: a kernel that emits one token whatever the input ("!!!!").
+* ``"constant"``: a kernel that emits one token whatever the input ("!!!!");
+* ``"nan"``: a kernel whose outputs are NaN (what an uninitialised or overflowing kernel
+  gives): the logits are NaN and argmax picks id 0.
 
 Module-level functions serve the CLI tests as ``tests._support.tiny_model:generate``.
 """
@@ -18,7 +20,7 @@ import numpy.typing as npt
 
 from bitnet_obs import quant
 
-FAULTS = (None, "sign", "constant")
+FAULTS = (None, "sign", "constant", "nan")
 
 
 class TinyModel:
@@ -41,9 +43,12 @@ class TinyModel:
             y = quant.matmul(x, codes, scale, format="i2_s")
             if fault == "sign":
                 y = -y
+
             h = np.maximum(y, 0.0) + 0.1 * x
             x = (h / (np.sqrt(np.mean(h * h)) + 1e-6)).astype(np.float32)
         out: npt.NDArray[np.float32] = (x @ self.head)[0]
+        if fault == "nan":
+            out = np.full(self.vocab, np.nan, np.float32)
         if fault == "constant":
             out = np.full(self.vocab, -10.0, np.float32)
             out[0] = 10.0
@@ -87,6 +92,21 @@ def generate_constant(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[
     model = TinyModel()
     model.fault = "constant"
     return model.generate(prompt_ids, max_new_tokens)
+
+
+def generate_nan(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
+    model = TinyModel()
+    model.fault = "nan"
+    return model.generate(prompt_ids, max_new_tokens)
+
+
+def generate_exits(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """User code calling sys.exit(0) inside a run: the gate must not exit 0."""
+    raise SystemExit(0)
+
+
+def generate_interrupted(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    raise KeyboardInterrupt
 
 
 def generate_noisy(prompt_ids: list[int], max_new_tokens: int) -> list[str]:

@@ -218,6 +218,37 @@ def test_inputs_embeds_only(instrument: Instrument, cap: TelemetryCapture) -> No
     assert tokens(cap, "output") == 3
 
 
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_bos_only_start_without_input_ids(
+    kind: str, instrument: Instrument, cap: TelemetryCapture
+) -> None:
+    """generate() without input_ids starts every row from the BOS token it creates: that BOS is
+    the input (one per row), not output, and is returned as the first column."""
+    model = MODELS[kind]()
+    bos = model.generation_config.bos_token_id
+    assert bos is not None
+    instrument()
+    out = model.generate(max_new_tokens=4, min_new_tokens=4)
+    assert out.shape == (1, 5) and int(out[0, 0]) == bos
+    assert tokens(cap, "input") == 1
+    assert tokens(cap, "output") == 4
+    (span,) = cap.spans()
+    assert span.attributes is not None and span.attributes["gen_ai.usage.output_tokens"] == 4
+    assert span.attributes["gen_ai.response.finish_reasons"] == ("length",)
+
+
+def test_bos_only_start_of_a_batch(instrument: Instrument, cap: TelemetryCapture) -> None:
+    """The batch size comes from the first tensor argument, as generate() infers it."""
+    model = tiny_llama_model()
+    instrument()
+    out = model.generate(
+        attention_mask=torch.ones((3, 1), dtype=torch.long), max_new_tokens=2, min_new_tokens=2
+    )
+    assert out.shape == (3, 3)
+    assert tokens(cap, "input") == 3
+    assert tokens(cap, "output") == 3 * 2
+
+
 def test_generate_errors_propagate_and_are_recorded(
     instrument: Instrument, cap: TelemetryCapture
 ) -> None:

@@ -42,10 +42,13 @@ def opentelemetry_instrument() -> str:
 
 
 def test_entry_point_is_registered() -> None:
-    (point,) = [
-        e for e in entry_points(group="opentelemetry_instrumentor") if e.name.startswith("bitnet")
-    ]
-    assert point.value == "bitnet_obs.instrumentation.transformers:TransformersInstrumentor"
+    points = {e.name: e.value for e in entry_points(group="opentelemetry_instrumentor")}
+    ours = {name: value for name, value in points.items() if name.startswith("bitnet")}
+    module = "bitnet_obs.instrumentation"
+    assert ours == {
+        "bitnet_obs_transformers": f"{module}.transformers:TransformersInstrumentor",
+        "bitnet_obs_llama_cpp": f"{module}.llama_cpp:LlamaCppInstrumentor",
+    }
 
 
 @pytest.mark.slow

@@ -19,10 +19,29 @@ RECORDING_RULES = RULES / "bitnet-recording.yml"
 ALERT_RULES = RULES / "bitnet-alerts.yml"
 FLEET_RECORDING_RULES = RULES / "bitnet-fleet-recording.yml"
 FLEET_ALERT_RULES = RULES / "bitnet-fleet-alerts.yml"
+LLAMACPP_RECORDING_RULES = RULES / "bitnet-llamacpp-recording.yml"
+LLAMACPP_ALERT_RULES = RULES / "bitnet-llamacpp-alerts.yml"
 RULE_TESTS = sorted((MONITORING / "tests").glob("*_test.yml"))
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "bitnet-obs.json"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 SEVERITIES = ("critical", "warning", "info")
+LLAMA_SERVER_ROW = "llama-server"
+
+#: The llamacpp:* series the kit reads from llama-server's --metrics, and whether the llama.cpp
+#: the tests build exports them (tests/ops/test_llama_server_stack.py checks both ways on a
+#: real server). The others are exported by older servers only: bitnet.cpp's llama-server, and
+#: llama.cpp before #13660 (May 2025) removed them.
+LLAMA_SERVER_SERIES = {
+    "llamacpp:prompt_tokens_total": True,
+    "llamacpp:prompt_seconds_total": True,
+    "llamacpp:tokens_predicted_total": True,
+    "llamacpp:tokens_predicted_seconds_total": True,
+    "llamacpp:requests_processing": True,
+    "llamacpp:requests_deferred": True,
+    "llamacpp:n_busy_slots_per_decode": True,
+    "llamacpp:n_tokens_max": True,
+    "llamacpp:kv_cache_usage_ratio": False,
+}
 
 
 def load_yaml(path: Path) -> Any:

@@ -208,3 +208,33 @@ def test_hugging_face_transformers(receiver: OTLPReceiver) -> None:
         assert point.attributes["bitnet.quant.reference"] == "quantized"
         assert point.attributes["bitnet.tensor"].startswith("model.layers.")
         assert point.sum is not None and point.count == 1 and point.sum > 0.9999
+
+
+def test_llama_cpp_inference(receiver: OTLPReceiver, tiny_bitnet: Any) -> None:
+    """The llama.cpp example on the tests' tiny BitNet b1.58 TQ2_0 file (llama.cpp's own)."""
+    out = run_example(
+        receiver,
+        "llama_cpp_inference.py",
+        "--model",
+        str(tiny_bitnet.tq2_0),
+        "--requests",
+        "4",
+        "--max-tokens",
+        "8",
+        "--threads",
+        "1",
+    )
+    assert out.count("completion:") == 2 and out.count("chat stream:") == 2, out
+    assert outcomes(receiver) == {"ok": 4, "error": 0, "cancelled": 1}
+    requests = "bitnet.inference.requests"
+    assert total(receiver, requests, **{"gen_ai.operation.name": "chat"}) == 2
+    assert total(receiver, requests, **{"gen_ai.operation.name": "text_completion"}) == 3
+    assert total(receiver, requests, **{"gen_ai.provider.name": "llama_cpp"}) == 5
+    assert total(receiver, requests, **{"bitnet.quant.format": "tq2_0"}) == 5
+    out_tokens = total(receiver, "bitnet.inference.tokens", **{"bitnet.token.type": "output"})
+    assert 4 <= out_tokens <= 4 * 9 + 8  # each call's sampled ids, its end of generation too
+    assert total(receiver, "gen_ai.server.time_to_first_token") == 4
+    assert total(receiver, "bitnet.model.loads", **{"bitnet.outcome": "ok"}) == 1
+    assert total(receiver, "bitnet.model.loaded") == 0  # closed at the end
+    (runtime,) = latest(receiver, "bitnet.runtime.info")
+    assert runtime.attributes["bitnet.llama_cpp.features"] not in ("", "none", "not_imported")

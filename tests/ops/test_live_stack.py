@@ -5,7 +5,8 @@ One stack for the module (starting it costs the ~6 s before Prometheus' first sc
 
 * the dashboard test substitutes the template variables as Grafana would and evaluates every
   panel's PromQL through Prometheus' HTTP API: each must parse and return data, except the
-  panels listed in ``NO_DATA_IN_DEMO`` with the reason;
+  panels listed in ``NO_DATA_IN_DEMO`` with the reason (the llama-server row is checked against
+  a real llama-server in test_llama_server_stack.py);
 * the Alertmanager test waits for BitNetDeviceFallbackRate -- the demo falls back from its
   simulated GPU on ~5% of requests, over the rule's 1% -- to reach the webhook through the
   ``warning`` route. The rule is ours, unchanged but for ``for: 10m`` set to ``0s``;
@@ -37,6 +38,7 @@ from bitnet_obs.testing import OTLPReceiver
 from tests._support.prometheus import PrometheusServer, ScrapeJob, free_port
 from tests.ops._kit import (
     ALERT_RULES,
+    LLAMA_SERVER_ROW,
     RECORDING_RULES,
     ROOT,
     dashboard,
@@ -168,7 +170,7 @@ def test_every_dashboard_panel_query_returns_data_from_the_demo(stack: Stack) ->
     prom = stack.prom
     # the template variables' own queries: label_values(selector, label)
     for variable in dashboard()["templating"]["list"]:
-        if variable["type"] != "query":
+        if variable["type"] != "query" or variable["name"] == "server":  # llama-server's
             continue
         selector, label = re.fullmatch(
             r"label_values\((.*),\s*(\w+)\)", variable["query"]["query"]
@@ -178,8 +180,10 @@ def test_every_dashboard_panel_query_returns_data_from_the_demo(stack: Stack) ->
     # the panels: every one that can have data in the demo must have it (one generous
     # deadline for all: they fill as the demo runs; only a panel that never does fails)
     deadline = time.monotonic() + 120
-    # the Fleet row has its own live test against four replicas (test_live_fleet.py)
-    panels = [p for row, ps in panels_by_row().items() if row != "Fleet" for p in ps]
+    # the Fleet row has its own live test against four replicas (test_live_fleet.py), the
+    # llama-server row against a real llama-server (test_llama_server_stack.py)
+    own_tests = {"Fleet", LLAMA_SERVER_ROW}
+    panels = [p for row, ps in panels_by_row().items() if row not in own_tests for p in ps]
     assert set(NO_DATA_IN_DEMO) <= {p["title"] for p in panels}
     failures = []
     checked = 0

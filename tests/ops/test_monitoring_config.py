@@ -20,6 +20,10 @@ from tests._support.prometheus import (
 from tests._support.tools import find_tool
 from tests.ops._kit import (
     DASHBOARD,
+    LLAMA_SERVER_ROW,
+    LLAMA_SERVER_SERIES,
+    LLAMACPP_ALERT_RULES,
+    LLAMACPP_RECORDING_RULES,
     MONITORING,
     OPERATIONS_DOC,
     RULE_TESTS,
@@ -32,6 +36,7 @@ from tests.ops._kit import (
     load_yaml,
     metric_names,
     panel_queries,
+    panels_by_row,
     recording_rules,
     rule_files,
 )
@@ -120,13 +125,18 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "BitNetCrossValidationFailure",
         "BitNetCrossValidationPerformanceRegression",
         "BitNetDegenerateOutput",
+        # llama-server watched from outside (issue 20)
+        "BitNetLlamaServerDown",
+        "BitNetCanarySidecarDown",
+        "BitNetLlamaCppKVCacheSaturated",
+        "BitNetLlamaCppRequestsDeferred",
     }
 
 
 def test_rules_and_dashboard_use_only_real_metric_and_label_names() -> None:
     """Every name is in the catalogue (docs/metrics.md), a recording rule, or Prometheus' own."""
     recorded = {r["record"] for r in recording_rules()}
-    known = exposed_names() | recorded | {"up", "ALERTS", "target_info"}
+    known = exposed_names() | recorded | {"up", "ALERTS", "target_info"} | set(LLAMA_SERVER_SERIES)
     labels = exposed_labels() | {"alertname", "alertstate", "severity"}
     labels |= {k for r in recording_rules() for k in r.get("labels", {})}
     exprs = [(r.get("record") or r["alert"], r["expr"]) for r in recording_rules() + alert_rules()]
@@ -138,6 +148,33 @@ def test_rules_and_dashboard_use_only_real_metric_and_label_names() -> None:
         assert label_names(expr) <= labels, f"{where}: unknown label {label_names(expr) - labels}"
     used = {m for _, expr in exprs for m in metric_names(expr)}
     assert recorded <= used, f"recording rules nobody reads: {recorded - used}"
+    assert set(LLAMA_SERVER_SERIES) <= used, "llama-server series listed but never read"
+
+
+def test_llama_server_rules_and_row_read_only_llama_server_and_its_canary() -> None:
+    """The llama-server files and row read llama-server (llamacpp:* series, their own recording
+    rules, `up` of its job) and its canary sidecar (job "bitnet-canary") only; the other files
+    read no llamacpp:* series, so they work without a llama-server."""
+    own = {r["record"] for r in recording_rules(LLAMACPP_RECORDING_RULES)}
+
+    def about_llama_server(expr: str) -> bool:
+        names = metric_names(expr)
+        jobs = re.findall(r'job="([^"]*)"', expr)
+        return (bool(jobs) and set(jobs) <= {"llama-server", "bitnet-canary"}) or (
+            bool(names) and all(n.startswith("llamacpp:") or n in own for n in names)
+        )
+
+    mine = recording_rules(LLAMACPP_RECORDING_RULES) + alert_rules(LLAMACPP_ALERT_RULES)
+    for rule in mine:
+        assert about_llama_server(rule["expr"]), rule
+    for rule in recording_rules() + alert_rules():
+        if rule not in mine:
+            assert not any(
+                n.startswith("llamacpp:") or n in own for n in metric_names(rule["expr"])
+            )
+    for panel in panels_by_row()[LLAMA_SERVER_ROW]:
+        for target in panel["targets"]:
+            assert about_llama_server(target["expr"]), panel["title"]
 
 
 def test_prometheus_config_scrapes_the_demo_and_the_collector() -> None:
@@ -147,6 +184,12 @@ def test_prometheus_config_scrapes_the_demo_and_the_collector() -> None:
     assert 'up{job="bitnet"}' in next(
         r["expr"] for r in alert_rules() if r["alert"] == "BitNetServiceDown"
     )
+    # llama-server's own --metrics (its default port) and the canary sidecar beside it
+    assert jobs["llama-server"]["static_configs"][0]["targets"] == ["127.0.0.1:8080"]
+    assert jobs["bitnet-canary"]["static_configs"][0]["targets"] == ["127.0.0.1:9465"]
+    for alert, job in (("BitNetLlamaServerDown", "llama-server"),
+                       ("BitNetCanarySidecarDown", "bitnet-canary")):  # fmt: skip
+        assert f'up{{job="{job}"}}' in next(r["expr"] for r in alert_rules() if r["alert"] == alert)
     assert jobs["otel-collector"]["honor_labels"] is True
     collector = load_yaml(MONITORING / "otel-collector.yml")
     assert jobs["otel-collector"]["static_configs"][0]["targets"] == [
@@ -316,9 +359,10 @@ def test_dashboard_layout_rows_and_variables() -> None:
         "Devices",
         "Health and SLA",
         "Correctness",
+        LLAMA_SERVER_ROW,
     ]
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert set(variables) == {"datasource", "model", "instance"}
+    assert set(variables) == {"datasource", "model", "instance", "server"}
     assert variables["datasource"]["query"] == "prometheus"
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
@@ -331,7 +375,9 @@ def test_dashboard_layout_rows_and_variables() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             leftover = re.findall(r"\$\{?(\w+)", target["expr"])
-            assert set(leftover) <= {"model", "instance", "__rate_interval"}, target["expr"]
+            assert set(leftover) <= {"model", "instance", "server", "__rate_interval"}, target[
+                "expr"
+            ]
     titles = {p["title"] for p in board["panels"]}
     assert {
         "Requests by outcome",
@@ -366,6 +412,11 @@ def test_dashboard_layout_rows_and_variables() -> None:
         "Golden-case tokens/s",
         "Candidate / reference tokens/s",
         "Runtime",
+        "llama-server tokens/s",
+        "llama-server speed",
+        "Requests processing and deferred",
+        "KV-cache usage",
+        "Canary (sidecar)",
     } <= titles
 
 

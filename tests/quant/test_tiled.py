@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bitnet_obs import quant
 from bitnet_obs.quant import (
     KernelConfig,
     QuantInputError,
@@ -55,6 +56,17 @@ CONVERTER = [
      "a4292cae84f5d62b9043f9096a37be19a72e311bb8ec64036bcd1cdfe78f8c1f"),
     ("tl2", 96, 480, (96, 96, 32), 10624,
      "2fd07036bbc6983b565f32dde099824ebbb68a7207dd055ce5e7d0aadc4c238e"),
+    # K < BK: the converter writes no 3-weight part, the whole K as TL1-style pairs
+    ("tl2", 32, 64, (32, 96, 32), 768,
+     "07968923d1223a6a8d78c1ceeb24d2b0c54c6d05ef4fd7de737c4be7e96b5ff7"),
+    ("tl2", 32, 64, (32, 100, 32), 768,  # bk % 24 matters only for the 3-weight part
+     "07968923d1223a6a8d78c1ceeb24d2b0c54c6d05ef4fd7de737c4be7e96b5ff7"),
+    ("tl2", 64, 160, (32, 192, 32), 2816,
+     "fd2306d7603c814c4c98089f059d3378153bb9545cad959f94a4bfd12d9ac15f"),
+    ("tl2", 32, 32, (32, 96, 32), 554,
+     "ac2e5c988b1b0259b931f34fbd8252d4cea53fba4632ad7eedf16f74b01fd5e7"),
+    ("tl2", 64, 256, (64, 384, 32), 4096,
+     "e9947720a6d640d948cdb29751cee8c8b4494b6c6f7c1853b7decb7df374e77d"),
 ]  # fmt: skip
 
 
@@ -72,6 +84,33 @@ def test_bytes_are_the_converters(
     for view, scale in ((data, None), (data[:size], 0.5), (data[:tail], 0.5)):
         out, s = unpack(view, (m, k), config, scale=scale)
         assert s == 0.5 and np.array_equal(out, codes)
+
+
+# what the converter writes for an all-zero tensor: its scale tensor holds max|W_q| = 0.0 (not
+# I2_S's 1e-5 floor), its codes the zero index
+ALL_ZERO = [
+    ("tl1", 64, 128, (64, 64, 32), 2048,
+     "bf0999cdf657002c6cfbf03dd2588ac0d8b9660e3f2b849caf4d8de7b0b621ba"),
+    ("tl2", 64, 288, (32, 96, 32), 4522,
+     "3d422a514beee9336e81cd3594767dd95d917d7987c4182ef15a225935730aae"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "m", "k", "cfg", "size", "digest"), ALL_ZERO)
+def test_an_all_zero_tensor_stores_the_converters_scale(
+    fmt: str, m: int, k: int, cfg: tuple[int, int, int], size: int, digest: str
+) -> None:
+    w = np.zeros((m, k), np.float32)
+    codes, scale = quant.quantize_weights(w, fmt)
+    assert scale == 0.0 and not codes.any()
+    assert quant.quantize_weights(w)[1] == quant.quantize_weights(w, "i2_s")[1] == np.float32(1e-5)
+    tiny = np.full((m, k), 1e-7, np.float32)  # non-zero weights whose codes are all 0
+    assert quant.weight_report(tiny, fmt).scale == 0.0
+    assert quant.weight_report(tiny, "i2_s").scale == np.float32(1e-5)
+    pack = pack_tl1 if fmt == "tl1" else pack_tl2
+    data = pack(codes, scale, KernelConfig(*cfg))
+    assert hashlib.sha256(data[:size]).hexdigest() == digest
+    assert data[-32:] == bytes(32)  # the scale tail: float32 0.0
 
 
 def test_index_semantics_are_the_row_major_encoders() -> None:
@@ -280,3 +319,16 @@ def test_round_trip_for_every_preset_configuration(
     pack, unpack = (pack_tl1, unpack_tl1) if fmt == "tl1" else (pack_tl2, unpack_tl2)
     out, s = unpack(pack(codes, 0.125, KernelConfig(*cfg)), (bm, k), KernelConfig(*cfg))
     assert s == 0.125 and np.array_equal(out, codes)
+
+
+def test_a_kernel_config_that_is_not_a_small_regular_file_is_refused(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "kernel_config.ini"
+    os.mkfifo(fifo)
+    with pytest.raises(QuantInputError, match="is not a regular file"):
+        read_kernel_config(fifo)  # never waits for a writer
+    big = tmp_path / "big.ini"
+    big.write_bytes(b"#" * ((1 << 20) + 1))
+    with pytest.raises(QuantInputError, match="at most 1048576"):
+        read_kernel_config(big)

@@ -13,18 +13,16 @@ beyond ``--max-code-mismatch``, or projections missing on either side), 130 when
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from typing import TextIO
 
+from bitnet_obs._commands import EXIT_BAD_INPUT, InputError, error, guarded, write_json
+
 __all__ = ["add_arguments", "run"]
 
 _PROG = "bitnet-obs quant-report"
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_UNFAITHFUL = 0, 1, 2, 3
-EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 
 
 def _fraction(text: str) -> float:
@@ -87,9 +85,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the report for parsed *args*; returns the exit status (never raises for bad input)."""
-    from bitnet_obs.quant import QuantInputError, io
+    """Run the report for parsed *args*; returns the exit status (never raises for bad input:
+    every problem is one line on stderr, see :mod:`bitnet_obs._commands`)."""
+    return guarded(_PROG, lambda: _run(args))
 
+
+def _run(args: argparse.Namespace) -> int:
+    telemetry = _start_export() if args.export else None  # a bad setting fails before the work
+    try:
+        return _report(args, telemetry)
+    finally:
+        if telemetry is not None:
+            import bitnet_obs
+
+            bitnet_obs.shutdown()
+
+
+def _report(args: argparse.Namespace, telemetry: object) -> int:
     from ._analyse import Options, analyse
     from ._progress import progress_bar
 
@@ -104,38 +116,24 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         report = analyse(options, progress_bar)
-    except (io.ReadError, QuantInputError) as exc:
-        print(f"{_PROG}: {io.printable(str(exc))}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"\n{_PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug of ours: one line, not a traceback, and say so
-        print(
-            f"{_PROG}: internal error {type(exc).__name__}: {io.printable(str(exc))} "
-            "(please report it with the file's header)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+        print(file=sys.stderr)  # end the progress bar's line
+        raise
     if args.html:
         from ._html import render_html
 
+        page = render_html(report)
         try:
             with open(args.html, "w", encoding="utf-8") as f:
-                f.write(render_html(report))
+                f.write(page)
         except OSError as exc:
-            print(f"{_PROG}: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    try:
-        _write(report, args.json, sys.stdout, time.perf_counter() - started)
-    except BrokenPipeError:
-        _silence_stdout()
-        return EXIT_PIPE
+            raise InputError(f"cannot write {args.html}: {exc.strerror or exc}") from None
+    _write(report, args.json, sys.stdout, time.perf_counter() - started)
     status = report.exit_status()
     if status == EXIT_BAD_INPUT:
-        print(f"{_PROG}: some tensors could not be read (status 'skipped')", file=sys.stderr)
-    if args.export:
-        _export(report)
+        error(_PROG, "some tensors could not be read (status 'skipped')")
+    if telemetry is not None:
+        _export(report, telemetry)
     return status
 
 
@@ -146,8 +144,7 @@ def _write(report: object, as_json: bool, out: TextIO, seconds: float) -> None:
     if as_json:
         from ._json import report_json
 
-        json.dump(report_json(report), out, indent=1, allow_nan=False)
-        out.write("\n")
+        write_json(report_json(report), out, indent=1)
     else:
         from ._table import render_table
 
@@ -156,25 +153,26 @@ def _write(report: object, as_json: bool, out: TextIO, seconds: float) -> None:
     out.flush()
 
 
-def _silence_stdout() -> None:
-    """The reader went away: point stdout at /dev/null so the interpreter's final flush does not
-    raise BrokenPipeError again on the way out."""
+def _start_export() -> object:
+    """``configure()`` for ``--export``, before any work: a setting that cannot be used (a busy
+    port, a bad ``OTEL_METRICS_EXPORTER``) is bad input -- ``ConfigError``, one line, exit 2."""
+    import bitnet_obs
+
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
+        return bitnet_obs.configure()
+    except OSError as exc:  # a server that cannot start for a reason configure() did not name
+        raise InputError(f"--export: cannot start the exporters ({exc})") from None
 
 
-def _export(report: object) -> None:
+def _export(report: object, telemetry: object) -> None:
+    """Send the measured rows as metrics (``shutdown()`` flushes them)."""
     import bitnet_obs
     from bitnet_obs.quant import WeightReport, _record
 
     from ._analyse import SHARED, Report
 
     assert isinstance(report, Report)
-    telemetry = bitnet_obs.configure()
+    assert isinstance(telemetry, bitnet_obs.Telemetry)
     for row in report.measured():
         if row.accuracy is None or row.scale is None or len(row.shape) != 2:
             continue
@@ -195,4 +193,3 @@ def _export(report: object) -> None:
             "OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_METRICS_EXPORTER=otlp/console)",
             file=sys.stderr,
         )
-    bitnet_obs.shutdown()

@@ -106,7 +106,7 @@ def _proj_key(row: Row) -> tuple[int, int, str]:
 
 
 def _code_fractions(codes: Any) -> tuple[float, float, float]:
-    n = codes.size
+    n = max(1, codes.size)  # empty tensors are never measured; no division by zero anyway
     neg = int(np.count_nonzero(codes < 0))
     pos = int(np.count_nonzero(codes > 0))
     return neg / n, (n - neg - pos) / n, pos / n
@@ -172,18 +172,28 @@ class _Reader:
 def _plan(
     report: Report, file: io.Checkpoint, measure_all: bool
 ) -> list[tuple[Row, io.TensorInfo]]:
-    """Every tensor's row, with the ones to measure returned for reading."""
+    """Every tensor's row, with the ones to measure returned for reading.  A tensor that would
+    be measured (a projection, or any float or ternary tensor with ``--all``) but cannot be read
+    -- a projection of a type that is neither float nor ternary included -- makes the report's
+    exit status 2; an empty tensor (a dimension of 0) has nothing to measure and says so."""
     todo = []
     for info in file.weights():
         role = io.role(info.name)
         row = Row(info.name, info.shape, info.dtype, "kept in float", None, None, role.layer)
         row.projection = role.projection
         report.rows.append(row)
-        if info.kind == "other" or (info.unreadable and role.kind != "projection"):
+        wanted = role.kind == "projection" or measure_all
+        if info.kind == "other" or (info.unreadable and not wanted):
             row.status, row.reason = "skipped", info.unreadable or f"{info.dtype} is not a weight"
+            # a projection nobody can read (an unknown type id, Q4_K, ...) is the exit table's
+            # 2; an integer array that --all would not measure anyway is no weight
+            row.unreadable = role.kind == "projection"
             continue
-        if role.kind != "projection" and not measure_all:
+        if not wanted:
             row.reason = role.why_float
+            continue
+        if info.size == 0:
+            row.status, row.reason = "skipped", f"empty (shape {_shape(info.shape)}): no values"
             continue
         if len(info.shape) != 2 and info.kind == "float":
             row.reason = f"{len(info.shape)}-D: not a linear weight (bitnet.cpp keeps it in float)"
@@ -194,6 +204,10 @@ def _plan(
         row.status = "measured"
         todo.append((row, info))
     return todo
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
 
 
 def analyse(options: Options, progress: Progress | None = None) -> Report:
@@ -253,7 +267,12 @@ def _measure(
         row.format, row.scale = tensor.format, tensor.scale
         row.code_fractions = _code_fractions(tensor.codes)
         row.kernel_notes = kernel_notes(row.shape, tensor.format, options.layout)
-        if tensor.format == "i2_s" and options.layout == "x86" and not row.kernel_notes:
+        if tensor.codes.ndim != 2:
+            row.kernel_notes += (
+                f"{tensor.codes.ndim}-D: not an (M, K) linear weight; bitnet.cpp's kernels "
+                "cannot run it",
+            )
+        elif tensor.format == "i2_s" and options.layout == "x86" and not row.kernel_notes:
             row.kernel_overflow_rows = overflow_rows(tensor.codes)
         if tensor.block_scales is not None:
             distinct = np.unique(tensor.block_scales[tensor.block_scales != 0]).size
@@ -285,7 +304,8 @@ def _against_reference(
             f"reference {io.printable(ref_info.name)} is {ref_info.dtype}; accepted: float master "
             "weights (f32, f16, bf16)"
         )
-    expected_codes, expected_scale = _compare.faithful(master.values)
+    fmt = tensor.format if isinstance(tensor, io.TernaryTensor) else SHARED
+    expected_codes, expected_scale = _compare.faithful(master.values, fmt)
     if isinstance(tensor, io.FloatTensor):  # a float conversion: compare what bitnet.cpp derives
         codes, scale = _compare.faithful(tensor.values)
         tensor = io.TernaryTensor(tensor.name, row.format or SHARED, codes, scale)

@@ -42,10 +42,11 @@ def match_names(file_names: Sequence[str], master_names: Sequence[str]) -> dict[
     return {f: f for f in file_names if f in masters}
 
 
-def faithful(master: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int8], float]:
-    """What a faithful conversion stores for this master tensor: bitnet.cpp's absmean codes and
-    scale (:func:`bitnet_obs.quant.quantize_weights`)."""
-    return quantize_weights(master)
+def faithful(master: npt.NDArray[Any], fmt: str = "i2_s") -> tuple[npt.NDArray[np.int8], float]:
+    """What a faithful conversion to *fmt* stores for this master tensor: bitnet.cpp's absmean
+    codes and scale (:func:`bitnet_obs.quant.quantize_weights`; an all-zero tensor's scale is
+    1e-5 in I2_S, 0.0 in TL1/TL2, as the converter writes them)."""
+    return quantize_weights(master, fmt if fmt in ("tl1", "tl2") else "i2_s")
 
 
 def mismatch(codes: npt.NDArray[np.int8], expected: npt.NDArray[np.int8]) -> float:

@@ -10,6 +10,7 @@ import html
 import math
 from collections.abc import Sequence
 
+from bitnet_obs._untrusted import html_text
 from bitnet_obs.quant.io import PROJECTIONS, printable
 
 from . import _svg
@@ -45,11 +46,13 @@ tr.bad td{background:#fde0dd} .mono{font-family:ui-monospace,monospace}
 
 
 def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    """Escaped for HTML, control characters first: file-derived text never reaches the page
+    raw."""
+    return html_text(text)
 
 
 def _name(row: Row) -> str:
-    return _e(printable(row.name))
+    return _e(row.name)
 
 
 def _layer_ticks(rows: Sequence[Row]) -> list[tuple[float, str]]:
@@ -148,11 +151,13 @@ def charts(report: Report) -> list[str]:
             pts: list[_svg.Point] = [
                 (
                     float(r.layer),
-                    math.log10(max(r.scale_rel_diff, 1e-12)),
-                    f"{printable(r.name)}: {r.scale_rel_diff:.3g}",
+                    math.log10(max(diff, 1e-12)),
+                    f"{printable(r.name)}: {diff:.3g}",
                 )
                 for r in compared
-                if r.projection == proj and r.layer is not None and r.scale_rel_diff is not None
+                if r.projection == proj
+                and r.layer is not None
+                and (diff := finite(r.scale_rel_diff)) is not None
             ]
             if pts:
                 drift.append((proj or "other", PROJECTION_COLOURS[proj], pts))
@@ -200,7 +205,7 @@ def _table(report: Report) -> str:
             cells.append(f'<td class="n">{_cell(mism, ".3f")}</td>')
             cells.append(f'<td class="n">{_cell(finite(r.scale_rel_diff), ".2e")}</td>')
         notes = [*r.kernel_notes, *((r.reason,) if r.reason else ())]
-        cells.append("<td>" + "<br>".join(_e(printable(n)) for n in notes) + "</td>")
+        cells.append("<td>" + "<br>".join(_e(n) for n in notes) + "</td>")
         cls = ' class="bad"' if r.unfaithful or r.unreadable else ""
         lines.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     return "".join(lines) + "</table>"
@@ -208,19 +213,19 @@ def _table(report: Report) -> str:
 
 def render_html(report: Report) -> str:
     opts = report.options
-    head = [f"<h1>quant-report: {_e(printable(opts.path))}</h1>"]
+    head = [f"<h1>quant-report: {_e(opts.path)}</h1>"]
     head.append(f'<p class="note">format: {_e(report.file_format)}</p>')
-    head += [f'<p class="note">{_e(printable(n))}</p>' for n in report.notes]
+    head += [f'<p class="note">{_e(n)}</p>' for n in report.notes]
     if opts.reference:
         head.append(
-            f'<p class="note">reference: {_e(printable(opts.reference))} '
-            f"({_e(report.reference_format)})</p>"
+            f'<p class="note">reference: {_e(opts.reference)} ({_e(report.reference_format)})</p>'
         )
-    head += [f'<p class="note"><b>{_e(printable(line))}</b></p>' for line in summary_lines(report)]
+    # summary lines are escaped for the terminal already (printable): HTML escaping only
+    head += [f'<p class="note"><b>{html.escape(line)}</b></p>' for line in summary_lines(report)]
     figures = "".join(f"<figure>{c}</figure>" for c in charts(report))
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>quant-report: {_e(printable(opts.path))}</title><style>{_STYLE}</style></head>"
+        f"<title>quant-report: {_e(opts.path)}</title><style>{_STYLE}</style></head>"
         f"<body>{''.join(head)}<h2>Charts</h2>{figures}<h2>Tensors</h2>{_table(report)}"
         "</body></html>\n"
     )

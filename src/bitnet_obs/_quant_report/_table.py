@@ -32,7 +32,7 @@ def _cells(row: Row, reference: bool) -> list[str]:
     cells = [
         printable(row.name),
         _shape(row.shape),
-        row.format or "-",
+        printable(row.format or "-"),
         _num(row.scale, ".6g"),
         fractions,
         _num(acc.cosine if acc else None, ".4f"),
@@ -50,13 +50,16 @@ def _cells(row: Row, reference: bool) -> list[str]:
 def render_table(report: Report, out: TextIO) -> None:
     opts = report.options
     reference = opts.reference is not None
-    out.write(f"file: {printable(opts.path)} ({report.file_format})\n")
+    # every string here may come from the file (names, metadata, dtypes): escaped, so a file
+    # cannot move the cursor or rewrite the terminal of whoever inspects it
+    out.write(f"file: {printable(opts.path)} ({printable(report.file_format)})\n")
     for note in report.notes:
-        out.write(f"  {note}\n")
+        out.write(f"  {printable(note)}\n")
     if reference:
-        out.write(f"reference: {printable(str(opts.reference))} ({report.reference_format})\n")
+        ref_format = printable(str(report.reference_format))
+        out.write(f"reference: {printable(str(opts.reference))} ({ref_format})\n")
         for note in report.reference_notes:
-            out.write(f"  {note}\n")
+            out.write(f"  {printable(note)}\n")
     measured = report.measured()
     head = ["tensor", "shape", "format", "scale", "-1/0/+1", "cosine", "SQNR dB", "rel err"]
     if reference:
@@ -99,7 +102,8 @@ def _listing(out: TextIO, title: str, rows: list[Row]) -> None:
     out.write(f"\n{title} ({len(rows)}):\n")
     for row in rows:
         why = printable(row.reason or "")
-        out.write(f"  {printable(row.name)}  {_shape(row.shape)} {row.dtype}: {why}\n")
+        dtype = printable(row.dtype)
+        out.write(f"  {printable(row.name)}  {_shape(row.shape)} {dtype}: {why}\n")
 
 
 def _count(n: int, noun: str) -> str:

@@ -2,9 +2,11 @@
 
 Input tokens come from ``input_ids`` (or ``inputs_embeds``) per batch row, without the left
 padding that ``attention_mask`` (or, lacking one, the pad token, as ``generate`` infers it)
-marks. Output tokens are the new tokens each returned row really got: up to and including its
-first EOS token, never the padding after it. The first token's moment comes from a stopping
-criterion appended to the call, which the decoding loop consults after every new token.
+marks; a call with neither starts each row from the BOS token ``generate`` creates, which
+counts as one input token per row and is not output. Output tokens are the new tokens each
+returned row really got: up to and including its first EOS token, never the padding after it.
+The first token's moment comes from a stopping criterion appended to the call, which the
+decoding loop consults after every new token.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ def _id_list(value: object) -> list[int]:
     return [int(v) for v in cast(Sequence[int], value)]
 
 
+def _batch_size(kwargs: dict[str, Any]) -> int:
+    """The batch generate() infers without ids: the first tensor argument's rows, else 1."""
+    for value in kwargs.values():
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0]) if value.dim() else 1
+    return 1
+
+
 class GenerateCall:
     """What one call resolved before it runs, and its accounting once it returned."""
 
@@ -114,9 +124,14 @@ class GenerateCall:
         self.eos = _id_list(self._setting("eos_token_id"))
         pads = _id_list(self._setting("pad_token_id")) or self.eos  # generate() does the same
         self.pad: int | None = pads[0] if pads else None
+        # No ids and no embeddings: generate() starts each row from a BOS token of its own,
+        # (batch, 1), and returns it as the first column. That BOS is the input, not output.
+        self.bos_rows = 0
         if getattr(model.config, "is_encoder_decoder", False):
             decoder_ids = _token_ids(kwargs.get("decoder_input_ids"))
             self.prompt_len = 1 if decoder_ids is None else int(decoder_ids.shape[1])
+        elif self.ids is None and inputs is None and kwargs.get("inputs_embeds") is None:
+            self.prompt_len, self.bos_rows = 1, _batch_size(kwargs)
         else:
             self.prompt_len = 0 if self.ids is None else int(self.ids.shape[1])
         self.criterion: FirstToken | None = None
@@ -174,6 +189,8 @@ class GenerateCall:
             return []
 
     def _input_tokens(self) -> int:
+        if self.bos_rows:
+            return self.bos_rows  # one BOS per row, made by generate()
         mask = self._kwargs.get("attention_mask")
         ids = self.ids
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:

@@ -20,6 +20,7 @@ from ._unpack import spread_2bit
 from ._validate import (
     Layout,
     QuantInputError,
+    check_format,
     check_layout,
     check_scale,
     codes_input,
@@ -148,12 +149,15 @@ def _absmean(flat: npt.NDArray[np.floating[Any]], whole: npt.NDArray[Any], name:
     return Absmean(m, inverse, _code_threshold(inverse), np.float32(1) / inverse)
 
 
-def stored_scale(absmean: Absmean, any_code: bool, dtype: np.dtype[Any]) -> float:
+def stored_scale(
+    absmean: Absmean, any_code: bool, dtype: np.dtype[Any], fmt: str = "i2_s"
+) -> float:
     """The scale bitnet.cpp's converter writes: fl32(1/s_inv), rounded to float16 for float16
-    weights (the converter dequantizes in the checkpoint's dtype), and 1e-5 when every code is
-    0 (the converter finds no non-zero weight to read it from)."""
+    weights (the converter dequantizes in the checkpoint's dtype).  When every code is 0, I2_S
+    stores 1e-5 (``quantize_to_i2_s`` finds no non-zero weight to read it from) and TL1/TL2
+    store 0.0 (``transform_to_tl1/tl2`` store ``max|W_q|``, which is 0)."""
     if not any_code:
-        return float(_WEIGHT_SCALE_FLOOR)
+        return 0.0 if fmt in ("tl1", "tl2") else float(_WEIGHT_SCALE_FLOOR)
     if dtype == np.float16:
         with np.errstate(over="ignore"):
             return float(np.float16(absmean.scale))
@@ -174,7 +178,7 @@ def _ternarize(
     np.subtract(pos.view(np.int8), neg.view(np.int8), out=out)
 
 
-def quantize_weights(w: object) -> tuple[npt.NDArray[np.int8], float]:
+def quantize_weights(w: object, format: str = "i2_s") -> tuple[npt.NDArray[np.int8], float]:
     """Absmean ternary quantization exactly as bitnet.cpp's converter does it.
 
     ``m = max(fl32(mean|W|), 1e-5)`` (the mean taken in float64 over the whole tensor),
@@ -182,14 +186,17 @@ def quantize_weights(w: object) -> tuple[npt.NDArray[np.int8], float]:
     product with the reciprocal, rounded half to even: not ``W / m``, which differs for
     elements one float32 step above ``m/2``).  Returns ``(codes, scale)`` where *scale* is the
     value the converter stores in the I2_S tail (and in TL1/TL2's ``_scale`` tensor):
-    ``fl32(1/s_inv)``, rounded to float16 for float16 weights, 1e-5 when every code is 0.  So
-    ``codes * scale`` is exactly what bitnet.cpp's kernels reconstruct.  float64 weights are
+    ``fl32(1/s_inv)``, rounded to float16 for float16 weights.  When every code is 0 the scale
+    depends on *format* as the converter's does: 1e-5 for ``"i2_s"`` (the default), 0.0 for
+    ``"tl1"`` and ``"tl2"`` (their ``<name>_scale`` tensor).  So ``codes * scale`` is exactly
+    what bitnet.cpp's kernels reconstruct.  float64 weights are
     rounded to float32 first and bf16 ones converted to float32 (both exact for bf16).
 
     >>> codes, s = quantize_weights(np.array([[0.2, -1.0, 0.05, 2.0]], dtype=np.float32))
     >>> codes.tolist(), s  # m = 0.8125; 1/fl32(1/m) is one float32 step below it
     ([[0, -1, 0, 1]], 0.8124999403953552)
     """
+    fmt = check_format(format)
     a = float_input(w, "w", (1, 2), "weights (M, K)", check_finite=False)
     flat = a.reshape(-1)
     am = _absmean(flat, a, "w")
@@ -208,7 +215,7 @@ def quantize_weights(w: object) -> tuple[npt.NDArray[np.int8], float]:
         return bool(codes[i:j].any())
 
     any_code = any(map_chunks(ternarize, len(spans), buffers, workers_for(a.size)))
-    return codes.reshape(a.shape), stored_scale(am, any_code, a.dtype)
+    return codes.reshape(a.shape), stored_scale(am, any_code, a.dtype, fmt)
 
 
 def _f32_rows(a: npt.NDArray[np.floating[Any]], name: str) -> npt.NDArray[np.float32]:

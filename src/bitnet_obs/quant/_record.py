@@ -33,7 +33,7 @@ from bitnet_obs._instruments import (
 )
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tally import AttrValue, key_of
-from bitnet_obs.quant._formats import I2S_BLOCK, quantize_activations
+from bitnet_obs.quant._formats import I2S_BLOCK, WEIGHT_SCALE_FLOOR, quantize_activations
 from bitnet_obs.quant._kernels import kernel_overflows
 from bitnet_obs.quant._lut import TL2_DEFAULT_BK
 from bitnet_obs.quant._stats import (
@@ -152,11 +152,17 @@ def record_weight_quantization(
 def emit_weight_report(
     name: str, report: WeightReport, formats: Sequence[str], seconds: float
 ) -> None:
-    """Record one weight report under each format label (shared by the CLI's --export)."""
+    """Record one weight report under each format label (shared by the CLI's --export).  The
+    formats share codes and scale, except an all-zero tensor's scale: 1e-5 in I2_S, 0.0 in
+    TL1/TL2, as bitnet.cpp's converter writes them."""
+    all_zero = report.code_fractions[1] == 1.0
     for fmt in formats:
         attrs = _attrs(fmt, "weight", "fp32", name)
         _emit(report.accuracy, attrs, seconds / max(1, len(formats)))
-        QUANT_SCALE.set(report.scale, attrs)
+        scale = report.scale
+        if all_zero:
+            scale = 0.0 if fmt in ("tl1", "tl2") else WEIGHT_SCALE_FLOOR
+        QUANT_SCALE.set(scale, attrs)
 
 
 def _row_sample(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -593,7 +593,7 @@ def weight_report(w: object, format: str = "i2_s", *, bk: int = TL2_DEFAULT_BK) 
         acc = _measure(size, fill, (a, "w"), None)
     n_neg = sum(c[0] for c in counts.values())
     n_pos = sum(c[1] for c in counts.values())
-    scale = stored_scale(am, n_neg + n_pos > 0, a.dtype)
+    scale = stored_scale(am, n_neg + n_pos > 0, a.dtype, fmt)
     return WeightReport(
         format=fmt,
         shape=(rows, k),

@@ -16,7 +16,8 @@ per byte in order ``(i, j, a, c, b)`` with the four 8-byte groups of each 32 byt
 0, 2, 1, 3; then the sign bits (``v < 0``) 16 per little-endian uint16 in order
 ``(i, j, a, c, y)`` holding triple ``q = j*BK/3 + c*8 + x // 2`` of row ``b = (x % 2)*16 + y``
 at bit ``15 - x``; then the K remainder (``K % BK``, a multiple of 32) as TL1 pairs tiled with
-BK = 32, bm = 32 and the same group order; then zeros up to the converter's size formula.
+BK = 32, bm = 32 and the same group order; then zeros up to the converter's size formula.  A
+tensor with K < BK has no 3-weight part: the converter writes its whole K as that remainder.
 
 The scale is not part of these bytes in the GGUF file: the converter writes it as a separate
 float32 tensor ``<name>_scale`` right after, which GGUF's 32-byte alignment places exactly where
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import stat
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -87,8 +89,7 @@ def read_kernel_config(path: str | os.PathLike[str]) -> dict[tuple[int, int], Ke
     """
     parser = configparser.ConfigParser()
     try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
+        parser.read_string(_small_text(path))
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         raise QuantInputError(
             f"cannot read kernel configuration {os.fspath(path)!r} ({exc}); accepted: a "
@@ -111,6 +112,22 @@ def read_kernel_config(path: str | os.PathLike[str]) -> dict[tuple[int, int], Ke
             "kernel_config.ini with [Kernels_N] sections"
         )
     return table
+
+
+_MAX_INI = 1 << 20
+
+
+def _small_text(path: str | os.PathLike[str]) -> str:
+    """A small regular text file: a FIFO or device named as the configuration is refused, not
+    waited on, and a huge file is not read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{os.fspath(path)} is not a regular file")
+        if st.st_size > _MAX_INI:
+            raise OSError(f"{st.st_size} bytes; a kernel_config.ini is at most {_MAX_INI}")
+        return f.read(_MAX_INI).decode("utf-8")
 
 
 def _config(tiling: object, shape: tuple[int, int], fmt: str) -> KernelConfig:
@@ -154,15 +171,17 @@ def _tl1_geometry(shape: tuple[int, int], cfg: KernelConfig, fmt: str = "TL1") -
 
 
 def _tl2_split(shape: tuple[int, int], cfg: KernelConfig) -> tuple[int, int]:
+    """(three_k, two_k) as the converter splits K.  K < BK is packed as the converter packs it:
+    no 3-weight groups at all (``three_k = 0``), every column a TL1-style pair."""
     m, k = shape
     bm, bk, bmm = cfg
     _require(min(cfg) > 0, "TL2", shape, cfg, "positive bm, bk and bmm")
     _require(bmm == _TL2_BM, "TL2", shape, cfg, "bmm == 32 (codegen_tl2.py)")
     _require(m % bm == 0 and bm % _TL2_BM == 0, "TL2", shape, cfg, "M % bm == 0, bm % 32 == 0")
-    _require(bk % 24 == 0, "TL2", shape, cfg, "bk % 24 == 0 (3-weight groups, 16 sign bits)")
     three_k = k // bk * bk
+    if three_k:  # the 3-weight tiles: groups of 3, 16 sign bits per uint16
+        _require(bk % 24 == 0, "TL2", shape, cfg, "bk % 24 == 0 (3-weight groups, 16 sign bits)")
     _require((k - three_k) % 32 == 0, "TL2", shape, cfg, "(K % bk) % 32 == 0")
-    _require(three_k > 0, "TL2", shape, cfg, "K >= bk")
     return three_k, k - three_k
 
 
@@ -385,7 +404,8 @@ def pack_tl2(codes: object, scale: object, config: Tiling) -> bytes:
     K splits into ``three_k = K // bk * bk`` columns of 3-weight groups (4-bit magnitudes, two
     per byte, then sign bits, 16 per uint16) and a remainder of TL1 pairs; the converter pads
     the whole to ``(K-256)*M//3*5//8 + 256*M//2*4//8`` bytes.  Needs bmm == 32, M % bm == 0,
-    bk % 24 == 0 and (K % bk) % 32 == 0 (codegen_tl2.py's rules).  Returns
+    bk % 24 == 0 (when K >= bk) and (K % bk) % 32 == 0 (codegen_tl2.py's rules); K < bk is all
+    remainder, as the converter writes it.  Returns
     :func:`packed_nbytes` ``("tl2", shape)`` bytes, the scale in the last 32.
 
     >>> data = pack_tl2(np.ones((160, 256), np.int8), 0.5, KernelConfig(160, 96, 32))

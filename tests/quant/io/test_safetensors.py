@@ -114,7 +114,7 @@ def _raw(header: dict[str, object], data: bytes = b"", hlen: int | None = None) 
     [
         (b"\x01\x02", "shorter than its 8-byte header"),
         (_raw({}, hlen=1 << 40), "exceeds the file"),
-        (struct.pack("<Q", 2) + b"{x", "bad JSON header"),
+        (struct.pack("<Q", 2) + b"{x", r"not a safetensors file \(its header is not valid JSON"),
         (
             _raw({"w": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}}, b"0000"),
             "unknown dtype",

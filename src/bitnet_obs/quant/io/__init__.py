@@ -139,17 +139,34 @@ def _tl_reader(kernel_config: str | os.PathLike[str] | None) -> tuple[TLReader |
 
 @dataclass(frozen=True)
 class FileSummary:
-    """What a model file holds, from its header alone (no tensor data is read)."""
+    """What a model file holds, from its header alone (no tensor data is read).
+
+    ``architecture`` (GGUF ``general.architecture``: ``bitnet``, ``llama``, ...) and
+    ``parameters`` (the elements of every weight tensor, as llama.cpp counts them) are None
+    where the format does not declare them.
+    """
 
     format: str
     type_counts: dict[str, int]
     size_bytes: int
+    architecture: str | None = None
+    parameters: int | None = None
 
 
 def summarize(path: str | os.PathLike[str]) -> FileSummary:
-    """Format, stored types with their tensor counts, and total size of a checkpoint."""
+    """Format, stored types with their tensor counts, and total size of a checkpoint (with the
+    architecture and parameter count of a GGUF file)."""
     with open_checkpoint(path) as ckpt:
-        return FileSummary(ckpt.format, ckpt.type_counts(), ckpt.size_bytes)
+        if not isinstance(ckpt, GGUFCheckpoint):
+            return FileSummary(ckpt.format, ckpt.type_counts(), ckpt.size_bytes)
+        arch = ckpt.metadata.get("general.architecture")
+        return FileSummary(
+            ckpt.format,
+            ckpt.type_counts(),
+            ckpt.size_bytes,
+            printable(arch)[:64] if isinstance(arch, str) and arch else None,
+            sum(t.size for t in ckpt.weights()),
+        )
 
 
 def content_hash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -15,7 +15,13 @@ from .._unpack import spread_2bit
 from .._validate import QuantInputError
 from ._common import ReadError
 
-__all__ = ["decode_hf_packed", "decode_q8_0", "decode_tq1_0", "decode_tq2_0"]
+__all__ = [
+    "check_block_scales",
+    "decode_hf_packed",
+    "decode_q8_0",
+    "decode_tq1_0",
+    "decode_tq2_0",
+]
 
 _I8 = npt.NDArray[np.int8]
 _U8 = npt.NDArray[np.uint8]
@@ -33,6 +39,20 @@ def _block_rows(data: _U8, n: int, block: int, nbytes: int, what: str) -> npt.ND
 def _f16_scales(rows: npt.NDArray[np.uint8], start: int) -> npt.NDArray[np.float32]:
     raw = np.ascontiguousarray(rows[:, start : start + 2])
     return raw.view("<f2").reshape(-1).astype(np.float32)
+
+
+def check_block_scales(scales: npt.NDArray[np.float32], what: str) -> None:
+    """Block scales as a converter writes them: finite and >= 0 (llama.cpp's TQ1_0/TQ2_0 store
+    max|x| of each block, 0 for an all-zero block).  A NaN or infinite scale is corruption, as
+    for I2_S and Q8_0: refused, never measured."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(scales) & (scales >= 0))
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ReadError(
+            f"{what}: block {first} has scale {float(scales[first])!r} ({int(bad.sum())} "
+            "such blocks); accepted: finite block scales >= 0"
+        )
 
 
 def decode_tq2_0(
@@ -78,8 +98,16 @@ def decode_q8_0(data: _U8, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
     n = int(np.prod(shape))
     rows = _block_rows(data, n, 32, 34, "Q8_0")
     q = rows[:, 2:].view(np.int8).astype(np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):  # a NaN/Inf scale: reported downstream
-        q *= _f16_scales(rows, 0)[:, None]
+    scales = _f16_scales(rows, 0)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(scales)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ReadError(
+            f"Q8_0 data: block {first} has scale {float(scales[first])!r}; accepted: finite "
+            "block scales"
+        )
+    q *= scales[:, None]
     return q.reshape(shape)
 
 

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from bitnet_obs._untrusted import printable
+
 __all__ = [
     "Checkpoint",
     "FloatTensor",
@@ -28,6 +30,7 @@ __all__ = [
     "TensorInfo",
     "TernaryTensor",
     "bf16_to_f32",
+    "checked_shape",
     "map_file",
     "open_regular",
     "printable",
@@ -242,21 +245,21 @@ def bf16_to_f32(raw: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
     return out.view(np.float32)
 
 
-def printable(text: str) -> str:
-    """*text* with control and other non-printable characters (and backslashes) escaped, so a
-    hostile tensor name cannot move the cursor or rewrite a terminal."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
+#: The largest dimension a header may declare.  A dimension bigger than anything a file can
+#: hold (even of a tensor with a zero dimension, which needs no bytes) is corruption: numpy
+#: cannot shape an array beyond 2**63 elements per axis, and nothing downstream should try.
+MAX_DIM = 1 << 40
+
+
+def checked_shape(shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """A shape read from a header, each dimension in [0, MAX_DIM]."""
+    for d in shape:
+        if not 0 <= d <= MAX_DIM:
+            raise ReadError(
+                f"{where}: declares a dimension of {d}; accepted: dimensions up to {MAX_DIM} "
+                "(corrupt or hostile header)"
+            )
+    return shape
 
 
 def checked_count(value: int, limit: int, what: str, where: str) -> int:

@@ -35,6 +35,7 @@ from ._common import (
     TernaryTensor,
     bf16_to_f32,
     checked_count,
+    checked_shape,
     printable,
 )
 
@@ -242,6 +243,7 @@ class GGUFCheckpoint(Checkpoint):
                     f"accepted: 1..{MAX_DIMS}"
                 )
             ne = [cur.u64(f"a dimension of {name!r}") for _ in range(n_dims)]
+            checked_shape(tuple(ne), f"{f.path}: tensor {printable(name)!r}")
             ttype = cur.u32(f"the type of {name!r}")
             offset = cur.u64(f"the offset of {name!r}")
             if name in seen:
@@ -366,6 +368,7 @@ class GGUFCheckpoint(Checkpoint):
         if dtype in ("TQ1_0", "TQ2_0"):
             decode = _bits.decode_tq1_0 if dtype == "TQ1_0" else _bits.decode_tq2_0
             codes, scales = decode(data, shape)
+            _bits.check_block_scales(scales, f"{printable(info.name)}: {dtype}")
             nonzero = scales[scales != 0]
             scale = float(np.median(nonzero)) if nonzero.size else 0.0
             return TernaryTensor(info.name, dtype.lower(), codes, scale, scales, 256)

@@ -34,6 +34,9 @@ _GGUF = re.compile(r"^blk\.(\d+)\.(" + "|".join(_GGUF_PROJ) + r")\.weight$")
 _NUMBER = re.compile(r"(?:^|\.)(\d+)(?=\.|$)")
 
 Kind = Literal["projection", "embedding", "norm", "lm_head", "other"]
+#: The largest layer number read from a name (more digits: the name has no layer).  A name is
+#: text a file chose; a number of hundreds of digits must not reach arithmetic or a chart.
+MAX_LAYER = 999_999
 
 
 @dataclass(frozen=True)
@@ -53,16 +56,23 @@ class Role:
         }[self.kind]
 
 
+def _number(digits: str) -> int | None:
+    """A layer number, or None beyond :data:`MAX_LAYER` (checked on the digits: no int() of a
+    thousand-digit string)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= len(str(MAX_LAYER)) and int(digits) <= MAX_LAYER else None
+
+
 def _layer(name: str) -> int | None:
     m = _NUMBER.search(name)
-    return int(m.group(1)) if m else None
+    return _number(m.group(1)) if m else None
 
 
 def role(name: str) -> Role:
     """Classify a tensor by name (Hugging Face or GGUF naming)."""
     m = _GGUF.match(name)
     if m:
-        return Role("projection", int(m.group(1)), _GGUF_PROJ[m.group(2)])
+        return Role("projection", _number(m.group(1)), _GGUF_PROJ[m.group(2)])
     m = _HF.search(name)
     if m:
         return Role("projection", _layer(name), m.group(1))
@@ -87,12 +97,24 @@ def gguf_names_for(hf_names: Iterable[str]) -> dict[str, str]:
             "comparing a GGUF file with Hugging Face master weights maps tensor names with the "
             "gguf package: pip install 'bitnet-obs[gguf]'"
         ) from None
-    names = list(hf_names)
-    layers = [r.layer for r in map(role, names) if r.layer is not None]
-    mapper = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BITNET, max(layers, default=0) + 1)
+    # One block's map, each name's layer number put back after: the map's cost does not grow
+    # with the layer numbers a (hostile) file's names carry.
+    mapper = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BITNET, 1)
     out: dict[str, str] = {}
-    for name in names:
-        mapped = mapper.get_name(name, try_suffixes=(".weight", ".bias"))
-        if mapped is not None:
+    for name in hf_names:
+        m = _NUMBER.search(name)
+        layer = _number(m.group(1)) if m else None
+        if m is None or layer is None:
+            mapped = mapper.get_name(name, try_suffixes=(".weight", ".bias"))
+            if mapped is not None and not mapped.startswith("blk."):
+                out[name] = mapped
+            continue
+        generic = f"{name[: m.start(1)]}0{name[m.end(1) :]}"
+        mapped = mapper.get_name(generic, try_suffixes=(".weight", ".bias"))
+        if mapped is None:
+            continue
+        if mapped.startswith("blk.0."):
+            out[name] = f"blk.{layer}.{mapped[len('blk.0.') :]}"
+        elif generic == name:  # the number was not a block id and the name maps as it is
             out[name] = mapped
     return out

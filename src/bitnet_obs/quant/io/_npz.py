@@ -24,6 +24,7 @@ from ._common import (
     ReadError,
     Tensor,
     TensorInfo,
+    checked_shape,
     printable,
 )
 
@@ -119,6 +120,7 @@ class NpzCheckpoint(Checkpoint):
             raise ReadError(f"{where}: not a readable .npy member ({exc!r})") from None
         if dtype.hasobject:
             raise ReadError(f"{where}: holds Python objects (pickles are refused)")
+        checked_shape(tuple(shape), where)
         n = 1
         for d in shape:
             n *= d

@@ -15,12 +15,13 @@ the default) divides, ``W = t / weight_scale``; offline ``AutoBitLinear`` multip
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bitnet_obs._untrusted import load_json
 
 from ._bits import decode_hf_packed
 from ._common import (
@@ -33,6 +34,7 @@ from ._common import (
     TensorInfo,
     TernaryTensor,
     bf16_to_f32,
+    checked_shape,
     map_file,
     printable,
 )
@@ -68,9 +70,9 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         if f.size > _MAX_JSON:
             raise ReadError(f"{path}: {f.size} bytes is too large for {what}")
-        return json.loads(bytes(f.buf).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ReadError(f"{path}: not valid JSON ({exc})") from None
+        return load_json(bytes(f.buf), f"{path}")
+    except ValueError as exc:
+        raise ReadError(str(exc)) from None
     finally:
         f.close()
 
@@ -117,9 +119,9 @@ class _Shard:
                 f"{f.size} bytes)"
             )
         try:
-            header = json.loads(bytes(f.buf[8 : 8 + hlen]).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ReadError(f"{f.path}: not a safetensors file (bad JSON header: {exc})") from None
+            header = load_json(bytes(f.buf[8 : 8 + hlen]), "its header", max_depth=4)
+        except ValueError as exc:
+            raise ReadError(f"{f.path}: not a safetensors file ({exc})") from None
         if not isinstance(header, dict):
             raise ReadError(f"{f.path}: not a safetensors file (the header is not an object)")
         self.data_start = 8 + hlen
@@ -136,19 +138,22 @@ class _Shard:
         if not isinstance(entry, dict):
             raise ReadError(f"{where}: the header entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in _DTYPES:
-            raise ReadError(f"{where}: unknown dtype {dtype!r}; accepted: {', '.join(_DTYPES)}")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            shown = repr(dtype)[:80]
+            raise ReadError(f"{where}: unknown dtype {shown}; accepted: {', '.join(_DTYPES)}")
         if not (
             isinstance(shape, list)
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         ):
-            raise ReadError(f"{where}: shape {shape!r} is not a list of ints >= 0")
+            raise ReadError(f"{where}: shape {repr(shape)[:80]} is not a list of ints >= 0")
+        checked_shape(tuple(shape), where)
         if not (
             isinstance(offsets, list)
             and len(offsets) == 2
             and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
         ):
-            raise ReadError(f"{where}: data_offsets {offsets!r} is not [begin, end]")
+            shown = repr(offsets)[:80]
+            raise ReadError(f"{where}: data_offsets {shown} is not [begin, end]")
         begin, end = offsets
         n = 1
         for d in shape:
@@ -292,10 +297,17 @@ def _locate(path: Path) -> tuple[Path, list[str]]:
             raise ReadError(f"{path}: no weight_map object; not a safetensors index")
         shards = []
         for name, shard in weight_map.items():
-            if not isinstance(shard, str) or not shard or Path(shard).name != shard:
+            if (
+                not isinstance(shard, str)
+                or not shard
+                or not shard.isprintable()
+                or shard in (".", "..")
+                or Path(shard).name != shard
+            ):
+                shown = repr(shard)[:120]
                 raise ReadError(
-                    f"{path}: tensor {printable(str(name))!r} maps to {shard!r}; accepted: a "
-                    "file name in the index's directory (no paths)"
+                    f"{path}: tensor {printable(str(name))!r} maps to {shown}; accepted: a "
+                    "file name in the index's directory (printable, no paths)"
                 )
             if shard not in shards:
                 shards.append(shard)

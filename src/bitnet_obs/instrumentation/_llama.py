@@ -1,0 +1,673 @@
+"""The patches: ``Llama``'s public calls monitored, its decoding loop read token by token.
+
+Per call:
+
+- ``Llama.__call__``, ``create_completion`` and ``create_chat_completion`` are one monitored
+  inference each (``text_completion`` / ``chat``), ``create_embedding`` and ``embed`` one
+  ``embeddings`` inference. The outermost call is the request: the calls it makes itself
+  (``__call__`` → ``create_completion``, a chat handler → ``create_completion``,
+  ``create_embedding`` → ``embed``) run untouched inside it.
+- ``Llama.generate``, inside a request only: the prompt ids handed to the engine are the input
+  tokens, and every id it samples is an output token, stamped as it arrives (time to first
+  token, every inter-token gap, prefill vs decode), counted and judged for degenerate output at
+  the end of the loop; when the logits sample is drawn, the last step's logits are read from
+  the context and observed. Outside a request ``generate`` is the original generator.
+- ``stream=True``: the call still returns a generator; the request is open from the call until
+  the stream ends (exhausted, closed or collected), each step runs in the request's own context
+  (the consumer never sees our span or ``current_inference()`` between chunks), and ``send``,
+  ``throw`` and ``close`` reach the engine's generator.
+
+Per model, once: ``Llama.__init__`` through :func:`bitnet_obs.monitor_model_load` (name and
+format from the GGUF header, provenance and a background SHA-256 from ``path=``), one
+:class:`InferenceMonitor` per operation; ``Llama.close`` (or the object's collection) through
+:func:`bitnet_obs.unload_model`. A model created before ``instrument()`` is described at its
+first call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import threading
+import weakref
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+from llama_cpp import Llama
+
+from bitnet_obs import (
+    ConfigError,
+    InferenceContext,
+    InferenceMonitor,
+    _config,
+    _state,
+    monitor_model_load,
+    unload_model,
+)
+from bitnet_obs import _semconv as sc
+from bitnet_obs._selfmon import internal_error
+from bitnet_obs.instrumentation._llama_model import ModelFile, describe_file
+from bitnet_obs.instrumentation._options import LlamaOptions
+
+#: Streamed ids reported (counted, judged) in chunks of this many: bounded memory per request.
+FLUSH_IDS = 4096
+
+#: The request in flight in this context (None outside one).
+_request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
+    "bitnet_obs_llama_cpp", default=None
+)
+
+#: (attribute of Llama, operation): each one this llama-cpp-python has is patched.
+CALLS = (
+    ("__call__", "text_completion"),
+    ("create_completion", "text_completion"),
+    ("create_chat_completion", "chat"),
+)
+EMBEDDINGS = ("create_embedding", "embed")
+#: llama.cpp's finish reasons -> ours (``function_call`` is the legacy name of a tool call).
+FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+
+
+class _Request:
+    """One monitored call: where the engine's tokens go."""
+
+    __slots__ = ("inference", "sampling")
+
+    def __init__(self, inference: InferenceContext) -> None:
+        self.inference = inference
+        self.sampling = False  # its sampling parameters are on the span
+
+
+@dataclass(frozen=True)
+class Method:
+    """Where one public method takes the arguments we read (positions after ``self``)."""
+
+    name: str
+    operation: str
+    positions: Mapping[str, int]
+    defaults: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, name: str, operation: str, fn: Callable[..., Any]) -> Method:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        positions = {
+            p.name: i
+            for i, p in enumerate(params)
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
+        defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        return cls(name, operation, positions, defaults)
+
+    def argument(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """The value the call passes for ``name`` (or its default; None if it has neither)."""
+        if name in kwargs:
+            return kwargs[name]
+        at = self.positions.get(name)
+        if at is not None and at < len(args):
+            return args[at]
+        return self.defaults.get(name)
+
+
+class _Model:
+    """What one Llama object resolved: its file's facts, device and monitors."""
+
+    __slots__ = ("device", "file", "finalizer", "monitors")
+
+    def __init__(self, file: ModelFile, device: str) -> None:
+        self.file = file
+        self.device = device
+        self.monitors: dict[str, InferenceMonitor] = {}
+        self.finalizer: weakref.finalize[Any, Any] | None = None  # its unload, once
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """A stream's call raised before returning its generator."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _Returned:
+    """A ``stream=True`` call returned something other than a generator."""
+
+    value: Any
+
+
+_READY = object()
+
+
+class Instrumentation:
+    """One instrument()/uninstrument() cycle: the patches and the per-model cache."""
+
+    def __init__(self, options: LlamaOptions) -> None:
+        self.options = options
+        self.active = False
+        self._lock = threading.Lock()  # re-created in a forked child
+        _instances.add(self)
+        self._models: weakref.WeakKeyDictionary[Any, _Model] = weakref.WeakKeyDictionary()
+        self._originals: dict[str, Any] = {}
+        self._patches: dict[str, Any] = {}
+        for name, operation in CALLS:
+            self._patch(name, functools.partial(self._wrap_call, name=name, operation=operation))
+        for name in EMBEDDINGS:
+            self._patch(name, functools.partial(self._wrap_embedding, name=name))
+        self._patch("generate", self._wrap_generate)
+        self._patch("__init__", self._wrap_init)
+        self._patch("close", self._wrap_close)
+
+    def _patch(self, name: str, wrap: Callable[[Any], Any]) -> None:
+        original = Llama.__dict__.get(name)
+        if inspect.isfunction(original):  # a version without it keeps its shape
+            self._originals[name] = original
+            self._patches[name] = wrap(original)
+
+    # ----- install / uninstall -----
+    def install(self) -> None:
+        self.active = True
+        for name, patch in self._patches.items():
+            setattr(Llama, name, patch)
+
+    def uninstall(self) -> None:
+        """Put back the originals (unless someone patched over us: then we only go inert)."""
+        self.active = False
+        for name, patch in self._patches.items():
+            if Llama.__dict__.get(name) is patch:
+                setattr(Llama, name, self._originals[name])
+        with self._lock:
+            models = list(self._models.values())
+            self._models.clear()
+        for model in models:  # loaded models stay loaded; we stop watching them
+            if model.finalizer is not None:
+                model.finalizer.detach()
+
+    # ----- per model -----
+    def _model(self, llama: Any, file: ModelFile | None = None) -> _Model:
+        model = self._models.get(llama)
+        if model is not None:
+            return model
+        if file is None:
+            file = describe_file(getattr(llama, "model_path", None))
+        with self._lock:
+            model = self._models.get(llama)
+            if model is None:  # another thread may have described it meanwhile
+                model = self._models[llama] = _Model(file, _device(llama))
+            return model
+
+    def _monitor(self, llama: Any, operation: str) -> InferenceMonitor | None:
+        """The model's monitor for ``operation``; None (the call runs as without us) if it
+        cannot be built. Never raises."""
+        try:
+            model = self._models.get(llama) or self._model(llama)
+            monitor = model.monitors.get(operation)
+            if monitor is None:
+                monitor = model.monitors[operation] = self._build(model, operation)
+            return monitor
+        except Exception as exc:
+            internal_error("llama_cpp_prepare", exc)
+            return None
+
+    def _build(self, model: _Model, operation: str) -> InferenceMonitor:
+        options, file = self.options, model.file
+        fixed: dict[str, Any] = {
+            "model": file.name,
+            "response_model": file.name,  # the file that answers is the one asked for
+            "operation": operation,
+            "provider": options.provider,
+            "quant_format": file.quant_format,
+            "server_address": options.server_address,
+            "server_port": options.server_port,
+        }
+        try:
+            return InferenceMonitor(device=model.device, **fixed)
+        except ConfigError:  # a device name outside the accepted pattern
+            return InferenceMonitor(device="other", **fixed)
+
+    # ----- load / unload -----
+    def _wrap_init(self, original: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(original)
+        def __init__(llama: Any, *args: Any, **kwargs: Any) -> None:
+            load = self._load(args, kwargs) if self.active and self.options.model_load else None
+            if load is None:
+                original(llama, *args, **kwargs)
+                return
+            monitor, file, device = load
+            with monitor as loading:
+                original(llama, *args, **kwargs)
+                self._loaded(llama, loading, file, device)
+
+        return __init__
+
+    def _load(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[Any, ModelFile, str] | None:
+        try:
+            if kwargs.get("vocab_only"):  # a tokenizer, not a model that serves
+                return None
+            path = args[0] if args else kwargs.get("model_path")
+            file = describe_file(path)
+            layers = kwargs.get("n_gpu_layers", 0)
+            device = "gpu" if layers and llama_cpp.llama_supports_gpu_offload() else "cpu"
+            options = self.options
+            monitor = monitor_model_load(
+                model=file.name,
+                quant_format=file.quant_format,
+                device=device,
+                mark_ready=options.mark_ready,
+                path=path if isinstance(path, str) else None,
+                hash_content=options.hash_content,
+            )
+            return monitor, file, device
+        except Exception as exc:
+            internal_error("llama_cpp_load", exc)
+            return None
+
+    def _loaded(self, llama: Any, loading: Any, file: ModelFile, device: str) -> None:
+        """After a successful load: its size in memory, its facts cached, its unload armed."""
+        try:
+            loading.set_size(int(llama_cpp.llama_model_size(llama.model)))
+            model = self._model(llama, file)
+            attrs = {"model": file.name, "quant_format": file.quant_format, "device": device}
+            finalizer = weakref.finalize(llama, _unload, attrs)
+            finalizer.atexit = False  # an exiting process unloads nothing worth recording
+            model.finalizer = finalizer
+        except Exception as exc:
+            internal_error("llama_cpp_load", exc)
+
+    def _wrap_close(self, original: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(original)
+        def close(llama: Any) -> None:
+            try:
+                original(llama)
+            finally:
+                try:
+                    model = self._models.get(llama)
+                    if model is not None and model.finalizer is not None:
+                        model.finalizer()  # once: a later close or the collection is a no-op
+                except Exception as exc:
+                    internal_error("llama_cpp_unload", exc)
+
+        return close
+
+    # ----- calls -----
+    def _wrap_call(self, original: Callable[..., Any], *, name: str, operation: str) -> Any:
+        method = Method.of(name, operation, original)
+
+        @functools.wraps(original)
+        def call(llama: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self.active or _request.get() is not None:
+                return original(llama, *args, **kwargs)
+            monitor = self._monitor(llama, operation)
+            if monitor is None:
+                return original(llama, *args, **kwargs)
+            if _streams(method, args, kwargs):
+                return self._open_stream(original, llama, monitor, method, args, kwargs)
+            with monitor as inference:
+                request = _Request(inference)
+                _begin(inference, method, args, kwargs, False)
+                token = _request.set(request)
+                try:
+                    result = original(llama, *args, **kwargs)
+                finally:
+                    _request.reset(token)
+                _finish(inference, result)
+            return result
+
+        return call
+
+    def _open_stream(
+        self,
+        original: Callable[..., Any],
+        llama: Any,
+        monitor: InferenceMonitor,
+        method: Method,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Call the original as the stream's first step; return our generator over its stream
+        (or what it raised or returned, as it did)."""
+        steps = self._stream(original, llama, monitor, method, args, kwargs)
+        try:
+            next(steps)
+        except StopIteration as done:
+            outcome = done.value
+        else:
+            return steps
+        if isinstance(outcome, _Raised):
+            error = outcome.error
+            raise error  # outside the handler: the caller's exception, its context untouched
+        return outcome.value if isinstance(outcome, _Returned) else outcome
+
+    def _stream(
+        self,
+        original: Callable[..., Any],
+        llama: Any,
+        monitor: InferenceMonitor,
+        method: Method,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Generator[Any, Any, Any]:
+        ctx = contextvars.copy_context()
+        run = ctx.run
+        inference = run(monitor.__enter__)  # entered and exited from this generator's frame
+        run(_request.set, _Request(inference))
+        _begin(inference, method, args, kwargs, True)
+        try:
+            inner = run(original, llama, *args, **kwargs)
+        except BaseException as error:
+            run(monitor.__exit__, type(error), error, error.__traceback__)
+            return _Raised(error)
+        if not isinstance(inner, Iterator):  # a handler that does not stream: as it returned
+            _finish(inference, inner)
+            run(monitor.__exit__, None, None, None)
+            return _Returned(inner)
+        send = getattr(inner, "send", None)
+        throw = getattr(inner, "throw", None)
+        value: Any = None
+        thrown: BaseException | None = None
+        ended: BaseException | None = None
+        last: Any = None
+        try:
+            try:
+                value = yield _READY
+            except GeneratorExit:
+                raise
+            except BaseException as error:  # thrown in before the first step: into the stream
+                thrown = error
+            while True:
+                try:
+                    if thrown is not None:
+                        into, thrown = thrown, None
+                        if throw is None:
+                            raise into
+                        item = run(throw, into)
+                    elif send is not None:
+                        item = run(send, value)
+                    else:
+                        item = run(next, inner)
+                except StopIteration as stop:
+                    return stop.value
+                last = item
+                try:
+                    value = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as error:  # the consumer's throw(): into the stream
+                    thrown, value = error, None
+        except GeneratorExit as closing:  # the consumer's close(), or garbage collection
+            # after the chunk that says why it finished, the answer is complete: not cancelled
+            ended = None if _reason(last) is not None else closing
+            close = getattr(inner, "close", None)
+            if close is not None:
+                try:
+                    run(close)
+                except BaseException as error:  # the stream ignored GeneratorExit
+                    ended = error
+                    raise
+            raise
+        except BaseException as error:
+            ended = error
+            raise
+        finally:
+            if ended is None:
+                _finish(inference, last)
+            run(monitor.__exit__, None if ended is None else type(ended), ended, None)
+
+    def _wrap_embedding(self, original: Callable[..., Any], *, name: str) -> Any:
+        method = Method.of(name, "embeddings", original)
+        counted = "return_count" in method.positions  # embed(): the engine's own count
+
+        @functools.wraps(original)
+        def embed(llama: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self.active or _request.get() is not None:
+                return original(llama, *args, **kwargs)
+            monitor = self._monitor(llama, "embeddings")
+            if monitor is None:
+                return original(llama, *args, **kwargs)
+            wanted = None
+            if counted:  # ask for the count; give back what the caller asked for
+                wanted = method.argument("return_count", args, kwargs)
+                at = method.positions["return_count"]
+                if at < len(args):
+                    args = (*args[:at], True, *args[at + 1 :])
+                else:
+                    kwargs["return_count"] = True
+            with monitor as inference:
+                token = _request.set(_Request(inference))
+                try:
+                    result = original(llama, *args, **kwargs)
+                finally:
+                    _request.reset(token)
+                if counted:
+                    result = _embedded(inference, result, wanted)
+                else:
+                    _finish(inference, result)
+            return result
+
+        return embed
+
+    # ----- the decoding loop -----
+    def _wrap_generate(self, original: Callable[..., Any]) -> Any:
+        @functools.wraps(original)
+        def generate(llama: Any, *args: Any, **kwargs: Any) -> Any:
+            request = _request.get()
+            inner = original(llama, *args, **kwargs)
+            if request is None or not self.active:
+                return inner
+            prompt = args[0] if args else kwargs.get("tokens")
+            return _tokens(inner, request, llama, prompt, kwargs)
+
+        return generate
+
+
+def _tokens(
+    inner: Generator[int, Any, None],
+    request: _Request,
+    llama: Any,
+    prompt: Any,
+    kwargs: Mapping[str, Any],
+) -> Generator[int, Any, None]:
+    """The engine's token generator, each sampled id stamped and kept for the end."""
+    inference = request.inference
+    try:
+        inference.add_input_tokens(len(prompt))
+        if not request.sampling:
+            request.sampling = True
+            _sampling(inference, kwargs)
+    except Exception as exc:
+        internal_error("llama_cpp_generate", exc)
+    mark = inference.mark_token
+    ids: list[int] = []
+    append = ids.append
+    reported = False
+    settings = _config.current()  # outputs too short to be judged are only counted
+    judged = settings.degenerate_min_tokens if settings.degenerate_detection else FLUSH_IDS + 1
+    send, throw = inner.send, inner.throw
+    value: Any = None
+    thrown: BaseException | None = None
+    try:
+        while True:
+            try:
+                if thrown is None:
+                    token = send(value)
+                else:
+                    into, thrown = thrown, None
+                    token = throw(into)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            mark()
+            append(token)
+            if len(ids) >= FLUSH_IDS:
+                inference.add_output_ids(_id_array(ids))
+                reported = True
+                ids = []
+                append = ids.append
+            try:
+                value = yield token
+            except GeneratorExit:
+                raise
+            except BaseException as error:
+                thrown, value = error, None
+    except GeneratorExit:  # the completion stopped reading (EOS, stop string, max_tokens)
+        inner.close()
+        raise
+    finally:
+        if reported or len(ids) >= judged:
+            inference.add_output_ids(_id_array(ids))  # counted, and judged for degenerate output
+        elif ids:
+            inference.add_output_tokens(len(ids))
+        if ids or reported:
+            inference.observe_logits(functools.partial(last_logits, llama))
+
+
+def _id_array(ids: list[int]) -> Any:
+    """The sampled ids as one int64 array (what the detector reads, without checking every
+    element's type again); the list itself if they are not all ids."""
+    try:
+        return np.array(ids, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return ids
+
+
+def last_logits(llama: Any) -> npt.NDArray[np.float32]:
+    """The logits of the last decoded position, copied out of the llama.cpp context: those the
+    last sampled token was drawn from (nothing is decoded after the loop stops)."""
+    data = llama_cpp.llama_get_logits_ith(llama.ctx, -1)
+    if not data:
+        raise ValueError("llama.cpp has no logits for the last position")
+    view = np.ctypeslib.as_array(data, shape=(int(llama.n_vocab()),))
+    return np.array(view, dtype=np.float32)  # a copy: the context's buffer is reused
+
+
+# ----- what a call says, read once (never raising) -----
+
+
+def _streams(method: Method, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    try:
+        return bool(method.argument("stream", args, kwargs))
+    except Exception:  # a stream flag that is not a bool: the engine decides, as without us
+        return False
+
+
+def _begin(
+    inference: InferenceContext,
+    method: Method,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    streamed: bool,
+) -> None:
+    """The request's own parameters on the span: stream, max_tokens, seed."""
+    try:
+        inference.set_stream(streamed)
+        limit = method.argument("max_tokens", args, kwargs)
+        if type(limit) is int and limit > 0:
+            inference.set_attribute(sc.REQUEST_MAX_TOKENS, limit)
+        seed = method.argument("seed", args, kwargs)
+        if type(seed) is int:
+            inference.set_attribute(sc.REQUEST_SEED, seed)
+    except Exception as exc:
+        internal_error("llama_cpp_request", exc)
+
+
+def _sampling(inference: InferenceContext, kwargs: Mapping[str, Any]) -> None:
+    """The sampling parameters ``generate`` runs with (after the chat handler's and the
+    completion's defaults): those that apply. top_p and top_k only when sampling (temperature
+    above 0), a penalty only when there is one (llama-cpp-python always passes 0.0)."""
+    temp = kwargs.get("temp")
+    if type(temp) is not float and type(temp) is not int:
+        return
+    inference.set_attribute(sc.REQUEST_TEMPERATURE, temp)
+    if temp > 0:
+        top_p, top_k = kwargs.get("top_p"), kwargs.get("top_k")
+        if type(top_p) is float or type(top_p) is int:
+            inference.set_attribute(sc.REQUEST_TOP_P, top_p)
+        if type(top_k) is int:  # an int in the conventions
+            inference.set_attribute(sc.REQUEST_TOP_K, top_k)
+    for key, name in _PENALTIES:
+        value = kwargs.get(key)
+        if value and (type(value) is float or type(value) is int):
+            inference.set_attribute(name, value)
+
+
+#: ``generate``'s penalties -> their attributes (each recorded when it is not 0).
+_PENALTIES = (
+    ("frequency_penalty", sc.REQUEST_FREQUENCY_PENALTY),
+    ("presence_penalty", sc.REQUEST_PRESENCE_PENALTY),
+)
+
+
+def _reason(result: Any) -> str | None:
+    """The finish reason of a completion's or chat completion's first choice (or chunk)."""
+    if isinstance(result, dict):
+        choices = result.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            reason = choices[0].get("finish_reason")
+            if isinstance(reason, str):
+                return FINISH.get(reason, "other")
+    return None
+
+
+def _finish(inference: InferenceContext, result: Any) -> None:
+    """Why generation ended (a completion's or chat completion's first choice, or a stream's
+    last chunk), or an embedding response's token count."""
+    try:
+        if not isinstance(result, dict):
+            return
+        reason = _reason(result)
+        if reason is not None:
+            inference.set_finish_reason(reason)
+            return
+        usage = result.get("usage")
+        if result.get("object") == "list" and isinstance(usage, dict):
+            tokens = usage.get("prompt_tokens")
+            if type(tokens) is int:
+                inference.add_input_tokens(tokens)
+    except Exception as exc:
+        internal_error("llama_cpp_finish", exc)
+
+
+def _embedded(inference: InferenceContext, result: Any, wanted: Any) -> Any:
+    """``embed(..., return_count=True)``'s (output, tokens): the tokens counted, the result as
+    the caller asked for it."""
+    if not (isinstance(result, tuple) and len(result) == 2):
+        return result  # pragma: no cover - a different llama-cpp-python
+    try:
+        if type(result[1]) is int:
+            inference.add_input_tokens(result[1])
+    except Exception as exc:
+        internal_error("llama_cpp_finish", exc)
+    return result if wanted else result[0]
+
+
+def _device(llama: Any) -> str:
+    """``gpu`` when layers are offloaded to a device, else ``cpu``."""
+    try:
+        layers = getattr(getattr(llama, "model_params", None), "n_gpu_layers", 0)
+        if layers and llama_cpp.llama_supports_gpu_offload():
+            return "gpu"
+    except Exception as exc:
+        internal_error("llama_cpp_device", exc)
+    return "cpu"
+
+
+def _unload(attrs: dict[str, str]) -> None:
+    unload_model(**attrs)  # never raises
+
+
+_instances: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
+
+
+@_state.on_fork
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        instance._lock = threading.Lock()  # a parent thread may have held it at fork time
