@@ -286,12 +286,7 @@ class Call(Placement, Reporter):
             self.span.set_attribute("bitnet.kernel", name)
         declared = self.site.kernel
         if first and declared is not None and name != declared:
-            attrs: dict[str, AttrValue] = {
-                sc.REQUEST_MODEL: self.model or "",
-                "bitnet.kernel.declared": declared,
-                "bitnet.kernel.actual": name,
-            }
-            _instruments.KERNEL_FALLBACKS.add(key_of(attrs), 1)
+            _count_kernel_fallback(self.model or "", declared, name)
 
     def set_finish_reason(self, reason: str) -> None:
         self.facts.finish_reason = finish_reason(reason)
@@ -331,7 +326,7 @@ class Call(Placement, Reporter):
         try:
             counter = self.site.count_item
             if counter is not None:
-                self._add_counted("count_stream_item", counter(item), output=True)
+                _add_counted(self.facts, "count_stream_item", counter(item), output=True)
             elif not facts.explicit_output:
                 facts.output_tokens += default_item_count(item)
             response = facts.response
@@ -349,15 +344,6 @@ class Call(Placement, Reporter):
             meter.chunk(item)
             if may_hold_ids(item):
                 meter.id_chunk(item)
-
-    def _add_counted(self, where: str, value: object, output: bool) -> None:
-        count = as_count(value)
-        if count is None:
-            internal_error("bad_token_count", detail=f"{where} returned {describe(value)}")
-        elif output:
-            self.facts.output_tokens += count
-        else:
-            self.facts.input_tokens += count
 
     def output_watch(self) -> OutputWatch:
         watch = self.watch
@@ -462,11 +448,11 @@ def count_result(call: Call, result: Any) -> None:
         return
     try:
         if site.count_output is not None:
-            call._add_counted("count_output", site.count_output(result), output=True)
+            _add_counted(call.facts, "count_output", site.count_output(result), output=True)
         elif not facts.explicit_output:
             facts.output_tokens += default_output_count(result) or 0
         if site.count_input is not None:
-            call._add_counted("count_input", site.count_input(result), output=False)
+            _add_counted(call.facts, "count_input", site.count_input(result), output=False)
         elif not facts.explicit_input:
             facts.input_tokens += default_input_count(result) or 0
         if facts.response is None and isinstance(result, str) and site.capture():
@@ -475,6 +461,27 @@ def count_result(call: Call, result: Any) -> None:
         internal_error("token_counter", _config.loggable(exc), f"{describe(result)} result")
     if may_hold_ids(result) and not _short_ids(result):
         outputs().judge_result(call.output_watch(), result)
+
+
+def _add_counted(facts: RequestFacts, where: str, value: object, output: bool) -> None:
+    """A counter's answer, checked: a bad one is counted and left out."""
+    count = as_count(value)
+    if count is None:
+        internal_error("bad_token_count", detail=f"{where} returned {describe(value)}")
+    elif output:
+        facts.output_tokens += count
+    else:
+        facts.input_tokens += count
+
+
+def _count_kernel_fallback(model: str, declared: str, actual: str) -> None:
+    """A call took another kernel than the one its decorator declared."""
+    attrs: dict[str, AttrValue] = {
+        sc.REQUEST_MODEL: model,
+        "bitnet.kernel.declared": declared,
+        "bitnet.kernel.actual": actual,
+    }
+    _instruments.KERNEL_FALLBACKS.add(key_of(attrs), 1)
 
 
 def may_hold_ids(value: Any) -> bool:
