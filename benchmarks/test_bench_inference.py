@@ -36,7 +36,10 @@ OPTIONAL = ("openlit", "traceloop", "prometheus_client", "ours-sampled-nodetect"
 #: Another checkout's ``src`` (e.g. ``git archive main src | tar -x -C /tmp/main``): its
 #: bitnet-obs runs the ``base-*`` configurations beside ours, before/after in one run.
 BASELINE = os.environ.get("BENCH_BASELINE_SRC")
-CALL_BATCH, STREAM_BATCH, ROUNDS = 50, 10, 100
+#: Calls (streams) per timed batch: each batch starts in a process the others just pushed out
+#: of the caches, a cost a larger batch spreads thinner (``BENCH_CALL_BATCH`` to try one).
+CALL_BATCH = int(os.environ.get("BENCH_CALL_BATCH", "50"))
+STREAM_BATCH, ROUNDS = 10, 100
 REPLICAS = 2  # processes per configuration: one process's layout and hash seed can bias it
 SKIPPED: dict[str, str] = {}
 LOADS: dict[str, tuple[float, float, float]] = {}
