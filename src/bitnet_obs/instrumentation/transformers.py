@@ -24,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from bitnet_obs import ConfigError, InferenceMonitor
+from bitnet_obs import ConfigError
+from bitnet_obs._attributes import check_operation, check_provider, endpoint
+from bitnet_obs._config import Flag
 from bitnet_obs.instrumentation._options import Options
 
 try:
@@ -49,6 +51,7 @@ _OPTIONS = (
     "server_address",
     "server_port",
 )
+_FLAGS = ("layer_fidelity", "weight_accuracy")
 
 
 class TransformersInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -112,16 +115,13 @@ def _options(kwargs: dict[str, Any]) -> Options:
             f"TransformersInstrumentor.instrument() got {', '.join(unknown)}; accepted: "
             f"{', '.join(_OPTIONS)}{hint}"
         )
-    operation = kwargs.get("operation", "text_completion")
-    provider = kwargs.get("provider", "transformers")
+    # the checks every monitor makes (ConfigError naming what is accepted), without building
+    # one: a monitor declares its request series, and these options have no model yet
+    operation = check_operation(kwargs.get("operation", "text_completion"))
+    provider = check_provider(kwargs.get("provider", "transformers"))
     address, port = kwargs.get("server_address"), kwargs.get("server_port")
-    # raises ConfigError if wrong
-    InferenceMonitor(
-        operation=operation, provider=provider, server_address=address, server_port=port
-    )
-    for flag in ("layer_fidelity", "weight_accuracy"):
-        if not isinstance(kwargs.get(flag, True), bool):
-            raise ConfigError(f"{flag}={kwargs[flag]!r} is not valid; accepted: True or False")
+    endpoint(None, address, port)
+    flags = {name: Flag().check(name, kwargs.get(name, True)) for name in _FLAGS}
     rate = kwargs.get("fidelity_sample_rate")
     if rate is not None and (
         isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0
@@ -140,12 +140,11 @@ def _options(kwargs: dict[str, Any]) -> Options:
     return Options(
         operation=operation,
         provider=provider,
-        layer_fidelity=kwargs.get("layer_fidelity", True),
         fidelity_sample_rate=None if rate is None else float(rate),
         fidelity_layers=layers,
-        weight_accuracy=kwargs.get("weight_accuracy", True),
         server_address=address,
         server_port=port,
+        **flags,
     )
 
 
