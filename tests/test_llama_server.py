@@ -292,6 +292,9 @@ def test_the_sidecar_takes_a_broken_server_out_of_rotation(
     assert re.search(r"bitnet_crossval_passing\{[^}]*\} 0\.0", metrics)
     sidecar.wait_log("FAIL: case ")
     assert sidecar.stop() == 0
+    # each failure said once: its FAIL line, not the canary's log record of it beside
+    said = [line for line in sidecar.log().splitlines() if "diverges" in line]
+    assert said and all(line.startswith("FAIL: case ") for line in said), said
 
 
 def test_the_sidecar_follows_a_server_that_dies(
@@ -306,9 +309,13 @@ def test_the_sidecar_follows_a_server_that_dies(
             sidecar.wait_for("/health/ready", lambda c, t: c == 503 and "refused" in t)
         )
         assert body["reasons"] == [f"canary: case 0: {server.url}/completion: connection refused"]
+        sidecar.wait_log("connection refused")
     finally:
         server.stop()
     assert sidecar.stop() == 0
+    said = [line for line in sidecar.log().splitlines() if "connection refused" in line]
+    fail = f"FAIL: case 0: {server.url}/completion: connection refused"
+    assert said and all(line == fail for line in said), said  # never the log record beside
 
 
 def test_the_sidecar_is_not_ready_before_its_first_pass(

@@ -26,6 +26,8 @@ from bitnet_obs._parsers import Number
 from bitnet_obs._selfmon import internal_error, logger
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+#: The attribute naming the canary on the log records of its verdicts (``logging``'s extra).
+LOG_KEY = "bitnet_canary"
 _live: weakref.WeakSet[Canary] = weakref.WeakSet()
 _names_lock = threading.Lock()
 _running: dict[str, Canary] = {}  # name -> the started canary whose health check it is
@@ -208,10 +210,11 @@ class Canary:
                 news = report.reason != self._logged
                 self._logged = report.reason
             emit_metrics(report)  # after the state: a scrape never runs ahead of a probe
+        said = {LOG_KEY: self.name}  # whose record: `bitnet-obs canary` prints its own
         if news and not report.passed:  # once per new reason, not once per run
-            logger.warning("canary %r failed: %s", self.name, report.reason)
+            logger.warning("canary %r failed: %s", self.name, report.reason, extra=said)
         elif news:
-            logger.info("canary %r passes again", self.name)
+            logger.info("canary %r passes again", self.name, extra=said)
         return report
 
     def _loop(self, stop: threading.Event) -> None:

@@ -18,6 +18,7 @@ Each change of verdict is printed as one line (reasons name the case and the tok
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -204,11 +205,26 @@ def _verdict(report: Any) -> str:
     return f"FAIL: {printable(report.reason)}"
 
 
+class _PrintedHere(logging.Filter):
+    """Drops the canary's own log records of its verdicts: the sidecar prints each one itself
+    (a ``FAIL:`` line), and Python's last-resort handler would say it a second time."""
+
+    def __init__(self, name: str) -> None:
+        from bitnet_obs._canary import LOG_KEY
+
+        super().__init__()
+        self.key, self.canary = LOG_KEY, name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, self.key, None) != self.canary
+
+
 def _run(args: argparse.Namespace) -> int:
     import bitnet_obs
     from bitnet_obs import health
     from bitnet_obs._canary import Canary
     from bitnet_obs._golden import load
+    from bitnet_obs._selfmon import logger
 
     candidate = server_from(args, args.timeout)
     golden = load(args.golden)
@@ -230,6 +246,7 @@ def _run(args: argparse.Namespace) -> int:
         max_kl=args.max_kl,
     )
     stop = threading.Event()
+    printed_here = _PrintedHere(canary.name)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -248,6 +265,7 @@ def _run(args: argparse.Namespace) -> int:
         if telemetry.metrics_url:
             print(f"  metrics: {telemetry.metrics_url}", flush=True)
             print(f"  ready:   {telemetry.health_url}/ready", flush=True)
+        logger.addFilter(printed_here)
         canary.start()
         health.mark_ready()  # from now on the canary's own check decides
         seen, said = 0, ""
@@ -264,6 +282,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         health.mark_not_ready("stopping")
         canary.stop(timeout=2.0)
+        logger.removeFilter(printed_here)
         bitnet_obs.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

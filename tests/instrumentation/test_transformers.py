@@ -105,13 +105,25 @@ def test_wrong_options_raise_config_error() -> None:
         {"fidelity_layers": 0},
         {"operation": "sing"},
         {"weight_accuracy": "yes"},
+        {"layer_fidelity": 1},
+        {"provider": "hugging face"},
         {"tracer_provider": object()},
         {"server_port": 8080},  # a port needs its address
         {"server_address": "h", "server_port": "80"},
     ):
-        with pytest.raises(bitnet_obs.ConfigError):
+        with pytest.raises(bitnet_obs.ConfigError) as raised:
             instrumentor.instrument(**options)
         assert not instrumentor.is_instrumented_by_opentelemetry
+        assert "accepted" in str(raised.value)
+
+
+def test_options_leave_no_series_behind(instrument: Instrument, cap: TelemetryCapture) -> None:
+    """Checking the options builds no monitor: no request series of a model named "unknown"
+    (nor any other) before a model generates."""
+    instrument(operation="chat", provider="my-engine", server_address="h", server_port=80)
+    assert cap.points("bitnet.inference.requests") == []
+    active = cap.points("bitnet.inference.active_requests")  # earlier tests' models stay
+    assert not [p for p in active if p.attributes["gen_ai.request.model"] == "unknown"]
 
 
 def test_response_model_and_the_endpoint_it_is_given(

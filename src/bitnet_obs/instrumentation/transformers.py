@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from bitnet_obs import ConfigError, InferenceMonitor
+from bitnet_obs import ConfigError
+from bitnet_obs._attributes import check_operation, check_provider, endpoint
 from bitnet_obs._parsers import Flag, Integer, Maybe, Number, Parser
 from bitnet_obs.instrumentation._options import Options
 
@@ -56,6 +57,7 @@ _OPTIONS = (
     "server_address",
     "server_port",
 )
+_FLAGS = ("layer_fidelity", "weight_accuracy")
 
 
 class TransformersInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -119,25 +121,24 @@ def _options(kwargs: dict[str, Any]) -> Options:
             f"TransformersInstrumentor.instrument() got {', '.join(unknown)}; accepted: "
             f"{', '.join(_OPTIONS)}{hint}"
         )
-    operation = kwargs.get("operation", "text_completion")
-    provider = kwargs.get("provider", "transformers")
+    # the checks every monitor makes (ConfigError naming what is accepted), without building
+    # one: a monitor declares its request series, and these options have no model yet
+    operation = check_operation(kwargs.get("operation", "text_completion"))
+    provider = check_provider(kwargs.get("provider", "transformers"))
     address, port = kwargs.get("server_address"), kwargs.get("server_port")
-    # raises ConfigError if wrong
-    InferenceMonitor(
-        operation=operation, provider=provider, server_address=address, server_port=port
-    )
+    endpoint(None, address, port)
     # the same bounded parsers as every setting (bitnet_obs._parsers): same ranges, same words
+    flags = {name: _FLAG.check(name, kwargs.get(name, True)) for name in _FLAGS}
     return Options(
         operation=operation,
         provider=provider,
-        layer_fidelity=_FLAG.check("layer_fidelity", kwargs.get("layer_fidelity", True)),
         fidelity_sample_rate=_RATE.check(
             "fidelity_sample_rate", kwargs.get("fidelity_sample_rate")
         ),
         fidelity_layers=_LAYERS.check("fidelity_layers", kwargs.get("fidelity_layers", 1)),
-        weight_accuracy=_FLAG.check("weight_accuracy", kwargs.get("weight_accuracy", True)),
         server_address=address,
         server_port=port,
+        **flags,
     )
 
 
