@@ -1,5 +1,5 @@
-"""Sessions: tests (the README's test command runs lint, typecheck and tests), lint, typecheck,
-bench, docs."""
+"""Sessions: tests (the README's test command runs lint, typecheck and tests; CI runs exactly
+that), quick (the fast lane while changing code), lint, typecheck, bench, docs."""
 
 from __future__ import annotations
 
@@ -51,6 +51,23 @@ def tests(session: nox.Session) -> None:
     session.install(f".[{','.join(extras)}]")
     session.run("python", "tools/ensure_tools.py")
     session.run("pytest", *session.posargs)
+
+
+#: What the fast lane leaves out: tests marked slow or needing the real Prometheus tools, the
+#: fault-injection and load suites (tests/reliability) and the operations kit (tests/ops).
+QUICK = ["-m", "not slow and not prometheus", "--ignore=tests/reliability", "--ignore=tests/ops"]
+
+
+@nox.session
+def quick(session: nox.Session) -> None:
+    """The unit tests in under 2 minutes (about 1,150 of them: 105 s here), for the edit-test loop.
+
+    The package is installed editable, so ``nox -s quick -R`` (reuse the venv, skip the
+    installs) reruns at once. The full suite is ``nox -s tests`` (``.ci/run``).
+    """
+    session.install("torch==2.13.0")  # the local CPU wheel; a bare torch pulls a CUDA build
+    session.install("-e", ".[test,gpu,safetensors,hf,gguf,report,docs]")
+    session.run("pytest", "-q", *QUICK, *session.posargs)
 
 
 @nox.session

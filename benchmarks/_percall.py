@@ -298,10 +298,22 @@ KINDS: dict[str, Callable[[], dict[str, Timed]]] = {
     "ours-sampled-nodetect": functools.partial(ours_cases, "sampled", detection=False),
     "ours-unsampled-nodetect": functools.partial(ours_cases, "unsampled", detection=False),
     "ours-metrics-nodetect": functools.partial(ours_cases, "metrics", detection=False),
+    **{
+        f"base-{mode}": KIND
+        for mode, KIND in (
+            ("sampled", functools.partial(ours_cases, "sampled")),
+            ("unsampled", functools.partial(ours_cases, "unsampled")),
+            ("metrics", functools.partial(ours_cases, "metrics")),
+            ("api", ours_api_cases),
+        )
+    },  # the same code run on another checkout's src (BENCH_BASELINE_SRC)
     "openlit": openlit_cases,
     "traceloop": traceloop_cases,
     "prometheus_client": prometheus_client_cases,
 }
+
+
+BASELINE_KINDS = tuple(kind for kind in KINDS if kind.startswith("base-"))
 
 
 def _setup(kind: str) -> Mapping[str, Handler]:

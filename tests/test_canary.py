@@ -90,6 +90,7 @@ def ready(srv: _server.MetricsServer, code: int, reason: str = "") -> Callable[[
     return check
 
 
+@pytest.mark.slow  # waits on real time: the full suite runs it, not the fast lane
 def test_a_broken_kernel_gates_readiness_and_recovers(
     server: _server.MetricsServer, golden: GoldenSet, cap: TelemetryCapture
 ) -> None:
@@ -142,6 +143,7 @@ class Gate:
                 self.inside -= 1
 
 
+@pytest.mark.slow  # waits on real time: the full suite runs it, not the fast lane
 def test_not_ready_until_the_first_run_and_probes_and_scrapes_never_wait(
     server: _server.MetricsServer, golden: GoldenSet
 ) -> None:
@@ -175,6 +177,7 @@ def test_runs_never_overlap(golden: GoldenSet) -> None:
     assert not canary.running
 
 
+@pytest.mark.slow  # waits on real time: the full suite runs it, not the fast lane
 def test_a_run_hanging_past_its_budget_gates_readiness(
     server: _server.MetricsServer, golden: GoldenSet
 ) -> None:
@@ -187,6 +190,7 @@ def test_a_run_hanging_past_its_budget_gates_readiness(
     assert canary.runs >= 1
 
 
+@pytest.mark.slow  # waits on real time: the full suite runs it, not the fast lane
 def test_a_call_past_its_time_limit_fails_the_run_and_no_call_piles_up(
     server: _server.MetricsServer, golden: GoldenSet
 ) -> None:
@@ -269,6 +273,7 @@ def test_constructor_reads_the_golden_file_once(tmp_path: Path, golden: GoldenSe
 # ------------------------------------------------------------------ the canary never misses
 
 
+@pytest.mark.slow  # waits on real time: the full suite runs it, not the fast lane
 def test_nan_logits_after_a_pass_gate_readiness(
     server: _server.MetricsServer, golden: GoldenSet, cap: TelemetryCapture
 ) -> None:
@@ -338,6 +343,7 @@ def test_a_run_finishing_after_stop_is_not_recorded(golden: GoldenSet) -> None:
     assert canary.runs == 1 and canary.last_report is after  # ... which was not recorded
 
 
+@pytest.mark.slow  # waits on real time: the full suite runs it, not the fast lane
 def test_two_canaries_never_share_a_readiness_slot(
     server: _server.MetricsServer, golden: GoldenSet
 ) -> None:

@@ -35,6 +35,7 @@ def _exposition() -> str:
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{_closed_port()}/v1/traces",
         OTEL_EXPORTER_OTLP_TIMEOUT="300",
         BITNET_OBS_QUANT_SAMPLE_RATE="1",
+        BITNET_OBS_LOGITS_SAMPLE_RATE="1",
         BITNET_OBS_QUANT_BUDGET="1",
         # 0.1's names too, so that they are recorded (and promtool-checked) as well
         BITNET_OBS_SEMCONV_STABILITY_OPT_IN="gen_ai_latest/dup",

@@ -235,6 +235,7 @@ def test_every_documented_variable_is_parsed(tmp_path: Path) -> None:
         "BITNET_OBS_DEGENERATE_MIN_DISTINCT_FRACTION": "0.1",
         "BITNET_OBS_DEGENERATE_WINDOW": "512",
         "BITNET_OBS_DEGENERATE_MIN_TOKENS": "16",
+        "BITNET_OBS_LOGITS_SAMPLE_RATE": "0.5",
     }
     # A variable that only means something next to another one is checked with it.
     companions = {

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -42,7 +43,7 @@ def test_catalogue_prometheus_names_match_the_real_exporter() -> None:
                 inst.record(1.0, {"k": "v"})
             elif isinstance(inst, _instruments.Gauge):
                 inst.set(1.0, {"k": "v"})
-            elif isinstance(inst, _instruments.Counter):
+            elif isinstance(inst, _instruments.ObservedCounter):
                 inst.add((("k", "v"),), 1)
             elif isinstance(inst, _instruments.ObservedGauge):
                 inst.register(one)
@@ -66,6 +67,7 @@ def test_every_instrument_has_description_and_unit() -> None:
             assert spec.buckets, f"{spec.name} needs advisory buckets fitting its unit"
 
 
+@pytest.mark.slow  # a whole Sphinx build: the full suite runs it, not the fast lane
 def test_the_api_reference_builds_without_a_warning(tmp_path: Path) -> None:
     """What ``nox -s docs`` builds; docutils warnings (a broken literal block, an undefined
     substitution) fail it."""

@@ -262,7 +262,7 @@ def test_sampled_logits_record_entropy_and_margin_per_step(cap: TelemetryCapture
         current_inference().observe_logits(x)
         return 1
 
-    with override_settings(quant_sample_rate=1.0, quant_budget=1.0):
+    with override_settings(logits_sample_rate=1.0, quant_budget=1.0):
         generate()
     stats = output.logits_stats(x)
     [entropy] = cap.points("bitnet.output.logits.entropy")
@@ -284,7 +284,7 @@ def test_unsampled_logits_are_never_built(cap: TelemetryCapture) -> None:
             current_inference().observe_logits(lazy)
         return 1
 
-    with override_settings(quant_sample_rate=0.0):
+    with override_settings(logits_sample_rate=0.0, quant_sample_rate=1.0):
         generate()
     assert built == [] and cap.value("bitnet.output.logits.entropy") == 0
     skipped = {"bitnet.quant.kind": "logits", "bitnet.quant.skip_reason": "sampling"}
@@ -299,7 +299,7 @@ def test_long_logits_are_cut_to_the_last_steps_and_bad_ones_are_counted(
         current_inference().observe_logits(x)
         return 1
 
-    with override_settings(quant_sample_rate=1.0, quant_budget=1.0):
+    with override_settings(logits_sample_rate=1.0, quant_budget=1.0):
         generate(torch.from_numpy(logits(500)))
         assert cap.value("bitnet.output.logits.entropy") == 64
         generate(torch.from_numpy(logits(2)).to(torch.bfloat16))  # a bf16 model's logits

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from bitnet_obs._errors import ConfigError
     from bitnet_obs._inference import (
         InferenceMonitor,
+        MonitorOptions,
         bind_context,
         current_inference,
         monitor_inference,
@@ -47,6 +48,7 @@ __all__ = [
     "InferenceMonitor",
     "ModelLoad",
     "ModelLoadMonitor",
+    "MonitorOptions",
     "PRIORITIES",
     "QueueTicket",
     "RequestQueue",
@@ -84,6 +86,7 @@ _WHERE = {
     "Settings": "_config",
     "InferenceContext": "_context",
     "InferenceMonitor": "_inference",
+    "MonitorOptions": "_inference",
     "bind_context": "_inference",
     "current_inference": "_inference",
     "monitor_inference": "_inference",

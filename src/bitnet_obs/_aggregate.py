@@ -23,10 +23,11 @@ This module knows no SDK type: :func:`snapshot` returns plain tuples.
 
 from __future__ import annotations
 
+import struct
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, NamedTuple
@@ -50,6 +51,10 @@ class Exemplar(NamedTuple):
     time_unix_nano: int
     span_id: int | None
     trace_id: int | None
+
+
+#: An exemplar offered on the request path (seq, value, time_unix_nano, span ids).
+Offer = tuple[int, float, int, SpanIds]
 
 
 class Cell:
@@ -87,7 +92,9 @@ class Cell:
         self.min = float("inf")
         self.max = float("-inf")
         self.start_ns = 0
-        self.exemplars: list[Exemplar | None] = [None] * (len(bounds) + 1)
+        #: per bucket, the last offer: (seq, value, time_unix_nano, SpanIds), a plain tuple
+        #: on the request path, an :class:`Exemplar` at collection
+        self.exemplars: list[Offer | None] = [None] * (len(bounds) + 1)
         self.live = False
         self.forward: Cell | None = None
 
@@ -147,17 +154,12 @@ class Store:
 
     def record(self, cell: Cell, value: float, span: SpanIds) -> None:
         with self.lock:
-            self._add(cell, value, span)
+            self.add_locked(cell, value, span)
 
     def record_many(self, items: Sequence[tuple[Cell, float]], span: SpanIds) -> None:
         """Several records under one lock acquisition (the end of a request)."""
         with self.lock:
-            for cell, value in items:
-                self._add(cell, value, span)
-
-    def add_locked(self, cell: Cell, value: float, span: SpanIds) -> None:
-        """One record by a caller that holds :data:`~bitnet_obs._tally.REQUEST_LOCK`."""
-        self._add(cell, value, span)
+            self.add_many_locked(items, span)
 
     def add_gaps(self, cell: Cell, stamps: Sequence[float], span: SpanIds) -> None:
         """The gaps between consecutive ``stamps`` as records of ``cell`` (a stream's
@@ -165,12 +167,11 @@ class Store:
         if len(stamps) < _VECTOR_GAPS:
             gaps = [b - a for a, b in pairwise(stamps)]
             with self.lock:
-                for gap in gaps:
-                    self._add(cell, gap, span)
+                self.add_many_locked([(cell, gap) for gap in gaps], span)
             return
         import numpy as np  # loaded by the first long stream only
 
-        values = np.diff(np.frombuffer(stamps, dtype=np.float64))  # type: ignore[call-overload]
+        values = np.diff(np.frombuffer(struct.pack(f"{len(stamps)}d", *stamps), np.float64))
         bounds = _BOUNDS.get(cell.bounds)
         if bounds is None:
             bounds = _BOUNDS[cell.bounds] = np.asarray(cell.bounds, dtype=np.float64)
@@ -189,29 +190,34 @@ class Store:
             cell.min = min(cell.min, low)
             cell.max = max(cell.max, high)
             if self.exemplars_on and (span is not None or self.always):
-                span_id, trace_id = span if span is not None else (None, None)
                 now = time.time_ns()
                 for i, value in last.items():
                     self.seq += 1
-                    cell.exemplars[i] = Exemplar(self.seq, value, now, span_id, trace_id)
+                    cell.exemplars[i] = (self.seq, value, now, span)
 
-    def _add(self, cell: Cell, value: float, span: SpanIds) -> None:
-        """Call with the lock held. Negative values are dropped, as the SDK drops them."""
-        if value < 0:
-            return
-        if not cell.live:
-            cell = self._admit(cell)
-        i = bisect_left(cell.bounds, value)
-        cell.counts[i] += 1
-        cell.sum += value
-        if value < cell.min:
-            cell.min = value
-        if value > cell.max:
-            cell.max = value
-        if self.exemplars_on and (span is not None or self.always):
-            self.seq += 1
-            span_id, trace_id = span if span is not None else (None, None)
-            cell.exemplars[i] = Exemplar(self.seq, value, time.time_ns(), span_id, trace_id)
+    def add_locked(self, cell: Cell, value: float, span: SpanIds) -> None:
+        """One record by a caller that holds :data:`~bitnet_obs._tally.REQUEST_LOCK`."""
+        self.add_many_locked(((cell, value),), span)
+
+    def add_many_locked(self, records: Iterable[tuple[Cell, float]], span: SpanIds) -> None:
+        """Records of one request by a caller that holds the lock. Negative values are
+        dropped, as the SDK drops them."""
+        offer = self.exemplars_on and (span is not None or self.always)
+        for cell, value in records:
+            if value < 0:
+                continue
+            if not cell.live:
+                cell = self._admit(cell)
+            i = bisect_left(cell.bounds, value)
+            cell.counts[i] += 1
+            cell.sum += value
+            if value < cell.min:
+                cell.min = value
+            if value > cell.max:
+                cell.max = value
+            if offer:
+                self.seq += 1
+                cell.exemplars[i] = (self.seq, value, time.time_ns(), span)
 
     def snapshot(self, since_seq: int) -> tuple[dict[str, list[Point]], int]:
         """Every cell as a point (exemplars offered after ``since_seq`` only), and the sequence
@@ -234,7 +240,9 @@ class Store:
                     ]
                 for cell, counts, total, low, high, offered in raw:
                     exemplars = tuple(
-                        e for e in offered if e is not None and since_seq < e.seq <= seq
+                        Exemplar(e[0], e[1], e[2], *(e[3] or (None, None)))
+                        for e in offered
+                        if e is not None and since_seq < e[0] <= seq
                     )
                     points.append(
                         Point(

@@ -1,293 +1,190 @@
-"""One monitored request in flight: what it learns while running, and what it records at its end.
+"""One monitored request in flight: :class:`Call`, what ``current_inference()`` returns inside
+a monitored call.
 
-A :class:`Site` is what one decorated function (or monitor object) resolved once: attributes,
-counters, span name. A :class:`Call` is one request of that site; it implements the public
-:class:`~bitnet_obs._context.InferenceContext` and keeps its lifecycle private. At its end it
-does one locked tally update per counter and one record per histogram, with attribute sets and
-tally keys that were built once per (device, outcome, error) and reused.
+A call writes what it learns into its :class:`~bitnet_obs._facts.RequestFacts`; a stream's
+timing goes through its :class:`~bitnet_obs._stream.StreamMeter`; output health through the
+output room (:func:`outputs`). At its end the recorder in force records the facts
+(:meth:`~bitnet_obs._recorder.Recorder.finish`), the span is annotated and ended, and the
+active-request count is given back, exactly once, however the end went.
 
 Nothing here raises into the caller: every failure is counted in ``bitnet.obs.internal_errors``.
-The active-request count pairs begin and end by construction: a call is counted active only
-once its begin completed, and it is uncounted exactly once, however its end went.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import json
 import sys
 import time
-import traceback
-from array import array
-from collections.abc import Callable, Mapping
-from itertools import pairwise
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind
 
-from bitnet_obs import _config, _context, _instruments, _tally
+from bitnet_obs import _config, _instruments, _queue
 from bitnet_obs import _semconv as sc
-from bitnet_obs._aggregate import Cell
-from bitnet_obs._attributes import error_type, finish_reason, valid_device, valid_kernel
+from bitnet_obs._attributes import finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
-from bitnet_obs._instruments import Bound
-from bitnet_obs._queue import take_pending
+from bitnet_obs._facts import OK, RequestFacts, outcome_of
+from bitnet_obs._placement import Placement
 from bitnet_obs._selfmon import describe, internal_error
+from bitnet_obs._site import Site
+from bitnet_obs._span import CONTENT_LIMIT, annotate, clip, prompt_text
+from bitnet_obs._stream import StreamMeter
 from bitnet_obs._tally import AttrKey, AttrValue, key_of
 from bitnet_obs._tokens import (
     as_count,
     default_input_count,
     default_item_count,
     default_output_count,
+    sequence_count,
 )
 
 if TYPE_CHECKING:
-    from types import ModuleType
+    from bitnet_obs._outputs import OutputHealth, OutputWatch
 
-    from bitnet_obs._degenerate import OutputVerdict
-    from bitnet_obs._outputs import Bounds, OutputWatch
+__all__ = ["CONTENT_LIMIT", "OUTSIDE", "Call", "outputs", "record_fallback"]
 
-TokenCounter = Callable[[Any], int]
-
-_REQUESTS = _instruments.REQUESTS.tally
-_TOKENS = _instruments.TOKENS.tally
 _ACTIVE = _instruments.ACTIVE_REQUESTS.tally
-_DEGENERATE = _instruments.DEGENERATE_OUTPUTS.tally  # shares the request lock
-
-#: Most characters of prompt, response or exception text put on a span (content capture on).
-CONTENT_LIMIT = 8192
-_MAX_VARIANTS = 256  # (device, outcome, error, priority) combinations cached per site
+_INTERNAL = SpanKind.INTERNAL
+_room: OutputHealth | None = None
 
 
-def clip(text: str) -> str:
-    return text if len(text) <= CONTENT_LIMIT else text[:CONTENT_LIMIT] + "…"
+def outputs() -> OutputHealth:
+    """The output-health room (:mod:`bitnet_obs._outputs`, which needs numpy): imported by
+    ``configure()``, at decoration once numpy is loaded, else on the first ids or logits."""
+    global _room
+    room = _room
+    if room is None:
+        from bitnet_obs._outputs import ROOM
+
+        room = _room = ROOM
+    return room
 
 
-def cancelled(exc: BaseException) -> bool:
-    """A call that ended because its consumer went away (closed generator, cancelled task)."""
-    if isinstance(exc, GeneratorExit):
-        return True
-    asyncio = sys.modules.get("asyncio")  # never imported here: exiting interpreters can't
-    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+def preload_outputs() -> None:
+    """Import the output room now, off the request path: a first import on it could be
+    interrupted by a fork in another thread, leaving the module lock held in the child."""
+    if "numpy" in sys.modules:
+        outputs()
 
 
-class Variant:
-    """Everything recorded for one outcome of a site, built once and reused by later calls."""
+class Reporter(InferenceContext):
+    """The reports that need no call (fallbacks, quantization samples, cache counts), written
+    once for a call and for the stand-in outside one."""
 
-    __slots__ = (
-        "_bound",
-        "_outputs",
-        "attrs",
-        "base_attrs",
-        "base_key",
-        "in_key",
-        "out_key",
-        "req_key",
-    )
+    __slots__ = ()
 
-    def __init__(
+    def _quant_format(self) -> str:
+        return "i2_s"
+
+    def _span(self) -> Span | None:
+        return None
+
+    def fallback(self, from_device: str, to_device: str, reason: str) -> None:
+        record_fallback(from_device, to_device, reason, model=self.model or "", span=self._span())
+
+    def record_quantization(
         self,
-        site_attrs: Mapping[str, AttrValue],
-        device: str,
-        outcome: str,
-        err: str,
-        priority: str | None,
-        finish: str | None = None,
+        name: str,
+        reference: Any,
+        candidate: Any,
+        *,
+        format: str | None = None,
+        reference_kind: str = "quantized",
+        kind: str = "output",
+        activations: Any = None,
+        codes: Any = None,
     ) -> None:
-        base = dict(site_attrs)
-        base["bitnet.device"] = device
-        if priority is not None:
-            base["bitnet.request.priority"] = priority
-        self.attrs = dict(base)
-        self.base_attrs = dict(base)  # without error.type: streams' gaps, of every outcome
-        req = dict(base, **{"bitnet.outcome": outcome})
-        if finish is not None:
-            req[sc.FINISH_REASON] = finish
-        if err:
-            req[sc.ERROR_TYPE] = err
-            self.attrs[sc.ERROR_TYPE] = err
-        self.req_key: AttrKey = key_of(req)
-        self.in_key: AttrKey = key_of(dict(base, **{sc.TOKEN_TYPE: "input"}))
-        self.out_key: AttrKey = key_of(dict(base, **{sc.TOKEN_TYPE: "output"}))
-        self.base_key: AttrKey = key_of(base)
-        self._bound: tuple[int, tuple[Bound, ...]] | None = None
-        self._outputs: tuple[int, Bounds] | None = None
+        from bitnet_obs.quant import _record  # numpy: loaded only by code that compares tensors
 
-    def bound(self) -> tuple[Bound, ...]:
-        """The request histograms bound to this outcome's attributes in the binding in force:
-        duration, throughput, time to first token, time per output token, prefill, decode,
-        and the inter-token gaps (with the attributes of every outcome)."""
-        cached, generation = self._bound, _instruments.generation()
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        attrs = self.attrs
-        bound = (
-            *(h.bound(attrs) for h in _REQUEST_HISTOGRAMS),
-            _instruments.INTER_TOKEN_LATENCY.bound(self.base_attrs),
-        )
-        self._bound = (generation, bound)
-        return bound
+        try:
+            _record.compare_outputs(
+                name, reference, candidate, format=format or self._quant_format(),
+                reference_kind=reference_kind, kind=kind, activations=activations, codes=codes,
+            )  # fmt: skip
+        except Exception as exc:  # bad input inside inference: counted, never raised
+            _record.skip(kind if kind in _record.KINDS else "output", "bad_input")
+            if not isinstance(exc, ValueError):
+                internal_error("quant_sample", exc)
 
-    def output_bounds(self) -> Bounds:
-        """The output-health instruments bound to this variant's attributes of every outcome
-        (built on the first request with ids or logits)."""
-        cached, generation = self._outputs, _instruments.generation()
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        bounds: Bounds = _outputs().Bounds(self.base_attrs)
-        self._outputs = (generation, bounds)
-        return bounds
+    def record_cache(self, hits: int = 0, misses: int = 0, *, cache: str = "kv") -> None:
+        _record_cache(hits, misses, cache=cache, model=self.model or "")
 
 
-_REQUEST_HISTOGRAMS = (
-    _instruments.REQUEST_DURATION,
-    _instruments.THROUGHPUT,
-    _instruments.TIME_TO_FIRST_TOKEN,
-    _instruments.TIME_PER_OUTPUT_TOKEN,
-    _instruments.PREFILL_DURATION,
-    _instruments.DECODE_DURATION,
-)
+class Outside(Reporter):
+    """``current_inference()`` outside a monitored call: reports go nowhere, except those that
+    need no call (fallbacks, quantization samples, cache counts)."""
+
+    __slots__ = ()
 
 
-class Site:
-    """What one decorated function (or monitor object) resolved once."""
-
-    __slots__ = (
-        "attrs",
-        "capture_content",
-        "client_token_usage",
-        "count_input",
-        "count_item",
-        "count_output",
-        "kernel",
-        "span_name",
-        "variants",
-    )
-
-    def __init__(
-        self,
-        attrs: dict[str, AttrValue],
-        span_name: str,
-        count_input: TokenCounter | None,
-        count_output: TokenCounter | None,
-        count_item: TokenCounter | None,
-        capture_content: bool | None,
-        client_token_usage: bool,
-        kernel: str | None = None,
-    ) -> None:
-        self.attrs = attrs
-        self.kernel = kernel  # declared: a call that reports another one fell back
-        self.span_name = span_name
-        self.count_input = count_input
-        self.count_output = count_output
-        self.count_item = count_item
-        self.capture_content = capture_content
-        self.client_token_usage = client_token_usage
-        self.variants: dict[tuple[str, str, str, str | None, str | None], Variant] = {}
-        preload_outputs()
-
-    def variant(
-        self,
-        device: str,
-        outcome: str,
-        err: str,
-        priority: str | None,
-        finish: str | None = None,
-    ) -> Variant:
-        key = (device, outcome, err, priority, finish)
-        variant = self.variants.get(key)
-        if variant is None:
-            variant = Variant(self.attrs, device, outcome, err, priority, finish)
-            if len(self.variants) < _MAX_VARIANTS:
-                self.variants[key] = variant
-        return variant
-
-    def declare(self) -> None:
-        """Start the site's request counters at 0, so ``rate()`` sees its first error."""
-        device = cast(str, self.attrs["bitnet.device"])
-        priority = cast("str | None", self.attrs.get("bitnet.request.priority"))
-        for outcome in ("ok", "error", "cancelled"):
-            _instruments.REQUESTS.tally.declare(self.variant(device, outcome, "", priority).req_key)
-        _instruments.ACTIVE_REQUESTS.tally.declare(
-            self.variant(device, "ok", "", priority).base_key
-        )
-
-    def capture(self) -> bool:
-        flag = self.capture_content
-        return _config.current().capture_content if flag is None else flag
+OUTSIDE = Outside()
 
 
-class Call(InferenceContext):
-    """One request in flight (``current_inference()`` inside a monitored call)."""
+class Call(Placement, Reporter):
+    """One request in flight; built when its monitored call starts (span started, counted
+    active), ended once by :meth:`end`. Where it is current is :class:`Placement`'s job."""
 
     __slots__ = (
         "_counted",
-        "_done",
-        "_otel_token",
-        "content_in",
-        "content_len",
-        "content_out",
-        "device_name",
-        "explicit_input",
-        "explicit_output",
-        "finish_reason",
-        "first_token_at",
-        "gap_last",
-        "ids_reported",
-        "input_tokens",
-        "kernel",
-        "logits_admitted",
-        "marks",
-        "otel_before",
-        "otel_ctx",
-        "output_tokens",
-        "parent",
-        "priority",
-        "queue_wait",
+        "context",
+        "facts",
+        "meter",
+        "recorder",
         "site",
-        "span",
-        "stamped",
-        "stamps",
-        "start",
-        "streamed",
         "watch",
     )
 
-    def __init__(self, site: Site) -> None:
-        self.site = site
-        self.device_name = cast(str, site.attrs["bitnet.device"])
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.explicit_input = False
-        self.explicit_output = False
-        self.first_token_at: float | None = None
-        self.content_in: str | None = None
-        self.content_out: list[str] | None = None
-        self.content_len = 0
-        self.span: Span | None = None
-        self.parent: InferenceContext | None = None
-        self._otel_token: object = None
-        self.otel_before: otel_context.Context | None = None
-        self.otel_ctx: otel_context.Context | None = None
+    def __init__(
+        self, site: Site, args: tuple[Any, ...], kwargs: Mapping[str, Any], attach: bool
+    ) -> None:
         self._counted: AttrKey | None = None  # the active-requests series, while counted
         self._done = False
-        self.queue_wait: float | None = None
-        self.priority = cast("str | None", site.attrs.get("bitnet.request.priority"))
-        self.finish_reason: str | None = None
-        self.kernel: str | None = None
-        self.stamps: array[float] | None = None  # a stream's item times, flushed as gaps
-        self.stamped = 0  # stamps flushed so far
-        self.gap_last: float | None = None
-        self.marks = False  # stamps come from mark_token(), not a generator's items
+        self.site = site
+        #: the recorder in force when the call started: the call records there
+        recorder = self.recorder = _instruments.RECORDER or _instruments.recorder()
+        facts = self.facts = RequestFacts(time.perf_counter(), site.device, site.priority)
+        self.span = None
+        self.context: SpanContext | None = None  # the span's, while the call runs
+        self.meter: StreamMeter | None = None
         self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
-        self.ids_reported = False
-        self.logits_admitted: bool | None = None  # drawn at the first observe_logits
-        self.streamed: bool | None = None  # set_stream(); None: a stream if it has stamps
-        self.start = time.perf_counter()
+        self.parent = None
+        self._otel_token = None
+        self.otel_before = None
+        self.otel_ctx = None
+        try:
+            handed = _queue.pending.get()  # this request just left a RequestQueue
+            if handed is not None:
+                _queue.pending.set(None)
+                facts.queue_wait, facts.priority = handed
+            spans = recorder.spans
+            if spans is not None:
+                span = spans.start_span(site.span_name, kind=_INTERNAL, attributes=site.attrs)
+                context = span.get_span_context()
+                if recorder.valid_spans or context.is_valid:
+                    self.span, self.context = span, context
+                    if handed is not None and span.is_recording():
+                        wait, priority = handed
+                        span.set_attributes(
+                            {
+                                "bitnet.queue.wait_duration": wait,
+                                "bitnet.request.priority": priority,
+                            }
+                        )
+                    if attach:
+                        self._otel_token = otel_context.attach(trace.set_span_in_context(span))
+            if (args or kwargs) and site.capture():
+                facts.prompt = prompt_text(args, kwargs)
+            key = site.active_key if handed is None else site.active_key_of(
+                facts.device, facts.priority
+            )  # fmt: skip
+            _ACTIVE.add(key, 1)
+            self._counted = key  # uncounted from this series, whatever set_device() does
+        except Exception as exc:
+            internal_error("begin", exc)
 
     # ----- InferenceContext: what the call is -----
     @property
@@ -304,11 +201,18 @@ class Call(InferenceContext):
 
     @property
     def device(self) -> str | None:
-        return self.device_name
+        return self.facts.device
 
     @property
     def span_context(self) -> SpanContext | None:
-        return self.span.get_span_context() if self.span is not None else None
+        return self.context
+
+    def _span(self) -> Span | None:
+        return self.span
+
+    def _quant_format(self) -> str:
+        declared = self.site.attrs.get("bitnet.quant.format")
+        return str(declared) if declared in ("i2_s", "tl1", "tl2") else "i2_s"
 
     # ----- InferenceContext: reports -----
     def add_input_tokens(self, n: int) -> None:
@@ -316,114 +220,77 @@ class Call(InferenceContext):
         if count is None:
             internal_error("bad_token_count", detail=f"add_input_tokens({describe(n)})")
             return
-        self.input_tokens += count
-        self.explicit_input = True
+        self.facts.input_tokens += count
+        self.facts.explicit_input = True
 
     def add_output_tokens(self, n: int) -> None:
         count = as_count(n)
         if count is None:
             internal_error("bad_token_count", detail=f"add_output_tokens({describe(n)})")
             return
-        if self.first_token_at is None and count > 0:
-            self.first_token_at = time.perf_counter()
-        self.output_tokens += count
-        self.explicit_output = True
+        self._output(count)
 
     def add_output_ids(self, ids: Any) -> None:
-        try:
-            found = _outputs().ids_of(ids)
-            if found is None:
-                internal_error("bad_output_ids", detail=f"add_output_ids({describe(ids)})")
-                return
-            rows, batch = found
-            count = sum(len(row) for row in rows)
-            if self.first_token_at is None and count > 0:
-                self.first_token_at = time.perf_counter()
-            self.output_tokens += count
-            self.explicit_output = True
-            self.ids_reported = True
-            self.output_watch().add(rows, batch)
-        except Exception as exc:
-            internal_error("bad_output_ids", exc)
+        count = outputs().add_ids(self.output_watch(), ids)
+        if count is not None:
+            self._output(count)
+
+    def _output(self, count: int) -> None:
+        facts = self.facts
+        if count > 0:
+            facts.first_token(time.perf_counter())
+        facts.output_tokens += count
+        facts.explicit_output = True
 
     def observe_logits(self, logits: Any) -> None:
-        try:
-            from bitnet_obs.quant import _record
-
-            if self.logits_admitted is None:
-                self.logits_admitted = _record.admit_runtime_sample("logits")
-            elif self.logits_admitted and not _record.admit_runtime_sample("logits", rate=1.0):
-                return  # an admitted call over the time budget: this step is skipped, counted
-            if not self.logits_admitted:
-                return
-            if callable(logits):
-                logits = logits()
-            _record.spend(self.output_watch().add_logits(logits))
-        except Exception as exc:
-            internal_error("bad_logits", _private(exc), f"observe_logits({describe(logits)})")
-
-    def output_watch(self) -> OutputWatch:
-        watch = self.watch
-        if watch is None:
-            watch = self.watch = _outputs().OutputWatch()
-        return watch
+        outputs().observe_logits(self.output_watch(), logits)
 
     def first_token(self) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+        self.facts.first_token(time.perf_counter())
 
     def mark_token(self) -> None:
-        now = time.perf_counter()
-        if self.first_token_at is None:
-            self.first_token_at = now
-        stamps = self.stamps
-        if stamps is None:
-            stamps = self.stamps = array("d")
-            self.marks = True
-        elif not self.marks:
+        meter = self.meter
+        if meter is None:
+            meter = self.meter = StreamMeter(
+                self.facts, self._gaps, self._ids, counts_items=False, marks=True
+            )
+        elif not meter.marks:
             return  # a generator's items are stamped by its loop
-        stamps.append(now)
-        if len(stamps) >= GAP_CHUNK:
-            self.flush_gaps()
+        meter.item(time.perf_counter())
 
     def set_stream(self, streamed: bool) -> None:
         if not isinstance(streamed, bool):
             internal_error("bad_stream_flag", detail=f"set_stream({describe(streamed)})")
             return
-        self.streamed = streamed
+        self.facts.stream_declared = streamed
 
     def set_device(self, name: str) -> None:
         if not valid_device(name):
             internal_error("bad_device", detail=f"set_device({describe(name)})")
             return
-        self.device_name = name
+        self.facts.device = name
         if self.span is not None:
             self.span.set_attribute("bitnet.device", name)
 
     def fallback(self, from_device: str, to_device: str, reason: str) -> None:
-        record_fallback(from_device, to_device, reason, model=self.model or "", span=self.span)
+        super().fallback(from_device, to_device, reason)
         self.set_device(to_device)
 
     def set_kernel(self, name: str) -> None:
         if not valid_kernel(name):
             internal_error("bad_kernel", detail=f"set_kernel({describe(name)})")
             return
-        first = self.kernel is None
-        self.kernel = name
+        facts = self.facts
+        first, facts.kernel = facts.kernel is None, name
         if self.span is not None:
             self.span.set_attribute("bitnet.kernel", name)
         declared = self.site.kernel
         if first and declared is not None and name != declared:
-            attrs: dict[str, AttrValue] = {
-                sc.REQUEST_MODEL: self.model or "",
-                "bitnet.kernel.declared": declared,
-                "bitnet.kernel.actual": name,
-            }
-            _instruments.KERNEL_FALLBACKS.add(key_of(attrs), 1)
+            _count_kernel_fallback(self.model or "", declared, name)
 
     def set_finish_reason(self, reason: str) -> None:
-        self.finish_reason = finish_reason(reason)
-        if self.finish_reason == "other" and reason != "other":
+        self.facts.finish_reason = finish_reason(reason)
+        if self.facts.finish_reason == "other" and reason != "other":
             internal_error("bad_finish_reason", detail=f"set_finish_reason({describe(reason)})")
 
     def set_attribute(self, key: str, value: AttrValue) -> None:
@@ -433,249 +300,103 @@ class Call(InferenceContext):
         if self.span is not None:
             self.span.set_attribute(key, clip(value) if isinstance(value, str) else value)
 
-    def record_quantization(
-        self,
-        name: str,
-        reference: Any,
-        candidate: Any,
-        *,
-        format: str | None = None,
-        reference_kind: str = "quantized",
-        kind: str = "output",
-        activations: Any = None,
-        codes: Any = None,
-    ) -> None:
-        if format is None:
-            site_format = self.site.attrs.get("bitnet.quant.format")
-            format = str(site_format) if site_format in ("i2_s", "tl1", "tl2") else "i2_s"
-        record_quantization(
-            name, reference, candidate, format, reference_kind, kind, activations, codes
-        )
-
-    def record_cache(self, hits: int = 0, misses: int = 0, *, cache: str = "kv") -> None:
-        _record_cache(hits, misses, cache=cache, model=self.model or "")
-
-    # ----- lifecycle (never raises) -----
-    def begin(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], attach: bool) -> None:
-        """Start the span (attached to the current context when ``attach``), count active."""
-        try:
-            pending = take_pending()
-            if pending is not None:  # this request just left a RequestQueue in this context
-                self.queue_wait, self.priority = pending
-            site = self.site
-            span = _instruments.tracer().start_span(
-                site.span_name, kind=SpanKind.INTERNAL, attributes=site.attrs
-            )
-            if span.get_span_context().is_valid:
-                self.span = span
-                if self.queue_wait is not None and span.is_recording():
-                    span.set_attributes(
-                        {
-                            "bitnet.queue.wait_duration": self.queue_wait,
-                            "bitnet.request.priority": str(self.priority),
-                        }
-                    )
-                if attach:
-                    self._otel_token = otel_context.attach(trace.set_span_in_context(span))
-            if (args or kwargs) and site.capture():
-                self.content_in = _prompt_text(args, kwargs)
-            key = site.variant(self.device_name, "ok", "", self.priority).base_key
-            _instruments.ACTIVE_REQUESTS.add(key, 1)
-            self._counted = key  # uncounted from this series, whatever set_device() does
-        except Exception as exc:
-            internal_error("begin", exc)
-
-    def detach(self) -> None:
-        """Take the span off the context it was attached to (the call goes on elsewhere)."""
-        token, self._otel_token = self._otel_token, None
-        if token is not None:
-            with contextlib.suppress(Exception):  # from another context: the SDK logs it
-                otel_context.detach(token)  # type: ignore[arg-type]
-
-    def enter(self) -> None:
-        """Make this the current call (a stream's own context, a ``with`` block)."""
-        self.parent = _context.current.get()
-        _context.current.set(self)
-
-    def leave(self) -> None:
-        """Stop being the current call, even when calls ended out of order (interleaved
-        generators): the current call becomes the nearest one still open."""
-        if _context.current.get() is self:
-            parent = self.parent
-            while isinstance(parent, Call) and parent._done:
-                parent = parent.parent
-            _context.current.set(parent)
-
-    def enter_shared(self) -> None:
-        """Make this the current call and span in a context other calls share (``with``
-        blocks, which generators may interleave): see :meth:`leave_shared`."""
-        self.enter()
-        before = otel_context.get_current()
-        self.otel_before = before
-        if self.span is not None:
-            self.otel_ctx = trace.set_span_in_context(self.span, before)
-            otel_context.attach(self.otel_ctx)
-
-    def leave_shared(self) -> None:
-        """Undo :meth:`enter_shared` in any order: a token reset would bring back whatever span
-        was current at enter, even one whose block ended meanwhile; instead the nearest open
-        enclosing call's span (else what was current before the first of them) becomes
-        current, and only when this call's is current now."""
-        self.leave()
-        if self.otel_ctx is None or otel_context.get_current() is not self.otel_ctx:
-            return
-        target, parent = self.otel_before, self.parent
-        while isinstance(parent, Call) and parent._done:
-            target, parent = parent.otel_before, parent.parent
-        if target is not None:
-            otel_context.attach(target)
-
-    def count_result(self, result: Any) -> None:
+    # ----- what the call shapes feed -----
+    def start_stream(self, fast_loop: bool) -> StreamMeter:
+        """The call is a stream: its meter. On a ``fast_loop`` (a sync generator's) items are
+        its tokens, unless a counter or content capture looks at each one: then, as on any
+        other loop, :meth:`count_item` counts them."""
         site = self.site
-        try:
-            if site.count_output is not None:
-                self._add_counted("count_output", site.count_output(result), output=True)
-            elif not self.explicit_output:
-                self.output_tokens += default_output_count(result) or 0
-            if site.count_input is not None:
-                self._add_counted("count_input", site.count_input(result), output=False)
-            elif not self.explicit_input:
-                self.input_tokens += default_input_count(result) or 0
-            if self.content_out is None and isinstance(result, str) and site.capture():
-                self.content_out = [clip(result)]
-        except Exception as exc:
-            internal_error("token_counter", _private(exc), f"{describe(result)} result")
-        if not self.ids_reported and may_hold_ids(result) and not _short_ids(result):
-            try:  # the returned ids are the whole output: judged now, row by row
-                found = _outputs().ids_of(result)
-                if found is not None:
-                    self.output_watch().add(found[0], found[1], whole=True)
-            except Exception as exc:
-                internal_error("output_health", exc, f"{describe(result)} result")
-
-    def _add_counted(self, where: str, value: object, output: bool) -> None:
-        count = as_count(value)
-        if count is None:
-            internal_error("bad_token_count", detail=f"{where} returned {describe(value)}")
-        elif output:
-            self.output_tokens += count
-        else:
-            self.input_tokens += count
+        if site.capture():
+            self.facts.response = []
+        fast = fast_loop and site.count_item is None and self.facts.response is None
+        meter = self.meter = StreamMeter(self.facts, self._gaps, self._ids, counts_items=fast)
+        return meter
 
     def count_item(self, item: Any) -> None:
-        """One streamed item (the slow path: a counter, content capture or an odd shape)."""
-        now = time.perf_counter()
-        if self.first_token_at is None:
-            self.first_token_at = now
-        stamps = self.stamps
-        if stamps is not None:
-            stamps.append(now)
-            if len(stamps) >= GAP_CHUNK:
-                self.flush_gaps()
-        counter = self.site.count_item
-        if not self.ids_reported and (type(item) is int or may_hold_ids(item)):
-            self.stream_ids(item)
-        try:
-            if counter is not None:
-                self._add_counted("count_stream_item", counter(item), output=True)
-            elif not self.explicit_output:
-                self.output_tokens += default_item_count(item)
-            if self.content_out is not None and self.content_len <= CONTENT_LIMIT:
-                text = str(item)
-                self.content_out.append(text)
-                self.content_len += len(text)
-        except Exception as exc:
-            internal_error("token_counter", _private(exc), f"{describe(item)} item")
-
-    def stream_ids(self, item: Any) -> None:
-        """A streamed item that may be ids: one id continues the output, a chunk (a list or
-        1-D array of ids) extends it. Never raises."""
+        """One streamed item the fast loop leaves to us (a counter, content capture)."""
+        meter = self.meter
+        if meter is None:
+            return
+        meter.item(time.perf_counter())
         if type(item) is int:
-            try:
-                self.output_watch().sink()(item)
-            except Exception as exc:  # an id beyond int64: counted, the stream goes on
-                internal_error("bad_output_ids", exc, "a streamed id")
-            return
+            meter.ids(item)
+        elif may_hold_ids(item):
+            meter.id_chunk(item)
+        facts = self.facts
         try:
-            found = _outputs().ids_of(item)
-            if found is not None:
-                rows, batch = found
-                watch = self.output_watch()
-                if batch:
-                    for row in rows:  # a 2-D item: consecutive steps of this output
-                        watch.add([row], False)
-                else:
-                    watch.add(rows, False)
+            counter = self.site.count_item
+            if counter is not None:
+                _add_counted(self.facts, "count_stream_item", counter(item), output=True)
+            elif not facts.explicit_output:
+                facts.output_tokens += default_item_count(item)
+            response = facts.response
+            if response is not None and facts.response_chars <= CONTENT_LIMIT:
+                text = str(item)
+                response.append(text)
+                facts.response_chars += len(text)
         except Exception as exc:
-            internal_error("output_health", exc, f"{describe(item)} item")
+            internal_error("token_counter", _config.loggable(exc), f"{describe(item)} item")
 
-    def chunk_item(self, item: Any) -> int:
-        """Tokens of a streamed item the fast loop does not count itself (a chunk of ids, an
-        object); judges ids. Never raises."""
-        if not self.ids_reported and may_hold_ids(item):
-            self.stream_ids(item)
+    def chunk_item(self, item: Any) -> None:
+        """A streamed chunk (ids or an object) on the fast loop: counted, its ids judged."""
+        meter = self.meter
+        if meter is not None:
+            meter.chunk(item)
+            if may_hold_ids(item):
+                meter.id_chunk(item)
+
+    def output_watch(self) -> OutputWatch:
+        watch = self.watch
+        if watch is None:
+            watch = self.watch = outputs().watch()
+        return watch
+
+    def _gaps(self, stamps: list[float]) -> None:
+        """A meter's chunk of stamps: the inter-token gaps recorded."""
         try:
-            return default_item_count(item)
-        except Exception as exc:
-            internal_error("token_counter", exc)
-            return 0
-
-    def id_sink(self) -> Callable[[int], None]:
-        """Where the fast loop appends streamed int ids (a no-op when detection is off or the
-        call reports its ids itself)."""
-        if self.ids_reported:
-            return _discard
-        try:
-            return self.output_watch().sink()
-        except Exception as exc:
-            internal_error("output_health", exc)
-            return _discard
-
-    def id_sink_failed(self) -> Callable[[int], None]:
-        """A streamed int the ids buffer refused (beyond int64): counted; the rest of the
-        stream is not judged."""
-        internal_error("bad_output_ids", detail="a streamed id beyond int64")
-        self.ids_reported = True  # what came before is judged; nothing after
-        return _discard
-
-    def start_stream(self) -> None:
-        self.stamps = array("d")
-        if self.site.capture():
-            self.content_out = []
-
-    def flush_gaps(self) -> None:
-        """Record the gaps between the items stamped so far (the stream loop calls this every
-        :data:`GAP_CHUNK` items, the end of the call for the rest). Never raises."""
-        stamps = self.stamps
-        if not stamps:
-            return
-        self.stamped += len(stamps)  # the stream loop's item count
-        try:
-            previous, self.gap_last = self.gap_last, stamps[-1]
-            if previous is not None:
-                stamps.insert(0, previous)
             if len(stamps) >= 2:
-                variant = self.site.variant(self.device_name, "ok", "", self.priority)
-                _record_gaps(variant.bound()[6], stamps, self.span)
+                recorder, facts = self.recorder, self.facts
+                variant = self.site.variant(recorder, facts.device, "ok", "", facts.priority,
+                                            None)  # fmt: skip
+                recorder.gaps(variant.handles.inter_token, stamps, self.context)
         except Exception as exc:
             internal_error("inter_token_latency", exc)
-        finally:
-            del stamps[:]
-        watch = self.watch
-        if watch is not None:  # the streamed ids' buffer: judged a whole chunk at a time
-            try:
-                watch.pump()
-            except Exception as exc:
-                internal_error("output_health", exc)
 
+    def _ids(self, ids: Any) -> None:
+        """A meter's streamed ids (a buffer of ints, or a chunk item): judged in the room
+        (not at interpreter exit, when a stream left open is finalised: nothing can be
+        imported, and nothing would be exported)."""
+        if _room is None and sys.is_finalizing():
+            return
+        outputs().stream_ids(self.output_watch(), ids)
+
+    # ----- the end (never raises) -----
     def end(self, exc: BaseException | None, result: Any = None, counted: bool = False) -> None:
-        """Finish the call once; ``counted``: the result's tokens were counted already."""
+        """Finish the call once; ``counted``: the result's tokens were counted already. The
+        recorder records the facts, the span is annotated and ended, active uncounted."""
         if self._done:
             return
         try:
             if exc is None and not counted:
-                self.count_result(result)
-            self._finish(exc)
+                count_result(self, result)
+            end = time.perf_counter()
+            outcome = OK if exc is None else outcome_of(exc)
+            facts, site, span, recorder = self.facts, self.site, self.span, self.recorder
+            if self.meter is not None:
+                self.meter.close()
+            variant = site.variant_of(recorder, facts, outcome)
+            watch = self.watch
+            records = None
+            if watch is not None:
+                records = outputs().records(variant, watch, outcome.kind == "ok")
+            active, self._counted = self._counted, None
+            recorder.finish(variant, facts, outcome, end, self.context, active, records)
+            if span is not None:
+                if span.is_recording():
+                    shown = None if records is None else records.span_attributes
+                    annotate(span, facts, outcome, site.capture, shown)
+                else:  # an unsampled span: its end() does nothing, so it is not called
+                    self.span = None
         except Exception as error:  # e.g. RecursionError at the bottom of a deep recursion
             with contextlib.suppress(Exception):
                 internal_error("finish", error)
@@ -688,11 +409,12 @@ class Call(InferenceContext):
         key, self._counted = self._counted, None
         if key is not None:
             try:
-                _instruments.ACTIVE_REQUESTS.add(key, -1)
+                _ACTIVE.add(key, -1)
             except Exception:
                 self._counted = key  # the next _release (GC) retries
-        self.detach()
-        span, self.span = self.span, None
+        if self._otel_token is not None:
+            self.detach()
+        span, self.span, self.context = self.span, None, None
         if span is not None:
             try:
                 span.end()
@@ -704,128 +426,62 @@ class Call(InferenceContext):
         if self._counted is not None:
             self._release()
 
-    def _finish(self, exc: BaseException | None) -> None:
-        end = time.perf_counter()
-        if exc is None:
-            outcome, err = "ok", ""
-        elif cancelled(exc):
-            outcome, err = "cancelled", ""
+
+def count_result(call: Call, result: Any) -> None:
+    """A returned result's tokens by the site's counters, else by default (ids, counts,
+    ``usage``); its ids judged as the call's whole output; a str kept when capturing."""
+    site, facts = call.site, call.facts
+    kind = type(result)
+    if (kind is list or kind is tuple) and site.counts_by_default:
+        # ids, or a batch of them: the common answer, with no usage to read
+        first = type(result[0]) if result else None
+        if first is int:
+            n = len(result)
+            if n >= _config.current().degenerate_min_tokens:
+                outputs().judge_result(call.output_watch(), result)
         else:
-            outcome, err = "error", error_type(exc)
-        if self.stamps:
-            self.flush_gaps()
-        variant = self.site.variant(
-            self.device_name, outcome, err, self.priority, self.finish_reason
-        )
-        n_in, n_out = self.input_tokens, self.output_tokens
-        served = end - self.start
-        arrival = self.start - (self.queue_wait or 0.0)  # a RequestQueue's wait counts too
-        elapsed = end - arrival
-        attrs = variant.attrs
-        duration, throughput, ttft_hist, tpot_hist, prefill, decode, _ = variant.bound()
-        records = [(duration, elapsed)]
-        first = self.first_token_at
-        if outcome == "ok" and n_out:
-            if served > 0:
-                records.append((throughput, n_out / served))
-            if first is not None:
-                records.append((ttft_hist, first - arrival))
-                records.append((prefill, first - self.start))
-                records.append((decode, end - first))
-                if n_out > 1:
-                    records.append((tpot_hist, (end - first) / (n_out - 1)))
-        watch = self.watch
-        counts: list[tuple[AttrKey, int]] = []
-        verdicts: list[OutputVerdict] = []
-        if watch is not None:
-            try:
-                verdicts = watch.outputs() if outcome == "ok" else []
-                if verdicts or watch.entropy:
-                    pairs, counts = variant.output_bounds().records(watch, verdicts)
-                    records.extend(pairs)
-            except Exception as error:
-                internal_error("output_health", error)
-        span = self.span
-        span_context = span.get_span_context() if span is not None else None
-        # Ours (bound cells): recorded under the tallies' lock; else through the SDK after it.
-        store = _instruments.store() if duration.cell is not None else None
-        ids = None
-        if store is not None and span_context is not None and span_context.trace_flags.sampled:
-            ids = (span_context.span_id, span_context.trace_id)
-        active, self._counted = self._counted, None
-        with _tally.REQUEST_LOCK:  # one lock for every count and record of the request
-            _REQUESTS.add_locked(variant.req_key, 1)
-            if n_in:
-                _TOKENS.add_locked(variant.in_key, n_in)
-            if n_out:
-                _TOKENS.add_locked(variant.out_key, n_out)
-            if active is not None:
-                _ACTIVE.add_locked(active, -1)
-            for key, n in counts:
-                _DEGENERATE.add_locked(key, n)
-            if store is not None:
-                for bound, value in records:
-                    store.add_locked(cast(Cell, bound.cell), value, ids)
-        if store is None:
-            _instruments.record_bound(records, span_context)
-        if _context.observers:
-            ttft = None if first is None else first - arrival
-            for observer in _context.observers:
-                observer(elapsed, ttft, n_out, outcome)
-        if self.site.client_token_usage:
-            _instruments.record_token_usage(n_in, n_out, attrs, span_context)
-        if span is not None and span.is_recording():
-            self._annotate(span, outcome, err, exc, n_in, n_out)
-            if verdicts:
-                span.set_attributes(_outputs().span_attributes(verdicts))
-
-    def _annotate(
-        self,
-        span: Span,
-        outcome: str,
-        err: str,
-        exc: BaseException | None,
-        n_in: int,
-        n_out: int,
-    ) -> None:
-        extra: dict[str, AttrValue] = {}
-        if n_in:
-            extra[sc.USAGE_INPUT_TOKENS] = n_in
-        if n_out:
-            extra[sc.USAGE_OUTPUT_TOKENS] = n_out
-        if outcome != "ok":
-            extra["bitnet.outcome"] = outcome
-        if self.finish_reason is not None:
-            span.set_attribute(sc.RESPONSE_FINISH_REASONS, [self.finish_reason])
-        streamed = self.stamps is not None if self.streamed is None else self.streamed
-        if streamed:
-            extra[sc.REQUEST_STREAM] = True
-            if self.first_token_at is not None:
-                arrival = self.start - (self.queue_wait or 0.0)
-                extra[sc.RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_token_at - arrival
-        else:
-            extra[sc.REQUEST_STREAM] = False
-        if err:
-            extra[sc.ERROR_TYPE] = err
-        if self.content_in is not None:
-            extra[sc.INPUT_MESSAGES] = _messages("user", self.content_in)
-        if self.content_out:
-            extra[sc.OUTPUT_MESSAGES] = _messages("assistant", "".join(self.content_out))
-        if extra:
-            span.set_attributes(extra)
-        if exc is not None and outcome == "error":
-            event: dict[str, AttrValue] = {"exception.type": err}
-            if self.site.capture():  # messages and stacks may quote the prompt: opt-in, clipped
-                event["exception.message"] = clip(str(exc))
-                stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                event["exception.stacktrace"] = clip(stack)
-            span.add_event("exception", event)
-            span.set_status(Status(StatusCode.ERROR, err))
+            n = sequence_count(result)
+            if first is list or first is tuple:
+                outputs().judge_result(call.output_watch(), result)
+        if not facts.explicit_output:
+            facts.output_tokens += n
+        return
+    try:
+        if site.count_output is not None:
+            _add_counted(call.facts, "count_output", site.count_output(result), output=True)
+        elif not facts.explicit_output:
+            facts.output_tokens += default_output_count(result) or 0
+        if site.count_input is not None:
+            _add_counted(call.facts, "count_input", site.count_input(result), output=False)
+        elif not facts.explicit_input:
+            facts.input_tokens += default_input_count(result) or 0
+        if facts.response is None and isinstance(result, str) and site.capture():
+            facts.response = [clip(result)]
+    except Exception as exc:
+        internal_error("token_counter", _config.loggable(exc), f"{describe(result)} result")
+    if may_hold_ids(result) and not _short_ids(result):
+        outputs().judge_result(call.output_watch(), result)
 
 
-#: Stream items stamped before their gaps are recorded (8 bytes each: bounded memory); also
-#: how often streamed ids are judged (a numpy pass per chunk).
-GAP_CHUNK = 4096
+def _add_counted(facts: RequestFacts, where: str, value: object, output: bool) -> None:
+    """A counter's answer, checked: a bad one is counted and left out."""
+    count = as_count(value)
+    if count is None:
+        internal_error("bad_token_count", detail=f"{where} returned {describe(value)}")
+    elif output:
+        facts.output_tokens += count
+    else:
+        facts.input_tokens += count
+
+
+def _count_kernel_fallback(model: str, declared: str, actual: str) -> None:
+    """A call took another kernel than the one its decorator declared."""
+    attrs: dict[str, AttrValue] = {
+        sc.REQUEST_MODEL: model,
+        "bitnet.kernel.declared": declared,
+        "bitnet.kernel.actual": actual,
+    }
+    _instruments.KERNEL_FALLBACKS.add(key_of(attrs), 1)
 
 
 def may_hold_ids(value: Any) -> bool:
@@ -837,69 +493,14 @@ def may_hold_ids(value: Any) -> bool:
     return hasattr(value, "dtype") and hasattr(value, "shape")
 
 
-def _outputs() -> ModuleType:
-    """The output-health glue (it needs numpy): imported by ``configure()`` or at decoration
-    when numpy is loaded already, else on the first ids or logits."""
-    module = sys.modules.get("bitnet_obs._outputs")
-    if module is None:
-        importlib.import_module("bitnet_obs._outputs")
-        module = sys.modules["bitnet_obs._outputs"]
-    return module
-
-
 def _short_ids(value: Any) -> bool:
-    """A list/tuple of ids too short to be judged (the common short answer: no glue at all)."""
+    """A list/tuple of ids too short to be judged (the common short answer: no room at all)."""
     kind = type(value)
     return (
         (kind is list or kind is tuple)
         and type(value[0]) is int
         and len(value) < _config.current().degenerate_min_tokens
     )
-
-
-def preload_outputs() -> None:
-    """Import the output-health glue now, off the request path: a first import on it could
-    be interrupted by a fork in another thread, leaving the module lock held in the child."""
-    if "numpy" in sys.modules:
-        _outputs()
-
-
-def _discard(_: int) -> None:
-    pass
-
-
-def _record_gaps(bound: Bound, stamps: array[float], span: Span | None) -> None:
-    """The gaps between consecutive stamps into the inter-token histogram (one lock)."""
-    context = span.get_span_context() if span is not None else None
-    store = _instruments.store()
-    if bound.cell is None or store is None:  # the SDK's instrument: one record per gap
-        gaps = [b - a for a, b in pairwise(stamps)]
-        _instruments.record_bound([(bound, gap) for gap in gaps], context)
-        return
-    ids = None
-    if context is not None and context.trace_flags.sampled:
-        ids = (context.span_id, context.trace_id)
-    store.add_gaps(bound.cell, stamps, ids)
-
-
-def _private(exc: BaseException) -> BaseException | None:
-    """What a log may show of an exception from the caller's code: its traceback when content
-    capture is on, else nothing (its message may quote the prompt; the kind is logged)."""
-    return exc if _config.current().capture_content else None
-
-
-def _prompt_text(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
-    for name in ("prompt", "messages", "text", "input"):
-        if name in kwargs:
-            return clip(str(kwargs[name]))
-    for arg in args:
-        if isinstance(arg, str):
-            return clip(arg)
-    return None
-
-
-def _messages(role: str, text: str) -> str:
-    return json.dumps([{"role": role, "parts": [{"type": "text", "content": clip(text)}]}])
 
 
 def record_fallback(
@@ -924,59 +525,3 @@ def record_fallback(
             target.add_event("bitnet.device.fallback", attrs)
     except Exception as exc:
         internal_error("fallback", exc)
-
-
-def record_quantization(
-    name: str,
-    reference: Any,
-    candidate: Any,
-    fmt: str | None,
-    reference_kind: str,
-    kind: str,
-    activations: Any = None,
-    codes: Any = None,
-) -> None:
-    """``record_quantization`` of a call or of the stand-in: a sample, never raising."""
-    from bitnet_obs.quant import _record  # numpy: loaded only by code that compares tensors
-
-    try:
-        _record.compare_outputs(
-            name, reference, candidate, format=fmt or "i2_s", reference_kind=reference_kind,
-            kind=kind, activations=activations, codes=codes,
-        )  # fmt: skip
-    except Exception as exc:  # bad input inside inference: counted, never raised
-        _record.skip(kind if kind in _record.KINDS else "output", "bad_input")
-        if not isinstance(exc, ValueError):
-            internal_error("quant_sample", exc)
-
-
-class Outside(InferenceContext):
-    """``current_inference()`` outside a monitored call: reports go nowhere, except those that
-    need no call (fallbacks, quantization samples, cache counts)."""
-
-    __slots__ = ()
-
-    def fallback(self, from_device: str, to_device: str, reason: str) -> None:
-        record_fallback(from_device, to_device, reason)
-
-    def record_quantization(
-        self,
-        name: str,
-        reference: Any,
-        candidate: Any,
-        *,
-        format: str | None = None,
-        reference_kind: str = "quantized",
-        kind: str = "output",
-        activations: Any = None,
-        codes: Any = None,
-    ) -> None:
-        record_quantization(
-            name, reference, candidate, format, reference_kind, kind, activations, codes
-        )
-
-    def record_cache(self, hits: int = 0, misses: int = 0, *, cache: str = "kv") -> None:
-        _record_cache(hits, misses, cache=cache)
-
-
-OUTSIDE = Outside()

@@ -10,7 +10,6 @@ import weakref
 
 from bitnet_obs import _state, health
 from bitnet_obs._candidate import Failure, FailureKind, Runner
-from bitnet_obs._config import Number
 from bitnet_obs._crossval import (
     MAX_SECONDS,
     SECONDS,
@@ -23,6 +22,7 @@ from bitnet_obs._crossval import (
 )
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._golden import GoldenSet, load, usable
+from bitnet_obs._parsers import Number
 from bitnet_obs._selfmon import internal_error, logger
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")

@@ -51,7 +51,7 @@ def _bounded(parser: Any, what: str) -> Callable[[str], Any]:
 
 def add_parser(sub: Any) -> None:
     """The ``canary`` subcommand."""
-    from bitnet_obs import _canary, _config, _http_candidate
+    from bitnet_obs import _canary, _http_candidate, _parsers
     from bitnet_obs import _crossval as cv
 
     canary = sub.add_parser(
@@ -109,7 +109,7 @@ def add_parser(sub: Any) -> None:
     )
     canary.add_argument(
         "--port",
-        type=_bounded(_config.Integer(0, 65535), "--port"),
+        type=_bounded(_parsers.Integer(0, 65535), "--port"),
         default=None,
         help="port of /metrics and /health, 0 to 65535, 0 picks a free one "
         "(default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)",

@@ -17,20 +17,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
-import re
-import ssl
-import stat
 import threading
 import types
-import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from bitnet_obs import _instruments, _state
-from bitnet_obs._errors import ConfigError
+from bitnet_obs import _instruments, _secrets, _state
+from bitnet_obs import _otlp as _otlp_rules
+from bitnet_obs._errors import ConfigError, invalid
+from bitnet_obs._parsers import (
+    Choice,
+    Flag,
+    Integer,
+    KeyValues,
+    Maybe,
+    Names,
+    Number,
+    Parser,
+    Text,
+    Url,
+    fmt,
+)
 from bitnet_obs._selfmon import internal_error
 
 if TYPE_CHECKING:
@@ -47,273 +56,6 @@ DEGENERATE_FIELDS = (
     "window",
     "min_tokens",
 )
-
-
-def _bad(name: str, value: object, accepted: str) -> ConfigError:
-    shown = value[:200] + "…" if isinstance(value, str) and len(value) > 200 else value
-    return ConfigError(f"{name}={shown!r} is not valid; accepted: {accepted}")
-
-
-# --- parsers: one per kind of value; ``parse`` takes env text, ``check`` a Python value --------
-
-
-class Parser(Generic[T]):
-    """How one kind of setting is read and checked. ``accepted`` is shown in errors and docs."""
-
-    accepted = ""
-
-    def parse(self, name: str, raw: str) -> T:
-        return self.check(name, raw)
-
-    def check(self, name: str, value: object) -> T:
-        raise NotImplementedError
-
-
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
-
-
-class Flag(Parser[bool]):
-    accepted = "`true`, `false`"
-
-    def parse(self, name: str, raw: str) -> bool:
-        low = raw.strip().lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise _bad(name, raw, "true or false")
-
-    def check(self, name: str, value: object) -> bool:
-        if not isinstance(value, bool):
-            raise _bad(name, value, "True or False")
-        return value
-
-
-def _fmt(x: float) -> str:
-    """1, 0.5, 600000, 86_400_000: what the docs and errors show of a number."""
-    if float(x).is_integer():
-        return f"{int(x):_}" if abs(x) >= 1e6 else str(int(x))
-    return f"{x:g}"
-
-
-class Number(Parser[float]):
-    """A finite float in ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``), in ``unit``.
-
-    ``env_scale`` converts the env value to the field's unit (milliseconds to seconds: 0.001).
-    """
-
-    def __init__(
-        self,
-        lo: float,
-        hi: float,
-        unit: str = "",
-        *,
-        lo_open: bool = False,
-        env_scale: float = 1.0,
-        env_unit: str | None = None,
-    ) -> None:
-        assert math.isfinite(hi), "every setting has a finite upper bound"
-        self.lo, self.hi, self.unit, self.lo_open = lo, hi, unit, lo_open
-        self.env_scale = env_scale
-        self.env_unit = unit if env_unit is None else env_unit
-        self.accepted = self._range(1.0, unit)
-        self.env_accepted = self._range(env_scale, self.env_unit)
-
-    def _range(self, scale: float, unit: str) -> str:
-        lo, hi = self.lo / scale, self.hi / scale
-        bracket = "(" if self.lo_open else "["
-        what = f"a number in {bracket}{_fmt(lo)}, {_fmt(hi)}]"
-        return f"{what} {unit}".rstrip()
-
-    def parse(self, name: str, raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise _bad(name, raw, self.env_accepted) from None
-        if not self._ok(value * self.env_scale):
-            raise _bad(name, raw, self.env_accepted)
-        return value * self.env_scale
-
-    def check(self, name: str, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _bad(name, value, self.accepted)
-        if not self._ok(float(value)):
-            raise _bad(name, value, self.accepted)
-        return float(value)
-
-    def _ok(self, value: float) -> bool:
-        if math.isnan(value) or value > self.hi or value < self.lo:
-            return False
-        return not (self.lo_open and value == self.lo)
-
-
-class Integer(Parser[int]):
-    """An integer in ``[lo, hi]`` (decimal digits only in env text)."""
-
-    def __init__(self, lo: int, hi: int) -> None:
-        self.lo, self.hi = lo, hi
-        self.accepted = f"an integer in [{_fmt(lo)}, {_fmt(hi)}]"
-
-    def parse(self, name: str, raw: str) -> int:
-        text = raw.strip()
-        if not (text.isascii() and text.isdigit()) or not self.lo <= int(text) <= self.hi:
-            raise _bad(name, raw, self.accepted)  # "²".isdigit() is True: ASCII digits only
-        return int(text)
-
-    def check(self, name: str, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not self.lo <= value <= self.hi:
-            raise _bad(name, value, self.accepted)
-        return value
-
-
-class Maybe(Parser[Any]):
-    """The inner parser's values, or ``None`` (unset)."""
-
-    def __init__(self, inner: Parser[Any]) -> None:
-        self.inner = inner
-        self.accepted = inner.accepted
-        self.env_accepted = getattr(inner, "env_accepted", inner.accepted)
-
-    def parse(self, name: str, raw: str) -> Any:
-        return self.inner.parse(name, raw)
-
-    def check(self, name: str, value: object) -> Any:
-        return None if value is None else self.inner.check(name, value)
-
-
-class Choice(Parser[str]):
-    def __init__(self, *choices: str) -> None:
-        self.choices = choices
-        self.accepted = ", ".join(f"`{c}`" for c in choices)
-
-    def parse(self, name: str, raw: str) -> str:
-        low = raw.strip().lower()
-        if low not in self.choices:
-            raise _bad(name, raw, ", ".join(self.choices))
-        return low
-
-    def check(self, name: str, value: object) -> str:
-        if not isinstance(value, str) or value not in self.choices:
-            raise _bad(name, value, ", ".join(self.choices))
-        return value
-
-
-class Names(Parser[tuple[str, ...]]):
-    """A comma list (env) or a name / list of names (keyword) from ``choices``; ``none`` alone
-    means the empty list."""
-
-    def __init__(self, *choices: str) -> None:
-        self.choices = choices
-        self.accepted = "comma list of " + ", ".join(f"`{c}`" for c in (*choices, "none"))
-
-    def parse(self, name: str, raw: str) -> tuple[str, ...]:
-        return self._names(name, raw, [i.strip().lower() for i in raw.split(",") if i.strip()])
-
-    def check(self, name: str, value: object) -> tuple[str, ...]:
-        if isinstance(value, str):
-            return self.parse(name, value)
-        if isinstance(value, (list, tuple, set, frozenset)) and all(
-            isinstance(v, str) for v in value
-        ):
-            items = [v.strip().lower() for v in value]
-            return self._names(name, value, [i for i in items if i] or ["none"])
-        raise _bad(name, value, "a name or a list of names of " + ", ".join(self.choices))
-
-    def _names(self, name: str, raw: object, items: list[str]) -> tuple[str, ...]:
-        plain = self.accepted.replace("`", "")
-        if not items:
-            raise _bad(name, raw, plain)
-        for item in items:
-            if item not in (*self.choices, "none"):
-                raise ConfigError(f"{name}={raw!r}: unknown name {item!r}; accepted: {plain}")
-        if "none" in items:
-            if len(items) > 1:
-                raise ConfigError(f"{name}={raw!r}: 'none' cannot be combined with other names")
-            return ()
-        return tuple(c for c in self.choices if c in items)  # one canonical order
-
-
-_ATTR_VALUE = (str, bool, int, float)
-_CTL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class KeyValues(Parser[Mapping[str, Any]]):
-    """``key=value`` pairs separated by ``,``, percent-decoded (W3C baggage style).
-
-    ``headers=True``: values are str without control characters and keys are lower-cased (gRPC
-    metadata keys must be; the SDK's own env path does the same; HTTP does not care).
-    """
-
-    def __init__(self, *, headers: bool = False, max_items: int = 128) -> None:
-        self.headers, self.max_items = headers, max_items
-        self.accepted = "`key=value` pairs separated by `,`; values percent-encoded"
-
-    def parse(self, name: str, raw: str) -> Mapping[str, Any]:
-        result: dict[str, str] = {}
-        for item in raw.split(","):
-            if not item.strip():
-                continue
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise _bad(name, raw, "key=value pairs separated by ','")
-            result[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
-        return self.check(name, result)
-
-    def check(self, name: str, value: object) -> Mapping[str, Any]:
-        plain = "a mapping of str to " + ("str" if self.headers else "str, bool, int or float")
-        if not isinstance(value, Mapping) or len(value) > self.max_items:
-            raise _bad(name, value, f"{plain}, at most {self.max_items} items")
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            ok_type = isinstance(item, str) if self.headers else isinstance(item, _ATTR_VALUE)
-            if not isinstance(key, str) or not key or not ok_type:
-                raise _bad(name, value, plain)
-            if self.headers:
-                if _CTL.search(key) or _CTL.search(item) or not key.isascii() or " " in key:
-                    raise ConfigError(
-                        f"{name}: header {key!r} has a control character, a space or a non-ASCII "
-                        "character in its name or a control character (CR, LF, ...) in its "
-                        "value; accepted: printable header names and values"
-                    )
-                key = key.lower()
-            out[key] = item
-        return types.MappingProxyType(out)
-
-
-class Url(Parser[str]):
-    accepted = "an `http://` or `https://` URL"
-    _plain = "an http:// or https:// URL"
-
-    def check(self, name: str, value: object) -> str:
-        if not isinstance(value, str):
-            raise _bad(name, value, "an http:// or https:// URL")
-        raw = value.strip()
-        try:
-            parsed = urllib.parse.urlparse(raw)
-            hostname = parsed.hostname
-            parsed.port  # noqa: B018 - raises on a malformed port
-        except ValueError:  # e.g. "http://[::1": an unclosed IPv6 literal
-            raise _bad(name, value, self._plain + " with a valid host and a valid port") from None
-        if parsed.scheme not in ("http", "https") or not hostname or _CTL.search(raw):
-            raise _bad(name, value, self._plain + " with a host, e.g. http://localhost:4318")
-        return raw
-
-
-class Text(Parser[str]):
-    """A string matching ``pattern`` (fully)."""
-
-    def __init__(self, pattern: str, accepted: str) -> None:
-        self.pattern = re.compile(pattern)
-        self.accepted = accepted
-
-    def parse(self, name: str, raw: str) -> str:
-        return self.check(name, raw.strip())
-
-    def check(self, name: str, value: object) -> str:
-        if not isinstance(value, str) or not self.pattern.fullmatch(value):
-            raise _bad(name, value, self.accepted)
-        return value
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -346,7 +88,7 @@ def setting(
     elif isinstance(default, bool):
         shown = f"`{str(default).lower()}`"
     elif isinstance(default, (int, float)):
-        shown = f"`{_fmt(default)}`"
+        shown = f"`{fmt(default)}`"
     else:
         shown = f"`{default}`"
     row = Row(env, parser, doc, shown, per_signal)
@@ -710,6 +452,17 @@ class Settings:
         "at most the window).",
         env="BITNET_OBS_DEGENERATE_MIN_TOKENS",
     )
+    # 0.01, the quantization checks' rate, for a reason of its own: one sampled step of a
+    # 128k vocabulary costs ~0.45 ms (docs/performance.md) and a report measures up to 64
+    # steps, so 1% of calls keeps the mean cost near 0.3 ms per call, within the shared
+    # BITNET_OBS_QUANT_BUDGET, while a server at 1 request/s still gets ~2,000 steps an hour.
+    logits_sample_rate: float = setting(
+        0.01,
+        Number(0.0, 1.0),
+        "Fraction of monitored calls whose `observe_logits` reports are measured (entropy, "
+        "top-1 margin), drawn once per call; the time goes to `BITNET_OBS_QUANT_BUDGET`.",
+        env="BITNET_OBS_LOGITS_SAMPLE_RATE",
+    )
 
     @functools.cached_property
     def degenerate_thresholds(self) -> DegenerateThresholds:
@@ -742,9 +495,6 @@ def row(field_name: str) -> Row:
 
 # --- variables that are not a field of their own --------------------------------------------
 
-_CREDENTIALS = "user:password, user without ':', both non-empty"
-_MAX_SECRET_FILE = 64 * 1024
-_TLS_ACCEPTED = "a PEM certificate (chain) and its unencrypted PEM private key, both readable files"
 
 #: Variables read by hand (not one field each): (name, default, accepted, doc).
 EXTRA_VARS: tuple[tuple[str, str, str, str], ...] = (
@@ -821,11 +571,9 @@ def _otlp(env: Mapping[str, str], signal: str) -> OTLPSettings:
                     specific_endpoint = var.startswith(f"OTEL_EXPORTER_OTLP_{signal}_")
                 break
     protocol = values.get("protocol", "http/protobuf")
-    if "endpoint" not in values:
-        port = 4317 if protocol == "grpc" else 4318
-        values["endpoint"] = f"http://localhost:{port}"
-    if protocol == "http/protobuf" and not specific_endpoint:
-        values["endpoint"] = values["endpoint"].rstrip("/") + "/v1/" + signal.lower()
+    values["endpoint"] = _otlp_rules.signal_endpoint(
+        protocol, values.get("endpoint"), signal, specific_endpoint
+    )
     return OTLPSettings(endpoint_is_signal_specific=specific_endpoint, **values)
 
 
@@ -841,7 +589,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         values.setdefault("traces_exporters", ("otlp",))
     values["otlp_metrics"] = _otlp(env, "METRICS")
     values["otlp_traces"] = _otlp(env, "TRACES")
-    values.update(_credentials_from_env(env))
+    values.update(_secrets.credentials_from_env(env))
     return _checked(Settings(**values))
 
 
@@ -868,7 +616,7 @@ def with_overrides(base: Settings, overrides: Mapping[str, Any]) -> Settings:
 
 def _check_otlp(name: str, value: object) -> OTLPSettings:
     if not isinstance(value, OTLPSettings):
-        raise _bad(name, value, "an OTLPSettings")
+        raise invalid(name, value, "an OTLPSettings")
     for field_name, r in rows(OTLPSettings):
         r.parser.check(f"{name}.{field_name}", getattr(value, field_name))
     return value
@@ -876,24 +624,22 @@ def _check_otlp(name: str, value: object) -> OTLPSettings:
 
 def _check_degenerate(settings: Settings) -> None:
     """The thresholds' own cross-checks (cycle span above the max period, min tokens within
-    the window, no run of 1), named by variable; skipped when every one is its default."""
+    the window, no run of 1), naming the variables; skipped when every one is its default."""
     names = [f"degenerate_{name}" for name in DEGENERATE_FIELDS]
     declared = {f.name: f.default for f in dataclasses.fields(Settings)}
     if all(getattr(settings, n) == declared[n] for n in names):
         return
-    try:
-        settings.degenerate_thresholds  # noqa: B018 - built (and cached) for its checks
-    except ConfigError as exc:
-        message = str(exc)
-        for name in DEGENERATE_FIELDS:
-            var = row(f"degenerate_{name}").env
-            message = message.replace(f" {name}=", f" {var} (degenerate_{name})=")
-        raise ConfigError(message) from None
+    from bitnet_obs._degenerate import check_thresholds  # numpy: only for non-default values
+
+    def label(name: str) -> str:
+        return f"degenerate thresholds: {row(f'degenerate_{name}').env} (degenerate_{name})"
+
+    check_thresholds({n: getattr(settings, f"degenerate_{n}") for n in DEGENERATE_FIELDS}, label)
 
 
 def _checked(settings: Settings) -> Settings:
     """Cross-field checks shared by env and overrides."""
-    _check_security(settings)
+    _secrets.check_security(settings.tls_cert_file, settings.tls_key_file, settings.basic_auth)
     _check_degenerate(settings)
     if "prometheus" in settings.metrics_exporters and settings.server == "off":
         raise ConfigError(
@@ -901,106 +647,6 @@ def _checked(settings: Settings) -> Settings:
             "accepted: BITNET_OBS_SERVER=auto or on, or another OTEL_METRICS_EXPORTER"
         )
     return settings
-
-
-# --- TLS files and credentials --------------------------------------------------------------
-
-
-def _read_regular_file(name: str, path: str, accepted: str, limit: int) -> bytes:
-    """At most ``limit`` bytes of a regular file; never blocks on a FIFO or device."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except (OSError, ValueError):
-        raise _bad(name, path, accepted) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _bad(name, path, accepted + " (a regular file)")
-        data = os.read(fd, limit + 1)
-    except OSError:
-        raise _bad(name, path, accepted) from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise _bad(name, path, f"{accepted} (at most {limit} bytes)")
-    return data
-
-
-def _credentials(name: str, raw: str, shown: str | None = None) -> tuple[str, str]:
-    """``user:password``; the message never repeats a secret (``shown`` replaces it)."""
-    user, sep, password = raw.partition(":")
-    if not sep or not user or not password or any(c in raw for c in "\r\n\x00"):
-        what = shown if shown is not None else f"<{len(raw)} characters, not shown>"
-        raise ConfigError(f"{name}={what} is not valid; accepted: {_CREDENTIALS}")
-    return user, password
-
-
-def _credentials_file(name: str, path: str) -> tuple[str, str]:
-    accepted = "a readable file whose first line is " + _CREDENTIALS
-    data = _read_regular_file(name, path, accepted, _MAX_SECRET_FILE)
-    try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise _bad(name, path, accepted + " (UTF-8)") from None
-    first = lines[0].strip() if lines else ""
-    return _credentials(name, first, shown=f"{path!r} (content not shown)")
-
-
-def _credentials_from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    inline, path = env.get("BITNET_OBS_BASIC_AUTH"), env.get("BITNET_OBS_BASIC_AUTH_FILE")
-    if inline is not None and path is not None:
-        raise ConfigError(
-            f"BITNET_OBS_BASIC_AUTH and BITNET_OBS_BASIC_AUTH_FILE={path!r} are both set; "
-            "accepted: one of the two"
-        )
-    if inline is not None:
-        return {"basic_auth": _credentials("BITNET_OBS_BASIC_AUTH", inline.strip())}
-    if path is not None:
-        return {"basic_auth": _credentials_file("BITNET_OBS_BASIC_AUTH_FILE", path.strip())}
-    return {}
-
-
-def _no_password() -> bytes:
-    return b""  # an encrypted key then fails to load instead of prompting on a terminal
-
-
-def check_tls_files(cert: str, key: str | None, cert_name: str, key_name: str) -> None:
-    """Load the pair once, so a wrong path or key fails at ``configure()``, not at a scrape."""
-    for name, path in ((cert_name, cert), (key_name, key)):
-        if path is not None:
-            _read_regular_file(name, path, _TLS_ACCEPTED, 16 * 1024 * 1024)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert, key, password=_no_password)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        raise ConfigError(
-            f"{cert_name}={cert!r} with {key_name}={key!r} could not be loaded ({reason}); "
-            f"accepted: {_TLS_ACCEPTED}"
-        ) from None
-
-
-def _check_security(settings: Settings) -> None:
-    """TLS files and ``basic_auth=(user, password)``, from env or keywords alike."""
-    cert, key = settings.tls_cert_file, settings.tls_key_file
-    if key is not None and cert is None:
-        raise ConfigError(
-            f"BITNET_OBS_TLS_KEY_FILE (tls_key_file)={key!r} is set without "
-            "BITNET_OBS_TLS_CERT_FILE; accepted: both, or the certificate file alone when it "
-            "also holds the key"
-        )
-    if cert is not None:
-        check_tls_files(cert, key, "BITNET_OBS_TLS_CERT_FILE", "BITNET_OBS_TLS_KEY_FILE")
-    auth = settings.basic_auth
-    if auth is not None:
-        if not (
-            isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, str) for x in auth)
-        ):
-            raise ConfigError(f"basic_auth of type {type(auth).__name__} is not valid; accepted: "
-                              "a (user, password) tuple of str, or None")  # fmt: skip
-        user, password = auth
-        if ":" in user:
-            raise ConfigError("basic_auth=(<not shown>) is not valid; accepted: " + _CREDENTIALS)
-        _credentials("basic_auth", f"{user}:{password}", shown="(<not shown>)")
 
 
 # --- the settings in force ------------------------------------------------------------------
@@ -1025,6 +671,12 @@ def current() -> Settings:
                 internal_error("config", exc)
                 _from_env = Settings()
         return _from_env
+
+
+def loggable(exc: BaseException) -> BaseException | None:
+    """What a log may show of an exception from the caller's code: its traceback when content
+    capture is on, else nothing (its message may quote the prompt; the kind is logged)."""
+    return exc if current().capture_content else None
 
 
 # The catalogue sits below this module: it reads the naming mode through this callback.

@@ -79,10 +79,10 @@ class InferenceContext:
         output per row."""
 
     def observe_logits(self, logits: Any) -> None:
-        """Next-token logits of decoding steps, ``(steps, vocab)`` or ``(vocab,)``: sampled and
-        time-budgeted like quantization samples (``BITNET_OBS_QUANT_SAMPLE_RATE``,
-        ``BITNET_OBS_QUANT_BUDGET``), their entropy and top-1 margin are recorded. Pass a
-        zero-argument callable to build them only when the sample is taken."""
+        """Next-token logits of decoding steps, ``(steps, vocab)`` or ``(vocab,)``: drawn once
+        per call at ``BITNET_OBS_LOGITS_SAMPLE_RATE`` and time-budgeted with the quantization
+        samples (``BITNET_OBS_QUANT_BUDGET``), their entropy and top-1 margin are recorded.
+        Pass a zero-argument callable to build them only when the sample is taken."""
 
     def first_token(self) -> None:
         """Mark the first output token now (for code that knows the moment)."""

@@ -29,7 +29,6 @@ from bitnet_obs._candidate import (
     Outcome,
     Runner,
 )
-from bitnet_obs._config import Integer, Maybe, Number
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._golden import (
     MAX_CASES,
@@ -41,6 +40,7 @@ from bitnet_obs._golden import (
     save,
     usable,
 )
+from bitnet_obs._parsers import Integer, Maybe, Number
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._topk import TopLogprobs, topk_agreement
 from bitnet_obs._version import __version__

@@ -38,7 +38,7 @@ __all__ = ["EXIT_BAD_INPUT", "add_parser", "load_callable", "read_prompts", "run
 
 
 def _bounded(parser: Any, what: str) -> Callable[[str], Any]:
-    """An argparse type from one of the settings parsers (``_config.Number``/``Integer``): the
+    """An argparse type from one of the settings parsers (``_parsers.Number``/``Integer``): the
     same bounds, the same message."""
     from bitnet_obs._errors import ConfigError
 

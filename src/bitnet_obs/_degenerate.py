@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -70,32 +70,39 @@ class DegenerateThresholds:
     min_tokens: int = 32
 
     def __post_init__(self) -> None:
-        def whole(name: str, low: int, high: int, zero_ok: bool = False) -> int:
-            value = getattr(self, name)
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            if not ok or not (low <= value <= high or (zero_ok and value == 0)):
-                off = " or 0 (off)" if zero_ok else ""
-                raise ConfigError(
-                    f"degenerate thresholds: {name}={value!r}; accepted: an integer "
-                    f"{low}..{high}{off}"
-                )
-            return int(value)
+        check_thresholds(self.__dict__, lambda name: f"degenerate thresholds: {name}")
 
-        whole("repeat_run", 2, 1 << 40, zero_ok=True)
-        period = whole("max_period", 2, 64)
-        whole("cycle_span", period + 1, 1 << 40, zero_ok=True)
-        window = whole("window", 8, 1 << 16)
-        whole("min_tokens", 1, window)
-        fraction = self.min_distinct_fraction
+
+def check_thresholds(values: Mapping[str, object], label: Callable[[str], str]) -> None:
+    """The thresholds' ranges and cross-checks (cycle span above the max period, min tokens
+    within the window, no run of 1); ``label`` names a field in the error (the settings name
+    their environment variable)."""
+
+    def whole(name: str, low: int, high: int, zero_ok: bool = False) -> int:
+        value = values[name]
         if (
-            isinstance(fraction, bool)
-            or not isinstance(fraction, (int, float))
-            or not 0.0 <= fraction < 1.0
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not (low <= value <= high or (zero_ok and value == 0))
         ):
-            raise ConfigError(
-                f"degenerate thresholds: min_distinct_fraction={fraction!r}; accepted: a number "
-                "0 <= f < 1 (0: off)"
-            )
+            off = " or 0 (off)" if zero_ok else ""
+            raise ConfigError(f"{label(name)}={value!r}; accepted: an integer {low}..{high}{off}")
+        return value
+
+    whole("repeat_run", 2, 1 << 40, zero_ok=True)
+    period = whole("max_period", 2, 64)
+    whole("cycle_span", period + 1, 1 << 40, zero_ok=True)
+    window = whole("window", 8, 1 << 16)
+    whole("min_tokens", 1, window)
+    fraction = values["min_distinct_fraction"]
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0.0 <= fraction < 1.0
+    ):
+        raise ConfigError(
+            f"{label('min_distinct_fraction')}={fraction!r}; accepted: a number 0 <= f < 1 (0: off)"
+        )
 
 
 DEFAULT_THRESHOLDS: Final = DegenerateThresholds()

@@ -6,8 +6,15 @@ it without importing the settings machinery and, through it, the OpenTelemetry A
 
 from __future__ import annotations
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "invalid"]
 
 
 class ConfigError(ValueError):
     """A configuration value is malformed; the message says which, what it was, what works."""
+
+
+def invalid(name: str, value: object, accepted: str) -> ConfigError:
+    """The one wording of a bad value: ``NAME=value is not valid; accepted: ...`` (a long
+    text is cut at 200 characters)."""
+    shown = value[:200] + "…" if isinstance(value, str) and len(value) > 200 else value
+    return ConfigError(f"{name}={shown!r} is not valid; accepted: {accepted}")

@@ -66,6 +66,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.sdk.version import __version__ as sdk_version
 
+from bitnet_obs import _otlp as _otlp_rules
 from bitnet_obs._aggregate import Point, Store
 from bitnet_obs._config import OTLPSettings, Settings
 from bitnet_obs._exposition import PullReader
@@ -341,7 +342,7 @@ def _otlp(o: OTLPSettings, signal: str, extra: dict[str, Any]) -> tuple[str, Any
     if o.protocol == "grpc":
         import grpc
 
-        kwargs["insecure"] = o.endpoint.startswith("http://")
+        kwargs["insecure"] = _otlp_rules.insecure(o.endpoint)
         kwargs["compression"] = grpc.Compression.Gzip if gzip else None
     else:
         from opentelemetry.exporter.otlp.proto.http import Compression

@@ -44,8 +44,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet_obs._candidate import CandidateError
-from bitnet_obs._config import Integer, Number
 from bitnet_obs._errors import ConfigError
+from bitnet_obs._parsers import Integer, Number
 from bitnet_obs._topk import TopkError, TopLogprobs, checked
 
 __all__ = [

@@ -1,14 +1,11 @@
 """``@monitored_inference`` / ``monitor_inference``: one monitor for every call shape.
 
 One object (:class:`InferenceMonitor`) is both decorator and context manager (as
-prometheus_client's ``Timer``). Arguments are validated when it is built, so a mistake raises
-:class:`~bitnet_obs.ConfigError` at import time; everything a call does is in
-:mod:`bitnet_obs._call` and never raises into the caller.
-
-The caller's code behaves exactly as without us: its exceptions propagate unchanged (same
-object, same traceback), its return values are returned, and generators keep ``send()``,
-``throw()`` and ``close()``. A plain function that *returns* a generator, async generator or
-coroutine is measured until that stream ends.
+prometheus_client's ``Timer``). Its keywords are declared once, in :class:`MonitorOptions`
+(type, default and doc of each), which the decorator, the context manager, the monitor, their
+signatures and the README's table all read. Arguments are checked when the monitor is built,
+so a mistake raises :class:`~bitnet_obs.ConfigError` at import time; what a call does is in
+:mod:`bitnet_obs._call` and :mod:`bitnet_obs._shapes`, and never raises into the caller.
 """
 
 from __future__ import annotations
@@ -17,13 +14,10 @@ import contextvars
 import functools
 import inspect
 import sys
-import time
 import types
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
-
-from opentelemetry import context as otel_context
-from opentelemetry import trace
+import typing
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, NamedTuple, TypedDict, TypeVar, cast, overload
 
 from bitnet_obs import _context
 from bitnet_obs import _semconv as sc
@@ -39,16 +33,24 @@ from bitnet_obs._attributes import (
     check_quant_format,
     endpoint,
 )
-from bitnet_obs._call import GAP_CHUNK, OUTSIDE, Call, Site, TokenCounter, record_fallback
+from bitnet_obs._call import OUTSIDE, Call, preload_outputs, record_fallback
 from bitnet_obs._context import InferenceContext
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._instruments import REQUEST_DURATION, REQUESTS, TOKENS
 from bitnet_obs._selfmon import internal_error
+from bitnet_obs._shapes import wrap_async, wrap_async_gen, wrap_gen, wrap_sync
+from bitnet_obs._site import Site, TokenCounter
 from bitnet_obs._tally import AttrValue
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover - the 3.10 spelling
+    from typing_extensions import Unpack
 
 __all__ = [
     "InferenceContext",
     "InferenceMonitor",
+    "MonitorOptions",
     "bind_context",
     "current_inference",
     "monitor_inference",
@@ -66,6 +68,88 @@ QuantFormat = Literal[
     "i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "fp32", "fp16", "bf16", "q8_0", "q4_0", "int8", "other"
 ]
 Priority = Literal["low", "normal", "high", "critical"]
+
+
+class Option(NamedTuple):
+    """A monitor keyword's default and doc (in :class:`MonitorOptions`' annotations)."""
+
+    default: Any
+    doc: str
+
+
+class MonitorOptions(TypedDict, total=False):
+    """The keywords of :func:`monitored_inference`, :func:`monitor_inference` and
+    :class:`InferenceMonitor`, declared once: each one's type, default and doc.
+
+    Wrap a monitor in your own helper and keep the types::
+
+        def my_monitor(**options: Unpack[bitnet_obs.MonitorOptions]) -> InferenceMonitor:
+            return bitnet_obs.monitor_inference(provider="my-server", **options)
+    """
+
+    model: Annotated[str, Option("unknown", "`gen_ai.request.model` of every call.")]
+    operation: Annotated[
+        Operation, Option("text_completion", "`gen_ai.operation.name`: what the call does.")
+    ]
+    provider: Annotated[str, Option("bitnet", "`gen_ai.provider.name`: the serving engine.")]
+    quant_format: Annotated[
+        QuantFormat, Option("i2_s", "`bitnet.quant.format` of the weights the call runs.")
+    ]
+    device: Annotated[
+        str, Option("cpu", "`bitnet.device` (`cpu`, `cuda:0`, ...); `set_device()` changes it.")
+    ]
+    attributes: Annotated[
+        Mapping[str, AttrValue] | None,
+        Option(None, "Extra low-cardinality metric attributes (keys must make valid labels)."),
+    ]
+    count_input: Annotated[
+        TokenCounter | None,
+        Option(None, "Input tokens of a result (default: its `usage.prompt_tokens`)."),
+    ]
+    count_output: Annotated[
+        TokenCounter | None,
+        Option(None, "Output tokens of a result (default: ids, counts and `usage`)."),
+    ]
+    count_stream_item: Annotated[
+        TokenCounter | None,
+        Option(None, "Output tokens of one streamed item (default: 1, or a chunk's length)."),
+    ]
+    capture_content: Annotated[
+        bool | None,
+        Option(None, "Prompt and response text on spans (None: `BITNET_OBS_CAPTURE_CONTENT`)."),
+    ]
+    client_token_usage: Annotated[
+        bool, Option(False, "Also record the `gen_ai.client.token.usage` histogram.")
+    ]
+    priority: Annotated[Priority | None, Option(None, "`bitnet.request.priority` of every call.")]
+    kernel: Annotated[
+        str | None,
+        Option(None, "The kernel the call should take; another one in `set_kernel()` is counted."),
+    ]
+    response_model: Annotated[
+        str | None, Option(None, "`gen_ai.response.model`, where it differs and is known.")
+    ]
+    server_address: Annotated[
+        str | None, Option(None, "`server.address` of the serving endpoint, where known.")
+    ]
+    server_port: Annotated[int | None, Option(None, "`server.port` (with `server_address` only).")]
+
+
+def _declared() -> dict[str, tuple[Any, Option]]:
+    """Each keyword's (type, Option), in declaration order."""
+    hints = typing.get_type_hints(MonitorOptions, include_extras=True)
+    return {name: (hint.__origin__, hint.__metadata__[0]) for name, hint in hints.items()}
+
+
+#: The keywords, in declaration order: (type, Option).
+OPTIONS: dict[str, tuple[Any, Option]] = _declared()
+SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=t)
+        for name, (t, o) in OPTIONS.items()
+    ],
+    return_annotation="InferenceMonitor",
+)
 
 #: Attribute keys bitnet-obs records beside a site's own: user keys must not collide with them.
 _OURS = frozenset(
@@ -133,73 +217,16 @@ def with_fallback(
 class InferenceMonitor:
     """Decorator and context manager for one kind of inference call.
 
-    Built by :func:`monitored_inference` / :func:`monitor_inference`; arguments are checked
-    here. As a context manager it may be shared: each ``with`` block is its own request, also
-    when blocks of several generators interleave.
+    Built by :func:`monitored_inference` / :func:`monitor_inference` with the keywords of
+    :class:`MonitorOptions`; they are checked here. As a context manager it may be shared:
+    each ``with`` block is its own request, also when blocks of several generators
+    interleave.
     """
 
-    def __init__(
-        self,
-        *,
-        model: str = "unknown",
-        operation: Operation = "text_completion",
-        provider: str = "bitnet",
-        quant_format: QuantFormat = "i2_s",
-        device: str = "cpu",
-        attributes: Mapping[str, AttrValue] | None = None,
-        count_input: TokenCounter | None = None,
-        count_output: TokenCounter | None = None,
-        count_stream_item: TokenCounter | None = None,
-        capture_content: bool | None = None,
-        client_token_usage: bool = False,
-        priority: Priority | None = None,
-        kernel: str | None = None,
-        response_model: str | None = None,
-        server_address: str | None = None,
-        server_port: int | None = None,
-    ) -> None:
-        attrs: dict[str, AttrValue] = {
-            sc.OPERATION_NAME: check_operation(operation),
-            sc.REQUEST_MODEL: check_model(model),
-            sc.PROVIDER_NAME: check_provider(provider),
-            **endpoint(response_model, server_address, server_port),
-            "bitnet.quant.format": check_quant_format(quant_format),
-            "bitnet.device": check_device(device),
-        }
-        if attributes is not None:
-            if not isinstance(attributes, Mapping):
-                raise ConfigError(
-                    f"attributes of type {type(attributes).__name__} is not valid; accepted: "
-                    "a mapping of str to str, bool, int or float"
-                )
-            check_label_keys(attributes, _OURS, "attributes")
-            attrs.update(check_attribute_values(attributes, "attributes"))
-        if priority is not None:
-            attrs["bitnet.request.priority"] = check_priority(priority)
-        for name, fn in (
-            ("count_input", count_input),
-            ("count_output", count_output),
-            ("count_stream_item", count_stream_item),
-        ):
-            if fn is not None and not callable(fn):
-                raise ConfigError(f"{name}={fn!r} is not valid; accepted: a callable or None")
-        for name, flag in (
-            ("capture_content", capture_content),
-            ("client_token_usage", client_token_usage),
-        ):
-            if flag is not None and not isinstance(flag, bool):
-                raise ConfigError(f"{name}={flag!r} is not valid; accepted: True or False")
-        self._site = Site(
-            attrs,
-            f"{operation} {model}",
-            count_input,
-            count_output,
-            count_stream_item,
-            capture_content,
-            bool(client_token_usage),
-            None if kernel is None else check_kernel(kernel),
-        )
+    def __init__(self, **options: Unpack[MonitorOptions]) -> None:
+        self._site = _site(options)
         self._site.declare()
+        preload_outputs()
         # open ``with`` blocks: (the frame that entered, its call), newest last
         self._open: list[tuple[types.FrameType, Call]] = []
 
@@ -217,8 +244,7 @@ class InferenceMonitor:
         self._exit(sys._getframe(1), exc)
 
     def _enter(self, frame: types.FrameType) -> InferenceContext:
-        call = Call(self._site)
-        call.begin((), {}, attach=False)
+        call = Call(self._site, (), {}, False)
         call.enter_shared()
         self._open.append((frame, call))
         return call
@@ -242,254 +268,69 @@ class InferenceMonitor:
             raise ConfigError(f"monitored_inference needs a callable, got {type(fn).__name__}")
         site = self._site
         if inspect.isasyncgenfunction(fn):
-            wrapper: Callable[..., Any] = _wrap_async_gen(fn, site)
+            wrapper: Callable[..., Any] = wrap_async_gen(fn, site)
         elif inspect.isgeneratorfunction(fn):
-            wrapper = _wrap_gen(fn, site)
+            wrapper = wrap_gen(fn, site)
         elif inspect.iscoroutinefunction(fn):
-            wrapper = _wrap_async(fn, site)
+            wrapper = wrap_async(fn, site)
         else:
-            wrapper = _wrap_sync(fn, site)
+            wrapper = wrap_sync(fn, site)
         return cast(F, functools.wraps(fn)(wrapper))
 
 
-# --------------------------------------------------------------------------- call shapes
+InferenceMonitor.__init__.__signature__ = SIGNATURE.replace(  # type: ignore[attr-defined]
+    parameters=[
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        *SIGNATURE.parameters.values(),
+    ],
+    return_annotation=None,
+)
 
 
-def _wrap_sync(fn: Callable[..., Any], site: Site) -> Callable[..., Any]:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = Call(site)
-        call.begin(args, kwargs, attach=True)
-        token = _context.current.set(call)
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            _context.current.reset(token)
-            call.end(exc)
-            raise
-        _context.current.reset(token)
-        if isinstance(result, _STREAMS):  # a stream returned: measured until it ends
-            return _continue(call, result)
-        call.end(None, result)
-        return result
-
-    return wrapper
-
-
-def _wrap_async(fn: Callable[..., Any], site: Site) -> Callable[..., Any]:
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = Call(site)
-        call.begin(args, kwargs, attach=True)
-        token = _context.current.set(call)
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            _context.current.reset(token)
-            call.end(exc)
-            raise
-        _context.current.reset(token)
-        call.end(None, result)
-        return result
-
-    return wrapper
-
-
-def _wrap_gen(
-    fn: Callable[..., Generator[Any, Any, Any]], site: Site, started: Call | None = None
-) -> Callable[..., Generator[Any, Any, Any]]:
-    """A generator function that iterates ``fn(...)``'s generator in a context of its own
-    (the consumer between items never sees our span or ``current_inference()``; a step costs
-    one ``Context.run``), forwarding ``send``/``throw``/``close``, and ends the call when the
-    stream ends. ``started``: a call already begun (a plain function returned the stream).
-    Items of the common shapes are counted locally and added once."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        ctx = contextvars.copy_context()
-        call = started if started is not None else Call(site)
-        ctx.run(_enter_stream, call, args, kwargs, started is None)
-        try:
-            inner = ctx.run(fn, *args, **kwargs)
-        except BaseException as failed:
-            ctx.run(_end_stream, call, failed)
-            raise
-        run = ctx.run
-        send, throw = inner.send, inner.throw
-        fast = call.site.count_item is None and call.content_out is None
-        clock = time.perf_counter
-        stamps = call.stamps
-        stamp = stamps.append if stamps is not None else _no_stamp
-        extra = 0  # tokens of the fast path's items beyond one each (chunks of ids)
-        left = 1  # items to the next bookkeeping: the first item, then every GAP_CHUNK
-        sink: Callable[[int], None] | None = None  # streamed int ids, from the first one
-        value: Any = None
-        thrown: BaseException | None = None
-        ended: BaseException | None = None
-        try:
-            while True:
-                try:
-                    if thrown is None:
-                        item = run(send, value)
-                    else:
-                        error, thrown = thrown, None
-                        item = run(throw, error)
-                except StopIteration as stop:
-                    return stop.value
-                if fast:
-                    now = clock()
-                    stamp(now)
-                    left -= 1
-                    if not left:
-                        left = GAP_CHUNK
-                        if call.first_token_at is None:
-                            call.first_token_at = now
-                        else:  # the gaps so far, and the ids buffered so far, are recorded
-                            call.flush_gaps()
-                    kind = type(item)  # one token each (counted by their stamps) ...
-                    if kind is int:
-                        if sink is None:
-                            sink = call.id_sink()
-                        try:
-                            sink(item)
-                        except (OverflowError, TypeError):  # not an int64 id: stop judging
-                            sink = call.id_sink_failed()
-                    elif kind is not str and kind is not bytes:  # ... or a chunk's tokens
-                        extra += call.chunk_item(item) - 1
-                else:
-                    call.count_item(item)
-                try:
-                    value = yield item
-                except GeneratorExit:
-                    raise
-                except BaseException as error:  # the consumer's throw(): into the stream
-                    thrown, value = error, None
-        except GeneratorExit as closing:  # the consumer's close(), or garbage collection
-            ended = closing
-            try:
-                run(inner.close)
-            except BaseException as error:  # the stream ignored GeneratorExit: as without us
-                ended = error
-                raise
-            raise
-        except BaseException as error:
-            ended = error
-            raise
-        finally:
-            if fast and not call.explicit_output and stamps is not None:
-                call.output_tokens += call.stamped + len(stamps) + extra
-            run(_end_stream, call, ended)
-
-    return wrapper
-
-
-def _no_stamp(_: float) -> None:
-    pass
-
-
-def _enter_stream(
-    call: Call, args: tuple[Any, ...], kwargs: Mapping[str, Any], begin: bool
-) -> None:
-    if begin:
-        call.begin(args, kwargs, attach=True)
-    elif call.span is not None:  # resumed from a plain function that returned the stream
-        otel_context.attach(trace.set_span_in_context(call.span))
-    call.start_stream()
-    call.enter()
-
-
-def _end_stream(call: Call, exc: BaseException | None) -> None:
-    call.end(exc, counted=True)
-    call.leave()
-
-
-def _wrap_async_gen(
-    fn: Callable[..., AsyncGenerator[Any, Any]], site: Site, started: Call | None = None
-) -> Callable[..., AsyncGenerator[Any, Any]]:
-    """The async twin of :func:`_wrap_gen`: ``current_inference()`` and the span are set around
-    each step of the stream, in the consumer's task context; ``asend``/``athrow``/``aclose``
-    are forwarded."""
-
-    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        call = started if started is not None else Call(site)
-        if started is None:
-            call.begin(args, kwargs, attach=False)  # attached around each step instead
-        call.start_stream()
-        try:
-            inner = fn(*args, **kwargs)
-        except BaseException as failed:  # e.g. wrong arguments: as without us, not active
-            call.end(failed)
-            raise
-        span_ctx = trace.set_span_in_context(call.span) if call.span is not None else None
-        current = _context.current
-        value: Any = None
-        thrown: BaseException | None = None
-        ended: BaseException | None = None
-        try:
-            while True:
-                token = current.set(call)
-                otel_token = otel_context.attach(span_ctx) if span_ctx is not None else None
-                try:
-                    if thrown is None:
-                        item = await inner.asend(value)
-                    else:
-                        error, thrown = thrown, None
-                        item = await inner.athrow(error)
-                except StopAsyncIteration:
-                    return
-                finally:
-                    if otel_token is not None:
-                        otel_context.detach(otel_token)
-                    current.reset(token)
-                call.count_item(item)
-                try:
-                    value = yield item
-                except GeneratorExit:
-                    raise
-                except BaseException as error:
-                    thrown, value = error, None
-        except GeneratorExit as closing:
-            ended = closing
-            try:
-                await inner.aclose()
-            except BaseException as error:
-                ended = error
-                raise
-            raise
-        except BaseException as error:
-            ended = error
-            raise
-        finally:
-            call.end(ended, counted=True)
-
-    return wrapper
-
-
-async def _await_measured(call: Call, awaitable: Coroutine[Any, Any, Any]) -> Any:
-    token = _context.current.set(call)
-    span_ctx = trace.set_span_in_context(call.span) if call.span is not None else None
-    otel_token = otel_context.attach(span_ctx) if span_ctx is not None else None
-    try:
-        result = await awaitable
-    except BaseException as exc:
-        call.end(exc)
-        raise
-    finally:
-        if otel_token is not None:
-            otel_context.detach(otel_token)
-        _context.current.reset(token)
-    call.end(None, result)
-    return result
-
-
-_STREAMS = (types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType)
-
-
-def _continue(call: Call, stream: Any) -> Any:
-    """A plain function returned a stream: measure the call until the stream ends."""
-    call.detach()  # the function returned: its caller goes on without our span
-    if isinstance(stream, types.CoroutineType):
-        return _await_measured(call, stream)
-    if isinstance(stream, types.AsyncGeneratorType):
-        return _wrap_async_gen(lambda: stream, call.site, call)()
-    return _wrap_gen(lambda: stream, call.site, call)()
+def _site(options: Mapping[str, Any]) -> Site:
+    """The options checked and resolved once (a ConfigError names the bad one)."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}"
+        )
+    o = {name: options.get(name, option.default) for name, (_, option) in OPTIONS.items()}
+    attrs: dict[str, AttrValue] = {
+        sc.OPERATION_NAME: check_operation(o["operation"]),
+        sc.REQUEST_MODEL: check_model(o["model"]),
+        sc.PROVIDER_NAME: check_provider(o["provider"]),
+        **endpoint(o["response_model"], o["server_address"], o["server_port"]),
+        "bitnet.quant.format": check_quant_format(o["quant_format"]),
+        "bitnet.device": check_device(o["device"]),
+    }
+    attributes = o["attributes"]
+    if attributes is not None:
+        if not isinstance(attributes, Mapping):
+            raise ConfigError(
+                f"attributes of type {type(attributes).__name__} is not valid; accepted: "
+                "a mapping of str to str, bool, int or float"
+            )
+        check_label_keys(attributes, _OURS, "attributes")
+        attrs.update(check_attribute_values(attributes, "attributes"))
+    if o["priority"] is not None:
+        attrs["bitnet.request.priority"] = check_priority(o["priority"])
+    for name in ("count_input", "count_output", "count_stream_item"):
+        if o[name] is not None and not callable(o[name]):
+            raise ConfigError(f"{name}={o[name]!r} is not valid; accepted: a callable or None")
+    for name in ("capture_content", "client_token_usage"):
+        if o[name] is not None and not isinstance(o[name], bool):
+            raise ConfigError(f"{name}={o[name]!r} is not valid; accepted: True or False")
+    kernel = o["kernel"]
+    return Site(
+        attrs,
+        f"{o['operation']} {o['model']}",
+        o["count_input"],
+        o["count_output"],
+        o["count_stream_item"],
+        o["capture_content"],
+        bool(o["client_token_usage"]),
+        None if kernel is None else check_kernel(kernel),
+    )
 
 
 # --------------------------------------------------------------------------- public makers
@@ -499,30 +340,14 @@ def _continue(call: Call, stream: Any) -> Any:
 def monitored_inference(fn: F, /) -> F: ...
 @overload
 def monitored_inference(
-    fn: None = None,
-    /,
-    *,
-    model: str = "unknown",
-    operation: Operation = "text_completion",
-    provider: str = "bitnet",
-    quant_format: QuantFormat = "i2_s",
-    device: str = "cpu",
-    attributes: Mapping[str, AttrValue] | None = None,
-    count_input: TokenCounter | None = None,
-    count_output: TokenCounter | None = None,
-    count_stream_item: TokenCounter | None = None,
-    capture_content: bool | None = None,
-    client_token_usage: bool = False,
-    priority: Priority | None = None,
-    kernel: str | None = None,
-    response_model: str | None = None,
-    server_address: str | None = None,
-    server_port: int | None = None,
+    fn: None = None, /, **options: Unpack[MonitorOptions]
 ) -> InferenceMonitor: ...
-def monitored_inference(fn: F | None = None, /, **options: Any) -> F | InferenceMonitor:
+def monitored_inference(
+    fn: F | None = None, /, **options: Unpack[MonitorOptions]
+) -> F | InferenceMonitor:
     """Monitor an inference function: sync, async, generator or async generator.
 
-    Bare or with arguments (the keywords of :class:`InferenceMonitor`)::
+    Bare or with arguments (the keywords of :class:`MonitorOptions`)::
 
         @bitnet_obs.monitored_inference(model="bitnet-b1.58-2B", operation="chat")
         def generate(prompt): ...
@@ -531,59 +356,27 @@ def monitored_inference(fn: F | None = None, /, **options: Any) -> F | Inference
         if options:
             raise ConfigError("pass options as keywords: @monitored_inference(model=...)")
         return InferenceMonitor()(fn)
-    return _monitor(options)
+    return InferenceMonitor(**options)
 
 
-if TYPE_CHECKING:
+def monitor_inference(**options: Unpack[MonitorOptions]) -> InferenceMonitor:
+    """The same monitor as a context manager (the keywords of :class:`MonitorOptions`).
 
-    def monitor_inference(
-        *,
-        model: str = "unknown",
-        operation: Operation = "text_completion",
-        provider: str = "bitnet",
-        quant_format: QuantFormat = "i2_s",
-        device: str = "cpu",
-        attributes: Mapping[str, AttrValue] | None = None,
-        count_input: TokenCounter | None = None,
-        count_output: TokenCounter | None = None,
-        count_stream_item: TokenCounter | None = None,
-        capture_content: bool | None = None,
-        client_token_usage: bool = False,
-        priority: Priority | None = None,
-        kernel: str | None = None,
-        response_model: str | None = None,
-        server_address: str | None = None,
-        server_port: int | None = None,
-    ) -> InferenceMonitor:
-        """The same monitor as a context manager."""
+    For example::
 
-else:
-
-    def monitor_inference(**options: Any) -> InferenceMonitor:
-        """The same monitor as a context manager (the keywords of :class:`InferenceMonitor`).
-
-        For example::
-
-            with bitnet_obs.monitor_inference(model="m") as inf:
-                ids = generate(...)
-                inf.add_output_tokens(len(ids))
-        """
-        return _monitor(options)
-
-    # Type checkers and IDEs see the keywords; a misspelled one is a ConfigError at run time.
-    monitor_inference.__signature__ = inspect.signature(InferenceMonitor).replace(
-        return_annotation=InferenceMonitor
-    )
+        with bitnet_obs.monitor_inference(model="m") as inf:
+            ids = generate(...)
+            inf.add_output_tokens(len(ids))
+    """
+    return InferenceMonitor(**options)
 
 
-def _monitor(options: Mapping[str, Any]) -> InferenceMonitor:
-    try:
-        return InferenceMonitor(**options)
-    except TypeError:
-        known = inspect.signature(InferenceMonitor).parameters
-        unknown = sorted(set(options) - set(known))
-        if not unknown:
-            raise
-        raise ConfigError(
-            f"unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(known)}"
-        ) from None
+# Tools that read signatures (IDEs at run time, help(), Sphinx) see each keyword and default.
+monitor_inference.__signature__ = SIGNATURE  # type: ignore[attr-defined]
+monitored_inference.__signature__ = SIGNATURE.replace(  # type: ignore[attr-defined]
+    parameters=[
+        inspect.Parameter("fn", inspect.Parameter.POSITIONAL_ONLY, default=None),
+        *SIGNATURE.parameters.values(),
+    ],
+    return_annotation=Any,
+)

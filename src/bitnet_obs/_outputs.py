@@ -1,33 +1,222 @@
-"""What one request learned about its output: degenerate-output verdicts and logits statistics.
+"""Output health on the request path, in one room: degenerate-output verdicts and logits
+statistics of each monitored call.
 
-The request path (:mod:`bitnet_obs._call`) creates an :class:`OutputWatch` the first time a
-call sees token ids (a streamed int, a chunk of ids, ``add_output_ids``, a returned id
-sequence) or logits (``observe_logits``), and records it when the call ends. Imported by
-``configure()`` (or at decoration when numpy is loaded already), never on the request path.
+A call reaches this module only through :func:`bitnet_obs._call.outputs`, a typed accessor
+that imports it the first time token ids or logits appear (``configure()`` imports it ahead,
+and so does a decoration once numpy is loaded, so the request path never runs an import
+that a fork in another thread could interrupt). It keeps one :class:`OutputWatch` per call
+(the streamed ids' buffer, the verdicts, the logits figures) and, at the call's end, turns it
+into records for the recorder in force (:class:`~bitnet_obs._recorder.OutputRecords`).
 
-Ids and logits never leave the process: only the measures of :mod:`bitnet_obs.output` do (the
+Every method here swallows and counts its own failures: nothing reaches the caller. Ids and
+logits never leave the process, only the measures of :mod:`bitnet_obs.output` do (the
 longest run, the lowest windowed distinct fraction, the reason, entropy and top-1 margin).
+
+Logits are sampled on their own setting, ``BITNET_OBS_LOGITS_SAMPLE_RATE`` (drawn once per
+call), and their time is charged to the quantization checks' budget
+(``BITNET_OBS_QUANT_BUDGET``): both are optional statistics competing for the same CPU.
 """
 
 from __future__ import annotations
 
+import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from bitnet_obs import _config, _instruments
+from bitnet_obs import _config, _instruments, _sampling
 from bitnet_obs._degenerate import REASONS, DegenerateThresholds, OutputVerdict
-from bitnet_obs._instruments import Bound
+from bitnet_obs._recorder import Handle, OutputRecords, Recorder, Variant
+from bitnet_obs._selfmon import describe, internal_error
+from bitnet_obs._stream import IdBuffer
 from bitnet_obs._tally import AttrKey, AttrValue, key_of
 from bitnet_obs._tokens import id_array_size
 from bitnet_obs.output import DegenerateDetector, detect_degenerate, logits_stats
 
-__all__ = ["Bounds", "OutputWatch", "ids_of", "span_attributes"]
+__all__ = ["ROOM", "OutputHealth", "OutputWatch"]
 
 #: Most decoding steps of one ``observe_logits`` measured (the last ones: the freshest).
 MAX_LOGIT_STEPS = 64
+
+
+class OutputWatch:
+    """One call's output measures until its end."""
+
+    __slots__ = (
+        "detector",
+        "entropy",
+        "ids_reported",
+        "logits_admitted",
+        "margin",
+        "thresholds",
+        "verdicts",
+    )
+
+    def __init__(self) -> None:
+        settings = _config.current()
+        self.thresholds: DegenerateThresholds | None = (
+            settings.degenerate_thresholds if settings.degenerate_detection else None
+        )
+        self.detector: DegenerateDetector | None = None
+        self.verdicts: list[OutputVerdict] = []
+        self.entropy: list[float] = []
+        self.margin: list[float] = []
+        #: the call reports its ids itself (add_output_ids): its stream and result are not
+        #: judged a second time
+        self.ids_reported = False
+        self.logits_admitted: bool | None = None  # drawn at the first observe_logits
+
+    def stream(self) -> DegenerateDetector | None:
+        """The detector of the call's streamed output (None: detection is off)."""
+        if self.detector is None and self.thresholds is not None:
+            self.detector = DegenerateDetector(self.thresholds)
+        return self.detector
+
+    def add(self, rows: list[Any], batch: bool, whole: bool = False) -> None:
+        """Ids from :func:`ids_of`. A batch, or a ``whole`` output (a call's returned ids), is
+        judged row by row now; one sequence otherwise continues the call's output."""
+        th = self.thresholds
+        if th is None:
+            return
+        if batch or whole:
+            for row in rows:
+                if len(row) >= th.min_tokens:  # shorter outputs are not judged: skipped
+                    self.verdicts.append(_judge(row, th))
+        else:
+            detector = self.stream()
+            assert detector is not None
+            detector.extend(rows[0])
+
+    def outputs(self) -> list[OutputVerdict]:
+        """Every judged output: the batches' rows and the streamed output (outputs shorter
+        than ``min_tokens`` are not judged, and not recorded)."""
+        verdicts = self.verdicts
+        detector = self.detector
+        if detector is not None and detector.tokens >= detector.thresholds.min_tokens:
+            verdicts = [*verdicts, detector.result()]
+        return verdicts
+
+
+class OutputHandles:
+    """The output-health instruments bound to one variant's attributes of every outcome."""
+
+    __slots__ = ("distinct_fraction", "entropy", "reasons", "repeat_run", "top1_margin")
+
+    def __init__(self, recorder: Recorder, attrs: Mapping[str, AttrValue]) -> None:
+        self.repeat_run = recorder.handle(_instruments.OUTPUT_REPEAT_RUN, attrs)
+        self.distinct_fraction = recorder.handle(_instruments.OUTPUT_DISTINCT_FRACTION, attrs)
+        self.entropy = recorder.handle(_instruments.LOGITS_ENTROPY, attrs)
+        self.top1_margin = recorder.handle(_instruments.LOGITS_TOP1_MARGIN, attrs)
+        #: the degenerate counter's series of each reason
+        self.reasons = tuple(
+            key_of({**attrs, "bitnet.degenerate.reason": reason}) for reason in REASONS
+        )
+
+
+class OutputHealth:
+    """What a monitored call does with ids and logits (see the module docstring)."""
+
+    def watch(self) -> OutputWatch:
+        return OutputWatch()
+
+    def add_ids(self, watch: OutputWatch, ids: Any) -> int | None:
+        """``add_output_ids``: the number of ids, judged as one output continued or a batch;
+        None (counted) when ``ids`` holds none."""
+        try:
+            found = ids_of(ids)
+            if found is None:
+                internal_error("bad_output_ids", detail=f"add_output_ids({describe(ids)})")
+                return None
+            rows, batch = found
+            watch.ids_reported = True
+            watch.add(rows, batch)
+            return sum(len(row) for row in rows)
+        except Exception as exc:
+            internal_error("bad_output_ids", exc)
+            return None
+
+    def observe_logits(self, watch: OutputWatch, logits: Any) -> None:
+        """``observe_logits``: drawn once per call at ``BITNET_OBS_LOGITS_SAMPLE_RATE``; each
+        admitted report within the time budget (skips are counted)."""
+        try:
+            admitted = watch.logits_admitted
+            if admitted is None:
+                rate = _config.current().logits_sample_rate
+                admitted = watch.logits_admitted = _sampling.admit("logits", rate)
+            elif admitted and not _sampling.admit("logits", 1.0):
+                return  # an admitted call over the time budget: this step is skipped, counted
+            if not admitted:
+                return
+            if callable(logits):
+                logits = logits()
+            _sampling.spend(_add_logits(watch, logits))
+        except Exception as exc:
+            internal_error(
+                "bad_logits", _config.loggable(exc), f"observe_logits({describe(logits)})"
+            )
+
+    def stream_ids(self, watch: OutputWatch, ids: Any) -> None:
+        """A stream's ids, in order: a meter's buffer of int ids (an id beyond int64 stops the
+        judging: what came before is judged, nothing after) or a chunk item (a list or 1-D
+        array continues the output, a 2-D item is consecutive steps of it)."""
+        if watch.ids_reported:
+            return
+        try:
+            if type(ids) is IdBuffer:
+                detector = watch.stream()
+                if detector is not None:
+                    detector.extend(_int64(watch, ids))
+                return
+            found = ids_of(ids)
+            if found is not None:
+                rows, batch = found
+                for row in rows if batch else rows[:1]:
+                    watch.add([row], False)
+        except Exception as exc:
+            internal_error("output_health", exc, f"{describe(ids)} item")
+
+    def judge_result(self, watch: OutputWatch, result: Any) -> None:
+        """A call's returned ids are its whole output: judged now, row by row."""
+        if watch.ids_reported:
+            return
+        try:
+            found = ids_of(result)
+            if found is not None:
+                watch.add(found[0], found[1], whole=True)
+        except Exception as exc:
+            internal_error("output_health", exc, f"{describe(result)} result")
+
+    def records(self, variant: Variant, watch: OutputWatch, ok: bool) -> OutputRecords | None:
+        """What the call's end records: every judged output of a successful call (every
+        reason's counter, 0s included, so the series start with the first judged output) and
+        the logits figures of any call; None when there is nothing."""
+        try:
+            verdicts = watch.outputs() if ok else []
+            if not verdicts and not watch.entropy:
+                return None
+            handles = variant.outputs
+            if handles is None:
+                handles = variant.outputs = OutputHandles(variant.recorder, variant.base_attrs)
+            records: list[tuple[Handle, float]] = []
+            counts: list[tuple[AttrKey, int]] = []
+            if verdicts:
+                for v in verdicts:
+                    records.append((handles.repeat_run, v.longest_run))
+                    records.append((handles.distinct_fraction, v.distinct_fraction))
+                found = [v.reason for v in verdicts if v.reason is not None]
+                for reason, key in zip(REASONS, handles.reasons, strict=True):
+                    counts.append((key, found.count(reason)))
+            records.extend((handles.entropy, e) for e in watch.entropy)
+            records.extend((handles.top1_margin, m) for m in watch.margin)
+            return OutputRecords(records, counts, span_attributes(verdicts) if verdicts else {})
+        except Exception as exc:
+            internal_error("output_health", exc)
+            return None
+
+
+ROOM = OutputHealth()
 
 
 def _as_numpy(value: Any) -> Any:
@@ -78,118 +267,34 @@ def _row(value: Any) -> Any:
     return a if a.ndim == 1 else None
 
 
-class OutputWatch:
-    """One call's output measures until its end."""
-
-    __slots__ = ("detector", "entropy", "margin", "thresholds", "verdicts")
-
-    def __init__(self) -> None:
-        settings = _config.current()
-        self.thresholds: DegenerateThresholds | None = (
-            settings.degenerate_thresholds if settings.degenerate_detection else None
-        )
-        self.detector: DegenerateDetector | None = None
-        self.verdicts: list[OutputVerdict] = []
-        self.entropy: list[float] = []
-        self.margin: list[float] = []
-
-    # ----- ids -----
-    def sink(self) -> Callable[[int], None]:
-        """The append of this call's streamed output (``pump`` keeps it bounded)."""
-        if self.thresholds is None:
-            return _discard
-        return self._stream().append
-
-    def _stream(self) -> DegenerateDetector:
-        if self.detector is None:
-            self.detector = DegenerateDetector(self.thresholds)
-        return self.detector
-
-    def pump(self) -> None:
-        if self.detector is not None:
-            self.detector.pump()
-
-    def add(self, rows: list[Any], batch: bool, whole: bool = False) -> None:
-        """Ids from :func:`ids_of`. A batch, or a ``whole`` output (a call's returned ids), is
-        judged row by row now; one sequence otherwise continues the call's output."""
-        th = self.thresholds
-        if th is None:
-            return
-        if batch or whole:
-            for row in rows:
-                if len(row) >= th.min_tokens:  # shorter outputs are not judged: skipped
-                    self.verdicts.append(_judge(row, th))
-        else:
-            self._stream().extend(rows[0])
-
-    # ----- logits -----
-    def add_logits(self, logits: Any) -> float:
-        """Entropy and top-1 margin of the last :data:`MAX_LOGIT_STEPS` steps; the seconds
-        it took. Raises OutputInputError for what is not logits."""
-        started = time.perf_counter()
-        shape = getattr(logits, "shape", None)
-        if shape is not None and len(shape) == 2 and shape[0] > MAX_LOGIT_STEPS:
-            logits = logits[-MAX_LOGIT_STEPS:]  # before any copy off a device
-        stats = logits_stats(np.asarray(_as_numpy(logits)))
-        self.entropy.extend(stats.entropy.tolist())
-        self.margin.extend(stats.top1_margin.tolist())
-        return time.perf_counter() - started
-
-    # ----- the end -----
-    def outputs(self) -> list[OutputVerdict]:
-        """Every judged output: the batches' rows and the streamed output (outputs shorter
-        than ``min_tokens`` are not judged, and not recorded)."""
-        verdicts = self.verdicts
-        detector = self.detector
-        if detector is not None and detector.tokens >= detector.thresholds.min_tokens:
-            verdicts = [*verdicts, detector.result()]
-        return verdicts
+def _add_logits(watch: OutputWatch, logits: Any) -> float:
+    """Entropy and top-1 margin of the last :data:`MAX_LOGIT_STEPS` steps; the seconds it
+    took. Raises OutputInputError for what is not logits."""
+    started = time.perf_counter()
+    shape = getattr(logits, "shape", None)
+    if shape is not None and len(shape) == 2 and shape[0] > MAX_LOGIT_STEPS:
+        logits = logits[-MAX_LOGIT_STEPS:]  # before any copy off a device
+    stats = logits_stats(np.asarray(_as_numpy(logits)))
+    watch.entropy.extend(stats.entropy.tolist())
+    watch.margin.extend(stats.top1_margin.tolist())
+    return time.perf_counter() - started
 
 
-class Bounds:
-    """The output instruments bound to one request variant's attributes (built once per
-    variant and binding by :class:`bitnet_obs._call.Variant`)."""
-
-    __slots__ = ("entropy", "fraction", "margin", "reasons", "run")
-
-    def __init__(self, attrs: Mapping[str, AttrValue]) -> None:
-        self.run = _instruments.OUTPUT_REPEAT_RUN.bound(attrs)
-        self.fraction = _instruments.OUTPUT_DISTINCT_FRACTION.bound(attrs)
-        self.entropy = _instruments.LOGITS_ENTROPY.bound(attrs)
-        self.margin = _instruments.LOGITS_TOP1_MARGIN.bound(attrs)
-        #: the degenerate counter's series of each reason
-        self.reasons = tuple(
-            key_of({**attrs, "bitnet.degenerate.reason": reason}) for reason in REASONS
-        )
-
-    def records(
-        self, watch: OutputWatch, verdicts: list[OutputVerdict]
-    ) -> tuple[list[tuple[Bound, float]], list[tuple[AttrKey, int]]]:
-        """The histogram records and the counter adds (every reason, 0s included: the series
-        start at 0 with the first judged output) of one request."""
-        pairs: list[tuple[Bound, float]] = []
-        counts: list[tuple[AttrKey, int]] = []
-        if verdicts:
-            run, fraction = self.run, self.fraction
-            for v in verdicts:
-                pairs.append((run, v.longest_run))
-                pairs.append((fraction, v.distinct_fraction))
-            found = [v.reason for v in verdicts if v.reason is not None]
-            for reason, key in zip(REASONS, self.reasons, strict=True):
-                counts.append((key, found.count(reason) if found else 0))
-        if watch.entropy:
-            pairs.extend((self.entropy, e) for e in watch.entropy)
-            pairs.extend((self.margin, m) for m in watch.margin)
-        return pairs, counts
+def _int64(watch: OutputWatch, ids: IdBuffer) -> Any:
+    """A meter's ids as int64; the ones before an id beyond int64 if there is one (counted,
+    and the stream's later ids are not judged)."""
+    try:  # struct packs a list of ints three times faster than np.array converts it
+        return np.frombuffer(struct.pack(f"{len(ids)}q", *ids), np.int64)
+    except struct.error:
+        good = next(i for i, x in enumerate(ids) if not -(2**63) <= x < 2**63)
+        internal_error("bad_output_ids", detail="a streamed id beyond int64")
+        watch.ids_reported = True
+        return np.array(ids[:good], dtype=np.int64)
 
 
 def _judge(row: Any, th: DegenerateThresholds) -> OutputVerdict:
     verdict: OutputVerdict = detect_degenerate(row, th)  # a row is 1-D: one verdict
     return verdict
-
-
-def _discard(_: int) -> None:
-    pass
 
 
 def span_attributes(verdicts: list[OutputVerdict]) -> dict[str, AttrValue]:

@@ -40,10 +40,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from bitnet_obs import _config, _export, _instruments, _state, devices, health, runtime, sla
 from bitnet_obs._aggregate import Store
 from bitnet_obs._call import preload_outputs
-from bitnet_obs._config import Number, Settings
+from bitnet_obs._config import Settings
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._export import Guard, GuardedSpanExporter
 from bitnet_obs._exposition import PullReader
+from bitnet_obs._parsers import Number
 from bitnet_obs._selfmon import count_dropped, declare_watched, internal_error, logger
 from bitnet_obs._server import MetricsServer, Response, tls_context
 
@@ -143,7 +144,7 @@ def _build(
     _setup_traces(telemetry, resource, extra_exporters, fork)
     _instruments.bind(
         telemetry.meter_provider or metrics.get_meter_provider(),
-        telemetry.tracer_provider or trace.get_tracer_provider(),
+        telemetry.tracer_provider or _tracer_provider_in_force(),
         store,
     )
     if not fork:  # the health module answered probes since its import; its checks start now
@@ -255,6 +256,16 @@ def _setup_traces(
         trace.set_tracer_provider(provider)
         _globals_ours = True
     telemetry.tracer_provider = provider
+
+
+def _tracer_provider_in_force() -> trace.TracerProvider:
+    """Traces off (no exporter of ours, none installed by the application): a no-op provider,
+    so the request path does no span work at all, decided here once. An application's own
+    provider, installed before ``configure()``, is used as it is."""
+    installed = trace.get_tracer_provider()
+    if isinstance(installed, trace.ProxyTracerProvider):
+        return trace.NoOpTracerProvider()
+    return installed
 
 
 def _start_server(settings: Settings, renderer: Callable[[str], Response]) -> MetricsServer:

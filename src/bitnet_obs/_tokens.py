@@ -58,7 +58,8 @@ def id_array_size(value: Any) -> int | None:
     return int(numel()) if callable(numel) else None
 
 
-def _sequence_count(items: list[Any] | tuple[Any, ...]) -> int:
+def sequence_count(items: list[Any] | tuple[Any, ...]) -> int:
+    """Tokens of a list/tuple: its length, or the total of a batch of id sequences."""
     if items and type(items[0]) in (list, tuple) and all(type(x) in (list, tuple) for x in items):
         return sum(len(x) for x in items)  # a batch of id sequences
     return len(items)
@@ -68,7 +69,7 @@ def default_output_count(result: Any) -> int | None:
     """Output tokens of a whole result (see the module docstring), or None."""
     kind = type(result)
     if kind is list or kind is tuple:  # the common shapes first
-        return _sequence_count(result)
+        return sequence_count(result)
     if kind is int:
         return result if 0 <= result < MAX_COUNT else None
     if result is None or isinstance(result, (bool, str, bytes, float)):
@@ -83,11 +84,14 @@ def default_output_count(result: Any) -> int | None:
     if size is not None:
         return size
     if isinstance(result, (list, tuple)):
-        return _sequence_count(result)
+        return sequence_count(result)
     return None
 
 
 def default_input_count(result: Any) -> int | None:
+    """Input tokens of a whole result: only a ``usage`` says (of an object or dict)."""
+    if type(result) in _NO_USAGE:
+        return None
     usage = _usage(result)
     if usage is None:
         return None
@@ -102,8 +106,11 @@ def default_item_count(item: Any) -> int:
     if size is not None:
         return size
     if isinstance(item, (list, tuple)):
-        return _sequence_count(item)
+        return sequence_count(item)
     return 1
+
+
+_NO_USAGE = frozenset({list, tuple, int, str, bytes, float, bool, type(None)})
 
 
 def _usage(result: Any) -> Any:

@@ -56,7 +56,6 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from bitnet_obs import _semconv as sc
 from bitnet_obs import _state
-from bitnet_obs._config import Number
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._gpu import (
     GPU_INSTRUMENTS,
@@ -65,7 +64,8 @@ from bitnet_obs._gpu import (
     NvmlSampler,
     _import_pynvml,
 )
-from bitnet_obs._instruments import BY_NAME, Counter, ObservedGauge
+from bitnet_obs._instruments import BY_NAME, ObservedCounter, ObservedGauge
+from bitnet_obs._parsers import Number
 from bitnet_obs._selfmon import internal_error
 
 __all__ = ["GROUPS", "GpuStatus", "disable", "enable", "enabled", "gpu_status"]
@@ -261,9 +261,9 @@ _CALLBACKS: dict[str, list[tuple[str, Callback]]] = {
 }
 
 
-def _instrument(name: str) -> ObservedGauge | Counter:
+def _instrument(name: str) -> ObservedGauge | ObservedCounter:
     instrument = BY_NAME[name]
-    assert isinstance(instrument, (ObservedGauge, Counter))
+    assert isinstance(instrument, (ObservedGauge, ObservedCounter))
     return instrument
 
 

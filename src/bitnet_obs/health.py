@@ -59,7 +59,6 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from bitnet_obs import _semconv as sc
 from bitnet_obs import _server, _state
-from bitnet_obs._config import Number
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._health_checks import (
     DEGRADED,
@@ -74,6 +73,7 @@ from bitnet_obs._health_checks import (
     set_model_state,
 )
 from bitnet_obs._instruments import HEALTH_CHECK_DURATION, HEALTH_CHECK_FAILURES, HEALTH_STATUS
+from bitnet_obs._parsers import Number
 from bitnet_obs._selfmon import internal_error, logger
 from bitnet_obs._version import __version__
 

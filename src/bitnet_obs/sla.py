@@ -48,8 +48,9 @@ from dataclasses import dataclass
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from bitnet_obs import _config, _context, _state
-from bitnet_obs._config import Integer, Number, Settings
+from bitnet_obs._config import Settings
 from bitnet_obs._instruments import SLA_COMPLIANCE, SLA_VIOLATIONS
+from bitnet_obs._parsers import Integer, Number
 from bitnet_obs._selfmon import internal_error
 
 __all__ = [

@@ -597,7 +597,7 @@ def test_our_failures_never_reach_the_call(
     odd = Odd(str(tiny_bitnet.tq2_0), n_ctx=256, n_threads=1, verbose=False)
     odd.loaded = True
     try:
-        with override_settings(quant_sample_rate=1.0, quant_budget=1.0):
+        with override_settings(logits_sample_rate=1.0, quant_budget=1.0):
             out = odd.create_completion(PROMPT, max_tokens=3, temperature=0.0)
     finally:
         odd.close()
@@ -657,10 +657,10 @@ def test_last_logits_at_the_sample_rate(
 
     instrument()
     llm = load()
-    with override_settings(quant_sample_rate=0.0, quant_budget=1.0):
+    with override_settings(logits_sample_rate=0.0, quant_budget=1.0):
         llm.create_completion(PROMPT, max_tokens=5, temperature=0.0)
     assert cap.points("bitnet.output.logits.entropy") == []
-    with override_settings(quant_sample_rate=1.0, quant_budget=1.0):
+    with override_settings(logits_sample_rate=1.0, quant_budget=1.0):
         llm.create_completion(PROMPT, max_tokens=5, temperature=0.0)
     # the engine's own last logits, read back from its context (nothing decoded since)
     data = llama_cpp.llama_get_logits_ith(llm.ctx, -1)

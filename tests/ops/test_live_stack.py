@@ -100,6 +100,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str) -> Iter
             {
                 "OTEL_SERVICE_NAME": "bitnet-demo",
                 "BITNET_OBS_QUANT_SAMPLE_RATE": "1",
+                "BITNET_OBS_LOGITS_SAMPLE_RATE": "1",
                 # OTLP beside Prometheus, so bitnet_obs_exports_total has something to count
                 "OTEL_METRICS_EXPORTER": "prometheus,otlp",
                 "OTEL_TRACES_EXPORTER": "none",

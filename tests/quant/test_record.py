@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bitnet_obs
-from bitnet_obs import quant
+from bitnet_obs import _sampling, quant
 from bitnet_obs.quant import QuantInputError, _record
 from bitnet_obs.testing import TelemetryCapture, capture_telemetry, override_settings, reset
 
@@ -123,7 +123,7 @@ def test_sampling_rate_zero_skips_and_counts(cap: TelemetryCapture) -> None:
 
 def test_budget_is_enforced() -> None:
     clock = [100.0]
-    budget = _record._Budget(clock=lambda: clock[0])
+    budget = _sampling.Budget(clock=lambda: clock[0])
     fraction = 0.01
     assert budget.admit(1.0, fraction) is None
     budget.spend(1.0)  # a huge sample: far over the 0.6 s burst allowance

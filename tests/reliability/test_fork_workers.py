@@ -356,6 +356,7 @@ def held_at_fork() -> dict[str, bool]:
         _instruments,
         _pipeline,
         _provenance,
+        _sampling,
         _selfmon,
         devices,
         health,
@@ -373,7 +374,7 @@ def held_at_fork() -> dict[str, bool]:
         "health entry lock": lambda: next(iter(health._registry.values())).lock,
         "sla._lock": lambda: sla._lock,
         "sla tracker lock": lambda: sla._tracker.lock,  # type: ignore[union-attr]
-        "quant budget lock": lambda: _record._budget._lock,
+        "quant budget lock": lambda: _sampling.BUDGET._lock,
         "quant names lock": lambda: _record._names_lock,
         "_health_checks._model_lock": lambda: _health_checks._model_lock,
         "_provenance._lock": lambda: _provenance._lock,

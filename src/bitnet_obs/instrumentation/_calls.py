@@ -99,7 +99,7 @@ def _batch_size(kwargs: dict[str, Any]) -> int:
     return 1
 
 
-class Call:
+class GenerateCall:
     """What one call resolved before it runs, and its accounting once it returned."""
 
     def __init__(

@@ -43,7 +43,7 @@ from bitnet_obs import (
     quant,
 )
 from bitnet_obs._selfmon import internal_error
-from bitnet_obs.instrumentation._calls import Call
+from bitnet_obs.instrumentation._calls import GenerateCall
 from bitnet_obs.instrumentation._layers import (
     Layer,
     Sampler,
@@ -134,19 +134,21 @@ class Instrumentation:
 
     def _prepare(
         self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Call | None, _Model | None]:
+    ) -> tuple[GenerateCall | None, _Model | None]:
         try:
             info = self._models.get(model)
             if info is None:
                 info = self._describe(model)
             device = _device_name(model)
             monitor = info.monitors.get(device) or self._monitor(info, device)
-            return Call(model, monitor, args, dict(kwargs), timed=True), info
+            return GenerateCall(model, monitor, args, dict(kwargs), timed=True), info
         except Exception as exc:
             internal_error("hf_prepare", exc)
             return None, None
 
-    def _run(self, original: Callable[..., Any], model: Any, call: Call, info: _Model) -> Any:
+    def _run(
+        self, original: Callable[..., Any], model: Any, call: GenerateCall, info: _Model
+    ) -> Any:
         inside = _inside.set(True)
         outer = current_inference()
         parent = None
@@ -167,7 +169,7 @@ class Instrumentation:
         self,
         original: Callable[..., Any],
         model: Any,
-        call: Call,
+        call: GenerateCall,
         info: _Model,
         inference: InferenceContext,
     ) -> Any:

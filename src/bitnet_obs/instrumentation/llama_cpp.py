@@ -28,7 +28,7 @@ from typing import Any
 
 from bitnet_obs import ConfigError
 from bitnet_obs._attributes import check_provider, endpoint
-from bitnet_obs._config import Flag
+from bitnet_obs._parsers import Flag
 from bitnet_obs.instrumentation._options import LlamaOptions
 
 try:

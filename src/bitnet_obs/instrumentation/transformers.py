@@ -26,7 +26,7 @@ from typing import Any
 
 from bitnet_obs import ConfigError
 from bitnet_obs._attributes import check_operation, check_provider, endpoint
-from bitnet_obs._config import Flag
+from bitnet_obs._parsers import Flag, Integer, Maybe, Number, Parser
 from bitnet_obs.instrumentation._options import Options
 
 try:
@@ -40,6 +40,12 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
     ) from None
 
 __all__ = ["TransformersInstrumentor"]
+
+_FLAG = Flag()
+#: None: BITNET_OBS_QUANT_SAMPLE_RATE
+_RATE: Parser[float | None] = Maybe(Number(0.0, 1.0))
+#: layers checked per sampled call; None: all of them (a model has a few hundred at most)
+_LAYERS: Parser[int | None] = Maybe(Integer(1, 100_000))
 
 _OPTIONS = (
     "operation",
@@ -121,27 +127,15 @@ def _options(kwargs: dict[str, Any]) -> Options:
     provider = check_provider(kwargs.get("provider", "transformers"))
     address, port = kwargs.get("server_address"), kwargs.get("server_port")
     endpoint(None, address, port)
-    flags = {name: Flag().check(name, kwargs.get(name, True)) for name in _FLAGS}
-    rate = kwargs.get("fidelity_sample_rate")
-    if rate is not None and (
-        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0
-    ):
-        raise ConfigError(
-            f"fidelity_sample_rate={rate!r} is not valid; accepted: None (use "
-            "BITNET_OBS_QUANT_SAMPLE_RATE) or a number in [0, 1]"
-        )
-    layers = kwargs.get("fidelity_layers", 1)
-    if layers is not None and (
-        isinstance(layers, bool) or not isinstance(layers, int) or layers < 1
-    ):
-        raise ConfigError(
-            f"fidelity_layers={layers!r} is not valid; accepted: an int >= 1, or None for all"
-        )
+    # the same bounded parsers as every setting (bitnet_obs._parsers): same ranges, same words
+    flags = {name: _FLAG.check(name, kwargs.get(name, True)) for name in _FLAGS}
     return Options(
         operation=operation,
         provider=provider,
-        fidelity_sample_rate=None if rate is None else float(rate),
-        fidelity_layers=layers,
+        fidelity_sample_rate=_RATE.check(
+            "fidelity_sample_rate", kwargs.get("fidelity_sample_rate")
+        ),
+        fidelity_layers=_LAYERS.check("fidelity_layers", kwargs.get("fidelity_layers", 1)),
         server_address=address,
         server_port=port,
         **flags,

@@ -14,22 +14,20 @@ inference call it becomes a counted skip (reason ``bad_input``) and never reache
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from bitnet_obs import _config, _context, _state
+from bitnet_obs import _config, _context, _sampling, _state
 from bitnet_obs._instruments import (
     QUANT_ACCURACY,
     QUANT_DURATION,
     QUANT_KERNEL_OVERFLOWS,
     QUANT_OPERATIONS,
     QUANT_RELATIVE_ERROR,
-    QUANT_SAMPLES_SKIPPED,
     QUANT_SCALE,
     QUANT_SQNR,
 )
@@ -58,42 +56,12 @@ SQNR_CAP_DB = 200.0  # equal tensors have infinite SQNR; histograms get this ins
 MAX_SAMPLE_ELEMENTS = 1 << 20  # larger runtime tensors are measured on a row sample
 MAX_TENSOR_NAMES = 512  # more distinct names fold into "_other"
 REFERENCES = ("fp32", "quantized")
-KINDS = ("weight", "activation", "output", "logits")
+KINDS = _sampling.KINDS
 
 _OPERATIONS = QUANT_OPERATIONS
-_SKIPPED = QUANT_SAMPLES_SKIPPED
 _OVERFLOWS = QUANT_KERNEL_OVERFLOWS
 
 
-class _Budget:
-    """Token bucket over wall time: at most ``fraction`` of it spent on statistics."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._credit: float | None = None
-        self._last = clock()
-        self._rng = random.Random()
-
-    def admit(self, rate: float, fraction: float) -> str | None:
-        """None to go ahead, else the skip reason."""
-        if rate <= 0.0 or (rate < 1.0 and self._rng.random() >= rate):
-            return "sampling"
-        cap = max(0.05, fraction * 60.0)
-        with self._lock:
-            now = self._clock()
-            credit = cap if self._credit is None else self._credit
-            credit = min(cap, credit + max(0.0, now - self._last) * fraction)
-            self._last = now
-            self._credit = credit
-            return None if credit > 0.0 else "budget"
-
-    def spend(self, seconds: float) -> None:
-        with self._lock:
-            self._credit = (self._credit or 0.0) - seconds
-
-
-_budget = _Budget()
 _names_lock = threading.Lock()
 _names: set[str] = set()
 
@@ -126,8 +94,7 @@ def _emit(acc: Accuracy, attrs: dict[str, AttrValue], seconds: float) -> None:
     _OPERATIONS.add(key_of(attrs), 1)
 
 
-def skip(kind: str, reason: str) -> None:
-    _SKIPPED.add((("bitnet.quant.kind", kind), ("bitnet.quant.skip_reason", reason)), 1)
+skip = _sampling.skip
 
 
 def _in_monitored_call() -> bool:
@@ -222,7 +189,7 @@ def _runtime(
         settings = _config.current()
         # An admitted sample was drawn by admit_runtime_sample(); only the budget is checked.
         rate = 1.0 if admitted else settings.quant_sample_rate
-        reason = _budget.admit(rate, settings.quant_budget)
+        reason = _sampling.BUDGET.admit(rate, settings.quant_budget)
         if reason is not None:
             skip(kind, reason)
             return None
@@ -230,7 +197,7 @@ def _runtime(
         try:
             acc, sampled = measure()
         finally:
-            _budget.spend(time.perf_counter() - started)
+            _sampling.spend(time.perf_counter() - started)
         attrs = _attrs(fmt, kind, reference_kind, name)
         if sampled:
             attrs["bitnet.quant.row_sample"] = True
@@ -353,35 +320,24 @@ def admit_runtime_sample(kind: str = "output", *, rate: float | None = None) -> 
             quant.compare_outputs("layers.0.q_proj", ref, out, admitted=True)
     """
     try:
-        kind = kind if kind in KINDS else "output"
-        settings = _config.current()
         if rate is None or not 0.0 <= rate <= 1.0:
-            rate = settings.quant_sample_rate
-        reason = _budget.admit(rate, settings.quant_budget)
-        if reason is not None:
-            skip(kind, reason)
-            return False
-        return True
+            rate = _config.current().quant_sample_rate
     except Exception as exc:
         internal_error("quant_admit", exc)
         return False
+    return _sampling.admit(kind, rate)
 
 
-def spend(seconds: float) -> None:
-    """Charge the time budget for work measured outside this module (logits statistics)."""
-    _budget.spend(seconds)
+spend = _sampling.spend
 
 
 @_state.on_fork
 def _reinit_after_fork() -> None:
     global _names_lock
     _names_lock = threading.Lock()
-    _budget._lock = threading.Lock()
 
 
 @_state.on_reset(phase=_state.CLEAR)
 def _reset() -> None:
-    global _budget
     with _names_lock:
         _names.clear()
-    _budget = _Budget()

@@ -85,7 +85,7 @@ class TelemetryCapture:
     def __enter__(self) -> TelemetryCapture:
         self._previous = _instruments.binding()
         for counter in _instruments.COUNTERS:
-            if type(counter) is _instruments.Counter:  # events, not what is in flight now
+            if type(counter) is _instruments.ObservedCounter:  # events, not what is in flight now
                 counter.tally.reset()
         if self._limit is not None:
             self._previous_limit = _instruments.COUNTERS[0].tally.limit

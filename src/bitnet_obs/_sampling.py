@@ -1,0 +1,93 @@
+"""Runtime sampling under one time budget: who may spend CPU on optional statistics.
+
+Quantization checks (``BITNET_OBS_QUANT_SAMPLE_RATE``) and logits statistics
+(``BITNET_OBS_LOGITS_SAMPLE_RATE``) are drawn at their own rates and share one budget,
+``BITNET_OBS_QUANT_BUDGET``: a token bucket where credit accrues at ``budget`` seconds per
+second, up to one minute's worth. A sample not taken is counted in
+``bitnet.quant.samples_skipped`` with its reason (``sampling``, ``budget``).
+
+No numpy here: the output room imports this at configure time, and nothing it pulls in may
+register fork handlers late (see ``bitnet_obs._pipeline``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from bitnet_obs import _config, _state
+from bitnet_obs._instruments import QUANT_SAMPLES_SKIPPED
+from bitnet_obs._selfmon import internal_error
+
+#: What a runtime sample measures (``bitnet.quant.kind``).
+KINDS = ("weight", "activation", "output", "logits")
+
+
+class Budget:
+    """Token bucket over wall time: at most ``fraction`` of it spent on statistics."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._credit: float | None = None
+        self._last = clock()
+        self._rng = random.Random()
+
+    def admit(self, rate: float, fraction: float) -> str | None:
+        """None to go ahead, else the skip reason."""
+        if rate <= 0.0 or (rate < 1.0 and self._rng.random() >= rate):
+            return "sampling"
+        cap = max(0.05, fraction * 60.0)
+        with self._lock:
+            now = self._clock()
+            credit = cap if self._credit is None else self._credit
+            credit = min(cap, credit + max(0.0, now - self._last) * fraction)
+            self._last = now
+            self._credit = credit
+            return None if credit > 0.0 else "budget"
+
+    def spend(self, seconds: float) -> None:
+        with self._lock:
+            self._credit = (self._credit or 0.0) - seconds
+
+
+BUDGET = Budget()
+
+
+def skip(kind: str, reason: str) -> None:
+    """Count a runtime sample not taken."""
+    QUANT_SAMPLES_SKIPPED.add(
+        (("bitnet.quant.kind", kind), ("bitnet.quant.skip_reason", reason)), 1
+    )
+
+
+def admit(kind: str, rate: float) -> bool:
+    """Draw one sample of ``kind`` at ``rate`` within the budget; a refusal is counted.
+    Never raises."""
+    try:
+        reason = BUDGET.admit(rate, _config.current().quant_budget)
+        if reason is not None:
+            skip(kind if kind in KINDS else "output", reason)
+            return False
+        return True
+    except Exception as exc:
+        internal_error("quant_admit", exc)
+        return False
+
+
+def spend(seconds: float) -> None:
+    """Charge the budget for work measured outside the sampler."""
+    BUDGET.spend(seconds)
+
+
+@_state.on_fork
+def _reinit_after_fork() -> None:
+    BUDGET._lock = threading.Lock()
+
+
+@_state.on_reset(phase=_state.CLEAR)
+def _reset() -> None:
+    global BUDGET
+    BUDGET = Budget()
