@@ -204,8 +204,40 @@ def _run_limits(top: int) -> I64:
     return limits
 
 
+def _few_stretches(hits: list[int], width: int, r: int, carry: I64) -> tuple[I64, I64]:
+    """:func:`_stretches` from the flat indices of the True cells (sorted), in Python: a
+    healthy chunk has few, and a loop over them beats the dozen numpy calls above."""
+    best, last = [0] * r, [0] * r
+    previous = carry.tolist()
+    i, n = 0, len(hits)
+    while i < n:
+        first = hits[i]
+        j = i
+        while j + 1 < n and hits[j + 1] == hits[j] + 1:  # padding keeps rows apart
+            j += 1
+        row, column = divmod(first, width)
+        length = j - i + 1
+        if column == 1:  # the chunk's first position: the carried stretch goes on
+            length += previous[row]
+        if length > best[row]:
+            best[row] = length
+        if hits[j] - row * width == width - 2:  # ends the chunk: carried to the next one
+            last[row] = length
+        i = j + 1
+    return np.array(best, np.int64), np.array(last, np.int64)
+
+
+#: True cells (id pairs one period apart) up to which :func:`_few_stretches` is used.
+_FEW = 64
+
+
 def advance(st: State, x: I64, th: DegenerateThresholds) -> None:
-    """Fold ids ``x`` (starting at a window boundary) into the state."""
+    """Fold ids ``x`` (starting at a window boundary) into the state.
+
+    Healthy text takes the short way where it can: no id repeating the one before it means
+    no run to measure and none to take out of the cycles, and few ids equal to one a period
+    back means their stretches are found in Python (same figures, fewer numpy calls: the
+    fixed cost of judging a short output)."""
     m = x.shape[0]
     if m == 0:
         return
@@ -213,18 +245,24 @@ def advance(st: State, x: I64, th: DegenerateThresholds) -> None:
     k = st.hist.shape[0]
     pad = top - k  # > 0 only at the start of a stream: no ids before the first
     ext = np.concatenate((_ZEROS[:pad], st.hist, x)) if pad else np.concatenate((st.hist, x))
-    eq = np.empty(top + m, np.bool_)  # eq[i]: ext[i] repeats the id before it
-    np.equal(ext[1:], ext[:-1], out=eq[1:])
-    eq[: pad + 1] = False
-    # reps[j]: how many times the id at j repeats the one before, counting into the past
-    pos = np.arange(1, m + 1, dtype=np.int64)
-    last_new = np.where(eq[top:], 0, pos)
-    np.maximum.accumulate(last_new, out=last_new)
-    reps = pos - last_new
-    if st.run > 1:  # the run the previous chunk ended with goes on
-        reps[: int(np.searchsorted(last_new, 0, side="right"))] += st.run - 1
-    st.best_run = max(st.best_run, int(reps.max()) + 1)
-    st.run = int(reps[-1]) + 1
+    same = ext[top:] == ext[top - 1 : -1]  # same[j]: x[j] repeats the id before it
+    if k == 0:
+        same[0] = False  # the stream's first id repeats nothing
+    repeats = bool(same.any())
+    reps: I64 | None = None
+    if repeats:
+        # reps[j]: how many times the id at j repeats the one before, counting into the past
+        pos = np.arange(1, m + 1, dtype=np.int64)
+        last_new = np.where(same, 0, pos)
+        np.maximum.accumulate(last_new, out=last_new)
+        reps = pos - last_new
+        if st.run > 1:  # the run the previous chunk ended with goes on
+            reps[: int(np.searchsorted(last_new, 0, side="right"))] += st.run - 1
+        st.best_run = max(st.best_run, int(reps.max()) + 1)
+        st.run = int(reps[-1]) + 1
+    else:  # every id differs from the one before: runs of one
+        st.best_run = max(st.best_run, 1)
+        st.run = 1
     # rows[p - 2]: x[j] equals the id p before it (a cycle of period p) and the p ids ending
     # at j are not all one token (a run is not a cycle); padded for _stretches
     rows = np.zeros((top - 1, m + 2), np.bool_)
@@ -234,8 +272,13 @@ def advance(st: State, x: I64, th: DegenerateThresholds) -> None:
     if pad:  # stream start: no id p positions back for the first p - k positions
         span = min(top, m)
         cyc[:, :span] &= _first_ids_valid(top, k)[:, :span]
-    cyc &= reps < _run_limits(top)
-    best, last = _stretches(rows, st.cyc)
+    if reps is not None:
+        cyc &= reps < _run_limits(top)
+    hits = np.flatnonzero(rows)
+    if hits.shape[0] <= _FEW:
+        best, last = _few_stretches(hits.tolist(), m + 2, top - 1, st.cyc)
+    else:
+        best, last = _stretches(rows, st.cyc)
     st.cyc_best = np.maximum(st.cyc_best, best)
     st.cyc = last
     # distinct fraction per aligned window; a trailing partial window counts if long enough
