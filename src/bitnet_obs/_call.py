@@ -132,7 +132,9 @@ class Call(Placement, Reporter):
         "_counted",
         "context",
         "facts",
+        "logits",
         "meter",
+        "pending",
         "recorder",
         "site",
         "watch",
@@ -151,6 +153,10 @@ class Call(Placement, Reporter):
         self.context: SpanContext | None = None  # the span's, while the call runs
         self.meter: StreamMeter | None = None
         self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
+        self.logits: bool | None = None  # the call's logits draw, at its first observe_logits
+        #: set_attribute()'s values for a recording span, put on it with ours at the end (one
+        #: SDK call, one lock, instead of one each)
+        self.pending: dict[str, AttrValue] | None = None
         self.parent = None
         self._otel_token = None
         self.otel_before = None
@@ -243,7 +249,13 @@ class Call(Placement, Reporter):
         facts.explicit_output = True
 
     def observe_logits(self, logits: Any) -> None:
-        outputs().observe_logits(self.output_watch(), logits)
+        admitted = self.logits
+        if admitted is None:
+            admitted = self.logits = outputs().draw_logits()
+            if admitted:
+                outputs().observe_logits(self.output_watch(), logits, first=True)
+        elif admitted:
+            outputs().observe_logits(self.output_watch(), logits, first=False)
 
     def first_token(self) -> None:
         self.facts.first_token(time.perf_counter())
@@ -251,6 +263,8 @@ class Call(Placement, Reporter):
     def mark_token(self) -> None:
         meter = self.meter
         if meter is None:
+            if self._done:
+                return  # a mark after the end: nothing is recorded any more
             meter = self.meter = StreamMeter(
                 self.facts, self._gaps, self._ids, counts_items=False, marks=True
             )
@@ -297,8 +311,14 @@ class Call(Placement, Reporter):
         if not isinstance(key, str) or not isinstance(value, (str, bool, int, float)):
             internal_error("bad_attribute", detail=f"set_attribute({describe(key)}, ...)")
             return
-        if self.span is not None:
-            self.span.set_attribute(key, clip(value) if isinstance(value, str) else value)
+        span = self.span
+        if span is not None:
+            pending = self.pending
+            if pending is None:
+                if not span.is_recording():
+                    return
+                pending = self.pending = {}
+            pending[key] = clip(value) if isinstance(value, str) else value
 
     # ----- what the call shapes feed -----
     def start_stream(self, fast_loop: bool) -> StreamMeter:
@@ -310,6 +330,22 @@ class Call(Placement, Reporter):
             self.facts.response = []
         fast = fast_loop and site.count_item is None and self.facts.response is None
         meter = self.meter = StreamMeter(self.facts, self._gaps, self._ids, counts_items=fast)
+        return meter
+
+    def decode_meter(self) -> StreamMeter | None:
+        """The meter an engine's decoding loop feeds inline, as the generator wrapper's fast
+        loop does (a stamp and an id per sampled token, see :mod:`bitnet_obs._stream`): its
+        stamps are the call's output tokens, its ids the output judged at the end. None once
+        the call has ended."""
+        if self._done:
+            return None
+        meter = self.meter
+        if meter is None:
+            meter = self.meter = StreamMeter(
+                self.facts, self._gaps, self._ids, counts_items=True, marks=True
+            )
+        else:
+            meter.counts_items = True  # a meter mark_token() opened: its stamps are tokens now
         return meter
 
     def count_item(self, item: Any) -> None:
@@ -355,9 +391,9 @@ class Call(Placement, Reporter):
         """A meter's chunk of stamps: the inter-token gaps recorded."""
         try:
             if len(stamps) >= 2:
-                recorder, facts = self.recorder, self.facts
-                variant = self.site.variant(recorder, facts.device, "ok", "", facts.priority,
-                                            None)  # fmt: skip
+                recorder = self.recorder
+                # the gaps carry the attributes of every outcome: any variant's handle will do
+                variant = self.site.variant_of(recorder, self.facts, OK)
                 recorder.gaps(variant.handles.inter_token, stamps, self.context)
         except Exception as exc:
             internal_error("inter_token_latency", exc)
@@ -382,8 +418,13 @@ class Call(Placement, Reporter):
             end = time.perf_counter()
             outcome = OK if exc is None else outcome_of(exc)
             facts, site, span, recorder = self.facts, self.site, self.span, self.recorder
-            if self.meter is not None:
-                self.meter.close()
+            meter = self.meter
+            if meter is not None:
+                # dropped: its callbacks are this call's methods, a reference cycle that only
+                # the garbage collector would break, keeping the call, its span and its
+                # buffers alive until then
+                self.meter = None
+                meter.close()
             variant = site.variant_of(recorder, facts, outcome)
             watch = self.watch
             records = None
@@ -394,7 +435,8 @@ class Call(Placement, Reporter):
             if span is not None:
                 if span.is_recording():
                     shown = None if records is None else records.span_attributes
-                    annotate(span, facts, outcome, site.capture, shown)
+                    reported, self.pending = self.pending, None
+                    annotate(span, facts, outcome, site.capture, shown, reported)
                 else:  # an unsampled span: its end() does nothing, so it is not called
                     self.span = None
         except Exception as error:  # e.g. RecursionError at the bottom of a deep recursion
@@ -417,6 +459,8 @@ class Call(Placement, Reporter):
         span, self.span, self.context = self.span, None, None
         if span is not None:
             try:
+                if self.pending:  # the end did not annotate it: the call's own values still go
+                    span.set_attributes(self.pending)
                 span.end()
             except Exception as exc:
                 internal_error("end_span", exc)

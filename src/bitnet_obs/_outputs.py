@@ -48,7 +48,6 @@ class OutputWatch:
         "detector",
         "entropy",
         "ids_reported",
-        "logits_admitted",
         "margin",
         "thresholds",
         "verdicts",
@@ -66,7 +65,6 @@ class OutputWatch:
         #: the call reports its ids itself (add_output_ids): its stream and result are not
         #: judged a second time
         self.ids_reported = False
-        self.logits_admitted: bool | None = None  # drawn at the first observe_logits
 
     def stream(self) -> DegenerateDetector | None:
         """The detector of the call's streamed output (None: detection is off)."""
@@ -137,18 +135,18 @@ class OutputHealth:
             internal_error("bad_output_ids", exc)
             return None
 
-    def observe_logits(self, watch: OutputWatch, logits: Any) -> None:
-        """``observe_logits``: drawn once per call at ``BITNET_OBS_LOGITS_SAMPLE_RATE``; each
-        admitted report within the time budget (skips are counted)."""
+    def draw_logits(self) -> bool:
+        """A call's logits draw, once at its first ``observe_logits``, at
+        ``BITNET_OBS_LOGITS_SAMPLE_RATE`` within the time budget (a refusal is counted): most
+        calls are refused here, before any output measure exists for them."""
+        return _sampling.admit("logits", _config.current().logits_sample_rate)
+
+    def observe_logits(self, watch: OutputWatch, logits: Any, first: bool) -> None:
+        """``observe_logits`` of an admitted call; its later reports each within the time
+        budget (skips are counted)."""
         try:
-            admitted = watch.logits_admitted
-            if admitted is None:
-                rate = _config.current().logits_sample_rate
-                admitted = watch.logits_admitted = _sampling.admit("logits", rate)
-            elif admitted and not _sampling.admit("logits", 1.0):
+            if not first and not _sampling.admit("logits", 1.0):
                 return  # an admitted call over the time budget: this step is skipped, counted
-            if not admitted:
-                return
             if callable(logits):
                 logits = logits()
             _sampling.spend(_add_logits(watch, logits))

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from bitnet_obs import _config, _state
 from bitnet_obs._instruments import QUANT_SAMPLES_SKIPPED
 from bitnet_obs._selfmon import internal_error
+from bitnet_obs._tally import AttrKey, key_of
 
 #: What a runtime sample measures (``bitnet.quant.kind``).
 KINDS = ("weight", "activation", "output", "logits")
@@ -56,11 +57,17 @@ class Budget:
 BUDGET = Budget()
 
 
+_SKIP_KEYS: dict[tuple[str, str], AttrKey] = {}  # (kind, reason) -> its series, built once
+
+
 def skip(kind: str, reason: str) -> None:
-    """Count a runtime sample not taken."""
-    QUANT_SAMPLES_SKIPPED.add(
-        (("bitnet.quant.kind", kind), ("bitnet.quant.skip_reason", reason)), 1
-    )
+    """Count a runtime sample not taken (a refused draw is most calls: its key is kept)."""
+    key = _SKIP_KEYS.get((kind, reason))
+    if key is None:
+        key = key_of({"bitnet.quant.kind": kind, "bitnet.quant.skip_reason": reason})
+        if len(_SKIP_KEYS) < 64:
+            _SKIP_KEYS[kind, reason] = key
+    QUANT_SAMPLES_SKIPPED.add(key, 1)
 
 
 def admit(kind: str, rate: float) -> bool:

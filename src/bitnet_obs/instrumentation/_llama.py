@@ -30,10 +30,11 @@ import contextvars
 import functools
 import inspect
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import llama_cpp
 import numpy as np
@@ -44,18 +45,15 @@ from bitnet_obs import (
     ConfigError,
     InferenceContext,
     InferenceMonitor,
-    _config,
     _state,
     monitor_model_load,
     unload_model,
 )
 from bitnet_obs import _semconv as sc
+from bitnet_obs._call import Call
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs.instrumentation._llama_model import ModelFile, describe_file
 from bitnet_obs.instrumentation._options import LlamaOptions
-
-#: Streamed ids reported (counted, judged) in chunks of this many: bounded memory per request.
-FLUSH_IDS = 4096
 
 #: The request in flight in this context (None outside one).
 _request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
@@ -84,7 +82,7 @@ class _Request:
     __slots__ = ("inference", "sampling")
 
     def __init__(self, inference: InferenceContext) -> None:
-        self.inference = inference
+        self.inference = cast(Call, inference)  # what a monitor's ``with`` gives
         self.sampling = False  # its sampling parameters are on the span
 
 
@@ -477,21 +475,27 @@ def _tokens(
     prompt: Any,
     kwargs: Mapping[str, Any],
 ) -> Generator[int, Any, None]:
-    """The engine's token generator, each sampled id stamped and kept for the end."""
+    """The engine's token generator, each sampled id stamped and kept as it arrives.
+
+    The call's stream meter is fed inline (a clock read and two list appends a token, as the
+    generator wrapper's fast loop does): its stamps are the output tokens (time to first
+    token, every inter-token gap), its ids the output judged for degenerate output when the
+    call ends (in chunks of 4,096: bounded memory)."""
     inference = request.inference
+    meter = None
     try:
         inference.add_input_tokens(len(prompt))
         if not request.sampling:
             request.sampling = True
             _sampling(inference, kwargs)
+        meter = inference.decode_meter()
     except Exception as exc:
         internal_error("llama_cpp_generate", exc)
-    mark = inference.mark_token
-    ids: list[int] = []
-    append = ids.append
-    reported = False
-    settings = _config.current()  # outputs too short to be judged are only counted
-    judged = settings.degenerate_min_tokens if settings.degenerate_detection else FLUSH_IDS + 1
+    if meter is None:  # nothing to feed: the engine's generator as it is
+        return (yield from inner)
+    stamp, keep, tick, left = meter.stamp, meter.ids, meter.tick, meter.left
+    before = meter.stamped + len(meter.stamps)
+    clock = time.perf_counter
     send, throw = inner.send, inner.throw
     value: Any = None
     thrown: BaseException | None = None
@@ -505,13 +509,11 @@ def _tokens(
                     token = throw(into)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
-            mark()
-            append(token)
-            if len(ids) >= FLUSH_IDS:
-                inference.add_output_ids(_id_array(ids))
-                reported = True
-                ids = []
-                append = ids.append
+            stamp(clock())
+            left -= 1
+            if not left:
+                left = tick()
+            keep(token)
             try:
                 value = yield token
             except GeneratorExit:
@@ -522,21 +524,9 @@ def _tokens(
         inner.close()
         raise
     finally:
-        if reported or len(ids) >= judged:
-            inference.add_output_ids(_id_array(ids))  # counted, and judged for degenerate output
-        elif ids:
-            inference.add_output_tokens(len(ids))
-        if ids or reported:
+        meter.left = left
+        if meter.stamped + len(meter.stamps) > before:  # this loop sampled something
             inference.observe_logits(functools.partial(last_logits, llama))
-
-
-def _id_array(ids: list[int]) -> Any:
-    """The sampled ids as one int64 array (what the detector reads, without checking every
-    element's type again); the list itself if they are not all ids."""
-    try:
-        return np.array(ids, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        return ids
 
 
 def last_logits(llama: Any) -> npt.NDArray[np.float32]:
