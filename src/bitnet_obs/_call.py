@@ -22,9 +22,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind
 
-from bitnet_obs import _config, _instruments, _queue
+from bitnet_obs import _config, _instruments, _queue, _tally
 from bitnet_obs import _semconv as sc
-from bitnet_obs._attributes import finish_reason, valid_device, valid_kernel
+from bitnet_obs._attributes import FINISH_REASONS, finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
 from bitnet_obs._facts import OK, RequestFacts, outcome_of
@@ -187,7 +187,12 @@ class Call(Placement, Reporter):
             key = site.active_key if handed is None else site.active_key_of(
                 facts.device, facts.priority
             )  # fmt: skip
-            _ACTIVE.add(key, 1)
+            with _tally.REQUEST_LOCK:  # ACTIVE's lock; its add() inline
+                series = _ACTIVE.series
+                if key in series:
+                    series[key] += 1
+                else:
+                    _ACTIVE.add_new(key, 1)
             self._counted = key  # uncounted from this series, whatever set_device() does
         except Exception as exc:
             internal_error("begin", exc)
@@ -249,13 +254,14 @@ class Call(Placement, Reporter):
         facts.explicit_output = True
 
     def observe_logits(self, logits: Any) -> None:
+        room = _room or outputs()
         admitted = self.logits
         if admitted is None:
-            admitted = self.logits = outputs().draw_logits()
+            admitted = self.logits = room.draw_logits()
             if admitted:
-                outputs().observe_logits(self.output_watch(), logits, first=True)
+                room.observe_logits(self.output_watch(), logits, first=True)
         elif admitted:
-            outputs().observe_logits(self.output_watch(), logits, first=False)
+            room.observe_logits(self.output_watch(), logits, first=False)
 
     def first_token(self) -> None:
         self.facts.first_token(time.perf_counter())
@@ -303,22 +309,18 @@ class Call(Placement, Reporter):
             _count_kernel_fallback(self.model or "", declared, name)
 
     def set_finish_reason(self, reason: str) -> None:
+        if type(reason) is str and reason in FINISH_REASONS:
+            self.facts.finish_reason = reason
+            return
         self.facts.finish_reason = finish_reason(reason)
-        if self.facts.finish_reason == "other" and reason != "other":
+        if reason != "other":
             internal_error("bad_finish_reason", detail=f"set_finish_reason({describe(reason)})")
 
     def set_attribute(self, key: str, value: AttrValue) -> None:
         if not isinstance(key, str) or not isinstance(value, (str, bool, int, float)):
             internal_error("bad_attribute", detail=f"set_attribute({describe(key)}, ...)")
             return
-        span = self.span
-        if span is not None:
-            pending = self.pending
-            if pending is None:
-                if not span.is_recording():
-                    return
-                pending = self.pending = {}
-            pending[key] = clip(value) if isinstance(value, str) else value
+        self._span_attributes({key: clip(value) if isinstance(value, str) else value})
 
     # ----- what the call shapes feed -----
     def start_stream(self, fast_loop: bool) -> StreamMeter:
@@ -332,21 +334,53 @@ class Call(Placement, Reporter):
         meter = self.meter = StreamMeter(self.facts, self._gaps, self._ids, counts_items=fast)
         return meter
 
-    def decode_meter(self) -> StreamMeter | None:
-        """The meter an engine's decoding loop feeds inline, as the generator wrapper's fast
-        loop does (a stamp and an id per sampled token, see :mod:`bitnet_obs._stream`): its
-        stamps are the call's output tokens, its ids the output judged at the end. None once
-        the call has ended."""
+    # ----- what a library instrumentor reports (llama.cpp), each in one call -----
+    def requested(self, streamed: bool, attributes: Mapping[str, AttrValue]) -> None:
+        """What the call asked for, read from its arguments: a stream or not, and its own
+        parameters for the span (checked by the caller)."""
+        self.facts.stream_declared = streamed
+        span = self.span
+        if attributes and span is not None:
+            pending = self.pending
+            if pending is None:
+                if not span.is_recording():
+                    return
+                pending = self.pending = {}
+            pending.update(attributes)
+
+    def decode(
+        self, input_tokens: int, parameters: Mapping[str, AttrValue] | None
+    ) -> StreamMeter | None:
+        """An engine's decoding loop starts: its prompt's tokens, its sampling parameters for
+        the span, and the meter it feeds inline as the generator wrapper's fast loop does (a
+        stamp and an id per sampled token, see :mod:`bitnet_obs._stream`): its stamps are the
+        call's output tokens, its ids the output judged at the end. None once the call ended."""
         if self._done:
             return None
+        facts = self.facts
+        facts.input_tokens += input_tokens
+        facts.explicit_input = True
+        if parameters and self.span is not None:
+            self._span_attributes(parameters)
         meter = self.meter
         if meter is None:
             meter = self.meter = StreamMeter(
-                self.facts, self._gaps, self._ids, counts_items=True, marks=True
+                facts, self._gaps, self._ids, counts_items=True, marks=True
             )
         else:
             meter.counts_items = True  # a meter mark_token() opened: its stamps are tokens now
         return meter
+
+    def _span_attributes(self, attributes: Mapping[str, AttrValue]) -> None:
+        """Attributes for a recording span, put on it with ours at the end."""
+        span = self.span
+        if span is not None:
+            pending = self.pending
+            if pending is None:
+                if not span.is_recording():
+                    return
+                pending = self.pending = {}
+            pending.update(attributes)
 
     def count_item(self, item: Any) -> None:
         """One streamed item the fast loop leaves to us (a counter, content capture)."""
@@ -454,8 +488,12 @@ class Call(Placement, Reporter):
                 _ACTIVE.add(key, -1)
             except Exception:
                 self._counted = key  # the next _release (GC) retries
-        if self._otel_token is not None:
-            self.detach()
+        token, self._otel_token = self._otel_token, None
+        if token is not None:
+            try:  # noqa: SIM105 (Placement.detach, inline: once per traced request)
+                otel_context.detach(token)  # type: ignore[arg-type]
+            except Exception:  # from another context: the SDK logs it
+                pass
         span, self.span, self.context = self.span, None, None
         if span is not None:
             try:

@@ -139,7 +139,8 @@ class OutputHealth:
         """A call's logits draw, once at its first ``observe_logits``, at
         ``BITNET_OBS_LOGITS_SAMPLE_RATE`` within the time budget (a refusal is counted): most
         calls are refused here, before any output measure exists for them."""
-        return _sampling.admit("logits", _config.current().logits_sample_rate)
+        settings = _config.current()
+        return _sampling.admit("logits", settings.logits_sample_rate, settings.quant_budget)
 
     def observe_logits(self, watch: OutputWatch, logits: Any, first: bool) -> None:
         """``observe_logits`` of an admitted call; its later reports each within the time

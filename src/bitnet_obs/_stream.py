@@ -147,9 +147,12 @@ class StreamMeter:
             previous, self.last = self.last, stamps[-1]
             if previous is not None:
                 stamps.insert(0, previous)
-            try:
-                self.on_gaps(stamps)
-            finally:
+            if len(stamps) > 1:  # one stamp alone is no gap
+                try:
+                    self.on_gaps(stamps)
+                finally:
+                    del stamps[:]
+            else:
                 del stamps[:]
         ids = self.id_buffer
         if ids:
