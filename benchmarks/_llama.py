@@ -17,7 +17,9 @@ exporter; traces sampled, unsampled, or off). Two ``Llama`` objects on the same 
 Cases (``SIDE/ENGINE/SHAPE/N``): SIDE ``plain`` (every ``Llama`` attribute the original),
 ``ours`` (``LlamaCppInstrumentor`` installed), ``aa`` (plain again: the A/A pair), ``core``
 (plain, inside ``with monitor_inference(...)`` reporting the token count: the request record
-and span every monitored call pays, which the instrumentor's figures include) or ``relay``
+and span every monitored call pays, which the instrumentor's figures include), ``span`` (plain,
+inside a hand-written SDK span carrying the instrumentor's attributes, no metrics: what the SDK
+alone costs a traced call) or ``relay``
 (plain, with ``Llama.generate`` wrapped by the least a per-token hook can be: a generator relay
 that reads the clock and keeps the id -- what any hook costs beside the engine); SHAPE ``call``
 (``create_completion``) or ``stream`` (``stream=True``, consumed), ``N`` new tokens, greedy.

@@ -432,13 +432,13 @@ class Call(Placement, Reporter):
         except Exception as exc:
             internal_error("inter_token_latency", exc)
 
-    def _ids(self, ids: Any) -> None:
-        """A meter's streamed ids (a buffer of ints, or a chunk item): judged in the room
-        (not at interpreter exit, when a stream left open is finalised: nothing can be
-        imported, and nothing would be exported)."""
+    def _ids(self, ids: Any, whole: bool) -> None:
+        """A meter's streamed ids (a buffer of ints, or a chunk item; ``whole``: the entire
+        output): judged in the room (not at interpreter exit, when a stream left open is
+        finalised: nothing can be imported, and nothing would be exported)."""
         if _room is None and sys.is_finalizing():
             return
-        outputs().stream_ids(self.output_watch(), ids)
+        outputs().stream_ids(self.output_watch(), ids, whole)
 
     # ----- the end (never raises) -----
     def end(self, exc: BaseException | None, result: Any = None, counted: bool = False) -> None:

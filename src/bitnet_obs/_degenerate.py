@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from operator import eq
 from typing import Final
 
 import numpy as np
@@ -310,6 +313,57 @@ def short(ids: Sequence[int]) -> OutputVerdict:
             best = run
     n = len(ids)
     return OutputVerdict(n, best, len(set(ids)) / n if n else 1.0, 0, 0, False, None)
+
+
+def judge_list(ids: Sequence[int], th: DegenerateThresholds) -> OutputVerdict:
+    """A whole output given as a list of ints, judged in Python (the same figures as the numpy
+    pass): each measure is a comparison of the ids with themselves shifted, made by ``map``
+    in C into bytes, whose runs of 1s ``split`` finds. For an output of up to a few hundred ids
+    right after an engine's decode this beats numpy several times over, whose C code the
+    decode has pushed out of the caches (docs/performance.md); :data:`LIST_JUDGED` bounds it."""
+    n = len(ids)
+    if n < th.min_tokens:
+        return short(ids)
+    # same[k]: ids[k + 1] repeats ids[k]; each run of 1s at same[a..b] is ids[a..b + 1]
+    same = bytes(map(eq, islice(ids, 1, None), ids))
+    runs: list[tuple[int, int]] = []
+    best_run = 1
+    if 1 in same:
+        for found in _ONES.finditer(same):
+            a, b = found.start(), found.end() - 1
+            runs.append((a, b))
+            best_run = max(best_run, b - a + 2)
+    span = period = 0
+    for p in range(2, min(th.max_period, n - 1) + 1):
+        # cyc[i]: ids[i + p] equals the id p before it ...
+        cyc = bytearray(map(eq, islice(ids, p, None), ids))
+        if 1 not in cyc:
+            continue
+        for a, b in runs:  # ... and the p ids ending there are not all one token
+            if b - a + 2 >= p:
+                cyc[max(a - 1, 0) : b + 2 - p] = bytes(b + 2 - p - max(a - 1, 0))
+        stretch = max(map(len, _ONES.findall(cyc)), default=0)
+        if stretch and stretch + p > span:
+            span, period = stretch + p, p
+    w = th.window
+    fraction = math.inf
+    for start in range(0, n, w):
+        size = min(w, n - start)
+        if size == w or size >= th.min_tokens:
+            fraction = min(fraction, len(set(ids[start : start + w])) / size)
+    reason = None
+    if th.repeat_run and best_run >= th.repeat_run:
+        reason = "repeat_run"
+    elif th.cycle_span and span >= th.cycle_span:
+        reason = "cycle"
+    elif fraction < th.min_distinct_fraction:
+        reason = "low_diversity"
+    return OutputVerdict(n, best_run, fraction, span, period, True, reason)
+
+
+#: The longest output :func:`judge_list` takes (numpy beyond).
+LIST_JUDGED = 1024
+_ONES = re.compile(rb"\x01+")
 
 
 def verdict(st: State, th: DegenerateThresholds) -> OutputVerdict:

@@ -32,8 +32,9 @@ GAP_CHUNK = 4096
 
 #: Takes the stamps of a chunk (the previous chunk's last one first); never raises.
 OnGaps = Callable[[list[float]], None]
-#: Takes streamed ids, in order: an :class:`IdBuffer` of int ids, or a chunk item; never raises.
-OnIds = Callable[[Any], None]
+#: Takes streamed ids, in order: an :class:`IdBuffer` of int ids, or a chunk item, and whether
+#: they are the whole output (the stream's only ids, handed at its end); never raises.
+OnIds = Callable[[Any, bool], None]
 
 
 class IdBuffer(list[int]):
@@ -132,9 +133,9 @@ class StreamMeter:
     def id_chunk(self, ids: Any) -> None:
         """Ids that came as one item (a list or array of them), after the int ids before it."""
         if self.id_buffer:
-            self._hand_ids()
+            self._hand_ids(False)
         self.handed = True
-        self.on_ids(ids)
+        self.on_ids(ids, False)
 
     # ----- flushing -----
     def flush(self, final: bool = False) -> None:
@@ -157,15 +158,16 @@ class StreamMeter:
         ids = self.id_buffer
         if ids:
             least = self.judged_from
-            if least is None or (final and not self.handed and len(ids) < least):
+            whole = final and not self.handed
+            if least is None or (whole and len(ids) < least):
                 del ids[:]  # never judged: no output measures for this call at all
             else:
-                self._hand_ids()
+                self._hand_ids(whole)
 
-    def _hand_ids(self) -> None:
+    def _hand_ids(self, whole: bool) -> None:
         self.handed = True
         try:
-            self.on_ids(self.id_buffer)
+            self.on_ids(self.id_buffer, whole)
         finally:
             del self.id_buffer[:]
 
