@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .panel import INST, RATE, REQ, Panel
+from .panel import INST, REQ, Panel, histogram_quantile, sum_increase, sum_rate
 
 CROSSVAL_MAPPINGS = [
     {
@@ -31,8 +31,7 @@ def panels() -> list[Panel]:
             "Degenerate outputs by reason",
             [
                 (
-                    "sum by (bitnet_degenerate_reason) "
-                    f"(rate(bitnet_output_degenerate_total{{{REQ}}}[{RATE}]))",
+                    sum_rate("bitnet_output_degenerate_total", REQ, by="bitnet_degenerate_reason"),
                     "{{bitnet_degenerate_reason}}",
                 )
             ],
@@ -44,13 +43,11 @@ def panels() -> list[Panel]:
             "Repeat run and distinct fraction",
             [
                 (
-                    "histogram_quantile(0.95, sum by (le) "
-                    f"(rate(bitnet_output_repeat_run_bucket{{{REQ}}}[{RATE}])))",
+                    histogram_quantile(0.95, "bitnet_output_repeat_run", REQ),
                     "longest run p95 (tokens)",
                 ),
                 (
-                    "histogram_quantile(0.05, sum by (le) "
-                    f"(rate(bitnet_output_distinct_fraction_bucket{{{REQ}}}[{RATE}])))",
+                    histogram_quantile(0.05, "bitnet_output_distinct_fraction", REQ),
                     "distinct fraction p05",
                 ),
             ],
@@ -61,13 +58,11 @@ def panels() -> list[Panel]:
             "Next-token entropy and top-1 margin",
             [
                 (
-                    "histogram_quantile(0.5, sum by (le) "
-                    f"(rate(bitnet_output_logits_entropy_bucket{{{REQ}}}[{RATE}])))",
+                    histogram_quantile(0.5, "bitnet_output_logits_entropy", REQ),
                     "entropy p50 (nats)",
                 ),
                 (
-                    "histogram_quantile(0.5, sum by (le) "
-                    f"(rate(bitnet_output_logits_top1_margin_bucket{{{REQ}}}[{RATE}])))",
+                    histogram_quantile(0.5, "bitnet_output_logits_top1_margin", REQ),
                     "top-1 margin p50",
                 ),
             ],
@@ -88,8 +83,7 @@ def panels() -> list[Panel]:
             "Cross-validation runs",
             [
                 (
-                    "sum by (bitnet_crossval_outcome) "
-                    f"(increase(bitnet_crossval_runs_total{{{REQ}}}[{RATE}]))",
+                    sum_increase("bitnet_crossval_runs_total", REQ, by="bitnet_crossval_outcome"),
                     "{{bitnet_crossval_outcome}}",
                 )
             ],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .panel import INST, RATE, REQ, Panel
+from .panel import INST, REQ, Panel, sum_rate
 
 
 def panels() -> list[Panel]:
@@ -69,8 +69,11 @@ def panels() -> list[Panel]:
             "Device fallbacks",
             [
                 (
-                    "sum by (bitnet_device_from, bitnet_device_to, bitnet_fallback_reason) "
-                    f"(rate(bitnet_device_fallbacks_total{{{REQ}}}[{RATE}]))",
+                    sum_rate(
+                        "bitnet_device_fallbacks_total",
+                        REQ,
+                        by="bitnet_device_from, bitnet_device_to, bitnet_fallback_reason",
+                    ),
                     "{{bitnet_device_from}} → {{bitnet_device_to}} ({{bitnet_fallback_reason}})",
                 )
             ],
@@ -93,8 +96,7 @@ def panels() -> list[Panel]:
             "Requests by device",
             [
                 (
-                    "sum by (bitnet_device) "
-                    f"(rate(bitnet_inference_requests_total{{{REQ}}}[{RATE}]))",
+                    sum_rate("bitnet_inference_requests_total", REQ, by="bitnet_device"),
                     "{{bitnet_device}}",
                 )
             ],

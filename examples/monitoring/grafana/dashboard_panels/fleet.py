@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .panel import Panel
+from .panel import Panel, quantiles
 
 MODEL = 'gen_ai_request_model=~"$model"'  # fleet panels: every replica of the selected models
 ISA = "{{host_arch}} {{bitnet_cpu_simd}} ({{bitnet_cpu_features}})"
@@ -59,30 +59,20 @@ def panels() -> list[Panel]:
         ),
         Panel(
             "Fleet request latency",
-            [
-                (f"{lat}:p50_5m{{{MODEL}}}", "p50 " + fleet_of),
-                (f"{lat}:p95_5m{{{MODEL}}}", "p95 " + fleet_of),
-                (f"{lat}:p99_5m{{{MODEL}}}", "p99 " + fleet_of),
-            ],
+            quantiles(lat, MODEL, "p50", "p95", "p99", legend=fleet_of),
             unit="s",
             description="Quantiles of all replicas' successful requests, from bucket rates summed "
             "across replicas (not a mean of per-replica quantiles).",
         ),
         Panel(
             "Fleet time to first token",
-            [
-                (f"{ttft}:p50_5m{{{MODEL}}}", "p50 " + fleet_of),
-                (f"{ttft}:p95_5m{{{MODEL}}}", "p95 " + fleet_of),
-            ],
+            quantiles(ttft, MODEL, "p50", "p95", legend=fleet_of),
             unit="s",
             description="Time to first token over all replicas' requests.",
         ),
         Panel(
             "Fleet time per output token",
-            [
-                (f"{tpot}:p50_5m{{{MODEL}}}", "p50 " + fleet_of),
-                (f"{tpot}:p95_5m{{{MODEL}}}", "p95 " + fleet_of),
-            ],
+            quantiles(tpot, MODEL, "p50", "p95", legend=fleet_of),
             unit="s",
             description="Time per output token over all replicas' requests.",
         ),
@@ -223,8 +213,9 @@ def panels() -> list[Panel]:
         Panel(
             "Latency by ISA class",
             [
-                (f"{isa}:gen_ai_server_request_duration_seconds:p50_5m{{{MODEL}}}", "p50 " + ISA),
-                (f"{isa}:gen_ai_server_request_duration_seconds:p95_5m{{{MODEL}}}", "p95 " + ISA),
+                *quantiles(
+                    f"{isa}:gen_ai_server_request_duration_seconds", MODEL, "p50", "p95", legend=ISA
+                ),
                 (
                     f"{isa}:gen_ai_server_time_to_first_token_seconds:p95_5m{{{MODEL}}}",
                     "TTFT p95 " + ISA,

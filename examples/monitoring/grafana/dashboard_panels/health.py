@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .panel import INST, RATE, Panel
+from .panel import INST, Panel, histogram_quantile, sum_increase, sum_rate
 
 HEALTH_MAPPINGS = [
     {
@@ -32,8 +32,11 @@ def panels() -> list[Panel]:
             "Health check failures",
             [
                 (
-                    "sum by (bitnet_health_component, error_type) "
-                    f"(increase(bitnet_health_check_failures_total{{{INST}}}[{RATE}]))",
+                    sum_increase(
+                        "bitnet_health_check_failures_total",
+                        INST,
+                        by="bitnet_health_component, error_type",
+                    ),
                     "{{bitnet_health_component}} {{error_type}}",
                 ),
             ],
@@ -44,8 +47,12 @@ def panels() -> list[Panel]:
             "Health check duration p95",
             [
                 (
-                    "histogram_quantile(0.95, sum by (bitnet_health_component, le) "
-                    f"(rate(bitnet_health_check_duration_seconds_bucket{{{INST}}}[{RATE}])))",
+                    histogram_quantile(
+                        0.95,
+                        "bitnet_health_check_duration_seconds",
+                        INST,
+                        by="bitnet_health_component",
+                    ),
                     "{{bitnet_health_component}}",
                 )
             ],
@@ -72,8 +79,11 @@ def panels() -> list[Panel]:
             "SLA violations",
             [
                 (
-                    "sum by (bitnet_sla_objective, bitnet_sla_severity) "
-                    f"(increase(bitnet_sla_violations_total{{{INST}}}[{RATE}]))",
+                    sum_increase(
+                        "bitnet_sla_violations_total",
+                        INST,
+                        by="bitnet_sla_objective, bitnet_sla_severity",
+                    ),
                     "{{bitnet_sla_objective}} {{bitnet_sla_severity}}",
                 )
             ],
@@ -92,8 +102,9 @@ def panels() -> list[Panel]:
             "Telemetry exports",
             [
                 (
-                    "sum by (bitnet_obs_exporter, bitnet_outcome) "
-                    f"(rate(bitnet_obs_exports_total{{{INST}}}[{RATE}]))",
+                    sum_rate(
+                        "bitnet_obs_exports_total", INST, by="bitnet_obs_exporter, bitnet_outcome"
+                    ),
                     "{{bitnet_obs_exporter}} {{bitnet_outcome}}",
                 )
             ],
@@ -104,8 +115,9 @@ def panels() -> list[Panel]:
             "bitnet-obs internal errors",
             [
                 (
-                    "sum by (bitnet_obs_error_kind) "
-                    f"(increase(bitnet_obs_internal_errors_total{{{INST}}}[{RATE}]))",
+                    sum_increase(
+                        "bitnet_obs_internal_errors_total", INST, by="bitnet_obs_error_kind"
+                    ),
                     "{{bitnet_obs_error_kind}}",
                 )
             ],

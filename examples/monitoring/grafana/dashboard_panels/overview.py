@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .panel import RATE, REQ, Panel
+from .panel import REQ, Panel, quantiles, sum_rate
 
 
 def panels() -> list[Panel]:
@@ -38,8 +38,11 @@ def panels() -> list[Panel]:
             "Errors by type",
             [
                 (
-                    "sum by (error_type) (rate(bitnet_inference_requests_total"
-                    f'{{bitnet_outcome="error", {REQ}}}[{RATE}]))',
+                    sum_rate(
+                        "bitnet_inference_requests_total",
+                        f'bitnet_outcome="error", {REQ}',
+                        by="error_type",
+                    ),
                     "{{error_type}}",
                 )
             ],
@@ -48,25 +51,21 @@ def panels() -> list[Panel]:
         ),
         Panel(
             "Request latency",
-            [
-                (f"max({lat}:p50_5m{{{REQ}}})", "p50"),
-                (f"max({lat}:p95_5m{{{REQ}}})", "p95"),
-                (f"max({lat}:p99_5m{{{REQ}}})", "p99"),
-            ],
+            quantiles(lat, REQ, "p50", "p95", "p99", wrap="max({})"),
             unit="s",
             thresholds=[(5, "red")],
             description="End-to-end duration of requests that did not fail (worst instance).",
         ),
         Panel(
             "Time to first token",
-            [(f"max({ttft}:p50_5m{{{REQ}}})", "p50"), (f"max({ttft}:p95_5m{{{REQ}}})", "p95")],
+            quantiles(ttft, REQ, "p50", "p95", wrap="max({})"),
             unit="s",
             thresholds=[(1, "red")],
             description="Streaming requests: request start to first output token.",
         ),
         Panel(
             "Time per output token",
-            [(f"max({tpot}:p50_5m{{{REQ}}})", "p50"), (f"max({tpot}:p95_5m{{{REQ}}})", "p95")],
+            quantiles(tpot, REQ, "p50", "p95", wrap="max({})"),
             unit="s",
             description="Mean time per output token after the first one (inter-token latency).",
         ),

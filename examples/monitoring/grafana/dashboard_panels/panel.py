@@ -1,7 +1,13 @@
 """A dashboard panel: its title, PromQL targets and display, and its Grafana JSON.
 
 Every panel has the same shape, so the JSON is made in one place (:func:`panel_json`); the
-selectors below are the template variables' filters the queries share.
+selectors below are the template variables' filters the queries share, and the functions
+write the three PromQL shapes that recur across rows::
+
+    quantiles("instance_model:gen_ai_server_request_duration_seconds", REQ, "p50", "p95",
+              wrap="max({})")       # max(...:p50_5m{...}) "p50", max(...:p95_5m{...}) "p95"
+    histogram_quantile(0.95, "bitnet_batch_size", INST, by="bitnet_queue_name")
+    sum_rate("bitnet_quant_operations_total", INST, by="bitnet_quant_kind")
 """
 
 from __future__ import annotations
@@ -13,6 +19,43 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 REQ = 'gen_ai_request_model=~"$model", instance=~"$instance"'  # request metrics
 INST = 'instance=~"$instance"'  # metrics without a model label
 RATE = "$__rate_interval"
+
+
+def quantiles(
+    rule: str, selector: str, *qs: str, legend: str = "", wrap: str = "{}"
+) -> list[tuple[str, str]]:
+    """One target per quantile ``qs`` of a recording rule's 5-minute family
+    (``{rule}:p95_5m``), each expression put in ``wrap`` (``"max({})"``: the worst instance),
+    each legend the quantile then ``legend``."""
+    return [(wrap.format(f"{rule}:{q}_5m{{{selector}}}"), f"{q} {legend}".rstrip()) for q in qs]
+
+
+def histogram_quantile(q: float, histogram: str, selector: str, by: str = "") -> str:
+    """The ``q``-quantile of a histogram's bucket rates, summed ``by`` these labels (and ``le``)."""
+    labels = f"{by}, le" if by else "le"
+    return (
+        f"histogram_quantile({q}, sum by ({labels}) "
+        f"(rate({histogram}_bucket{{{selector}}}[{RATE}])))"
+    )
+
+
+def mean_since_start(histogram: str, selector: str, by: str) -> str:
+    """A histogram's mean since the process started (its sum over its count), ``by`` these
+    labels."""
+    return (
+        f"sum by ({by}) ({histogram}_sum{{{selector}}}) / "
+        f"sum by ({by}) ({histogram}_count{{{selector}}})"
+    )
+
+
+def sum_rate(counter: str, selector: str, by: str) -> str:
+    """A counter's per-second rate over the rate interval, summed ``by`` these labels."""
+    return f"sum by ({by}) (rate({counter}{{{selector}}}[{RATE}]))"
+
+
+def sum_increase(counter: str, selector: str, by: str) -> str:
+    """A counter's increase over the rate interval, summed ``by`` these labels."""
+    return f"sum by ({by}) (increase({counter}{{{selector}}}[{RATE}]))"
 
 
 @dataclass

@@ -3,7 +3,7 @@ reference."""
 
 from __future__ import annotations
 
-from .panel import INST, RATE, Panel
+from .panel import INST, Panel, mean_since_start, sum_increase, sum_rate
 
 
 def panels() -> list[Panel]:
@@ -57,8 +57,11 @@ def panels() -> list[Panel]:
             "Samples below 0.999 vs quantized reference",
             [
                 (
-                    "sum by (bitnet_quant_format) (increase(bitnet_quant_accuracy_bucket"
-                    f'{{bitnet_quant_reference="quantized", le="0.999", {INST}}}[{RATE}]))',
+                    sum_increase(
+                        "bitnet_quant_accuracy_bucket",
+                        f'bitnet_quant_reference="quantized", le="0.999", {INST}',
+                        by="bitnet_quant_format",
+                    ),
                     "{{bitnet_quant_format}}",
                 )
             ],
@@ -85,10 +88,9 @@ def panels() -> list[Panel]:
             "SQNR by format and reference",
             [
                 (
-                    "sum by (bitnet_quant_format, bitnet_quant_reference) "
-                    f"(bitnet_quant_sqnr_sum{{{INST}}}) / sum by "
-                    "(bitnet_quant_format, bitnet_quant_reference) "
-                    f"(bitnet_quant_sqnr_count{{{INST}}})",
+                    mean_since_start(
+                        "bitnet_quant_sqnr", INST, by="bitnet_quant_format, bitnet_quant_reference"
+                    ),
                     "{{bitnet_quant_format}} vs {{bitnet_quant_reference}}",
                 )
             ],
@@ -100,13 +102,13 @@ def panels() -> list[Panel]:
             "Accuracy measurements and skipped samples",
             [
                 (
-                    "sum by (bitnet_quant_kind) "
-                    f"(rate(bitnet_quant_operations_total{{{INST}}}[{RATE}]))",
+                    sum_rate("bitnet_quant_operations_total", INST, by="bitnet_quant_kind"),
                     "measured {{bitnet_quant_kind}}",
                 ),
                 (
-                    "sum by (bitnet_quant_skip_reason) "
-                    f"(rate(bitnet_quant_samples_skipped_total{{{INST}}}[{RATE}]))",
+                    sum_rate(
+                        "bitnet_quant_samples_skipped_total", INST, by="bitnet_quant_skip_reason"
+                    ),
                     "skipped: {{bitnet_quant_skip_reason}}",
                 ),
             ],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .panel import INST, RATE, REQ, Panel
+from .panel import INST, REQ, Panel, histogram_quantile, mean_since_start, quantiles
 
 
 def panels() -> list[Panel]:
@@ -31,10 +31,9 @@ def panels() -> list[Panel]:
             "Model load duration",
             [
                 (
-                    f"sum by ({load}) "
-                    f'(bitnet_model_load_duration_seconds_sum{{error_type="", {INST}}}) / '
-                    f"sum by ({load}) "
-                    f'(bitnet_model_load_duration_seconds_count{{error_type="", {INST}}})',
+                    mean_since_start(
+                        "bitnet_model_load_duration_seconds", f'error_type="", {INST}', by=load
+                    ),
                     "{{gen_ai_request_model}} {{bitnet_quant_format}} {{bitnet_device}}",
                 )
             ],
@@ -81,16 +80,7 @@ def panels() -> list[Panel]:
         ),
         Panel(
             "Queue wait",
-            [
-                (
-                    f"{by_prio} ({wait}:p50_5m{{{INST}}})",
-                    "p50 " + prio,
-                ),
-                (
-                    f"{by_prio} ({wait}:p95_5m{{{INST}}})",
-                    "p95 " + prio,
-                ),
-            ],
+            quantiles(wait, INST, "p50", "p95", legend=prio, wrap=by_prio + " ({})"),
             unit="s",
             thresholds=[(2.5, "red")],
             description="Time requests spent queued before inference, by priority (worst "
@@ -114,8 +104,7 @@ def panels() -> list[Panel]:
                     "mean {{bitnet_queue_name}} {{instance}}",
                 ),
                 (
-                    "histogram_quantile(0.95, sum by (bitnet_queue_name, le) "
-                    f"(rate(bitnet_batch_size_bucket{{{INST}}}[{RATE}])))",
+                    histogram_quantile(0.95, "bitnet_batch_size", INST, by="bitnet_queue_name"),
                     "p95 {{bitnet_queue_name}}",
                 ),
             ],
@@ -124,16 +113,14 @@ def panels() -> list[Panel]:
         ),
         Panel(
             "Batch formation time",
-            [
-                (
-                    f"max by (bitnet_queue_name) ({formation}:p50_5m{{{INST}}})",
-                    "p50 {{bitnet_queue_name}}",
-                ),
-                (
-                    f"max by (bitnet_queue_name) ({formation}:p95_5m{{{INST}}})",
-                    "p95 {{bitnet_queue_name}}",
-                ),
-            ],
+            quantiles(
+                formation,
+                INST,
+                "p50",
+                "p95",
+                legend="{{bitnet_queue_name}}",
+                wrap="max by (bitnet_queue_name) ({})",
+            ),
             unit="s",
             width=6,
             description="From a batch's first request to its dispatch (worst instance).",
