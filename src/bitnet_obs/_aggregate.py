@@ -168,11 +168,6 @@ class Store:
         with self.lock:
             self.add_locked(cell, value, span)
 
-    def record_many(self, items: Sequence[tuple[Cell, float]], span: SpanIds) -> None:
-        """Several records under one lock acquisition (the end of a request)."""
-        with self.lock:
-            self.add_many_locked(items, span)
-
     def add_gaps(self, cell: Cell, stamps: Sequence[float], span: SpanIds) -> None:
         """The gaps between consecutive ``stamps`` (monotonic clock reads) as records of
         ``cell``, a stream's inter-token latency: a Python loop for a few, numpy from

@@ -23,11 +23,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from bitnet_obs._commands import EXIT_OK, InputError, guarded
+from bitnet_obs._commands import EXIT_OK, bounded, guarded
+from bitnet_obs._crossval_cli import agreement, judge_options, server_from, server_options
 
 __all__ = ["add_parser", "run"]
 
@@ -36,23 +36,10 @@ DEFAULT_BUDGET_S = 120.0
 SERVICE_NAME = "bitnet-canary"
 
 
-def _bounded(parser: Any, what: str) -> Callable[[str], Any]:
-    """An argparse type from one of the settings parsers: the same bounds, the same message."""
-    from bitnet_obs._errors import ConfigError
-
-    def parse(text: str) -> Any:
-        try:
-            return parser.parse(what, text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
 def add_parser(sub: Any) -> None:
-    """The ``canary`` subcommand."""
+    """The ``canary`` subcommand: the server and its judging as ``crossval check --server``
+    takes them, plus how often, how long, and where /metrics and /health are served."""
     from bitnet_obs import _canary, _http_candidate, _parsers
-    from bitnet_obs import _crossval as cv
 
     canary = sub.add_parser(
         "canary",
@@ -65,51 +52,32 @@ def add_parser(sub: Any) -> None:
         "whenever a run fails, so a readiness probe or a load balancer takes a replica that "
         "answers wrong out of rotation. SIGTERM or Ctrl-C stop it (exit 0).",
     )
-    canary.add_argument("--server", required=True, metavar="URL", help="http://host:port")
-    canary.add_argument("--golden", required=True, help="a golden .npz from 'crossval record'")
-    canary.add_argument(
-        "--api",
-        choices=_http_candidate.APIS,
-        default="llama",
-        help="llama: llama-server's /completion (default); openai: /v1/completions",
-    )
+    server_options(canary, required=True)
+    judge_options(canary, "also fail above this logits KL (from a server: its top-k bound)")
     canary.add_argument(
         "--interval",
-        type=_bounded(_canary.INTERVAL, "--interval"),
+        type=bounded(_canary.INTERVAL, "--interval"),
         default=DEFAULT_INTERVAL_S,
         help=f"seconds between the end of a run and the next, up to {_canary.MAX_INTERVAL_S:g} "
         f"(default {DEFAULT_INTERVAL_S:g})",
     )
     canary.add_argument(
         "--budget",
-        type=_bounded(_canary.BUDGET, "--budget"),
+        type=bounded(_canary.BUDGET, "--budget"),
         default=DEFAULT_BUDGET_S,
         help="seconds a run may spend starting cases; readiness also fails while a run takes "
         f"over twice this (default {DEFAULT_BUDGET_S:g})",
     )
     canary.add_argument(
         "--timeout",
-        type=_bounded(_http_candidate.TIMEOUT, "--timeout"),
+        type=bounded(_http_candidate.TIMEOUT, "--timeout"),
         default=_http_candidate.DEFAULT_TIMEOUT_S,
         help="seconds one request may take, connecting to reading the whole answer, up to "
         f"{_http_candidate.MAX_TIMEOUT_S:g} (default {_http_candidate.DEFAULT_TIMEOUT_S:g})",
     )
-    server_options(canary)
-    canary.add_argument(
-        "--min-agreement",
-        type=_bounded(cv.AGREEMENT, "--min-agreement"),
-        default=1.0,
-        help="token agreement needed, 0 to 1 (default 1: identical)",
-    )
-    canary.add_argument(
-        "--max-kl",
-        type=_bounded(cv.KL.inner, "--max-kl"),
-        default=None,
-        help=f"also fail above this logits KL (from a server: its top-k bound), 0 to {cv.MAX_KL:g}",
-    )
     canary.add_argument(
         "--port",
-        type=_bounded(_parsers.Integer(0, 65535), "--port"),
+        type=bounded(_parsers.Integer(0, 65535), "--port"),
         default=None,
         help="port of /metrics and /health, 0 to 65535, 0 picks a free one "
         "(default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)",
@@ -127,63 +95,6 @@ def add_parser(sub: Any) -> None:
     )
 
 
-def server_options(parser: Any) -> None:
-    """``--top-k``, ``--server-model`` and ``--api-key-file``: shared with ``crossval check
-    --server``."""
-    from bitnet_obs import _http_candidate as http
-
-    parser.add_argument(
-        "--top-k",
-        type=_bounded(http.TOP_K, "--top-k"),
-        default=http.DEFAULT_TOP_K,
-        help="log-probabilities asked per generated token, 0 to 100 (0: ids only; default "
-        f"{http.DEFAULT_TOP_K})",
-    )
-    parser.add_argument(
-        "--server-model", default=None, help="the model name an OpenAI-compatible server wants"
-    )
-    parser.add_argument(
-        "--api-key-file",
-        default=None,
-        help="a file whose first line is the server's API key (sent as a bearer token)",
-    )
-
-
-def read_api_key(path: str | None) -> str | None:
-    """The first line of ``--api-key-file`` (a secret stays off the command line)."""
-    if path is None:
-        return None
-    from bitnet_obs._untrusted import printable
-    from bitnet_obs.quant.io._common import ReadError, open_regular
-
-    try:
-        fd, _ = open_regular(path)  # a FIFO would block
-    except ReadError as exc:
-        raise InputError(f"--api-key-file {exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        raw = f.read(64 * 1024)
-    lines = raw.decode("utf-8", "replace").splitlines()
-    key = lines[0].strip() if lines else ""
-    if not key:
-        raise InputError(f"--api-key-file {printable(path)}: empty; accepted: the key on line 1")
-    return key
-
-
-def server_from(args: argparse.Namespace, timeout_s: float) -> Any:
-    """The server candidate of ``--server``, ``--api``, ``--top-k``, ``--server-model`` and
-    ``--api-key-file`` (a ``ConfigError`` for a bad one: exit 2)."""
-    from bitnet_obs._http_candidate import server_candidate
-
-    return server_candidate(
-        args.server,
-        args.api,
-        timeout_s=timeout_s,
-        top_k=args.top_k,
-        model=args.server_model,
-        api_key=read_api_key(args.api_key_file),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     return guarded("bitnet-obs canary", lambda: _run(args))
 
@@ -192,16 +103,9 @@ def _verdict(report: Any) -> str:
     from bitnet_obs._untrusted import printable
 
     if report.passed:
-        kl = ""
-        if report.kl is not None:
-            bound = ">= " if report.kl_top_k else ""
-            kl = f", logits KL {bound}{report.kl:.3g}, top-1 {report.top1:.3f}"
         rate = report.candidate_tokens_per_s
         speed = f", {rate:.1f} tok/s" if rate else ""
-        return (
-            f"PASS: {len(report.cases)} cases, token agreement {report.token_agreement:.3f}"
-            f"{kl}{speed}"
-        )
+        return f"PASS: {agreement(report)}{speed}"
     return f"FAIL: {printable(report.reason)}"
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "EXIT_PIPE",
     "InputError",
     "OneLineParser",
+    "bounded",
     "error",
     "guarded",
     "write_json",
@@ -110,6 +111,23 @@ def write_json(obj: Any, out: TextIO | None = None, *, indent: int | None = 2) -
     stream = sys.stdout if out is None else out
     stream.write(strict_json(obj, indent=indent) + "\n")
     stream.flush()
+
+
+def bounded(parser: Any, option: str) -> Callable[[str], Any]:
+    """An argparse ``type`` from one of the settings parsers (:mod:`bitnet_obs._parsers`): an
+    option takes the same bounds as the setting or keyword it stands for, and a bad value gets
+    the same message (``--interval='0' is not valid; accepted: ...``, exit 2)::
+
+        parser.add_argument("--budget", type=bounded(_canary.BUDGET, "--budget"))
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            return parser.parse(option, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 class OneLineParser(argparse.ArgumentParser):

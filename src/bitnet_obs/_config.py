@@ -20,7 +20,7 @@ import functools
 import os
 import threading
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -704,8 +704,3 @@ def _reset() -> None:
 def _reinit_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
-
-
-def keyword_names() -> Sequence[str]:
-    """The ``configure()`` keywords."""
-    return tuple(f.name for f in dataclasses.fields(Settings))

@@ -18,7 +18,6 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from bitnet_obs._commands import (
@@ -27,6 +26,7 @@ from bitnet_obs._commands import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     InputError,
+    bounded,
     guarded,
     write_json,
 )
@@ -34,21 +34,17 @@ from bitnet_obs._untrusted import load_json, one_line, printable
 
 EXIT_PASS, EXIT_DIVERGED = EXIT_OK, EXIT_FAILED
 _MAX_PROMPTS_BYTES = 256 << 20
-__all__ = ["EXIT_BAD_INPUT", "add_parser", "load_callable", "read_prompts", "run"]
-
-
-def _bounded(parser: Any, what: str) -> Callable[[str], Any]:
-    """An argparse type from one of the settings parsers (``_parsers.Number``/``Integer``): the
-    same bounds, the same message."""
-    from bitnet_obs._errors import ConfigError
-
-    def parse(text: str) -> Any:
-        try:
-            return parser.parse(what, text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "add_parser",
+    "agreement",
+    "judge_options",
+    "load_callable",
+    "read_prompts",
+    "run",
+    "server_from",
+    "server_options",
+]
 
 
 def add_parser(sub: Any) -> None:
@@ -63,13 +59,13 @@ def add_parser(sub: Any) -> None:
     rec.add_argument("--out", required=True, help="the golden .npz to write")
     rec.add_argument(
         "--max-new-tokens",
-        type=_bounded(cv.NEW_TOKENS, "--max-new-tokens"),
+        type=bounded(cv.NEW_TOKENS, "--max-new-tokens"),
         default=32,
         help=f"new tokens per case, 1 to {cv.MAX_NEW_TOKENS} (default 32)",
     )
     rec.add_argument(
         "--logits-steps",
-        type=_bounded(cv.LOGITS_STEPS, "--logits-steps"),
+        type=bounded(cv.LOGITS_STEPS, "--logits-steps"),
         default=8,
         help=f"logits kept per case, 0 to {cv.MAX_LOGITS_STEPS} (default 8)",
     )
@@ -79,42 +75,114 @@ def add_parser(sub: Any) -> None:
     chk.add_argument(
         "implementation", metavar="MODULE:FUNC", nargs="?", help="the candidate (or --server)"
     )
-    chk.add_argument(
-        "--server",
-        metavar="URL",
-        help="the candidate is this server (llama-server, bitnet.cpp): http://host:port",
-    )
-    chk.add_argument(
-        "--api",
-        choices=("llama", "openai"),
-        default="llama",
-        help="with --server: llama-server's /completion (default) or /v1/completions",
-    )
-    chk.add_argument("--golden", required=True, help="a golden .npz from 'crossval record'")
+    server_options(chk, required=False)
+    judge_options(chk, "also fail above this logits KL")
     chk.add_argument("--reference", metavar="MODULE:FUNC", help="also time this one")
     chk.add_argument(
-        "--min-agreement",
-        type=_bounded(cv.AGREEMENT, "--min-agreement"),
-        default=1.0,
-        help="token agreement needed, 0 to 1 (default 1: identical)",
-    )
-    chk.add_argument(
-        "--max-kl",
-        type=_bounded(cv.KL.inner, "--max-kl"),
-        default=None,
-        help=f"also fail above this logits KL, 0 to {cv.MAX_KL:g}",
-    )
-    chk.add_argument(
         "--timeout",
-        type=_bounded(cv.SECONDS.inner, "--timeout"),
+        type=bounded(cv.SECONDS.inner, "--timeout"),
         default=None,
         help=f"seconds a call may take before it fails the run, up to {cv.MAX_SECONDS:g} "
         "(default: no limit; with --server, 60 s per request)",
     )
-    from bitnet_obs._canary_cli import server_options
-
-    server_options(chk)
     chk.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+
+
+def server_options(parser: Any, *, required: bool) -> None:
+    """The server a check or a canary judges (shared by ``crossval check --server`` and
+    ``canary``): ``--server``, ``--api``, ``--top-k``, ``--server-model``, ``--api-key-file``;
+    :func:`server_from` makes the candidate of them."""
+    from bitnet_obs import _http_candidate as http
+
+    parser.add_argument(
+        "--server",
+        required=required,
+        metavar="URL",
+        help="the server to judge (llama-server, bitnet.cpp's run_inference_server.py): "
+        "http://host:port" + ("" if required else ", in place of MODULE:FUNC"),
+    )
+    parser.add_argument(
+        "--api",
+        choices=http.APIS,
+        default="llama",
+        help="llama: llama-server's /completion (default); openai: /v1/completions",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=bounded(http.TOP_K, "--top-k"),
+        default=http.DEFAULT_TOP_K,
+        help=f"log-probabilities asked per generated token, 0 to {http.MAX_TOP_K} (0: ids only; "
+        f"default {http.DEFAULT_TOP_K})",
+    )
+    parser.add_argument(
+        "--server-model", default=None, help="the model name an OpenAI-compatible server wants"
+    )
+    parser.add_argument(
+        "--api-key-file",
+        default=None,
+        help="a file whose first line is the server's API key (sent as a bearer token)",
+    )
+
+
+def judge_options(parser: Any, max_kl_help: str) -> None:
+    """The golden file and how a run is judged (shared with ``canary``): ``--golden``,
+    ``--min-agreement``, ``--max-kl``."""
+    from bitnet_obs import _crossval as cv
+
+    parser.add_argument("--golden", required=True, help="a golden .npz from 'crossval record'")
+    parser.add_argument(
+        "--min-agreement",
+        type=bounded(cv.AGREEMENT, "--min-agreement"),
+        default=1.0,
+        help="token agreement needed, 0 to 1 (default 1: identical)",
+    )
+    parser.add_argument(
+        "--max-kl",
+        type=bounded(cv.KL.inner, "--max-kl"),
+        default=None,
+        help=f"{max_kl_help}, 0 to {cv.MAX_KL:g}",
+    )
+
+
+def server_from(args: argparse.Namespace, timeout_s: float) -> Any:
+    """The candidate of :func:`server_options`' arguments (a ``ConfigError`` for a bad one:
+    exit 2)."""
+    from bitnet_obs._http_candidate import server_candidate
+
+    return server_candidate(
+        args.server,
+        args.api,
+        timeout_s=timeout_s,
+        top_k=args.top_k,
+        model=args.server_model,
+        api_key=_api_key(args.api_key_file),
+    )
+
+
+def _api_key(path: str | None) -> str | None:
+    """The first line of ``--api-key-file`` (a secret stays off the command line)."""
+    if path is None:
+        return None
+    from bitnet_obs._errors import invalid
+    from bitnet_obs._secrets import first_line
+
+    accepted = "a readable file whose first line is the server's API key"
+    key = first_line("--api-key-file", path, accepted)
+    if not key:
+        raise invalid("--api-key-file", path, f"{accepted} (its line 1 is empty)")
+    return key
+
+
+def agreement(report: Any) -> str:
+    """What a run found, in words: ``5 cases, token agreement 1.000, logits KL 0, top-1
+    1.000`` (a KL from a server's top-k log-probabilities is a lower bound, and says so)."""
+    text = f"{len(report.cases)} cases, token agreement {report.token_agreement:.3f}"
+    if report.kl is not None and report.kl_top_k:
+        bound = f"the top-{report.kl_top_k}"
+        text += f", logits KL >= {report.kl:.3g} (bound from {bound}), top-1 {report.top1:.3f}"
+    elif report.kl is not None:
+        text += f", logits KL {report.kl:.3g}, top-1 {report.top1:.3f}"
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,7 +308,6 @@ def _check(args: argparse.Namespace) -> int:
         )
     timeout = args.timeout
     if args.server is not None:
-        from bitnet_obs._canary_cli import server_from
         from bitnet_obs._http_candidate import DEFAULT_TIMEOUT_S
 
         # the request bounds itself (a thread is left behind by nothing)
@@ -276,14 +343,7 @@ def _check(args: argparse.Namespace) -> int:
 def _lines(report: Any) -> list[str]:
     verdict = "PASS" if report.passed else f"FAIL: {printable(report.reason)}"
     lines = [verdict]
-    summary = f"  {len(report.cases)} cases, token agreement {report.token_agreement:.3f}"
-    if report.kl is not None and report.kl_top_k:  # a server's top-k: a lower bound
-        summary += (
-            f", logits KL >= {report.kl:.3g} (bound from the top-{report.kl_top_k}), "
-            f"top-1 {report.top1:.3f}"
-        )
-    elif report.kl is not None:
-        summary += f", logits KL {report.kl:.3g}, top-1 {report.top1:.3f}"
+    summary = f"  {agreement(report)}"
     if report.cases_skipped:
         summary += f" ({report.cases_skipped} not run)"
     lines.append(summary)

@@ -144,9 +144,6 @@ class TinyBitNet:
         out: npt.NDArray[np.float64] = (x.astype(np.float64) @ self.head)[0]
         return out
 
-    def next_token(self, token: int, fmt: str = "i2_s", check: bool = False) -> int:
-        return int(np.argmax(self.logits(token, fmt, check)))
-
     def sample(self, token: int, rng: np.random.Generator, check: bool = False) -> int:
         """Serve one step: sample at temperature 1 (greedy decoding of a model this small
         falls into loops that the degenerate-output detector rightly flags); the logits go to

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._untrusted import load_json, one_line, printable
 from bitnet_obs.quant.io._common import ReadError, open_regular
+from bitnet_obs.quant.io._npz import member_limit, read_npy_header
 
 FORMAT = "bitnet-obs-golden"
 VERSION = 1
@@ -36,7 +37,6 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAY_BYTES = 2 << 30
 _MAX_DIM = 1 << 31
 _MAX_HEADER_DEPTH = 16
-_MAX_RATIO = 1100  # deflate cannot expand data by more than about 1032:1
 _INT64_MAX = int(np.iinfo(np.int64).max)
 _ARRAYS = (
     "header",
@@ -157,8 +157,7 @@ def _member(
     """One ``.npy`` member, its declared size checked against the zip directory, deflate's
     largest expansion and what is left of the file's budget before anything is allocated."""
     name = printable(info.filename)
-    limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _MAX_RATIO)
-    if info.file_size > limit:
+    if info.file_size > member_limit(info):
         raise GoldenError(f"{where}: member {name} declares more bytes than its data can hold")
     budget[0] -= info.file_size
     if budget[0] < 0:
@@ -168,12 +167,7 @@ def _member(
         )
     try:
         with archive.open(info) as fp:
-            version = np.lib.format.read_magic(fp)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-            header_len = fp.tell()
+            shape, fortran, dtype, header_len = read_npy_header(fp)
             if dtype.hasobject or fortran or dtype.kind not in "iuf":
                 raise GoldenError(f"{where}: member {name} holds {dtype}; accepted: numbers")
             if len(shape) > 2 or any(d > _MAX_DIM for d in shape):

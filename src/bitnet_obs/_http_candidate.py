@@ -47,6 +47,7 @@ from bitnet_obs._candidate import CandidateError
 from bitnet_obs._errors import ConfigError
 from bitnet_obs._parsers import Integer, Number
 from bitnet_obs._topk import TopkError, TopLogprobs, checked
+from bitnet_obs._untrusted import load_json, one_line, printable
 
 __all__ = [
     "APIS",
@@ -80,8 +81,7 @@ class ServerError(CandidateError):
 
 def _clip(text: object) -> str:
     """A server's own words, on one line, escaped, at most MAX_DETAIL characters."""
-    shown = "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in str(text))
-    return shown if len(shown) <= MAX_DETAIL else shown[: MAX_DETAIL - 1] + "…"
+    return one_line(printable(str(text)), MAX_DETAIL)
 
 
 def _check_url(url: object) -> urllib.parse.SplitResult:
@@ -110,7 +110,8 @@ def _check_url(url: object) -> urllib.parse.SplitResult:
 
 class HTTPCandidate:
     """The shared client: a greedy completion per call, bounded in time and size. Subclasses
-    say which endpoint, what to send and how to read the answer."""
+    say which endpoint (``path``), what to send (:meth:`request`, the API's fields on
+    :meth:`greedy_request`) and how to read the answer (:meth:`parse`)."""
 
     api: str = ""
     path: str = ""
@@ -172,6 +173,20 @@ class HTTPCandidate:
     def request(self, prompt: list[int], max_new_tokens: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    def greedy_request(self, prompt: list[int], **fields: Any) -> dict[str, Any]:
+        """A :meth:`request` body: what every server is sent -- the ids, greedy, the prompt
+        cache off, no stream, the model when one is named -- and the API's own ``fields``."""
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "temperature": 0,
+            "cache_prompt": False,
+            "stream": False,
+            **fields,
+        }
+        if self.model is not None:
+            body["model"] = self.model
+        return body
+
     def parse(self, answer: Any) -> tuple[npt.NDArray[np.int64], TopLogprobs | None]:
         raise NotImplementedError
 
@@ -214,8 +229,8 @@ class HTTPCandidate:
             raise ServerError("unavailable", f"{self.endpoint} answered HTTP {status}"
                               f"{_server_error(text)}")  # fmt: skip
         try:
-            return json.loads(text, parse_constant=_no_constant)
-        except (ValueError, RecursionError):
+            return load_json(text, "the answer")
+        except ValueError:
             raise ServerError("bad_output", f"{self.endpoint} answered with no JSON") from None
 
     def _exchange(
@@ -278,15 +293,11 @@ def _remaining(deadline: float, conn: http.client.HTTPConnection) -> None:
         conn.sock.settimeout(left)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _server_error(text: str) -> str:
     """``: type: message`` from an error body, llama.cpp's or OpenAI's shape, clipped."""
     try:
-        answer = json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
+        answer = load_json(text, "the error")
+    except ValueError:
         return ""
     error = answer.get("error") if isinstance(answer, dict) else None
     if isinstance(error, str):
@@ -316,6 +327,12 @@ def _logprob(value: object, what: str) -> float:
 def _list(value: object, what: str) -> list[Any]:
     if not isinstance(value, list):
         raise TypeError(f"{what} is not a list")
+    return value
+
+
+def _object(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} is not an object")
     return value
 
 
@@ -368,8 +385,7 @@ def _top(
 
 def _llama_step(entry: object, where: str) -> tuple[int, list[tuple[int, float]]]:
     """One element of llama.cpp's probabilities list: (generated id, [(id, logprob)...])."""
-    if not isinstance(entry, Mapping):
-        raise TypeError(f"{where} is not an object")
+    entry = _object(entry, where)
     chosen = _int_id(entry["id"], f"{where}.id")
     top = [
         (_int_id(t["id"], f"{where}.top_logprobs.id"), _logprob(t["logprob"], f"{where}.logprob"))
@@ -395,24 +411,17 @@ class LlamaServerCandidate(HTTPCandidate):
     path = "/completion"
 
     def request(self, prompt: list[int], max_new_tokens: int) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "prompt": prompt,
-            "n_predict": max_new_tokens,
-            "temperature": 0,
-            "n_probs": self.top_k,
-            "post_sampling_probs": False,
-            "return_tokens": True,
-            "cache_prompt": False,
-            "stream": False,
-            "response_fields": ["tokens", "completion_probabilities", "stop_type"],
-        }
-        if self.model is not None:
-            body["model"] = self.model
-        return body
+        return self.greedy_request(
+            prompt,
+            n_predict=max_new_tokens,
+            n_probs=self.top_k,
+            post_sampling_probs=False,
+            return_tokens=True,
+            response_fields=["tokens", "completion_probabilities", "stop_type"],
+        )
 
     def parse(self, answer: Any) -> tuple[npt.NDArray[np.int64], TopLogprobs | None]:
-        if not isinstance(answer, Mapping):
-            raise TypeError("the answer is not an object")
+        answer = _object(answer, "the answer")
         ids = [_int_id(t, "tokens[]") for t in _list(answer["tokens"], "tokens")]
         steps: list[tuple[int, list[tuple[int, float]]]] = []
         if self.top_k:
@@ -448,26 +457,19 @@ class OpenAICompletionsCandidate(HTTPCandidate):
                               "ids are read from the log-probabilities)")  # fmt: skip
 
     def request(self, prompt: list[int], max_new_tokens: int) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "prompt": prompt,
-            "max_tokens": max_new_tokens,
-            "temperature": 0,
-            "logprobs": self.top_k,
-            "echo": False,
-            "stream": False,
-            "n": 1,
-            "cache_prompt": False,
-            "return_tokens": True,
-            "verbose": True,
-            "return_tokens_as_token_ids": True,
-        }
-        if self.model is not None:
-            body["model"] = self.model
-        return body
+        return self.greedy_request(
+            prompt,
+            max_tokens=max_new_tokens,
+            logprobs=self.top_k,
+            echo=False,
+            n=1,
+            return_tokens=True,
+            verbose=True,
+            return_tokens_as_token_ids=True,
+        )
 
     def parse(self, answer: Any) -> tuple[npt.NDArray[np.int64], TopLogprobs | None]:
-        if not isinstance(answer, Mapping):
-            raise TypeError("the answer is not an object")
+        answer = _object(answer, "the answer")
         choices = _list(answer["choices"], "choices")
         if len(choices) != 1 or not isinstance(choices[0], Mapping):
             raise TypeError(f"{len(choices)} choices for one prompt")
@@ -487,11 +489,9 @@ class OpenAICompletionsCandidate(HTTPCandidate):
             tokens = _list(logprobs["tokens"], "logprobs.tokens")
             ids = [_id_of_token(t, f"{self.endpoint} logprobs.tokens") for t in tokens]
             for i, entry in enumerate(_list(logprobs["top_logprobs"], "logprobs.top_logprobs")):
-                if not isinstance(entry, Mapping):
-                    raise TypeError(f"logprobs.top_logprobs[{i}] is not an object")
                 pairs = [
                     (_id_of_token(t, f"{self.endpoint} logprobs.top_logprobs"), _logprob(lp, t))
-                    for t, lp in entry.items()
+                    for t, lp in _object(entry, f"logprobs.top_logprobs[{i}]").items()
                 ]
                 steps.append((ids[i] if i < len(ids) else -1, sorted(pairs, key=lambda p: -p[1])))
         usage = answer.get("usage")

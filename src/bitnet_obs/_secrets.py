@@ -1,4 +1,5 @@
-"""TLS material and credentials of the one HTTP server (:mod:`bitnet_obs._server`).
+"""TLS material and credentials of the one HTTP server (:mod:`bitnet_obs._server`), and
+the first line of a secret file (``bitnet-obs canary --api-key-file``).
 
 Read from files safely (never blocking on a FIFO or a device, bounded in size), loaded once so
 that a wrong path or key fails at ``configure()`` rather than at a scrape, and never quoted in
@@ -50,14 +51,20 @@ def _credentials(name: str, raw: str, shown: str | None = None) -> tuple[str, st
     return user, password
 
 
-def _credentials_file(name: str, path: str) -> tuple[str, str]:
-    accepted = "a readable file whose first line is " + _CREDENTIALS
+def first_line(name: str, path: str, accepted: str) -> str:
+    """The first line of a small secret file, stripped ("" when there is none): a credential
+    kept off the command line and out of the environment. An error names ``name`` and the
+    path, never the content."""
     data = _read_regular_file(name, path, accepted, _MAX_SECRET_FILE)
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise invalid(name, path, accepted + " (UTF-8)") from None
-    first = lines[0].strip() if lines else ""
+    return lines[0].strip() if lines else ""
+
+
+def _credentials_file(name: str, path: str) -> tuple[str, str]:
+    first = first_line(name, path, "a readable file whose first line is " + _CREDENTIALS)
     return _credentials(name, first, shown=f"{path!r} (content not shown)")
 
 

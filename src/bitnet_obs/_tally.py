@@ -97,25 +97,11 @@ class Tally:
         with self._lock:
             if self.series.get(key, 0) + amount < 0:
                 return False
-            self._add_locked(key, amount)
+            self.add_locked(key, amount)
             return True
 
-    def add_many(self, items: Iterable[tuple[AttrKey, int]]) -> None:
-        """Several updates under one lock acquisition (the hot path's end of call)."""
-        with self._lock:
-            for key, amount in items:
-                if amount:
-                    self._add_locked(_key(key), amount)
-
     def add_locked(self, key: AttrKey, amount: int) -> None:
-        """``add`` for a caller that holds REQUEST_LOCK (a shared tally only)."""
-        values = self.series
-        if key in values:
-            values[key] += amount
-        else:
-            self.add_new(key, amount)
-
-    def _add_locked(self, key: AttrKey, amount: int) -> None:
+        """``add`` for a caller that holds this tally's lock (REQUEST_LOCK for a shared one)."""
         values = self.series
         if key in values:
             values[key] += amount

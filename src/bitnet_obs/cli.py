@@ -25,28 +25,28 @@ DEMO_MAX_WORKERS = 64  # request loops are threads of one process
 DEMO_MAX_SLOWDOWN = 100.0  # a slowed kernel still answers within a request's lifetime
 
 
-def _demo_duration(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= DEMO_MAX_DURATION_S:  # refuses nan and inf too
-        raise argparse.ArgumentTypeError(
-            f"expected seconds above 0 and at most {DEMO_MAX_DURATION_S} (a week), got {text!r}"
-        )
-    return value
+def _number(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: a float for which ``ok`` holds (NaN never does), else the reason."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not ok(value):  # refuses nan and inf too
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _demo_slowdown(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 1 <= value <= DEMO_MAX_SLOWDOWN:  # refuses nan and inf too
-        raise argparse.ArgumentTypeError(
-            f"expected a factor from 1 to {DEMO_MAX_SLOWDOWN:g}, got {text!r}"
-        )
-    return value
+_demo_duration = _number(
+    lambda s: 0 < s <= DEMO_MAX_DURATION_S,
+    f"seconds above 0 and at most {DEMO_MAX_DURATION_S} (a week)",
+)
+_demo_slowdown = _number(
+    lambda f: 1 <= f <= DEMO_MAX_SLOWDOWN, f"a factor from 1 to {DEMO_MAX_SLOWDOWN:g}"
+)
 
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:

@@ -24,18 +24,22 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from tests._support.prometheus import _die_with_parent, free_port
+from tests._support.processes import (
+    die_with_parent,
+    free_port,
+    http_request,
+    log_tail,
+    stop,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 120.0  # a 2-core machine under load; the fixture's model loads in < 1 s
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Engine(Protocol):
@@ -93,48 +97,26 @@ class LlamaServer:
         ]  # fmt: skip
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"llama-server exited ({self.proc.returncode}):\n{self.log()}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                _OPENER.open(f"{self.url}/health", timeout=2) as response,
-            ):
-                if response.status == 200:
-                    return self
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"llama-server not ready after {timeout}s:\n{self.log()}")
-            time.sleep(0.1)
+        try:
+            wait_ready(f"{self.url}/health", self.proc, self.log_path, timeout)
+        except AssertionError:
+            self.kill()
+            raise
+        return self
 
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         """(status, body) of a GET on the server, error statuses included."""
-        try:
-            with _OPENER.open(f"{self.url}{path}", timeout=timeout) as response:
-                return int(response.status), response.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return int(exc.code), exc.read()
+        return http_request("GET", f"{self.url}{path}", timeout=timeout)
 
     def log(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines) or "(no log)"
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after *grace* seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.proc is not None:
+            stop(self.proc, grace=grace)
 
     def kill(self) -> None:
         """SIGKILL: the server dies as in a crash, mid-request or not."""
@@ -184,12 +166,8 @@ class Sidecar:
         return f"http://127.0.0.1:{self.port}"
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with _OPENER.open(self.url + path, timeout=5) as response:
-                return int(response.status), response.read().decode()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return int(exc.code), exc.read().decode()
+        status, body = http_request("GET", self.url + path, timeout=5)
+        return status, body.decode()
 
     def wait_for(
         self, path: str, predicate: Callable[[int, str], bool], timeout: float = 90

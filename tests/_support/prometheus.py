@@ -38,10 +38,7 @@ import datetime as _dt
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -56,6 +53,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol
 
+from .processes import (
+    can_die_with_parent,
+    die_with_parent,
+    free_port,
+    http_request,
+    log_tail,
+    stop,
+)
 from .tools import find_tool
 
 __all__ = [
@@ -88,10 +93,6 @@ STARTUP_TIMEOUT = 30.0
 STOP_GRACE = 5.0
 PORT_ATTEMPTS = 5
 LOG_TAIL_LINES = 40
-
-# Never send requests for 127.0.0.1 through an HTTP(S)_PROXY from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 # ----------------------------------------------------------------------------- errors
 
@@ -128,58 +129,12 @@ class PrometheusTimeout(PrometheusError, TimeoutError):
 # ---------------------------------------------------------------------------- helpers
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind to port 0, read it back, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _format_time(value: TimeLike) -> str:
     if isinstance(value, _dt.datetime):
         return repr(value.timestamp())
     if isinstance(value, (int, float)):
         return repr(float(value))
     return value
-
-
-def _http(
-    method: str,
-    url: str,
-    *,
-    form: Mapping[str, str] | None = None,
-    timeout: float = 10.0,
-    headers: Mapping[str, str] | None = None,
-) -> tuple[int, bytes]:
-    """Return (status, body) -- also for HTTP error statuses; raise URLError/OSError otherwise."""
-    data = urllib.parse.urlencode(form).encode() if form is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
-    if data is not None:
-        req.add_header("Content-Type", "application/x-www-form-urlencoded")
-    try:
-        with _OPENER.open(req, timeout=timeout) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return int(exc.code), exc.read()
-
-
-# Kill the child if the test process dies abruptly (Linux only; see _spawn).
-_PR_SET_PDEATHSIG = 1
-_prctl: Callable[..., int] | None = None
-if sys.platform.startswith("linux"):
-    try:
-        import ctypes
-
-        _prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # pragma: no cover - exotic libc
-        _prctl = None
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 _LIVE: weakref.WeakSet[PrometheusServer] = weakref.WeakSet()
@@ -406,7 +361,7 @@ class PrometheusServer:
             cwd=self._workdir(),
             start_new_session=True,  # Ctrl-C goes to pytest, which then stops us cleanly
             # PDEATHSIG is tied to the forking *thread*, so only use it from the main thread.
-            preexec_fn=_die_with_parent if (_prctl and main_thread) else None,
+            preexec_fn=die_with_parent if (can_die_with_parent() and main_thread) else None,
         )
         _LIVE.add(self)
 
@@ -421,7 +376,7 @@ class PrometheusServer:
             if code is not None:
                 raise PrometheusError(self._describe(f"Prometheus exited with code {code}"))
             try:
-                status, body = _http("GET", f"{self.url}/-/ready", timeout=2.0)
+                status, body = http_request("GET", f"{self.url}/-/ready", timeout=2.0)
                 if status == 200 and self._is_ours():
                     return
                 last = f"HTTP {status}: {body.decode(errors='replace').strip()}"
@@ -437,7 +392,7 @@ class PrometheusServer:
         """Whether the server on our port is *this* process (another Prometheus that won a
         port race would also answer /-/ready); it wins if ours has exited meanwhile."""
         try:
-            status, body = _http("GET", f"{self.url}/api/v1/status/flags", timeout=2.0)
+            status, body = http_request("GET", f"{self.url}/api/v1/status/flags", timeout=2.0)
             flags = json.loads(body).get("data", {}) if status == 200 else {}
         except (OSError, ValueError):
             return False
@@ -456,17 +411,7 @@ class PrometheusServer:
         return code
 
     def _terminate(self, grace: float = STOP_GRACE) -> int | None:
-        proc = self.process
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+        return None if self.process is None else stop(self.process, grace=grace)
 
     def __enter__(self) -> PrometheusServer:
         return self.start()
@@ -487,13 +432,7 @@ class PrometheusServer:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """Last ``lines`` lines of Prometheus' combined stdout/stderr."""
-        if self.workdir is None:
-            return ""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "" if self.workdir is None else log_tail(self.log_path, lines)
 
     def _attempt_log(self) -> str:
         try:
@@ -546,7 +485,7 @@ class PrometheusServer:
         elif params:
             form = params
         try:
-            status, body = _http(method, url, form=form, timeout=timeout)
+            status, body = http_request(method, url, form=form, timeout=timeout)
         except OSError as exc:
             raise PrometheusError(self._describe(f"{method} {path} failed: {exc}")) from exc
         try:
@@ -758,7 +697,7 @@ class PrometheusServer:
 
     def reload(self) -> None:
         """Re-read config and rule files (``POST /-/reload``)."""
-        status, body = _http("POST", f"{self.url}/-/reload", timeout=10.0)
+        status, body = http_request("POST", f"{self.url}/-/reload", timeout=10.0)
         if status != 200:
             raise PrometheusError(
                 self._describe(f"reload failed: HTTP {status} {body.decode(errors='replace')}")

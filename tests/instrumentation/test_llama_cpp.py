@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -34,7 +31,7 @@ from bitnet_obs.testing import (
     override_settings,
     reset,
 )
-from tests.instrumentation.test_zero_code import opentelemetry_instrument
+from tests._support.zero_code import assert_refused, missing_library, run_instrumented
 
 PATCHED = (
     "__init__",
@@ -167,21 +164,15 @@ def test_uninstrument_restores_every_attribute_and_twice_is_a_no_op(
     assert cap.value("bitnet.inference.requests") == before == 1
 
 
-def test_wrong_options_raise_config_error() -> None:
-    instrumentor = LlamaCppInstrumentor()
-    for options in (
+def test_wrong_options_raise_config_error(llama_engine: Any) -> None:
+    # the engine: without llama-cpp-python, instrument() stops at its dependency check first
+    bad = [
         {"provider": "llama cpp"},
         {"model_load": "yes"},
         {"mark_ready": 1},
         {"hash_content": None},
-        {"tracer_provider": object()},
-        {"server_port": 8080},  # a port needs its address
-        {"server_address": "h", "server_port": "80"},
-    ):
-        with pytest.raises(bitnet_obs.ConfigError) as raised:
-            instrumentor.instrument(**options)
-        assert not instrumentor.is_instrumented_by_opentelemetry
-        assert "accepted" in str(raised.value)
+    ]
+    assert_refused(LlamaCppInstrumentor(), bad)
 
 
 def test_options_leave_no_series_behind(cap: TelemetryCapture, llama_engine: Any) -> None:
@@ -750,30 +741,16 @@ APP = textwrap.dedent(
 
 @pytest.mark.slow
 def test_plain_script_under_opentelemetry_instrument(tmp_path: Path, tiny_bitnet: Any) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
     name = name_of(Path(tiny_bitnet.tq2_0))
     with OTLPReceiver() as rx:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_OBS_"))}
-        env.update(
+        done = run_instrumented(
+            APP,
+            tmp_path,
+            rx,
+            "zero-code-llama",
             MODEL=str(tiny_bitnet.tq2_0),
-            OTEL_SERVICE_NAME="zero-code-llama",
-            OTEL_TRACES_EXPORTER="otlp",
-            OTEL_METRICS_EXPORTER="otlp",
-            OTEL_LOGS_EXPORTER="none",
-            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-            OTEL_EXPORTER_OTLP_ENDPOINT=rx.grpc_endpoint,
-            OTEL_EXPORTER_OTLP_INSECURE="true",
             # the transformers instrumentor is not this test's: without it no torch import
             OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="bitnet_obs_transformers",
-        )
-        done = subprocess.run(
-            [opentelemetry_instrument(), sys.executable, str(app)],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=240,
         )
         assert done.returncode == 0, done.stderr[-4000:]
         assert "generated 6" in done.stdout
@@ -795,17 +772,5 @@ def test_plain_script_under_opentelemetry_instrument(tmp_path: Path, tiny_bitnet
 
 
 def test_without_llama_cpp_the_error_names_the_extra() -> None:
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.modules["llama_cpp"] = None  # as if it were not installed
-        from bitnet_obs.instrumentation.llama_cpp import LlamaCppInstrumentor
-        try:
-            LlamaCppInstrumentor().instrument(skip_dep_check=True)
-        except ModuleNotFoundError as exc:
-            print("MISSING:", exc)
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "MISSING:" in done.stdout and "bitnet-obs[llamacpp]" in done.stdout
+    said = missing_library("llama_cpp", "bitnet_obs.instrumentation.llama_cpp:LlamaCppInstrumentor")
+    assert "bitnet-obs[llamacpp]" in said

@@ -3,10 +3,6 @@ code change and only ``OTEL_*`` variables, and the telemetry reaches a real OTLP
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -14,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bitnet_obs.testing import OTLPReceiver
+from tests._support.zero_code import missing_library, run_instrumented
 
 APP = textwrap.dedent(
     """
@@ -33,14 +30,6 @@ APP = textwrap.dedent(
 )
 
 
-def opentelemetry_instrument() -> str:
-    here = Path(sys.executable).parent / "opentelemetry-instrument"
-    found = str(here) if here.exists() else shutil.which("opentelemetry-instrument")
-    if found is None:
-        pytest.fail("opentelemetry-instrument is missing: install the [hf] extra")
-    return found
-
-
 def test_entry_point_is_registered() -> None:
     points = {e.name: e.value for e in entry_points(group="opentelemetry_instrumentor")}
     ours = {name: value for name, value in points.items() if name.startswith("bitnet")}
@@ -53,27 +42,8 @@ def test_entry_point_is_registered() -> None:
 
 @pytest.mark.slow
 def test_plain_script_under_opentelemetry_instrument(tmp_path: Path) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
     with OTLPReceiver() as rx:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_OBS_"))}
-        env.update(
-            OTEL_SERVICE_NAME="zero-code-app",
-            OTEL_TRACES_EXPORTER="otlp",
-            OTEL_METRICS_EXPORTER="otlp",
-            OTEL_LOGS_EXPORTER="none",
-            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-            OTEL_EXPORTER_OTLP_ENDPOINT=rx.grpc_endpoint,
-            OTEL_EXPORTER_OTLP_INSECURE="true",
-        )
-        done = subprocess.run(
-            [opentelemetry_instrument(), sys.executable, str(app)],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        done = run_instrumented(APP, tmp_path, rx, "zero-code-app")
         assert done.returncode == 0, done.stderr[-4000:]
         assert "generated (2, 9)" in done.stdout
         assert rx.wait_for_spans(1, timeout=30)
@@ -93,17 +63,7 @@ def test_plain_script_under_opentelemetry_instrument(tmp_path: Path) -> None:
 def test_without_torch_the_error_names_the_extra() -> None:
     """torch made unimportable: instrument() says which extra to install (the
     opentelemetry-instrument loader takes a ModuleNotFoundError as "library absent: skip")."""
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.modules["torch"] = None  # as if it were not installed
-        from bitnet_obs.instrumentation.transformers import TransformersInstrumentor
-        try:
-            TransformersInstrumentor().instrument(skip_dep_check=True)
-        except ModuleNotFoundError as exc:
-            print("MISSING:", exc)
-        """
+    said = missing_library(
+        "torch", "bitnet_obs.instrumentation.transformers:TransformersInstrumentor"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "MISSING:" in done.stdout and "bitnet-obs[hf]" in done.stdout
+    assert "bitnet-obs[hf]" in said

@@ -1,27 +1,31 @@
-"""Helpers for the live tests of the operations kit (tests/ops/test_live_*.py): a webhook that
-records what Alertmanager delivers, a real Alertmanager with our routing, processes waited for
-and stopped, and the dashboard's queries as Grafana would send them."""
+"""Helpers for the live tests of the operations kit (tests/ops/test_live_*.py,
+test_llama_server_stack.py): a webhook that records what Alertmanager delivers, a real
+Alertmanager with our routing, the demo as a process, and the dashboard's queries as Grafana
+would send them, each waited for until it has data."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests._support.prometheus import PrometheusServer, free_port
+from tests._support.processes import free_port, stop, wait_ready
+from tests._support.prometheus import PrometheusServer
 from tests._support.tools import find_tool
-from tests.ops._kit import MONITORING, load_yaml
+from tests.ops._kit import MONITORING, ROOT, load_yaml
 
 RATE_INTERVAL = "1m"  # what Grafana would put for $__rate_interval
 
@@ -108,30 +112,39 @@ class Alertmanager:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_http(f"http://{self.address}/-/ready", self.proc, workdir / "alertmanager.log")
+        wait_ready(f"http://{self.address}/-/ready", self.proc, workdir / "alertmanager.log")
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM)
+        stop(self.proc)
         self.log.close()
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    """Until ``url`` answers 200; fails with ``log`` if ``proc`` exits first."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"{log.stem} exited ({proc.returncode}): {log.read_text()}")
-        with contextlib.suppress(OSError), opener.open(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} not up after {timeout}s: {log.read_text()}")
-        time.sleep(0.1)
+def start_demo(
+    cleanup: contextlib.ExitStack,
+    log_path: Path,
+    args: Sequence[str],
+    env: Mapping[str, str],
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """``bitnet-obs demo *args`` on a free port, in this process's environment less its
+    ``OTEL_*``/``BITNET_*`` variables plus ``env``, its output in ``log_path``; stopped by
+    ``cleanup`` as by Ctrl-C. Returns its port and process at once (wait for it with
+    :func:`~tests._support.processes.wait_ready`)."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
+    log = cleanup.enter_context(open(log_path, "wb"))  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bitnet_obs", "demo", "--port", str(port), *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    cleanup.callback(stop, proc, signal.SIGINT)
+    return port, proc
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -139,16 +152,6 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     while not condition():
         assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
         time.sleep(0.25)
-
-
-def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def firing(prom: PrometheusServer) -> set[str]:
@@ -174,3 +177,44 @@ def grafana_substitute(expr: str, model: str, instance: str) -> str:
 def has_data(result: list[dict[str, Any]]) -> bool:
     values = [s["value"][1] for s in result]
     return any(v not in ("NaN", "+Inf", "-Inf") for v in values)
+
+
+@dataclass
+class PanelCheck:
+    """What :func:`check_panels` found: queries that never had data (``title: query ->
+    result``), how many were waited for, and the excused panels that had data all the same."""
+
+    without_data: list[str]
+    checked: int
+    excused_with_data: list[str]
+
+
+def check_panels(
+    prom: PrometheusServer,
+    panels: Sequence[Mapping[str, Any]],
+    substitute: Callable[[str], str],
+    timeout: float,
+    excused: Collection[str] = (),
+) -> PanelCheck:
+    """Every query of ``panels``, its template variables filled in by ``substitute``, against
+    ``prom``, each waited for until it has data; one deadline for all (panels fill as the data
+    flows: only one that never does is reported). A PromQL error raises, excused panel or
+    not; an ``excused`` panel (no data expected) is queried once."""
+    deadline = time.monotonic() + timeout
+    found = PanelCheck([], 0, [])
+    for panel in panels:
+        for target in panel["targets"]:
+            query = substitute(target["expr"])
+            assert "$" not in query, query
+            result = prom.query(query)
+            if panel["title"] in excused:
+                if has_data(result):
+                    found.excused_with_data.append(f"{panel['title']}: {query} -> {result}")
+                continue
+            while not has_data(result) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                result = prom.query(query)
+            found.checked += 1
+            if not has_data(result):
+                found.without_data.append(f"{panel['title']}: {query} -> {result}")
+    return found

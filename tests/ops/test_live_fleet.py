@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -38,13 +35,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests._support.prometheus import PrometheusServer, ScrapeJob, free_port
+from tests._support.processes import wait_ready
+from tests._support.prometheus import PrometheusServer, ScrapeJob
 from tests.ops._kit import (
     ALERT_RULES,
     FLEET_ALERT_RULES,
     FLEET_RECORDING_RULES,
     RECORDING_RULES,
-    ROOT,
     load_yaml,
     panels_by_row,
     recording_rules,
@@ -52,11 +49,10 @@ from tests.ops._kit import (
 from tests.ops._live import (
     Alertmanager,
     Webhook,
+    check_panels,
     grafana_substitute,
-    has_data,
     regex_value,
-    stop_process,
-    wait_http,
+    start_demo,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
@@ -96,32 +92,23 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str) -> Iter
         cleanup.callback(webhook.stop)
         alertmanager = Alertmanager(workdir / "alertmanager", webhook)
         cleanup.callback(alertmanager.stop)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
-        env.update(
-            {
-                "OTEL_SERVICE_NAME": "bitnet-demo",
-                "OTEL_METRICS_EXPORTER": "prometheus",
-                "OTEL_TRACES_EXPORTER": "none",
-            }
-        )
+        env = {
+            "OTEL_SERVICE_NAME": "bitnet-demo",
+            "OTEL_METRICS_EXPORTER": "prometheus",
+            "OTEL_TRACES_EXPORTER": "none",
+        }
         started: dict[str, tuple[int, subprocess.Popen[bytes], Path]] = {}
         for replica, args in REPLICAS.items():  # all four start at once, then are waited for
-            port = free_port()
             log_path = workdir / f"{replica}.log"
-            log = open(log_path, "wb")  # noqa: SIM115
-            cleanup.callback(log.close)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bitnet_obs", "demo", "--duration", "900",
-                 "--port", str(port), "--workers", "1", *args],
-                cwd=ROOT,
-                env={**env, "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={replica}"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            cleanup.callback(stop_process, proc, signal.SIGINT)
+            port, proc = start_demo(
+                cleanup,
+                log_path,
+                ["--duration", "900", "--workers", "1", *args],
+                {**env, "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={replica}"},
+            )
             started[replica] = (port, proc, log_path)
         for port, proc, log_path in started.values():
-            wait_http(f"http://127.0.0.1:{port}/metrics", proc, log_path, timeout=180)
+            wait_ready(f"http://127.0.0.1:{port}/metrics", proc, log_path, timeout=180)
         instances = {replica: f"127.0.0.1:{port}" for replica, (port, _, _) in started.items()}
         prom = PrometheusServer(
             jobs=[ScrapeJob(list(instances.values()), name="bitnet")],  # prometheus.yml's job
@@ -340,19 +327,9 @@ def test_the_replicas_are_one_isa_class_and_keep_their_instance_ids(fleet: Fleet
 
 
 def test_every_fleet_panel_shows_data(fleet: Fleet) -> None:
-    prom = fleet.prom
     panels = panels_by_row()["Fleet"]
-    deadline = time.monotonic() + 180  # one deadline for all: they fill as the fleet runs
-    failures = []
-    for panel in panels:
-        for target in panel["targets"]:
-            query = grafana_substitute(target["expr"], regex_value(MODEL), ".*")
-            assert "$" not in query, query
-            result = prom.query(query)  # a PromQL error raises here
-            while not has_data(result) and time.monotonic() < deadline:
-                time.sleep(0.5)
-                result = prom.query(query)
-            if not has_data(result):
-                failures.append(f"{panel['title']}: {query} -> {result}")
-    assert not failures, "fleet panels without data:\n" + "\n".join(failures)
+    found = check_panels(
+        fleet.prom, panels, lambda expr: grafana_substitute(expr, regex_value(MODEL), ".*"), 180
+    )
+    assert not found.without_data, "fleet panels without data:\n" + "\n".join(found.without_data)
     assert len(panels) >= 15

@@ -18,14 +18,9 @@ One stack for the module (starting it costs the ~6 s before Prometheus' first sc
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +30,12 @@ import pytest
 import yaml
 
 from bitnet_obs.testing import OTLPReceiver
-from tests._support.prometheus import PrometheusServer, ScrapeJob, free_port
+from tests._support.processes import OPENER, wait_ready
+from tests._support.prometheus import PrometheusServer, ScrapeJob
 from tests.ops._kit import (
     ALERT_RULES,
     LLAMA_SERVER_ROW,
     RECORDING_RULES,
-    ROOT,
     dashboard,
     load_yaml,
     panels_by_row,
@@ -49,12 +44,11 @@ from tests.ops._kit import (
 from tests.ops._live import (
     Alertmanager,
     Webhook,
+    check_panels,
     firing,
     grafana_substitute,
-    has_data,
     regex_value,
-    stop_process,
-    wait_http,
+    start_demo,
     wait_until,
 )
 
@@ -93,9 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str) -> Iter
         alertmanager = Alertmanager(workdir / "alertmanager", webhook)
         cleanup.callback(alertmanager.stop)
         receiver = cleanup.enter_context(OTLPReceiver())
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BITNET_"))}
-        env.update(DEMO_SLA)
+        env = dict(DEMO_SLA)
         env.update(
             {
                 "OTEL_SERVICE_NAME": "bitnet-demo",
@@ -108,17 +100,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str) -> Iter
                 "OTEL_METRIC_EXPORT_INTERVAL": "1000",
             }
         )
-        demo_log = open(workdir / "demo.log", "wb")  # noqa: SIM115
-        cleanup.callback(demo_log.close)
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "bitnet_obs", "demo", "--duration", "600", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=demo_log,
-            stderr=subprocess.STDOUT,
-        )
-        cleanup.callback(stop_process, demo, signal.SIGINT)
-        wait_http(f"http://127.0.0.1:{port}/metrics", demo, workdir / "demo.log")
+        port, demo = start_demo(cleanup, workdir / "demo.log", ["--duration", "600"], env)
+        wait_ready(f"http://127.0.0.1:{port}/metrics", demo, workdir / "demo.log")
         stop_probing = threading.Event()
         prober = threading.Thread(
             target=_probe_health, args=(f"http://127.0.0.1:{port}/health", stop_probing)
@@ -150,9 +133,8 @@ def _alert_rules_for_e2e(workdir: Path) -> Path:
 
 def _probe_health(url: str, stop: threading.Event) -> None:
     """Like a Kubernetes probe: /health once a second (runs the checks, so their metrics move)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while not stop.wait(1.0):
-        with contextlib.suppress(OSError), opener.open(url, timeout=2) as response:
+        with contextlib.suppress(OSError), OPENER.open(url, timeout=2) as response:
             response.read()
 
 
@@ -177,31 +159,17 @@ def test_every_dashboard_panel_query_returns_data_from_the_demo(stack: Stack) ->
         ).groups()  # type: ignore[union-attr]
         expected = {"model": stack.model, "instance": stack.instance}[variable["name"]]
         prom.wait_for(f'{selector}{{{label}="{expected}"}}', timeout=60)
-    # the panels: every one that can have data in the demo must have it (one generous
-    # deadline for all: they fill as the demo runs; only a panel that never does fails)
-    deadline = time.monotonic() + 120
+    # the panels: every one that can have data in the demo must have it
     # the Fleet row has its own live test against four replicas (test_live_fleet.py), the
     # llama-server row against a real llama-server (test_llama_server_stack.py)
     own_tests = {"Fleet", LLAMA_SERVER_ROW}
     panels = [p for row, ps in panels_by_row().items() if row not in own_tests for p in ps]
     assert set(NO_DATA_IN_DEMO) <= {p["title"] for p in panels}
-    failures = []
-    checked = 0
-    for panel in panels:
-        for target in panel["targets"]:
-            query = _grafana_substitute(target["expr"], stack)
-            assert "$" not in query, query
-            result = prom.query(query)  # a PromQL error raises here, excused panel or not
-            if panel["title"] in NO_DATA_IN_DEMO:
-                continue
-            while not has_data(result) and time.monotonic() < deadline:
-                time.sleep(0.5)
-                result = prom.query(query)
-            checked += 1
-            if not has_data(result):
-                failures.append(f"{panel['title']}: {query} -> {result}")
-    assert not failures, "panels without data:\n" + "\n".join(failures)
-    assert checked >= 50
+    found = check_panels(
+        prom, panels, lambda expr: _grafana_substitute(expr, stack), 120, NO_DATA_IN_DEMO
+    )
+    assert not found.without_data, "panels without data:\n" + "\n".join(found.without_data)
+    assert found.checked >= 50
 
 
 def test_an_alert_from_our_rules_reaches_alertmanager_and_the_webhook(stack: Stack) -> None:

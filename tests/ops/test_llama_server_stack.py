@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from tests._support.llama_server import LlamaServer, Sidecar
+from tests._support.processes import OPENER
 from tests._support.prometheus import PrometheusServer, ScrapeJob
 from tests.ops._kit import (
     LLAMA_SERVER_ROW,
@@ -41,17 +42,16 @@ from tests.ops._kit import (
     recording_rules,
     rule_files,
 )
+from tests.ops._live import RATE_INTERVAL, check_panels, regex_value
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
 
-RATE_INTERVAL = "1m"
 DOWN_ALERT = "BitNetLlamaServerDown"
 NO_DATA_HERE = {
     "KV-cache usage": "llamacpp:kv_cache_usage_ratio left llama.cpp in May 2025 (#13660); "
     "bitnet.cpp's older llama-server exports it",
 }
 TRAFFIC_S = 600.0  # the traffic thread's bound: it stops by itself
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _traffic(url: str, stop: threading.Event) -> None:
         request = urllib.request.Request(
             f"{url}/completion", data=body, headers={"Content-Type": "application/json"}
         )
-        with contextlib.suppress(OSError), _OPENER.open(request, timeout=30) as response:
+        with contextlib.suppress(OSError), OPENER.open(request, timeout=30) as response:
             response.read()
         stop.wait(0.05)
 
@@ -128,14 +128,6 @@ def stack(
         yield Stack(prom, server, sidecar)
 
 
-def _regex_value(value: str) -> str:
-    return re.escape(value).replace("\\", "\\\\")
-
-
-def _has_data(result: list[dict[str, Any]]) -> bool:
-    return any(s["value"][1] not in ("NaN", "+Inf", "-Inf") for s in result)
-
-
 def test_the_series_this_llama_cpp_exports(stack: Stack) -> None:
     status, body = stack.server.get("/metrics")
     assert status == 200
@@ -161,29 +153,20 @@ def test_every_llama_server_panel_returns_data(stack: Stack) -> None:
     prom.wait_for(f'{selector}{{{label}="{stack.server.address}"}}', timeout=60)
     panels = panels_by_row()[LLAMA_SERVER_ROW]
     assert set(NO_DATA_HERE) <= {p["title"] for p in panels}
-    deadline = time.monotonic() + 120
-    failures, checked = [], 0
-    for panel in panels:
-        for target in panel["targets"]:
-            query = (
-                target["expr"]
-                .replace("$__rate_interval", RATE_INTERVAL)
-                .replace("$server", _regex_value(stack.server.address))
-                .replace("$instance", _regex_value(f"127.0.0.1:{stack.sidecar.port}"))
-            )
-            assert "$" not in query, query
-            result = prom.query(query)  # a PromQL error raises here, excused panel or not
-            if panel["title"] in NO_DATA_HERE:
-                assert not _has_data(result), f"{panel['title']} has data now: {result}"
-                continue
-            while not _has_data(result) and time.monotonic() < deadline:
-                time.sleep(0.5)
-                result = prom.query(query)
-            checked += 1
-            if not _has_data(result):
-                failures.append(f"{panel['title']}: {query} -> {result}")
-    assert not failures, "panels without data:\n" + "\n".join(failures)
-    assert checked >= 10
+    server = regex_value(stack.server.address)
+    sidecar = regex_value(f"127.0.0.1:{stack.sidecar.port}")
+
+    def substitute(expr: str) -> str:
+        return (
+            expr.replace("$__rate_interval", RATE_INTERVAL)
+            .replace("$server", server)
+            .replace("$instance", sidecar)
+        )
+
+    found = check_panels(prom, panels, substitute, 120, NO_DATA_HERE)
+    assert not found.excused_with_data, f"has data now: {found.excused_with_data}"
+    assert not found.without_data, "panels without data:\n" + "\n".join(found.without_data)
+    assert found.checked >= 10
 
 
 def _rule(name: str) -> str:

@@ -10,10 +10,11 @@ writes, are viewed straight from the memory-mapped archive.
 from __future__ import annotations
 
 import io
+import math
 import mmap
 import struct
 import zipfile
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -28,12 +29,30 @@ from ._common import (
     printable,
 )
 
-__all__ = ["NpzCheckpoint"]
+__all__ = ["NpzCheckpoint", "member_limit", "read_npy_header"]
 
 # deflate cannot expand data by more than about 1032:1
 _MAX_RATIO = 1100
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 _FLOAT_KINDS = "f"
+
+
+def member_limit(info: zipfile.ZipInfo) -> int:
+    """The most bytes a member's data can hold: its stored size, or what deflate can expand
+    its compressed size to. A member declaring more is corrupt or hostile."""
+    return info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _MAX_RATIO)
+
+
+def read_npy_header(fp: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """(shape, fortran order, dtype, header length) of the ``.npy`` data at ``fp``'s start:
+    what it declares, read before anything is allocated (numpy's own header parser: any
+    exception means an unreadable header)."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+    return tuple(shape), bool(fortran), dtype, fp.tell()
 
 
 class _MapReader(io.RawIOBase):
@@ -90,41 +109,27 @@ class NpzCheckpoint(Checkpoint):
                 "float" if dtype.kind in _FLOAT_KINDS and dtype.itemsize in (2, 4, 8) else "other"
             )
             why = None if kind == "float" else f"dtype {dtype} is not float"
-            n = 1
-            for d in shape:
-                n *= d
-            infos.append(TensorInfo(name, shape, str(dtype), n * dtype.itemsize, kind, why))  # type: ignore[arg-type]
+            nbytes = math.prod(shape) * dtype.itemsize
+            infos.append(TensorInfo(name, shape, str(dtype), nbytes, kind, why))  # type: ignore[arg-type]
         self.tensors = tuple(infos)
 
     def _header(self, zi: zipfile.ZipInfo) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
         where = f"{self.path}: member {printable(zi.filename)!r}"
-        if zi.compress_type == zipfile.ZIP_STORED:
-            limit = zi.compress_size
-        else:
-            limit = zi.compress_size * _MAX_RATIO
         if (
-            zi.file_size > limit
+            zi.file_size > member_limit(zi)
             or not 0 <= zi.header_offset <= self.file.size - _LOCAL_HEADER.size
             or zi.header_offset + zi.compress_size > self.file.size
         ):
             raise ReadError(f"{where}: sizes in the zip directory exceed the archive: corrupt")
         try:
             with self._zip.open(zi) as fp:
-                version = np.lib.format.read_magic(fp)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-                header_len = fp.tell()
+                shape, fortran, dtype, header_len = read_npy_header(fp)
         except Exception as exc:  # numpy parses the header with tokenize/ast: any error
             raise ReadError(f"{where}: not a readable .npy member ({exc!r})") from None
         if dtype.hasobject:
             raise ReadError(f"{where}: holds Python objects (pickles are refused)")
-        checked_shape(tuple(shape), where)
-        n = 1
-        for d in shape:
-            n *= d
-        declared = header_len + n * dtype.itemsize
+        checked_shape(shape, where)
+        declared = header_len + math.prod(shape) * dtype.itemsize
         if declared != zi.file_size:
             raise ReadError(
                 f"{where}: the .npy header declares {dtype} {shape} ({declared} bytes) but the "
@@ -136,7 +141,7 @@ class NpzCheckpoint(Checkpoint):
             if sig == b"PK\x03\x04":
                 data_offset = zi.header_offset + _LOCAL_HEADER.size + name_len + extra_len
                 data_offset += header_len
-        return dtype, tuple(shape), bool(fortran), data_offset
+        return dtype, shape, fortran, data_offset
 
     def read(self, info: TensorInfo) -> Tensor:
         if info.unreadable:
