@@ -17,7 +17,9 @@ exporter; traces sampled, unsampled, or off). Two ``Llama`` objects on the same 
 Cases (``SIDE/ENGINE/SHAPE/N``): SIDE ``plain`` (every ``Llama`` attribute the original),
 ``ours`` (``LlamaCppInstrumentor`` installed), ``aa`` (plain again: the A/A pair), ``core``
 (plain, inside ``with monitor_inference(...)`` reporting the token count: the request record
-and span every monitored call pays, which the instrumentor's figures include) or ``relay``
+and span every monitored call pays, which the instrumentor's figures include), ``span`` (plain,
+inside a hand-written SDK span carrying the instrumentor's attributes, no metrics: what the SDK
+alone costs a traced call) or ``relay``
 (plain, with ``Llama.generate`` wrapped by the least a per-token hook can be: a generator relay
 that reads the clock and keeps the id -- what any hook costs beside the engine); SHAPE ``call``
 (``create_completion``) or ``stream`` (``stream=True``, consumed), ``N`` new tokens, greedy.
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from benchmarks._inproc import NullExporter
@@ -44,7 +47,22 @@ from benchmarks._worker import Handler, serve, time_batch
 #: engine's are shorter: its decode dominates, so more rounds fit instead.
 REAL_LENGTHS = (1, 32, 96)
 STANDIN_LENGTHS = (1, 32, 256)
-SIDES = ("plain", "ours", "aa", "core", "relay")
+SIDES = ("plain", "ours", "aa", "core", "span", "relay")
+
+
+#: The attributes the instrumentor's span carries on a greedy completion of the stand-in (its
+#: call's site, then what the call learned), for the hand-written ``span`` side.
+SPAN_START = {
+    "gen_ai.operation.name": "text_completion",
+    "gen_ai.provider.name": "llama_cpp",
+    "bitnet.quant.format": "tq2_0",
+    "bitnet.device": "cpu",
+}
+SPAN_END = {
+    "gen_ai.request.temperature": 0.0,
+    "gen_ai.usage.input_tokens": 8,
+    "gen_ai.response.finish_reasons": ("length",),
+}
 
 
 def _configure(mode: str) -> None:
@@ -133,6 +151,22 @@ def _setup(mode: str, path: str) -> Mapping[str, Handler]:
         return tokens()
 
     core = bitnet_obs.monitor_inference(model="core", provider="llama_cpp")
+    tracer = trace.get_tracer("bench")  # the provider configure() installed
+
+    def spanned(inner: Callable[[], object], n: int, stream: bool) -> Callable[[], object]:
+        """``inner`` inside a hand-written SDK span carrying what the instrumentor's span
+        carries (none with traces off): the SDK's own cost of that span, no metrics."""
+        start = dict(SPAN_START, **{"gen_ai.request.model": "m", "gen_ai.response.model": "m"})
+        end = dict(SPAN_END, **{"gen_ai.usage.output_tokens": n, "gen_ai.request.stream": stream})
+        end["gen_ai.request.max_tokens"] = n
+
+        def by_hand() -> object:
+            with tracer.start_as_current_span("text_completion m", attributes=start) as span:
+                inner()
+                span.set_attributes(end)
+            return None
+
+        return by_hand
 
     def call(side: str, engine: str, shape: str, n: int) -> Callable[[], object]:
         llm, prompt = engines[engine], prompts[engine]
@@ -148,6 +182,8 @@ def _setup(mode: str, path: str) -> Mapping[str, Handler]:
                     pass
                 return None
 
+        if side == "span":
+            return spanned(plain, n, shape == "stream")
         if side != "core":
             return plain
 

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitnet_obs import ConfigError, _config, output
+from bitnet_obs._degenerate import judge_list
 from bitnet_obs.output import (
     DegenerateDetector,
     DegenerateThresholds,
@@ -298,6 +299,7 @@ def test_streaming_and_whole_sequence_agree_with_the_definitions(
 ) -> None:
     ids, th, chunk, cuts = case
     expected = reference(ids, th)
+    assert judge_list(ids, th) == expected  # the request path's whole short outputs
     assert detect_degenerate(ids, th, chunk_tokens=chunk) == expected
     assert detect_degenerate(np.array(ids, np.int32), th, chunk_tokens=chunk) == expected
     one_by_one = DegenerateDetector(th, chunk_tokens=chunk)

@@ -23,13 +23,13 @@ This module knows no SDK type: :func:`snapshot` returns plain tuples.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any, NamedTuple
 
 from bitnet_obs import _state, _tally
@@ -39,7 +39,19 @@ from bitnet_obs._tally import OVERFLOW_KEY, AttrKey, AttrValue, key_of
 SpanIds = tuple[int, int] | None
 
 
-_VECTOR_GAPS = 128  # stamps from which numpy beats a Python loop (measured)
+_VECTOR_GAPS = 1024  # stamps from which numpy beats a Python loop right after a decode (measured)
+_ZIPPED_GAPS = 64  # stamps up to which a dict finds each bucket's last gap fastest
+_np: Any = None
+
+
+def _numpy() -> Any:
+    """numpy, imported by the first stream that needs it (this module loads without it)."""
+    global _np
+    if _np is None:
+        import numpy
+
+        _np = numpy
+    return _np
 
 
 _BOUNDS: dict[tuple[float, ...], Any] = {}  # bucket bounds as numpy arrays
@@ -157,38 +169,86 @@ class Store:
             self.add_locked(cell, value, span)
 
     def add_gaps(self, cell: Cell, stamps: Sequence[float], span: SpanIds) -> None:
-        """The gaps between consecutive ``stamps`` as records of ``cell`` (a stream's
-        inter-token latency): a Python loop for a few, numpy for many (about 10 ns a gap)."""
-        if len(stamps) < _VECTOR_GAPS:
-            gaps = [b - a for a, b in pairwise(stamps)]
-            with self.lock:
-                self.add_many_locked([(cell, gap) for gap in gaps], span)
+        """The gaps between consecutive ``stamps`` (monotonic clock reads) as records of
+        ``cell``, a stream's inter-token latency: a Python loop for a few, numpy from
+        :data:`_VECTOR_GAPS` stamps on (a few µs, then about 10 ns a gap). As the SDK's
+        reservoir keeps the last exemplar offered per bucket, only those are offered, at one
+        clock read."""
+        n = len(stamps)
+        if n < 2:
             return
-        import numpy as np  # loaded by the first long stream only
-
-        values = np.diff(np.frombuffer(struct.pack(f"{len(stamps)}d", *stamps), np.float64))
-        bounds = _BOUNDS.get(cell.bounds)
-        if bounds is None:
-            bounds = _BOUNDS[cell.bounds] = np.asarray(cell.bounds, dtype=np.float64)
-        index = np.searchsorted(bounds, values, side="left")
+        offer = self.exemplars_on and (span is not None or self.always)
+        last: dict[int, float] = {}
+        if n < _VECTOR_GAPS:
+            bounds = cell.bounds
+            batch = [0] * (len(bounds) + 1)
+            total, low, high = 0.0, math.inf, -math.inf
+            previous = stamps[0]
+            for i in range(1, n):
+                stamp = stamps[i]
+                gap = stamp - previous
+                previous = stamp
+                batch[bisect_left(bounds, gap)] += 1
+                total += gap
+                if gap < low:
+                    low = gap
+                if gap > high:
+                    high = gap
+            if offer:  # the last gap of each bucket hit, found from the end
+                hit = len(batch) - batch.count(0)
+                for i in range(n - 1, 0, -1):
+                    gap = stamps[i] - stamps[i - 1]
+                    last.setdefault(bisect_left(bounds, gap), gap)
+                    if len(last) == hit:
+                        break
+            with self.lock:
+                if not cell.live:
+                    cell = self._admit(cell)
+                self._merge(cell, batch, total, low, high)
+                if offer:
+                    self._offer(cell, last, span)
+            return
+        np = _numpy()
+        packed = np.frombuffer(struct.pack(f"{n}d", *stamps), np.float64)
+        values = packed[1:] - packed[:-1]
+        edges = _BOUNDS.get(cell.bounds)
+        if edges is None:
+            edges = _BOUNDS[cell.bounds] = np.asarray(cell.bounds, dtype=np.float64)
+        index = np.searchsorted(edges, values, side="left")
         counts = np.bincount(index, minlength=len(cell.bounds) + 1).tolist()
-        # the last gap of each bucket, as the SDK's reservoir keeps the last offered
-        buckets, at = np.unique(index[::-1], return_index=True)
-        last = dict(zip(buckets.tolist(), values[::-1][at].tolist(), strict=True))
         total, low, high = float(values.sum()), float(values.min()), float(values.max())
+        if offer:  # the last gap of each bucket
+            if n <= _ZIPPED_GAPS:
+                last = dict(zip(index.tolist(), values.tolist(), strict=True))
+            else:
+                buckets, at = np.unique(index[::-1], return_index=True)
+                last = dict(zip(buckets.tolist(), values[::-1][at].tolist(), strict=True))
         with self.lock:
             if not cell.live:
                 cell = self._admit(cell)
-            for i, n in enumerate(counts):
-                cell.counts[i] += n
-            cell.sum += total
-            cell.min = min(cell.min, low)
-            cell.max = max(cell.max, high)
-            if self.exemplars_on and (span is not None or self.always):
-                now = time.time_ns()
-                for i, value in last.items():
-                    self.seq += 1
-                    cell.exemplars[i] = (self.seq, value, now, span)
+            self._merge(cell, counts, total, low, high)
+            if offer:
+                self._offer(cell, last, span)
+
+    @staticmethod
+    def _merge(cell: Cell, counts: list[int], total: float, low: float, high: float) -> None:
+        """Several records' bucket counts, sum, min and max into ``cell`` (lock held)."""
+        into = cell.counts
+        for i, k in enumerate(counts):
+            if k:
+                into[i] += k
+        cell.sum += total
+        if low < cell.min:
+            cell.min = low
+        if high > cell.max:
+            cell.max = high
+
+    def _offer(self, cell: Cell, last: Mapping[int, float], span: SpanIds) -> None:
+        """Exemplars of several records made at once: per bucket, the last (lock held)."""
+        now = time.time_ns()
+        for i, value in last.items():
+            self.seq += 1
+            cell.exemplars[i] = (self.seq, value, now, span)
 
     def add_locked(self, cell: Cell, value: float, span: SpanIds) -> None:
         """One record by a caller that holds :data:`~bitnet_obs._tally.REQUEST_LOCK`."""
@@ -198,6 +258,7 @@ class Store:
         """Records of one request by a caller that holds the lock. Negative values are
         dropped, as the SDK drops them."""
         offer = self.exemplars_on and (span is not None or self.always)
+        now = time.time_ns() if offer else 0  # one instant: the records of one request
         for cell, value in records:
             if value < 0:
                 continue
@@ -212,7 +273,7 @@ class Store:
                 cell.max = value
             if offer:
                 self.seq += 1
-                cell.exemplars[i] = (self.seq, value, time.time_ns(), span)
+                cell.exemplars[i] = (self.seq, value, now, span)
 
     def snapshot(self, since_seq: int) -> tuple[dict[str, list[Point]], int]:
         """Every cell as a point (exemplars offered after ``since_seq`` only), and the sequence

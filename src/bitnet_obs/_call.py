@@ -22,9 +22,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind
 
-from bitnet_obs import _config, _instruments, _queue
+from bitnet_obs import _config, _instruments, _queue, _tally
 from bitnet_obs import _semconv as sc
-from bitnet_obs._attributes import finish_reason, valid_device, valid_kernel
+from bitnet_obs._attributes import FINISH_REASONS, finish_reason, valid_device, valid_kernel
 from bitnet_obs._cache import record_cache as _record_cache
 from bitnet_obs._context import InferenceContext
 from bitnet_obs._facts import OK, RequestFacts, outcome_of
@@ -132,7 +132,9 @@ class Call(Placement, Reporter):
         "_counted",
         "context",
         "facts",
+        "logits",
         "meter",
+        "pending",
         "recorder",
         "site",
         "watch",
@@ -151,6 +153,10 @@ class Call(Placement, Reporter):
         self.context: SpanContext | None = None  # the span's, while the call runs
         self.meter: StreamMeter | None = None
         self.watch: OutputWatch | None = None  # output measures, from the first ids or logits
+        self.logits: bool | None = None  # the call's logits draw, at its first observe_logits
+        #: set_attribute()'s values for a recording span, put on it with ours at the end (one
+        #: SDK call, one lock, instead of one each)
+        self.pending: dict[str, AttrValue] | None = None
         self.parent = None
         self._otel_token = None
         self.otel_before = None
@@ -181,7 +187,12 @@ class Call(Placement, Reporter):
             key = site.active_key if handed is None else site.active_key_of(
                 facts.device, facts.priority
             )  # fmt: skip
-            _ACTIVE.add(key, 1)
+            with _tally.REQUEST_LOCK:  # ACTIVE's lock; its add() inline
+                series = _ACTIVE.series
+                if key in series:
+                    series[key] += 1
+                else:
+                    _ACTIVE.add_new(key, 1)
             self._counted = key  # uncounted from this series, whatever set_device() does
         except Exception as exc:
             internal_error("begin", exc)
@@ -243,7 +254,14 @@ class Call(Placement, Reporter):
         facts.explicit_output = True
 
     def observe_logits(self, logits: Any) -> None:
-        outputs().observe_logits(self.output_watch(), logits)
+        room = _room or outputs()
+        admitted = self.logits
+        if admitted is None:
+            admitted = self.logits = room.draw_logits()
+            if admitted:
+                room.observe_logits(self.output_watch(), logits, first=True)
+        elif admitted:
+            room.observe_logits(self.output_watch(), logits, first=False)
 
     def first_token(self) -> None:
         self.facts.first_token(time.perf_counter())
@@ -251,6 +269,8 @@ class Call(Placement, Reporter):
     def mark_token(self) -> None:
         meter = self.meter
         if meter is None:
+            if self._done:
+                return  # a mark after the end: nothing is recorded any more
             meter = self.meter = StreamMeter(
                 self.facts, self._gaps, self._ids, counts_items=False, marks=True
             )
@@ -289,16 +309,18 @@ class Call(Placement, Reporter):
             _count_kernel_fallback(self.model or "", declared, name)
 
     def set_finish_reason(self, reason: str) -> None:
+        if type(reason) is str and reason in FINISH_REASONS:
+            self.facts.finish_reason = reason
+            return
         self.facts.finish_reason = finish_reason(reason)
-        if self.facts.finish_reason == "other" and reason != "other":
+        if reason != "other":
             internal_error("bad_finish_reason", detail=f"set_finish_reason({describe(reason)})")
 
     def set_attribute(self, key: str, value: AttrValue) -> None:
         if not isinstance(key, str) or not isinstance(value, (str, bool, int, float)):
             internal_error("bad_attribute", detail=f"set_attribute({describe(key)}, ...)")
             return
-        if self.span is not None:
-            self.span.set_attribute(key, clip(value) if isinstance(value, str) else value)
+        self._span_attributes({key: clip(value) if isinstance(value, str) else value})
 
     # ----- what the call shapes feed -----
     def start_stream(self, fast_loop: bool) -> StreamMeter:
@@ -311,6 +333,54 @@ class Call(Placement, Reporter):
         fast = fast_loop and site.count_item is None and self.facts.response is None
         meter = self.meter = StreamMeter(self.facts, self._gaps, self._ids, counts_items=fast)
         return meter
+
+    # ----- what a library instrumentor reports (llama.cpp), each in one call -----
+    def requested(self, streamed: bool, attributes: Mapping[str, AttrValue]) -> None:
+        """What the call asked for, read from its arguments: a stream or not, and its own
+        parameters for the span (checked by the caller)."""
+        self.facts.stream_declared = streamed
+        span = self.span
+        if attributes and span is not None:
+            pending = self.pending
+            if pending is None:
+                if not span.is_recording():
+                    return
+                pending = self.pending = {}
+            pending.update(attributes)
+
+    def decode(
+        self, input_tokens: int, parameters: Mapping[str, AttrValue] | None
+    ) -> StreamMeter | None:
+        """An engine's decoding loop starts: its prompt's tokens, its sampling parameters for
+        the span, and the meter it feeds inline as the generator wrapper's fast loop does (a
+        stamp and an id per sampled token, see :mod:`bitnet_obs._stream`): its stamps are the
+        call's output tokens, its ids the output judged at the end. None once the call ended."""
+        if self._done:
+            return None
+        facts = self.facts
+        facts.input_tokens += input_tokens
+        facts.explicit_input = True
+        if parameters and self.span is not None:
+            self._span_attributes(parameters)
+        meter = self.meter
+        if meter is None:
+            meter = self.meter = StreamMeter(
+                facts, self._gaps, self._ids, counts_items=True, marks=True
+            )
+        else:
+            meter.counts_items = True  # a meter mark_token() opened: its stamps are tokens now
+        return meter
+
+    def _span_attributes(self, attributes: Mapping[str, AttrValue]) -> None:
+        """Attributes for a recording span, put on it with ours at the end."""
+        span = self.span
+        if span is not None:
+            pending = self.pending
+            if pending is None:
+                if not span.is_recording():
+                    return
+                pending = self.pending = {}
+            pending.update(attributes)
 
     def count_item(self, item: Any) -> None:
         """One streamed item the fast loop leaves to us (a counter, content capture)."""
@@ -355,20 +425,20 @@ class Call(Placement, Reporter):
         """A meter's chunk of stamps: the inter-token gaps recorded."""
         try:
             if len(stamps) >= 2:
-                recorder, facts = self.recorder, self.facts
-                variant = self.site.variant(recorder, facts.device, "ok", "", facts.priority,
-                                            None)  # fmt: skip
+                recorder = self.recorder
+                # the gaps carry the attributes of every outcome: any variant's handle will do
+                variant = self.site.variant_of(recorder, self.facts, OK)
                 recorder.gaps(variant.handles.inter_token, stamps, self.context)
         except Exception as exc:
             internal_error("inter_token_latency", exc)
 
-    def _ids(self, ids: Any) -> None:
-        """A meter's streamed ids (a buffer of ints, or a chunk item): judged in the room
-        (not at interpreter exit, when a stream left open is finalised: nothing can be
-        imported, and nothing would be exported)."""
+    def _ids(self, ids: Any, whole: bool) -> None:
+        """A meter's streamed ids (a buffer of ints, or a chunk item; ``whole``: the entire
+        output): judged in the room (not at interpreter exit, when a stream left open is
+        finalised: nothing can be imported, and nothing would be exported)."""
         if _room is None and sys.is_finalizing():
             return
-        outputs().stream_ids(self.output_watch(), ids)
+        outputs().stream_ids(self.output_watch(), ids, whole)
 
     # ----- the end (never raises) -----
     def end(self, exc: BaseException | None, result: Any = None, counted: bool = False) -> None:
@@ -382,8 +452,13 @@ class Call(Placement, Reporter):
             end = time.perf_counter()
             outcome = OK if exc is None else outcome_of(exc)
             facts, site, span, recorder = self.facts, self.site, self.span, self.recorder
-            if self.meter is not None:
-                self.meter.close()
+            meter = self.meter
+            if meter is not None:
+                # dropped: its callbacks are this call's methods, a reference cycle that only
+                # the garbage collector would break, keeping the call, its span and its
+                # buffers alive until then
+                self.meter = None
+                meter.close()
             variant = site.variant_of(recorder, facts, outcome)
             watch = self.watch
             records = None
@@ -394,7 +469,8 @@ class Call(Placement, Reporter):
             if span is not None:
                 if span.is_recording():
                     shown = None if records is None else records.span_attributes
-                    annotate(span, facts, outcome, site.capture, shown)
+                    reported, self.pending = self.pending, None
+                    annotate(span, facts, outcome, site.capture, shown, reported)
                 else:  # an unsampled span: its end() does nothing, so it is not called
                     self.span = None
         except Exception as error:  # e.g. RecursionError at the bottom of a deep recursion
@@ -412,11 +488,17 @@ class Call(Placement, Reporter):
                 _ACTIVE.add(key, -1)
             except Exception:
                 self._counted = key  # the next _release (GC) retries
-        if self._otel_token is not None:
-            self.detach()
+        token, self._otel_token = self._otel_token, None
+        if token is not None:
+            try:  # noqa: SIM105 (Placement.detach, inline: once per traced request)
+                otel_context.detach(token)  # type: ignore[arg-type]
+            except Exception:  # from another context: the SDK logs it
+                pass
         span, self.span, self.context = self.span, None, None
         if span is not None:
             try:
+                if self.pending:  # the end did not annotate it: the call's own values still go
+                    span.set_attributes(self.pending)
                 span.end()
             except Exception as exc:
                 internal_error("end_span", exc)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from operator import eq
 from typing import Final
 
 import numpy as np
@@ -204,8 +207,40 @@ def _run_limits(top: int) -> I64:
     return limits
 
 
+def _few_stretches(hits: list[int], width: int, r: int, carry: I64) -> tuple[I64, I64]:
+    """:func:`_stretches` from the flat indices of the True cells (sorted), in Python: a
+    healthy chunk has few, and a loop over them beats the dozen numpy calls above."""
+    best, last = [0] * r, [0] * r
+    previous = carry.tolist()
+    i, n = 0, len(hits)
+    while i < n:
+        first = hits[i]
+        j = i
+        while j + 1 < n and hits[j + 1] == hits[j] + 1:  # padding keeps rows apart
+            j += 1
+        row, column = divmod(first, width)
+        length = j - i + 1
+        if column == 1:  # the chunk's first position: the carried stretch goes on
+            length += previous[row]
+        if length > best[row]:
+            best[row] = length
+        if hits[j] - row * width == width - 2:  # ends the chunk: carried to the next one
+            last[row] = length
+        i = j + 1
+    return np.array(best, np.int64), np.array(last, np.int64)
+
+
+#: True cells (id pairs one period apart) up to which :func:`_few_stretches` is used.
+_FEW = 64
+
+
 def advance(st: State, x: I64, th: DegenerateThresholds) -> None:
-    """Fold ids ``x`` (starting at a window boundary) into the state."""
+    """Fold ids ``x`` (starting at a window boundary) into the state.
+
+    Healthy text takes the short way where it can: no id repeating the one before it means
+    no run to measure and none to take out of the cycles, and few ids equal to one a period
+    back means their stretches are found in Python (same figures, fewer numpy calls: the
+    fixed cost of judging a short output)."""
     m = x.shape[0]
     if m == 0:
         return
@@ -213,18 +248,24 @@ def advance(st: State, x: I64, th: DegenerateThresholds) -> None:
     k = st.hist.shape[0]
     pad = top - k  # > 0 only at the start of a stream: no ids before the first
     ext = np.concatenate((_ZEROS[:pad], st.hist, x)) if pad else np.concatenate((st.hist, x))
-    eq = np.empty(top + m, np.bool_)  # eq[i]: ext[i] repeats the id before it
-    np.equal(ext[1:], ext[:-1], out=eq[1:])
-    eq[: pad + 1] = False
-    # reps[j]: how many times the id at j repeats the one before, counting into the past
-    pos = np.arange(1, m + 1, dtype=np.int64)
-    last_new = np.where(eq[top:], 0, pos)
-    np.maximum.accumulate(last_new, out=last_new)
-    reps = pos - last_new
-    if st.run > 1:  # the run the previous chunk ended with goes on
-        reps[: int(np.searchsorted(last_new, 0, side="right"))] += st.run - 1
-    st.best_run = max(st.best_run, int(reps.max()) + 1)
-    st.run = int(reps[-1]) + 1
+    same = ext[top:] == ext[top - 1 : -1]  # same[j]: x[j] repeats the id before it
+    if k == 0:
+        same[0] = False  # the stream's first id repeats nothing
+    repeats = bool(same.any())
+    reps: I64 | None = None
+    if repeats:
+        # reps[j]: how many times the id at j repeats the one before, counting into the past
+        pos = np.arange(1, m + 1, dtype=np.int64)
+        last_new = np.where(same, 0, pos)
+        np.maximum.accumulate(last_new, out=last_new)
+        reps = pos - last_new
+        if st.run > 1:  # the run the previous chunk ended with goes on
+            reps[: int(np.searchsorted(last_new, 0, side="right"))] += st.run - 1
+        st.best_run = max(st.best_run, int(reps.max()) + 1)
+        st.run = int(reps[-1]) + 1
+    else:  # every id differs from the one before: runs of one
+        st.best_run = max(st.best_run, 1)
+        st.run = 1
     # rows[p - 2]: x[j] equals the id p before it (a cycle of period p) and the p ids ending
     # at j are not all one token (a run is not a cycle); padded for _stretches
     rows = np.zeros((top - 1, m + 2), np.bool_)
@@ -234,8 +275,13 @@ def advance(st: State, x: I64, th: DegenerateThresholds) -> None:
     if pad:  # stream start: no id p positions back for the first p - k positions
         span = min(top, m)
         cyc[:, :span] &= _first_ids_valid(top, k)[:, :span]
-    cyc &= reps < _run_limits(top)
-    best, last = _stretches(rows, st.cyc)
+    if reps is not None:
+        cyc &= reps < _run_limits(top)
+    hits = np.flatnonzero(rows)
+    if hits.shape[0] <= _FEW:
+        best, last = _few_stretches(hits.tolist(), m + 2, top - 1, st.cyc)
+    else:
+        best, last = _stretches(rows, st.cyc)
     st.cyc_best = np.maximum(st.cyc_best, best)
     st.cyc = last
     # distinct fraction per aligned window; a trailing partial window counts if long enough
@@ -267,6 +313,57 @@ def short(ids: Sequence[int]) -> OutputVerdict:
             best = run
     n = len(ids)
     return OutputVerdict(n, best, len(set(ids)) / n if n else 1.0, 0, 0, False, None)
+
+
+def judge_list(ids: Sequence[int], th: DegenerateThresholds) -> OutputVerdict:
+    """A whole output given as a list of ints, judged in Python (the same figures as the numpy
+    pass): each measure is a comparison of the ids with themselves shifted, made by ``map``
+    in C into bytes, whose runs of 1s ``split`` finds. For an output of up to a few hundred ids
+    right after an engine's decode this beats numpy several times over, whose C code the
+    decode has pushed out of the caches (docs/performance.md); :data:`LIST_JUDGED` bounds it."""
+    n = len(ids)
+    if n < th.min_tokens:
+        return short(ids)
+    # same[k]: ids[k + 1] repeats ids[k]; each run of 1s at same[a..b] is ids[a..b + 1]
+    same = bytes(map(eq, islice(ids, 1, None), ids))
+    runs: list[tuple[int, int]] = []
+    best_run = 1
+    if 1 in same:
+        for found in _ONES.finditer(same):
+            a, b = found.start(), found.end() - 1
+            runs.append((a, b))
+            best_run = max(best_run, b - a + 2)
+    span = period = 0
+    for p in range(2, min(th.max_period, n - 1) + 1):
+        # cyc[i]: ids[i + p] equals the id p before it ...
+        cyc = bytearray(map(eq, islice(ids, p, None), ids))
+        if 1 not in cyc:
+            continue
+        for a, b in runs:  # ... and the p ids ending there are not all one token
+            if b - a + 2 >= p:
+                cyc[max(a - 1, 0) : b + 2 - p] = bytes(b + 2 - p - max(a - 1, 0))
+        stretch = max(map(len, _ONES.findall(cyc)), default=0)
+        if stretch and stretch + p > span:
+            span, period = stretch + p, p
+    w = th.window
+    fraction = math.inf
+    for start in range(0, n, w):
+        size = min(w, n - start)
+        if size == w or size >= th.min_tokens:
+            fraction = min(fraction, len(set(ids[start : start + w])) / size)
+    reason = None
+    if th.repeat_run and best_run >= th.repeat_run:
+        reason = "repeat_run"
+    elif th.cycle_span and span >= th.cycle_span:
+        reason = "cycle"
+    elif fraction < th.min_distinct_fraction:
+        reason = "low_diversity"
+    return OutputVerdict(n, best_run, fraction, span, period, True, reason)
+
+
+#: The longest output :func:`judge_list` takes (numpy beyond).
+LIST_JUDGED = 1024
+_ONES = re.compile(rb"\x01+")
 
 
 def verdict(st: State, th: DegenerateThresholds) -> OutputVerdict:

@@ -278,6 +278,13 @@ class InferenceMonitor:
         return cast(F, functools.wraps(fn)(wrapper))
 
 
+def site_of(monitor: InferenceMonitor) -> Site:
+    """What ``monitor`` resolved: for a library instrumentor that opens its calls itself
+    (:class:`~bitnet_obs._call.Call` with the site, as the sync wrapper does) instead of
+    entering a ``with`` block per call."""
+    return monitor._site
+
+
 InferenceMonitor.__init__.__signature__ = SIGNATURE.replace(  # type: ignore[attr-defined]
     parameters=[
         inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),

@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from bitnet_obs import _config, _instruments, _sampling
-from bitnet_obs._degenerate import REASONS, DegenerateThresholds, OutputVerdict
+from bitnet_obs._degenerate import (
+    LIST_JUDGED,
+    REASONS,
+    DegenerateThresholds,
+    OutputVerdict,
+    judge_list,
+)
 from bitnet_obs._recorder import Handle, OutputRecords, Recorder, Variant
 from bitnet_obs._selfmon import describe, internal_error
 from bitnet_obs._stream import IdBuffer
@@ -48,7 +54,6 @@ class OutputWatch:
         "detector",
         "entropy",
         "ids_reported",
-        "logits_admitted",
         "margin",
         "thresholds",
         "verdicts",
@@ -66,7 +71,6 @@ class OutputWatch:
         #: the call reports its ids itself (add_output_ids): its stream and result are not
         #: judged a second time
         self.ids_reported = False
-        self.logits_admitted: bool | None = None  # drawn at the first observe_logits
 
     def stream(self) -> DegenerateDetector | None:
         """The detector of the call's streamed output (None: detection is off)."""
@@ -137,18 +141,19 @@ class OutputHealth:
             internal_error("bad_output_ids", exc)
             return None
 
-    def observe_logits(self, watch: OutputWatch, logits: Any) -> None:
-        """``observe_logits``: drawn once per call at ``BITNET_OBS_LOGITS_SAMPLE_RATE``; each
-        admitted report within the time budget (skips are counted)."""
+    def draw_logits(self) -> bool:
+        """A call's logits draw, once at its first ``observe_logits``, at
+        ``BITNET_OBS_LOGITS_SAMPLE_RATE`` within the time budget (a refusal is counted): most
+        calls are refused here, before any output measure exists for them."""
+        settings = _config.current()
+        return _sampling.admit("logits", settings.logits_sample_rate, settings.quant_budget)
+
+    def observe_logits(self, watch: OutputWatch, logits: Any, first: bool) -> None:
+        """``observe_logits`` of an admitted call; its later reports each within the time
+        budget (skips are counted)."""
         try:
-            admitted = watch.logits_admitted
-            if admitted is None:
-                rate = _config.current().logits_sample_rate
-                admitted = watch.logits_admitted = _sampling.admit("logits", rate)
-            elif admitted and not _sampling.admit("logits", 1.0):
+            if not first and not _sampling.admit("logits", 1.0):
                 return  # an admitted call over the time budget: this step is skipped, counted
-            if not admitted:
-                return
             if callable(logits):
                 logits = logits()
             _sampling.spend(_add_logits(watch, logits))
@@ -157,14 +162,19 @@ class OutputHealth:
                 "bad_logits", _config.loggable(exc), f"observe_logits({describe(logits)})"
             )
 
-    def stream_ids(self, watch: OutputWatch, ids: Any) -> None:
+    def stream_ids(self, watch: OutputWatch, ids: Any, whole: bool = False) -> None:
         """A stream's ids, in order: a meter's buffer of int ids (an id beyond int64 stops the
-        judging: what came before is judged, nothing after) or a chunk item (a list or 1-D
-        array continues the output, a 2-D item is consecutive steps of it)."""
+        judging: what came before is judged, nothing after; ``whole``: the entire output,
+        judged now) or a chunk item (a list or 1-D array continues the output, a 2-D item is
+        consecutive steps of it)."""
         if watch.ids_reported:
             return
         try:
             if type(ids) is IdBuffer:
+                th = watch.thresholds
+                if whole and th is not None and listed(ids):
+                    watch.verdicts.append(judge_list(ids, th))
+                    return
                 detector = watch.stream()
                 if detector is not None:
                     detector.extend(_int64(watch, ids))
@@ -293,8 +303,19 @@ def _int64(watch: OutputWatch, ids: IdBuffer) -> Any:
 
 
 def _judge(row: Any, th: DegenerateThresholds) -> OutputVerdict:
+    if type(row) is list and listed(row):
+        return judge_list(row, th)
     verdict: OutputVerdict = detect_degenerate(row, th)  # a row is 1-D: one verdict
     return verdict
+
+
+def listed(ids: list[int]) -> bool:
+    """A whole output of int ids short enough for :func:`judge_list` (faster than the numpy
+    pass on the request path, see there) and within int64, as the numpy pass requires."""
+    return 0 < len(ids) < LIST_JUDGED and min(ids) >= _INT64_MIN and max(ids) <= _INT64_MAX
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def span_attributes(verdicts: list[OutputVerdict]) -> dict[str, AttrValue]:

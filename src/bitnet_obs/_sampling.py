@@ -20,6 +20,7 @@ from collections.abc import Callable
 from bitnet_obs import _config, _state
 from bitnet_obs._instruments import QUANT_SAMPLES_SKIPPED
 from bitnet_obs._selfmon import internal_error
+from bitnet_obs._tally import AttrKey, key_of
 
 #: What a runtime sample measures (``bitnet.quant.kind``).
 KINDS = ("weight", "activation", "output", "logits")
@@ -33,12 +34,16 @@ class Budget:
         self._lock = threading.Lock()
         self._credit: float | None = None
         self._last = clock()
-        self._rng = random.Random()
+        self.rng = random.Random()
 
     def admit(self, rate: float, fraction: float) -> str | None:
         """None to go ahead, else the skip reason."""
-        if rate <= 0.0 or (rate < 1.0 and self._rng.random() >= rate):
+        if rate <= 0.0 or (rate < 1.0 and self.rng.random() >= rate):
             return "sampling"
+        return self.within(fraction)
+
+    def within(self, fraction: float) -> str | None:
+        """None when the budget has credit (the sample is drawn already), else ``budget``."""
         cap = max(0.05, fraction * 60.0)
         with self._lock:
             now = self._clock()
@@ -56,20 +61,39 @@ class Budget:
 BUDGET = Budget()
 
 
+_SKIP_KEYS: dict[tuple[str, str], AttrKey] = {}  # (kind, reason) -> its series, built once
+
+
 def skip(kind: str, reason: str) -> None:
     """Count a runtime sample not taken."""
-    QUANT_SAMPLES_SKIPPED.add(
-        (("bitnet.quant.kind", kind), ("bitnet.quant.skip_reason", reason)), 1
-    )
+    key = _SKIP_KEYS.get((kind, reason))
+    QUANT_SAMPLES_SKIPPED.tally.add(_skip_key(kind, reason) if key is None else key, 1)
 
 
-def admit(kind: str, rate: float) -> bool:
-    """Draw one sample of ``kind`` at ``rate`` within the budget; a refusal is counted.
-    Never raises."""
+def _skip_key(kind: str, reason: str) -> AttrKey:
+    """The skip counter's series of ``kind`` and ``reason``, built once (a refused draw is
+    most calls)."""
+    key = key_of({"bitnet.quant.kind": kind, "bitnet.quant.skip_reason": reason})
+    if len(_SKIP_KEYS) < 64:
+        _SKIP_KEYS[kind, reason] = key
+    return key
+
+
+def admit(kind: str, rate: float, budget: float | None = None) -> bool:
+    """Draw one sample of ``kind`` at ``rate`` within the budget (``budget``: the
+    ``BITNET_OBS_QUANT_BUDGET`` in force, when the caller has the settings at hand); a refusal
+    is counted. Never raises. The draw comes first: a refusal (most calls) costs a random
+    number and a count."""
     try:
-        reason = BUDGET.admit(rate, _config.current().quant_budget)
+        budget_ = BUDGET
+        if rate <= 0.0 or (rate < 1.0 and budget_.rng.random() >= rate):
+            reason: str | None = "sampling"
+        else:
+            reason = budget_.within(_config.current().quant_budget if budget is None else budget)
         if reason is not None:
-            skip(kind if kind in KINDS else "output", reason)
+            kind = kind if kind in KINDS else "output"
+            key = _SKIP_KEYS.get((kind, reason))
+            QUANT_SAMPLES_SKIPPED.tally.add(_skip_key(kind, reason) if key is None else key, 1)
             return False
         return True
     except Exception as exc:

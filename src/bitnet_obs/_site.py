@@ -38,6 +38,7 @@ class Site:
         "count_output",
         "counts_by_default",
         "device",
+        "finished",
         "kernel",
         "priority",
         "recorder",
@@ -72,25 +73,30 @@ class Site:
         self.variants: dict[VariantKey, Variant] = {}
         #: the variant of most calls: ok, on the declared device and priority, no finish reason
         self.common: Variant | None = None
+        #: the same with a finish reason (an engine reports one for every call), by reason
+        self.finished: dict[str, Variant] = {}
         #: the active-requests series of a call on the declared device and priority
         self.active_key = self.active_key_of(self.device, self.priority)
 
     def variant_of(self, recorder: Recorder, facts: RequestFacts, outcome: Outcome) -> Variant:
         """The variant a finished call records into (the common one without a lookup)."""
-        common = self.common
+        finish = facts.finish_reason
         if (
             outcome is OK
-            and common is not None
-            and common.recorder is recorder
+            and self.recorder is recorder
             and facts.device is self.device
             and facts.priority is self.priority
-            and facts.finish_reason is None
         ):
-            return common
+            found = self.common if finish is None else self.finished.get(finish)
+            if found is not None:
+                return found
         variant = self.variant(recorder, facts.device, outcome.kind, outcome.error_type,
-                               facts.priority, facts.finish_reason)  # fmt: skip
-        if outcome is OK and key_is_common(self, facts):
-            self.common = variant
+                               facts.priority, finish)  # fmt: skip
+        if outcome is OK and facts.device == self.device and facts.priority == self.priority:
+            if finish is None:
+                self.common = variant
+            elif len(self.finished) < MAX_VARIANTS:
+                self.finished[finish] = variant
         return variant
 
     def variant(
@@ -104,7 +110,7 @@ class Site:
     ) -> Variant:
         """The variant of one outcome under ``recorder`` (built on first use)."""
         if recorder is not self.recorder:  # the instruments were bound again
-            self.recorder, self.variants, self.common = recorder, {}, None
+            self.recorder, self.variants, self.common, self.finished = recorder, {}, None, {}
         key = (device, outcome, err, priority, finish)
         variant = self.variants.get(key)
         if variant is None:
@@ -146,12 +152,3 @@ class Site:
         """Whether this site's calls put prompts and responses on their spans."""
         flag = self.capture_content
         return _config.current().capture_content if flag is None else flag
-
-
-def key_is_common(site: Site, facts: RequestFacts) -> bool:
-    """A call on the site's declared device and priority, with no finish reason."""
-    return (
-        facts.device == site.device
-        and facts.priority == site.priority
-        and facts.finish_reason is None
-    )

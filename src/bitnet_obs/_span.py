@@ -43,10 +43,13 @@ def annotate(
     outcome: Outcome,
     capture: Callable[[], bool],
     outputs: Mapping[str, AttrValue] | None,
+    reported: Mapping[str, AttrValue] | None = None,
 ) -> None:
-    """What the request learned, on its (recording) span; ``outputs``: its judged outputs;
-    ``capture``: whether content may go on it (asked only for an exception)."""
-    extra: dict[str, AttrValue] = {}
+    """What the request learned, on its (recording) span, in one call; ``outputs``: its
+    judged outputs; ``reported``: the call's own ``set_attribute()`` values (ours win over
+    theirs, as when they were set first); ``capture``: whether content may go on it (asked
+    only for an exception)."""
+    extra: dict[str, AttrValue | list[str]] = dict(reported) if reported else {}
     if facts.input_tokens:
         extra[sc.USAGE_INPUT_TOKENS] = facts.input_tokens
     if facts.output_tokens:
@@ -54,7 +57,7 @@ def annotate(
     if outcome.kind != "ok":
         extra["bitnet.outcome"] = outcome.kind
     if facts.finish_reason is not None:
-        span.set_attribute(sc.RESPONSE_FINISH_REASONS, [facts.finish_reason])
+        extra[sc.RESPONSE_FINISH_REASONS] = [facts.finish_reason]
     declared = facts.stream_declared
     streamed = facts.streamed if declared is None else declared
     extra[sc.REQUEST_STREAM] = streamed

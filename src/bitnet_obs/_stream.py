@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bitnet_obs import _config
 from bitnet_obs._facts import RequestFacts
 from bitnet_obs._selfmon import internal_error
 from bitnet_obs._tokens import default_item_count
@@ -31,8 +32,9 @@ GAP_CHUNK = 4096
 
 #: Takes the stamps of a chunk (the previous chunk's last one first); never raises.
 OnGaps = Callable[[list[float]], None]
-#: Takes streamed ids, in order: an :class:`IdBuffer` of int ids, or a chunk item; never raises.
-OnIds = Callable[[Any], None]
+#: Takes streamed ids, in order: an :class:`IdBuffer` of int ids, or a chunk item, and whether
+#: they are the whole output (the stream's only ids, handed at its end); never raises.
+OnIds = Callable[[Any, bool], None]
 
 
 class IdBuffer(list[int]):
@@ -49,8 +51,10 @@ class StreamMeter:
         "chunked",
         "counts_items",
         "facts",
+        "handed",
         "id_buffer",
         "ids",
+        "judged_from",
         "last",
         "left",
         "marks",
@@ -86,6 +90,13 @@ class StreamMeter:
         #: the stamps come from an engine's mark_token(), not from a loop over items
         self.marks = marks
         self.chunked = 0  # tokens of chunk items beyond one each
+        settings = _config.current()
+        #: the shortest output that is judged for degenerate output (None: detection is off);
+        #: the int ids of a shorter stream are never handed on (nothing would be recorded)
+        self.judged_from: int | None = (
+            settings.degenerate_min_tokens if settings.degenerate_detection else None
+        )
+        self.handed = False  # ids were handed on: the rest of the output follows them
         self.id_buffer = IdBuffer()
         #: where a streamed int id goes: the id buffer's own append
         self.ids: Callable[[int], None] = self.id_buffer.append
@@ -122,29 +133,41 @@ class StreamMeter:
     def id_chunk(self, ids: Any) -> None:
         """Ids that came as one item (a list or array of them), after the int ids before it."""
         if self.id_buffer:
-            self._hand_ids()
-        self.on_ids(ids)
+            self._hand_ids(False)
+        self.handed = True
+        self.on_ids(ids, False)
 
     # ----- flushing -----
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         """Hand the gaps stamped so far to ``on_gaps`` (the buffer starts with the previous
-        flush's last stamp, so no gap is lost between chunks) and the ids to ``on_ids``."""
+        flush's last stamp, so no gap is lost between chunks) and the ids to ``on_ids``;
+        ``final``: the stream ended, and an output too short to be judged keeps its ids."""
         stamps = self.stamps
         if stamps:
             self.stamped += len(stamps)
             previous, self.last = self.last, stamps[-1]
             if previous is not None:
                 stamps.insert(0, previous)
-            try:
-                self.on_gaps(stamps)
-            finally:
+            if len(stamps) > 1:  # one stamp alone is no gap
+                try:
+                    self.on_gaps(stamps)
+                finally:
+                    del stamps[:]
+            else:
                 del stamps[:]
-        if self.id_buffer:
-            self._hand_ids()
+        ids = self.id_buffer
+        if ids:
+            least = self.judged_from
+            whole = final and not self.handed
+            if least is None or (whole and len(ids) < least):
+                del ids[:]  # never judged: no output measures for this call at all
+            else:
+                self._hand_ids(whole)
 
-    def _hand_ids(self) -> None:
+    def _hand_ids(self, whole: bool) -> None:
+        self.handed = True
         try:
-            self.on_ids(self.id_buffer)
+            self.on_ids(self.id_buffer, whole)
         finally:
             del self.id_buffer[:]
 
@@ -152,7 +175,7 @@ class StreamMeter:
         """The stream ended: the last gaps and ids are flushed and, when items are the count,
         the request's output tokens are its items."""
         n = self.stamped + len(self.stamps) + self.chunked
-        self.flush()
+        self.flush(final=True)
         facts = self.facts
         if self.counts_items and not facts.explicit_output:
             facts.output_tokens += n

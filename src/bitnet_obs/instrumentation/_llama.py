@@ -30,6 +30,7 @@ import contextvars
 import functools
 import inspect
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
@@ -42,25 +43,27 @@ from llama_cpp import Llama
 
 from bitnet_obs import (
     ConfigError,
-    InferenceContext,
     InferenceMonitor,
-    _config,
+    _context,
     _state,
     monitor_model_load,
     unload_model,
 )
 from bitnet_obs import _semconv as sc
+from bitnet_obs._call import Call
+from bitnet_obs._inference import site_of
 from bitnet_obs._selfmon import internal_error
+from bitnet_obs._site import Site
+from bitnet_obs._tally import AttrValue
 from bitnet_obs.instrumentation._llama_model import ModelFile, describe_file
 from bitnet_obs.instrumentation._options import LlamaOptions
 
-#: Streamed ids reported (counted, judged) in chunks of this many: bounded memory per request.
-FLUSH_IDS = 4096
-
-#: The request in flight in this context (None outside one).
-_request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
+#: The request in flight in this context (None outside one): the outermost call is the
+#: request, the calls it makes itself run untouched inside it.
+_request: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
     "bitnet_obs_llama_cpp", default=None
 )
+_current = _context.current  # what current_inference() reads
 
 #: (attribute of Llama, operation): each one this llama-cpp-python has is patched.
 CALLS = (
@@ -78,16 +81,6 @@ FINISH = {
 }
 
 
-class _Request:
-    """One monitored call: where the engine's tokens go."""
-
-    __slots__ = ("inference", "sampling")
-
-    def __init__(self, inference: InferenceContext) -> None:
-        self.inference = inference
-        self.sampling = False  # its sampling parameters are on the span
-
-
 @dataclass(frozen=True)
 class Method:
     """Where one public method takes the arguments we read (positions after ``self``)."""
@@ -96,6 +89,8 @@ class Method:
     operation: str
     positions: Mapping[str, int]
     defaults: Mapping[str, Any]
+    #: (name, position or None, default) of what :meth:`read` reads
+    reads: tuple[tuple[str, int | None, Any], ...] = ()
 
     @classmethod
     def of(cls, name: str, operation: str, fn: Callable[..., Any]) -> Method:
@@ -106,7 +101,38 @@ class Method:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         }
         defaults = {p.name: p.default for p in params if p.default is not p.empty}
-        return cls(name, operation, positions, defaults)
+        reads = tuple(
+            (read, positions.get(read), defaults.get(read))
+            for read in ("stream", "max_tokens", "seed")
+        )
+        return cls(name, operation, positions, defaults, reads)
+
+    def read(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[bool, dict[str, AttrValue]]:
+        """What a call asks, read once: whether it streams, and its own parameters for the
+        span (``max_tokens``, ``seed``). Never raises: a stream flag that is not a bool is the
+        engine's to judge, as without us."""
+        found = []
+        n = len(args)
+        for name, at, default in self.reads:
+            if name in kwargs:
+                found.append(kwargs[name])
+            elif at is not None and at < n:
+                found.append(args[at])
+            else:
+                found.append(default)
+        stream, limit, seed = found
+        try:
+            streamed = bool(stream)
+        except Exception:
+            streamed = False
+        asked: dict[str, AttrValue] = {}
+        if type(limit) is int and limit > 0:
+            asked[sc.REQUEST_MAX_TOKENS] = limit
+        if type(seed) is int:
+            asked[sc.REQUEST_SEED] = seed
+        return streamed, asked
 
     def argument(self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         """The value the call passes for ``name`` (or its default; None if it has neither)."""
@@ -119,14 +145,15 @@ class Method:
 
 
 class _Model:
-    """What one Llama object resolved: its file's facts, device and monitors."""
+    """What one Llama object resolved: its file's facts, device and, per operation, what its
+    monitor resolved (a :class:`~bitnet_obs._site.Site`)."""
 
-    __slots__ = ("device", "file", "finalizer", "monitors")
+    __slots__ = ("device", "file", "finalizer", "sites")
 
     def __init__(self, file: ModelFile, device: str) -> None:
         self.file = file
         self.device = device
-        self.monitors: dict[str, InferenceMonitor] = {}
+        self.sites: dict[str, Site] = {}
         self.finalizer: weakref.finalize[Any, Any] | None = None  # its unload, once
 
 
@@ -155,7 +182,9 @@ class Instrumentation:
         self.active = False
         self._lock = threading.Lock()  # re-created in a forked child
         _instances.add(self)
-        self._models: weakref.WeakKeyDictionary[Any, _Model] = weakref.WeakKeyDictionary()
+        #: by a weak reference to the Llama object (a plain dict: a call finds its model with
+        #: no Python-level lookup); an entry goes when its object is collected
+        self._models: dict[weakref.ref[Any], _Model] = {}
         self._originals: dict[str, Any] = {}
         self._patches: dict[str, Any] = {}
         for name, operation in CALLS:
@@ -193,26 +222,31 @@ class Instrumentation:
 
     # ----- per model -----
     def _model(self, llama: Any, file: ModelFile | None = None) -> _Model:
-        model = self._models.get(llama)
+        model = self._models.get(weakref.ref(llama))
         if model is not None:
             return model
         if file is None:
             file = describe_file(getattr(llama, "model_path", None))
         with self._lock:
-            model = self._models.get(llama)
+            model = self._models.get(weakref.ref(llama))
             if model is None:  # another thread may have described it meanwhile
-                model = self._models[llama] = _Model(file, _device(llama))
+                model = _Model(file, _device(llama))
+                self._models[weakref.ref(llama, self._forget)] = model
             return model
 
-    def _monitor(self, llama: Any, operation: str) -> InferenceMonitor | None:
-        """The model's monitor for ``operation``; None (the call runs as without us) if it
-        cannot be built. Never raises."""
+    def _forget(self, gone: weakref.ref[Any]) -> None:
+        """A Llama object was collected: its entry goes (the key is the reference that died)."""
+        self._models.pop(gone, None)
+
+    def _site(self, llama: Any, operation: str) -> Site | None:
+        """What the model's monitor for ``operation`` resolved; None (the call runs as without
+        us) if it cannot be built. Never raises."""
         try:
-            model = self._models.get(llama) or self._model(llama)
-            monitor = model.monitors.get(operation)
-            if monitor is None:
-                monitor = model.monitors[operation] = self._build(model, operation)
-            return monitor
+            model = self._models.get(weakref.ref(llama)) or self._model(llama)
+            site = model.sites.get(operation)
+            if site is None:
+                site = model.sites[operation] = site_of(self._build(model, operation))
+            return site
         except Exception as exc:
             internal_error("llama_cpp_prepare", exc)
             return None
@@ -291,7 +325,7 @@ class Instrumentation:
                 original(llama)
             finally:
                 try:
-                    model = self._models.get(llama)
+                    model = self._models.get(weakref.ref(llama))
                     if model is not None and model.finalizer is not None:
                         model.finalizer()  # once: a later close or the collection is a no-op
                 except Exception as exc:
@@ -302,25 +336,34 @@ class Instrumentation:
     # ----- calls -----
     def _wrap_call(self, original: Callable[..., Any], *, name: str, operation: str) -> Any:
         method = Method.of(name, operation, original)
+        models, ref = self._models, weakref.ref
 
         @functools.wraps(original)
         def call(llama: Any, *args: Any, **kwargs: Any) -> Any:
             if not self.active or _request.get() is not None:
                 return original(llama, *args, **kwargs)
-            monitor = self._monitor(llama, operation)
-            if monitor is None:
+            model = models.get(ref(llama))  # the common case, inline
+            site = None if model is None else model.sites.get(operation)
+            if site is None and (site := self._site(llama, operation)) is None:
                 return original(llama, *args, **kwargs)
-            if _streams(method, args, kwargs):
-                return self._open_stream(original, llama, monitor, method, args, kwargs)
-            with monitor as inference:
-                request = _Request(inference)
-                _begin(inference, method, args, kwargs, False)
-                token = _request.set(request)
-                try:
-                    result = original(llama, *args, **kwargs)
-                finally:
-                    _request.reset(token)
-                _finish(inference, result)
+            streamed, asked = method.read(args, kwargs)
+            if streamed:
+                return self._open_stream(original, llama, site, asked, args, kwargs)
+            # the request opened as the sync wrapper of @monitored_inference opens one
+            request = Call(site, (), {}, True)
+            outer, mine = _current.set(request), _request.set(request)
+            request.requested(False, asked)
+            try:
+                result = original(llama, *args, **kwargs)
+            except BaseException as exc:
+                _request.reset(mine)
+                _current.reset(outer)
+                request.end(exc)
+                raise
+            _request.reset(mine)
+            _current.reset(outer)
+            _finish(request, result)
+            request.end(None, counted=True)
             return result
 
         return call
@@ -329,14 +372,14 @@ class Instrumentation:
         self,
         original: Callable[..., Any],
         llama: Any,
-        monitor: InferenceMonitor,
-        method: Method,
+        site: Site,
+        asked: Mapping[str, AttrValue],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
         """Call the original as the stream's first step; return our generator over its stream
         (or what it raised or returned, as it did)."""
-        steps = self._stream(original, llama, monitor, method, args, kwargs)
+        steps = self._stream(original, llama, site, asked, args, kwargs)
         try:
             next(steps)
         except StopIteration as done:
@@ -352,24 +395,23 @@ class Instrumentation:
         self,
         original: Callable[..., Any],
         llama: Any,
-        monitor: InferenceMonitor,
-        method: Method,
+        site: Site,
+        asked: Mapping[str, AttrValue],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Generator[Any, Any, Any]:
-        ctx = contextvars.copy_context()
+        ctx = contextvars.copy_context()  # the request's own: every step of the stream runs in it
         run = ctx.run
-        inference = run(monitor.__enter__)  # entered and exited from this generator's frame
-        run(_request.set, _Request(inference))
-        _begin(inference, method, args, kwargs, True)
+        request = run(_opened, site)  # started, and ended, from this generator's frame
+        request.requested(True, asked)
         try:
             inner = run(original, llama, *args, **kwargs)
         except BaseException as error:
-            run(monitor.__exit__, type(error), error, error.__traceback__)
+            run(request.end, error)
             return _Raised(error)
         if not isinstance(inner, Iterator):  # a handler that does not stream: as it returned
-            _finish(inference, inner)
-            run(monitor.__exit__, None, None, None)
+            _finish(request, inner)
+            run(request.end, None, None, True)
             return _Returned(inner)
         send = getattr(inner, "send", None)
         throw = getattr(inner, "throw", None)
@@ -386,13 +428,13 @@ class Instrumentation:
                 thrown = error
             while True:
                 try:
-                    if thrown is not None:
+                    if thrown is None and send is not None:
+                        item = run(send, value)
+                    elif thrown is not None:
                         into, thrown = thrown, None
                         if throw is None:
                             raise into
                         item = run(throw, into)
-                    elif send is not None:
-                        item = run(send, value)
                     else:
                         item = run(next, inner)
                 except StopIteration as stop:
@@ -420,8 +462,8 @@ class Instrumentation:
             raise
         finally:
             if ended is None:
-                _finish(inference, last)
-            run(monitor.__exit__, None if ended is None else type(ended), ended, None)
+                _finish(request, last)
+            run(request.end, ended, None, True)
 
     def _wrap_embedding(self, original: Callable[..., Any], *, name: str) -> Any:
         method = Method.of(name, "embeddings", original)
@@ -431,8 +473,8 @@ class Instrumentation:
         def embed(llama: Any, *args: Any, **kwargs: Any) -> Any:
             if not self.active or _request.get() is not None:
                 return original(llama, *args, **kwargs)
-            monitor = self._monitor(llama, "embeddings")
-            if monitor is None:
+            site = self._site(llama, "embeddings")
+            if site is None:
                 return original(llama, *args, **kwargs)
             wanted = None
             if counted:  # ask for the count; give back what the caller asked for
@@ -442,16 +484,22 @@ class Instrumentation:
                     args = (*args[:at], True, *args[at + 1 :])
                 else:
                     kwargs["return_count"] = True
-            with monitor as inference:
-                token = _request.set(_Request(inference))
-                try:
-                    result = original(llama, *args, **kwargs)
-                finally:
-                    _request.reset(token)
-                if counted:
-                    result = _embedded(inference, result, wanted)
-                else:
-                    _finish(inference, result)
+            request = Call(site, (), {}, True)
+            outer, mine = _current.set(request), _request.set(request)
+            try:
+                result = original(llama, *args, **kwargs)
+            except BaseException as exc:
+                _request.reset(mine)
+                _current.reset(outer)
+                request.end(exc)
+                raise
+            _request.reset(mine)
+            _current.reset(outer)
+            if counted:
+                result = _embedded(request, result, wanted)
+            else:
+                _finish(request, result)
+            request.end(None, counted=True)
             return result
 
         return embed
@@ -472,26 +520,29 @@ class Instrumentation:
 
 def _tokens(
     inner: Generator[int, Any, None],
-    request: _Request,
+    request: Call,
     llama: Any,
     prompt: Any,
     kwargs: Mapping[str, Any],
 ) -> Generator[int, Any, None]:
-    """The engine's token generator, each sampled id stamped and kept for the end."""
-    inference = request.inference
+    """The engine's token generator, each sampled id stamped and kept as it arrives.
+
+    The call's stream meter is fed inline (a clock read and two list appends a token, as the
+    generator wrapper's fast loop does): its stamps are the output tokens (time to first
+    token, every inter-token gap), its ids the output judged for degenerate output when the
+    call ends (in chunks of 4,096: bounded memory)."""
+    meter = None
     try:
-        inference.add_input_tokens(len(prompt))
-        if not request.sampling:
-            request.sampling = True
-            _sampling(inference, kwargs)
+        # the request's first decoding loop puts its sampling parameters on the span
+        parameters = _sampling(kwargs) if request.meter is None else None
+        meter = request.decode(len(prompt), parameters)
     except Exception as exc:
         internal_error("llama_cpp_generate", exc)
-    mark = inference.mark_token
-    ids: list[int] = []
-    append = ids.append
-    reported = False
-    settings = _config.current()  # outputs too short to be judged are only counted
-    judged = settings.degenerate_min_tokens if settings.degenerate_detection else FLUSH_IDS + 1
+    if meter is None:  # nothing to feed: the engine's generator as it is
+        return (yield from inner)
+    stamp, keep, tick, left = meter.stamp, meter.ids, meter.tick, meter.left
+    before = meter.stamped + len(meter.stamps)
+    clock = time.perf_counter
     send, throw = inner.send, inner.throw
     value: Any = None
     thrown: BaseException | None = None
@@ -505,13 +556,11 @@ def _tokens(
                     token = throw(into)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
-            mark()
-            append(token)
-            if len(ids) >= FLUSH_IDS:
-                inference.add_output_ids(_id_array(ids))
-                reported = True
-                ids = []
-                append = ids.append
+            stamp(clock())
+            left -= 1
+            if not left:
+                left = tick()
+            keep(token)
             try:
                 value = yield token
             except GeneratorExit:
@@ -522,21 +571,9 @@ def _tokens(
         inner.close()
         raise
     finally:
-        if reported or len(ids) >= judged:
-            inference.add_output_ids(_id_array(ids))  # counted, and judged for degenerate output
-        elif ids:
-            inference.add_output_tokens(len(ids))
-        if ids or reported:
-            inference.observe_logits(functools.partial(last_logits, llama))
-
-
-def _id_array(ids: list[int]) -> Any:
-    """The sampled ids as one int64 array (what the detector reads, without checking every
-    element's type again); the list itself if they are not all ids."""
-    try:
-        return np.array(ids, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        return ids
+        meter.left = left
+        if meter.stamped + len(meter.stamps) > before:  # this loop sampled something
+            request.observe_logits(functools.partial(last_logits, llama))
 
 
 def last_logits(llama: Any) -> npt.NDArray[np.float32]:
@@ -552,51 +589,34 @@ def last_logits(llama: Any) -> npt.NDArray[np.float32]:
 # ----- what a call says, read once (never raising) -----
 
 
-def _streams(method: Method, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
-    try:
-        return bool(method.argument("stream", args, kwargs))
-    except Exception:  # a stream flag that is not a bool: the engine decides, as without us
-        return False
+def _opened(site: Site) -> Call:
+    """A stream's request, started in (and current in) the stream's own context."""
+    request = Call(site, (), {}, True)
+    _current.set(request)
+    _request.set(request)
+    return request
 
 
-def _begin(
-    inference: InferenceContext,
-    method: Method,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    streamed: bool,
-) -> None:
-    """The request's own parameters on the span: stream, max_tokens, seed."""
-    try:
-        inference.set_stream(streamed)
-        limit = method.argument("max_tokens", args, kwargs)
-        if type(limit) is int and limit > 0:
-            inference.set_attribute(sc.REQUEST_MAX_TOKENS, limit)
-        seed = method.argument("seed", args, kwargs)
-        if type(seed) is int:
-            inference.set_attribute(sc.REQUEST_SEED, seed)
-    except Exception as exc:
-        internal_error("llama_cpp_request", exc)
-
-
-def _sampling(inference: InferenceContext, kwargs: Mapping[str, Any]) -> None:
+def _sampling(kwargs: Mapping[str, Any]) -> dict[str, AttrValue]:
     """The sampling parameters ``generate`` runs with (after the chat handler's and the
     completion's defaults): those that apply. top_p and top_k only when sampling (temperature
     above 0), a penalty only when there is one (llama-cpp-python always passes 0.0)."""
+    found: dict[str, AttrValue] = {}
     temp = kwargs.get("temp")
     if type(temp) is not float and type(temp) is not int:
-        return
-    inference.set_attribute(sc.REQUEST_TEMPERATURE, temp)
+        return found
+    found[sc.REQUEST_TEMPERATURE] = temp
     if temp > 0:
         top_p, top_k = kwargs.get("top_p"), kwargs.get("top_k")
         if type(top_p) is float or type(top_p) is int:
-            inference.set_attribute(sc.REQUEST_TOP_P, top_p)
+            found[sc.REQUEST_TOP_P] = top_p
         if type(top_k) is int:  # an int in the conventions
-            inference.set_attribute(sc.REQUEST_TOP_K, top_k)
+            found[sc.REQUEST_TOP_K] = top_k
     for key, name in _PENALTIES:
         value = kwargs.get(key)
         if value and (type(value) is float or type(value) is int):
-            inference.set_attribute(name, value)
+            found[name] = value
+    return found
 
 
 #: ``generate``'s penalties -> their attributes (each recorded when it is not 0).
@@ -617,33 +637,35 @@ def _reason(result: Any) -> str | None:
     return None
 
 
-def _finish(inference: InferenceContext, result: Any) -> None:
+def _finish(request: Call, result: Any) -> None:
     """Why generation ended (a completion's or chat completion's first choice, or a stream's
     last chunk), or an embedding response's token count."""
     try:
         if not isinstance(result, dict):
             return
-        reason = _reason(result)
-        if reason is not None:
-            inference.set_finish_reason(reason)
-            return
+        choices = result.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            reason = choices[0].get("finish_reason")
+            if isinstance(reason, str):
+                request.set_finish_reason(FINISH.get(reason, "other"))
+                return
         usage = result.get("usage")
         if result.get("object") == "list" and isinstance(usage, dict):
             tokens = usage.get("prompt_tokens")
             if type(tokens) is int:
-                inference.add_input_tokens(tokens)
+                request.add_input_tokens(tokens)
     except Exception as exc:
         internal_error("llama_cpp_finish", exc)
 
 
-def _embedded(inference: InferenceContext, result: Any, wanted: Any) -> Any:
+def _embedded(request: Call, result: Any, wanted: Any) -> Any:
     """``embed(..., return_count=True)``'s (output, tokens): the tokens counted, the result as
     the caller asked for it."""
     if not (isinstance(result, tuple) and len(result) == 2):
         return result  # pragma: no cover - a different llama-cpp-python
     try:
         if type(result[1]) is int:
-            inference.add_input_tokens(result[1])
+            request.add_input_tokens(result[1])
     except Exception as exc:
         internal_error("llama_cpp_finish", exc)
     return result if wanted else result[0]
