@@ -339,14 +339,8 @@ class Call(Placement, Reporter):
         """What the call asked for, read from its arguments: a stream or not, and its own
         parameters for the span (checked by the caller)."""
         self.facts.stream_declared = streamed
-        span = self.span
-        if attributes and span is not None:
-            pending = self.pending
-            if pending is None:
-                if not span.is_recording():
-                    return
-                pending = self.pending = {}
-            pending.update(attributes)
+        if attributes:
+            self._span_attributes(attributes)
 
     def decode(
         self, input_tokens: int, parameters: Mapping[str, AttrValue] | None

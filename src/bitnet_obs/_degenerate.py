@@ -351,14 +351,9 @@ def judge_list(ids: Sequence[int], th: DegenerateThresholds) -> OutputVerdict:
         size = min(w, n - start)
         if size == w or size >= th.min_tokens:
             fraction = min(fraction, len(set(ids[start : start + w])) / size)
-    reason = None
-    if th.repeat_run and best_run >= th.repeat_run:
-        reason = "repeat_run"
-    elif th.cycle_span and span >= th.cycle_span:
-        reason = "cycle"
-    elif fraction < th.min_distinct_fraction:
-        reason = "low_diversity"
-    return OutputVerdict(n, best_run, fraction, span, period, True, reason)
+    return OutputVerdict(
+        n, best_run, fraction, span, period, True, _reason(best_run, span, fraction, th)
+    )
 
 
 #: The longest output :func:`judge_list` takes (numpy beyond).
@@ -372,15 +367,20 @@ def verdict(st: State, th: DegenerateThresholds) -> OutputVerdict:
     for i, best in enumerate(st.cyc_best.tolist()):
         if best and best + i + 2 > span:
             span, period = best + i + 2, i + 2
-    reason = None
-    if n >= th.min_tokens:
-        if th.repeat_run and st.best_run >= th.repeat_run:
-            reason = "repeat_run"
-        elif th.cycle_span and span >= th.cycle_span:
-            reason = "cycle"
-        elif fraction < th.min_distinct_fraction:
-            reason = "low_diversity"
+    reason = _reason(st.best_run, span, fraction, th) if n >= th.min_tokens else None
     return OutputVerdict(n, st.best_run, fraction, span, period, True, reason)
+
+
+def _reason(run: int, span: int, fraction: float, th: DegenerateThresholds) -> str | None:
+    """Why an output of at least ``min_tokens`` ids is degenerate (the first threshold it
+    crosses, in :data:`REASONS` order), or None."""
+    if th.repeat_run and run >= th.repeat_run:
+        return "repeat_run"
+    if th.cycle_span and span >= th.cycle_span:
+        return "cycle"
+    if fraction < th.min_distinct_fraction:
+        return "low_diversity"
+    return None
 
 
 def flush(buf: array[int], st: State, th: DegenerateThresholds, chunk: int) -> None:

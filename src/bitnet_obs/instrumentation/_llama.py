@@ -351,17 +351,8 @@ class Instrumentation:
                 return self._open_stream(original, llama, site, asked, args, kwargs)
             # the request opened as the sync wrapper of @monitored_inference opens one
             request = Call(site, (), {}, True)
-            outer, mine = _current.set(request), _request.set(request)
             request.requested(False, asked)
-            try:
-                result = original(llama, *args, **kwargs)
-            except BaseException as exc:
-                _request.reset(mine)
-                _current.reset(outer)
-                request.end(exc)
-                raise
-            _request.reset(mine)
-            _current.reset(outer)
+            result = _run_as(request, original, llama, args, kwargs)
             _finish(request, result)
             request.end(None, counted=True)
             return result
@@ -485,16 +476,7 @@ class Instrumentation:
                 else:
                     kwargs["return_count"] = True
             request = Call(site, (), {}, True)
-            outer, mine = _current.set(request), _request.set(request)
-            try:
-                result = original(llama, *args, **kwargs)
-            except BaseException as exc:
-                _request.reset(mine)
-                _current.reset(outer)
-                request.end(exc)
-                raise
-            _request.reset(mine)
-            _current.reset(outer)
+            result = _run_as(request, original, llama, args, kwargs)
             if counted:
                 result = _embedded(request, result, wanted)
             else:
@@ -635,6 +617,24 @@ def _reason(result: Any) -> str | None:
             if isinstance(reason, str):
                 return FINISH.get(reason, "other")
     return None
+
+
+def _run_as(
+    request: Call, original: Any, llama: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``original(llama, *args, **kwargs)`` with ``request`` current while it runs, as the sync
+    wrapper of ``@monitored_inference`` runs a call; ended with the exception it raises."""
+    outer, mine = _current.set(request), _request.set(request)
+    try:
+        result = original(llama, *args, **kwargs)
+    except BaseException as exc:
+        _request.reset(mine)
+        _current.reset(outer)
+        request.end(exc)
+        raise
+    _request.reset(mine)
+    _current.reset(outer)
+    return result
 
 
 def _finish(request: Call, result: Any) -> None:
