@@ -119,7 +119,12 @@ class MonitorOptions(TypedDict, total=False):
         Option(None, "Prompt and response text on spans (None: `BITNET_OBS_CAPTURE_CONTENT`)."),
     ]
     client_token_usage: Annotated[
-        bool, Option(False, "Also record the `gen_ai.client.token.usage` histogram.")
+        bool,
+        Option(
+            False,
+            "Also record the `gen_ai.client.inference.operation.input_tokens` and "
+            "`.output_tokens` histograms.",
+        ),
     ]
     priority: Annotated[Priority | None, Option(None, "`bitnet.request.priority` of every call.")]
     kernel: Annotated[

@@ -128,7 +128,7 @@ class Variant:
         self.out_key: AttrKey = _tally.key_of(dict(base, **{sc.TOKEN_TYPE: "output"}))
         self.active_key: AttrKey = _tally.key_of(base)
         self.handles = handles
-        self.usage = usage  # the opt-in gen_ai.client.token.usage histogram
+        self.usage = usage  # the opt-in gen_ai.client.inference.operation.*_tokens histograms
         #: the output-health handles, built by the output room on the first judged output
         self.outputs: Any = None
 
