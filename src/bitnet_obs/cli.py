@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from bitnet_obs import _parsers
 
 
 def _plain(doc: str | None) -> str:
@@ -25,69 +25,37 @@ DEMO_MAX_WORKERS = 64  # request loops are threads of one process
 DEMO_MAX_SLOWDOWN = 100.0  # a slowed kernel still answers within a request's lifetime
 
 
-def _number(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    """An argparse type: a float for which ``ok`` holds (NaN never does), else the reason."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not ok(value):  # refuses nan and inf too
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-_demo_duration = _number(
-    lambda s: 0 < s <= DEMO_MAX_DURATION_S,
-    f"seconds above 0 and at most {DEMO_MAX_DURATION_S} (a week)",
-)
-_demo_slowdown = _number(
-    lambda f: 1 <= f <= DEMO_MAX_SLOWDOWN, f"a factor from 1 to {DEMO_MAX_SLOWDOWN:g}"
-)
-
-
-def _int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number from {low} to {high}, got {text!r}"
-            )
-        return value
-
-    return parse
+#: the demo's numbers, parsed as every setting is (one wording of a bad value, see _parsers)
+_DURATION = _parsers.Number(0, DEMO_MAX_DURATION_S, "seconds", lo_open=True)
+_SLOWDOWN = _parsers.Number(1, DEMO_MAX_SLOWDOWN)
+_PORT = _parsers.Integer(0, 65535)
+_WORKERS = _parsers.Integer(1, DEMO_MAX_WORKERS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command and return its exit status (see :mod:`bitnet_obs._commands`): a usage
     error is one line on stderr and 2, returned rather than raised."""
-    from bitnet_obs._commands import OneLineParser
+    from bitnet_obs._commands import OneLineParser, bounded
 
     parser = OneLineParser(prog="bitnet-obs", description=_plain(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run an instrumented synthetic BitNet server")
     demo.add_argument(
         "--duration",
-        type=_demo_duration,
+        type=bounded(_DURATION, "--duration"),
         default=None,
         help=f"seconds, above 0 and at most {DEMO_MAX_DURATION_S} (default: until Ctrl-C)",
     )
     demo.add_argument(
         "--port",
-        type=_int_between(0, 65535),
+        type=bounded(_PORT, "--port"),
         default=None,
         help="/metrics port, 0 to 65535, 0 picks a free one "
         "(default: OTEL_EXPORTER_PROMETHEUS_PORT or 9464)",
     )
     demo.add_argument(
         "--workers",
-        type=_int_between(1, DEMO_MAX_WORKERS),
+        type=bounded(_WORKERS, "--workers"),
         default=2,
         help=f"concurrent request loops, 1 to {DEMO_MAX_WORKERS} (default: 2)",
     )
@@ -99,14 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument(
         "--fault-after",
-        type=_demo_duration,
+        type=bounded(_DURATION, "--fault-after"),
         default=20.0,
         help=f"seconds after the first canary run, above 0 and at most {DEMO_MAX_DURATION_S} "
         "(default: 20)",
     )
     demo.add_argument(
         "--slow-kernel",
-        type=_demo_slowdown,
+        type=bounded(_SLOWDOWN, "--slow-kernel"),
         default=1.0,
         metavar="FACTOR",
         help=f"make the served I2_S kernel FACTOR times slower, 1 to {DEMO_MAX_SLOWDOWN:g} "

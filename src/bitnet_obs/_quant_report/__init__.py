@@ -18,21 +18,22 @@ import sys
 import time
 from typing import TextIO
 
-from bitnet_obs._commands import EXIT_BAD_INPUT, InputError, error, guarded, write_json
+from bitnet_obs._commands import (
+    EXIT_BAD_INPUT,
+    InputError,
+    bounded,
+    error,
+    guarded,
+    write_json,
+)
+from bitnet_obs._parsers import Number
 
 __all__ = ["add_arguments", "run"]
 
 _PROG = "bitnet-obs quant-report"
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 1:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
-    return value
+_FRACTION = Number(0, 1)  # --max-code-mismatch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-code-mismatch",
-        type=_fraction,
+        type=bounded(_FRACTION, "--max-code-mismatch"),
         default=0.0,
         metavar="F",
         help="fraction of codes allowed to differ per tensor with --reference (default 0)",
