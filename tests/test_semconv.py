@@ -1,7 +1,8 @@
 """The convention names we emit, checked by machine: each ``gen_ai.*``, ``server.*``, ``error.*``
 and ``hw.*`` name is one the pinned ``opentelemetry-semantic-conventions`` ships (not deprecated
 for a rename or a removal), or one docs/metrics.md lists as coming from a newer convention; kinds
-and units agree with the package; meters and tracers carry the schema URL we claim; the 0.1 names
+and units agree with the package, attribute value types with the registries
+(``tests/_support/conventions.py``); meters and tracers carry the schema URL we claim; the 0.1 names
 come back only with ``BITNET_OBS_SEMCONV_STABILITY_OPT_IN=gen_ai_latest/dup``."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bitnet_obs._instruments import (
     Kind,
 )
 from bitnet_obs.testing import TelemetryCapture, capture_telemetry
+from tests._support.conventions import VALUE_TYPES, wrong_types
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED = ("gen_ai.", "server.", "error.", "hw.")
@@ -297,3 +299,59 @@ def test_user_attributes_cannot_take_the_0_1_names() -> None:
     for key in (sc.LEGACY_TOKEN_TYPE, sc.LEGACY_FINISH_REASON, sc.SERVER_PORT):
         with pytest.raises(ConfigError, match="collides"):
             monitored_inference(model="m", attributes={key: "x"})
+
+
+def test_every_convention_attribute_in_the_table_has_its_value_type() -> None:
+    attributes = {row.convention for row in sc.TABLE if row.convention and row.what != "metric"}
+    assert sorted(attributes - set(VALUE_TYPES)) == []
+
+
+def test_the_request_paths_attributes_have_the_conventions_value_types(
+    cap: TelemetryCapture,
+) -> None:
+    options: dict[str, Any] = {
+        "model": "m",
+        "response_model": "m-i2_s",
+        "server_address": "inference.local",
+        "server_port": 8080,
+        "capture_content": True,
+        "client_token_usage": True,
+    }
+
+    @monitored_inference(**options)
+    def call(prompt: str) -> list[int]:
+        current_inference().add_input_tokens(3)
+        current_inference().set_finish_reason("stop")
+        return list(range(40))
+
+    @monitored_inference(**options)
+    def stream(prompt: str) -> Iterator[str]:
+        yield from ("a", "b")
+
+    @monitored_inference(**options)
+    def failing(prompt: str) -> None:
+        raise TimeoutError
+
+    call("hi")
+    list(stream("hi"))
+    with pytest.raises(TimeoutError):
+        failing("hi")
+    spans = cap.spans()
+    assert len(spans) == 3
+    emitted = set()
+    for span in spans:
+        assert wrong_types(span.attributes) == {}, span.name
+        emitted |= set(span.attributes or {})
+    data = cap.reader.get_metrics_data()
+    assert data is not None
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    assert wrong_types(point.attributes) == {}, metric.name
+    # what the decorator sets itself (the instrumentors' parameters: their own tests)
+    assert {
+        sc.USAGE_INPUT_TOKENS, sc.USAGE_OUTPUT_TOKENS, sc.RESPONSE_FINISH_REASONS,
+        sc.REQUEST_STREAM, sc.RESPONSE_TIME_TO_FIRST_CHUNK, sc.INPUT_MESSAGES,
+        sc.OUTPUT_MESSAGES, sc.ERROR_TYPE, sc.SERVER_PORT, sc.RESPONSE_MODEL,
+    } <= emitted  # fmt: skip

@@ -31,6 +31,7 @@ from bitnet_obs.testing import (
     override_settings,
     reset,
 )
+from tests._support.conventions import wrong_types
 from tests._support.zero_code import assert_refused, missing_library, run_instrumented
 
 PATCHED = (
@@ -453,6 +454,24 @@ def test_call_is_one_request_and_the_sampling_parameters_are_on_the_span(
     assert span.attributes["gen_ai.request.presence_penalty"] == 0.25
     assert span.attributes["gen_ai.request.seed"] == 1234
     assert span.attributes["gen_ai.request.max_tokens"] == 6
+
+
+def test_sampling_parameters_given_as_ints_go_out_as_the_conventions_types(
+    instrument: Instrument, load: Load, cap: TelemetryCapture
+) -> None:
+    instrument()
+    llm = load()
+    llm("Once upon a time", max_tokens=4, temperature=1, top_p=1, top_k=20, presence_penalty=1)
+    llm("Once upon a time", max_tokens=4, temperature=0)  # greedy, as people write it
+    spans = [s for s in cap.spans() if s.name.startswith("text_completion")]
+    assert len(spans) == 2
+    for span in spans:
+        assert wrong_types(span.attributes) == {}
+    sampled, greedy = spans
+    assert sampled.attributes["gen_ai.request.temperature"] == 1.0
+    assert sampled.attributes["gen_ai.request.top_p"] == 1.0
+    assert sampled.attributes["gen_ai.request.presence_penalty"] == 1.0
+    assert greedy.attributes["gen_ai.request.temperature"] == 0.0
 
 
 def test_embeddings(instrument: Instrument, load: Load, cap: TelemetryCapture) -> None:

@@ -29,6 +29,7 @@ from bitnet_obs.testing import (
     tiny_llama_model,
     tiny_tokenizer,
 )
+from tests._support.conventions import wrong_types
 from tests._support.zero_code import assert_refused
 from tests.instrumentation.conftest import Instrument
 
@@ -212,6 +213,22 @@ def test_several_sequences_per_prompt(instrument: Instrument, cap: TelemetryCapt
     assert tokens(cap, "input") == 3  # the prompt once
     assert tokens(cap, "output") == 2 * 4
     assert cap.spans()[0].attributes["gen_ai.request.choice.count"] == 2  # type: ignore[index]
+
+
+def test_sampling_parameters_go_out_as_the_conventions_types(
+    instrument: Instrument, cap: TelemetryCapture
+) -> None:
+    model = tiny_llama_model()
+    instrument()
+    model.generate(
+        torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=True, temperature=1, top_p=1,
+        top_k=5,
+    )  # fmt: skip
+    (span,) = cap.spans()
+    assert wrong_types(span.attributes) == {}
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.request.temperature"] == 1.0
+    assert span.attributes["gen_ai.request.top_k"] == 5
 
 
 def test_inputs_embeds_only(instrument: Instrument, cap: TelemetryCapture) -> None:

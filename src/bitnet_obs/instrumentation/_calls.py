@@ -166,10 +166,10 @@ class GenerateCall:
         try:
             call.add_input_tokens(self._input_tokens())
             max_new = self._setting("max_new_tokens")
-            if isinstance(max_new, int):
+            if type(max_new) is int:
                 call.set_attribute(sc.REQUEST_MAX_TOKENS, max_new)
             choices = self._setting("num_return_sequences")
-            if isinstance(choices, int) and choices > 1:
+            if type(choices) is int and choices > 1:
                 call.set_attribute(sc.REQUEST_CHOICE_COUNT, choices)
             if self._setting("do_sample"):
                 for key, name in _SAMPLING:
@@ -179,6 +179,8 @@ class GenerateCall:
                             if value != int(value):
                                 continue
                             value = int(value)
+                        else:  # temperature and top_p: doubles, whatever the caller passed
+                            value = float(value)
                         call.set_attribute(name, value)
         except Exception as exc:
             internal_error("hf_input_tokens", exc)

@@ -587,17 +587,17 @@ def _sampling(kwargs: Mapping[str, Any]) -> dict[str, AttrValue]:
     temp = kwargs.get("temp")
     if type(temp) is not float and type(temp) is not int:
         return found
-    found[sc.REQUEST_TEMPERATURE] = temp
+    found[sc.REQUEST_TEMPERATURE] = float(temp)  # a double in the conventions, as top_p
     if temp > 0:
         top_p, top_k = kwargs.get("top_p"), kwargs.get("top_k")
         if type(top_p) is float or type(top_p) is int:
-            found[sc.REQUEST_TOP_P] = top_p
+            found[sc.REQUEST_TOP_P] = float(top_p)
         if type(top_k) is int:  # an int in the conventions
             found[sc.REQUEST_TOP_K] = top_k
     for key, name in _PENALTIES:
         value = kwargs.get(key)
         if value and (type(value) is float or type(value) is int):
-            found[name] = value
+            found[name] = float(value)
     return found
 
 
