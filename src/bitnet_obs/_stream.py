@@ -171,10 +171,14 @@ class StreamMeter:
         finally:
             del self.id_buffer[:]
 
+    def stamps_taken(self) -> int:
+        """Items stamped so far, flushed or not (an engine's loop asks whether it sampled)."""
+        return self.stamped + len(self.stamps)
+
     def close(self) -> None:
         """The stream ended: the last gaps and ids are flushed and, when items are the count,
         the request's output tokens are its items."""
-        n = self.stamped + len(self.stamps) + self.chunked
+        n = self.stamps_taken() + self.chunked
         self.flush(final=True)
         facts = self.facts
         if self.counts_items and not facts.explicit_output:

@@ -523,7 +523,7 @@ def _tokens(
     if meter is None:  # nothing to feed: the engine's generator as it is
         return (yield from inner)
     stamp, keep, tick, left = meter.stamp, meter.ids, meter.tick, meter.left
-    before = meter.stamped + len(meter.stamps)
+    before = meter.stamps_taken()
     clock = time.perf_counter
     send, throw = inner.send, inner.throw
     value: Any = None
@@ -554,7 +554,7 @@ def _tokens(
         raise
     finally:
         meter.left = left
-        if meter.stamped + len(meter.stamps) > before:  # this loop sampled something
+        if meter.stamps_taken() > before:  # this loop sampled something
             request.observe_logits(functools.partial(last_logits, llama))
 
 
