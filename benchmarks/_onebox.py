@@ -17,17 +17,15 @@ caches and load. Global state is arranged so that they do not meet:
 from __future__ import annotations
 
 import functools
-import tempfile
 from collections.abc import Callable, Iterator
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from benchmarks import _percall
-from benchmarks._inproc import NullExporter, tracer_provider
+from benchmarks._inproc import tracer_provider
 from benchmarks._worker import PeerMissing
 
 Case = tuple[Callable[[], object], Callable[[], object]]  # (untimed setup, timed call)
@@ -83,45 +81,14 @@ def _peers() -> dict[str, Case]:
     a peer that is missing is left out (``skipped`` says why)."""
     cases: dict[str, Case] = {}
     trace.set_tracer_provider(tracer_provider(True, processor=False))
-    try:
-        from traceloop.sdk import Traceloop
-        from traceloop.sdk.decorators import workflow
-
-        Traceloop.init(
-            app_name="bench",
-            processor=BatchSpanProcessor(NullExporter()),
-            telemetry_enabled=False,
-            instruments=set(),
-        )
-
-        @workflow(name="generate")
-        def traced() -> list[int]:
-            return _percall.generate()
-
-        cases["traceloop/call"] = (_nothing, traced)
-    except ImportError as exc:
-        SKIPPED["traceloop"] = f"OpenLLMetry is not installed ({exc}); {_percall.INSTALL_HINT}"
-    try:
-        import openlit
-        from openlit._instrumentors import MODULE_NAME_MAP
-
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as pricing:
-            pricing.write("{}")
-        openlit.init(
-            application_name="bench",
-            disabled_instrumentors=list(MODULE_NAME_MAP),
-            disable_metrics=True,
-            disable_events=True,
-            pricing_json=pricing.name,
-        )
-
-        @openlit.trace
-        def lit() -> list[int]:
-            return _percall.generate()
-
-        cases["openlit/call"] = (_nothing, lit)
-    except ImportError as exc:
-        SKIPPED["openlit"] = f"OpenLIT is not installed ({exc}); {_percall.INSTALL_HINT}"
+    for peer, traced in (
+        ("traceloop", _percall.traceloop_traced),
+        ("openlit", _percall.openlit_traced),
+    ):
+        try:
+            cases[f"{peer}/call"] = (_nothing, traced())
+        except _percall.PeerMissing as exc:
+            SKIPPED[peer] = str(exc)
     return cases
 
 
